@@ -1,0 +1,57 @@
+"""App assembly: one tab per working method plus the Models panel, and an offline launch."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no version check
+
+import gradio as gr
+
+from studio.core.manager import ModelManager, default_manager
+from components.generate_tab import build_generate_tab
+from components.models_tab import build_models_tab
+
+HEADER = """\
+# Diffusion Studio
+An interactive workbench for diffusion methods. Everything runs on small embedded models that ship
+with the studio, on this machine's CPU: nothing is downloaded. Every image is a PNG that carries
+the parameters that made it.
+"""
+MAX_FILE_SIZE = "10mb"  # uploads (drawn digits, CSVs) are small
+CACHE_CLEANUP = (3600, 3600)  # every hour, delete served files older than an hour
+# System fonts only: the default theme would fetch Google fonts, and the studio runs offline.
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "monospace"])
+
+
+def build_app(manager: ModelManager | None = None) -> gr.Blocks:
+    """The studio's Blocks (no model is loaded here; they load on first use)."""
+    manager = manager if manager is not None else default_manager()
+    with gr.Blocks(title="Diffusion Studio", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as demo:
+        gr.Markdown(HEADER)
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                build_generate_tab(manager)
+            with gr.Tab("Models", id="models") as models_tab:
+                build_models_tab(manager, models_tab)
+    demo.queue(max_size=64)
+    return demo
+
+
+def launch(manager: ModelManager | None = None, **kw) -> gr.Blocks:
+    """Build and launch offline; host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
+    (default 127.0.0.1:7860); ``kw`` goes to ``Blocks.launch`` and wins over the defaults.
+    Returns the Blocks once the server stops (at once with ``prevent_thread_lock=True``)."""
+    demo = build_app(manager)
+    options = {
+        "server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        "server_port": int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        "share": False,
+        "ssr_mode": False,
+        "max_file_size": MAX_FILE_SIZE,
+        "theme": THEME,
+        **kw,
+    }
+    demo.launch(**options)
+    return demo

@@ -1,0 +1,142 @@
+"""Generate tab: plain (classifier-free guided) sampling from a zoo model.
+
+Inputs come from :class:`studio.methods.generate.Params` by name; the handler streams a preview
+grid and the progress bar from ``run``'s Progress items, and returns the images as PNG files
+that carry their parameters (what the user downloads is the PNG with the text chunk).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from studio.core.loading import ZOO_DIR
+from studio.core.manager import ModelManager
+from studio.core.params import coerce
+from studio.core.results import ImageResult
+from studio.core.sampling import SCHEDULER_LABELS, Progress
+from studio.methods import generate
+from components.widgets import grid_image, param_inputs, shows_errors
+
+NOT_FOR_GENERATE = ("text-encoder",)
+NOT_FOR_GENERATE_PREFIXES = ("judge-", "fd-")
+KEEP_RESULTS_SECONDS = 3600  # PNG folders older than this are removed at the next run
+
+
+def generate_models(manager: ModelManager) -> list[str]:
+    """The manager's diffusion models (the keys ``generate.check`` accepts)."""
+    return [k for k in manager.keys() if k not in NOT_FOR_GENERATE and not k.startswith(NOT_FOR_GENERATE_PREFIXES)]
+
+
+def model_conditioning(key: str | None, zoo: Path = ZOO_DIR) -> str | None:
+    """"class", "text" or "none" from the zoo entry's studio.json (no weights are read); None if unknown."""
+    if not key:
+        return None
+    try:
+        return json.loads((Path(zoo) / key / "studio.json").read_text()).get("conditioning")
+    except (OSError, ValueError):
+        return None
+
+
+def condition_visibility(key: str | None) -> tuple[bool, bool]:
+    """(show prompt, show digit) for model ``key``; both when its conditioning is unknown."""
+    cond = model_conditioning(key)
+    return (cond in ("text", None), cond in ("class", None))
+
+
+class PngFolder:
+    """Result PNGs written under one temp folder (created on first use), one subfolder per run;
+    Gradio serves the files byte for byte, so the download keeps the ``parameters`` chunk."""
+
+    def __init__(self):
+        self._root: Path | None = None
+        self._lock = threading.Lock()
+
+    def write(self, result: ImageResult) -> list[tuple[str, str]]:
+        """(path, caption) per image, for a Gallery."""
+        with self._lock:
+            if self._root is None:
+                self._root = Path(tempfile.mkdtemp(prefix="diffusion-studio-"))
+            self._prune()
+            run_dir = Path(tempfile.mkdtemp(dir=self._root))
+        model = result.parameters.get("model", "image")
+        out = []
+        for i, seed in enumerate(result.seeds):
+            path = run_dir / f"{model}-seed{seed}.png"
+            path.write_bytes(result.png(i))
+            out.append((str(path), f"seed {seed}"))
+        return out
+
+    def _prune(self) -> None:
+        cutoff = time.time() - KEEP_RESULTS_SECONDS
+        for d in self._root.iterdir():
+            if d.is_dir() and d.stat().st_mtime < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def build_generate_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
+    """Lay out the tab inside the current Blocks/Tab and wire its events; returns its components."""
+    models = generate_models(manager)
+    pngs = PngFolder()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            inputs = param_inputs(generate.Params, choices={"model": models},
+                                  labels={"scheduler": SCHEDULER_LABELS})
+            show_prompt, show_digit = condition_visibility(inputs["model"].value)
+            inputs["prompt"].visible, inputs["digit"].visible = show_prompt, show_digit
+            with gr.Row():
+                run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+        with gr.Column(scale=3, min_width=320):
+            with gr.Row(equal_height=False):
+                preview = gr.Image(label="Preview (predicted clean images while sampling)", type="pil",
+                                   interactive=False, height=300, elem_id="preview")
+                gallery = gr.Gallery(label="Images (PNG with parameters)", format="png", columns=4,
+                                     height=300, interactive=False, elem_id="gallery")
+            with gr.Row():
+                seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="seed-used")
+                info = gr.Markdown(label="Run", elem_id="run-info")
+            parameters = gr.JSON(label="Parameters", open=True, elem_id="parameters")
+
+    def on_model(model: str):
+        show_prompt, show_digit = condition_visibility(model)
+        return gr.update(visible=show_prompt), gr.update(visible=show_digit)
+
+    inputs["model"].change(on_model, inputs=inputs["model"], outputs=[inputs["prompt"], inputs["digit"]],
+                           api_name="model_fields", queue=False)
+
+    @shows_errors
+    def generate_images(progress=gr.Progress(), **values):
+        params = coerce(generate.Params, values)
+        progress((0, params.steps), desc="Loading model")
+        for item in generate.run(params, manager):
+            if isinstance(item, Progress):
+                progress((item.step, item.total), desc="Sampling", unit="steps")
+                if item.preview is not None:
+                    yield {preview: grid_image(item.preview)}
+                continue
+            seed = item.parameters["seed"]
+            yield {
+                preview: grid_image(item.tensors) if item.tensors is not None else None,
+                gallery: pngs.write(item),
+                seed_used: seed,
+                parameters: item.parameters,
+                info: f"{len(item.images)} image(s) in {item.seconds:.1f} s (image *i* uses seed {seed} + *i*)",
+            }
+
+    # preprocess=False: the raw values go to ``coerce``/``generate.check``, whose messages name the
+    # input and say what to do (Gradio's own checks say "Value 0 is less than minimum value 1.").
+    # These inputs (dropdowns, sliders, numbers, text, checkbox) carry plain values either way.
+    run_event = run_btn.click(generate_images, inputs_kwargs=inputs,
+                              outputs=[preview, gallery, seed_used, parameters, info], preprocess=False,
+                              api_name="generate", concurrency_id="models", concurrency_limit=1,
+                              show_progress_on=[gallery])
+    stop_btn.click(None, cancels=[run_event], api_name="stop", queue=False)
+    return {**inputs, "generate": run_btn, "stop": stop_btn, "preview": preview, "gallery": gallery,
+            "seed_used": seed_used, "parameters": parameters, "info": info}

@@ -1,0 +1,128 @@
+"""Shared Gradio pieces: inputs built from a method's ``Params`` dataclass, images, errors.
+
+:func:`param_inputs` turns each dataclass field into a component from its ``spec`` metadata,
+so a tab never lists its inputs by hand and its handler receives them **by name**
+(``inputs_kwargs=`` the returned dict; the handler takes ``**values`` and calls
+:func:`studio.core.params.coerce`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from studio.core.params import ParamError, choices_of, field_types
+from studio.core.results import to_pil
+
+log = logging.getLogger(__name__)
+
+MAX_SLIDER_POSITIONS = 10_000  # wider integer ranges (seeds) get a number box, not a slider
+MAX_ERROR_CHARS = 300
+
+
+def param_inputs(cls, *, choices: Mapping[str, Sequence] | None = None,
+                 labels: Mapping[str, Mapping[Any, str]] | None = None,
+                 advanced_label: str = "Advanced") -> dict[str, gr.components.Component]:
+    """One component per field of dataclass ``cls``, in field order; ``advanced`` ones in an Accordion.
+
+    ``choices[name]`` overrides a field's options (e.g. the models the manager holds);
+    ``labels[name]`` maps option values to human labels (e.g. ``SCHEDULER_LABELS``).
+    Call inside a Blocks/Column context. Returns ``{field name: component}``.
+    """
+    choices, labels = dict(choices or {}), dict(labels or {})
+    fields = dataclasses.fields(cls)
+    out = {f.name: field_input(cls, f, choices.get(f.name), labels.get(f.name))
+           for f in fields if not f.metadata.get("advanced")}
+    advanced = [f for f in fields if f.metadata.get("advanced")]
+    if advanced:
+        with gr.Accordion(advanced_label, open=False):
+            out.update({f.name: field_input(cls, f, choices.get(f.name), labels.get(f.name)) for f in advanced})
+    return {f.name: out[f.name] for f in fields}
+
+
+def field_input(cls, f: dataclasses.Field, options: Sequence | None = None,
+                option_labels: Mapping[Any, str] | None = None) -> gr.components.Component:
+    """The component for one field: choices -> Dropdown, bounded number -> Slider (or Number for
+    very wide integer ranges), str -> Textbox, bool -> Checkbox."""
+    m, tp = f.metadata, field_types(cls)[f.name]
+    common = {"label": m.get("label", f.name), "info": m.get("help") or None, "elem_id": f"param-{f.name}"}
+    default = None if f.default is dataclasses.MISSING else f.default
+    options = tuple(options) if options is not None else choices_of(cls, f)
+    if options is not None:
+        option_labels = option_labels or {}
+        items = [(option_labels.get(o, str(o)), o) for o in options]
+        value = default if default in options else (options[0] if options else None)
+        return gr.Dropdown(choices=items, value=value, **common)
+    if tp is bool:
+        return gr.Checkbox(value=bool(default), **common)
+    if tp in (int, float):
+        lo, hi, step = m.get("minimum"), m.get("maximum"), m.get("step")
+        precision = 0 if tp is int else None
+        if lo is not None and hi is not None and (hi - lo) / (step or 1) <= MAX_SLIDER_POSITIONS:
+            return gr.Slider(minimum=lo, maximum=hi, step=step or (1 if tp is int else None), value=default,
+                             precision=precision, **common)
+        return gr.Number(value=default, minimum=lo, maximum=hi, step=step or 1, precision=precision, **common)
+    if tp is str:
+        return gr.Textbox(value=default, max_length=m.get("max_chars"), **common)
+    raise TypeError(f"no widget for field {f.name!r} of type {tp!r}")
+
+
+# images --------------------------------------------------------------------------------------
+
+def grid_image(images: torch.Tensor, size: int = 128, pad: int = 2) -> Image.Image:
+    """(B, C, H, W) in [-1, 1] -> one RGB grid (near-square), each tile upscaled (nearest) to ~``size`` px."""
+    tiles = [t.convert("RGB") for t in to_pil(images, max(1, size // images.shape[-1]))]
+    cols = math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / cols)
+    w, h = tiles[0].size
+    grid = Image.new("RGB", (cols * w + (cols - 1) * pad, rows * h + (rows - 1) * pad), "white")
+    for i, tile in enumerate(tiles):
+        grid.paste(tile, ((i % cols) * (w + pad), (i // cols) * (h + pad)))
+    return grid
+
+
+# errors --------------------------------------------------------------------------------------
+
+def user_message(exc: BaseException) -> str:
+    """A short message for the UI: the text of a ParamError, else 'Type: text' truncated."""
+    text = str(exc) if isinstance(exc, ParamError) else f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def shows_errors(fn: Callable) -> Callable:
+    """Wrap an event handler (function or generator) so every failure reaches the user as a
+    ``gr.Error`` with a short message; unexpected ones are also logged with their traceback."""
+
+    def convert(exc: Exception) -> gr.Error:
+        if not isinstance(exc, ParamError):
+            log.exception("%s failed", fn.__name__)
+        return gr.Error(user_message(exc), print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise convert(exc) from exc
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise convert(exc) from exc
+    return wrapper

@@ -1,0 +1,127 @@
+"""Guidance as wrappers around the model function (never a fork of the sampler).
+
+A *model function* is ``model(x_t, t, cond) -> prediction`` with ``cond`` a dict of tensors
+whose first dimension is the batch (``{"class_labels": (B,)}``, ``{"encoder_hidden_states":
+(B, L, D), ...}``). Each helper here returns a *denoiser* ``denoise(x_t, t)`` for
+:func:`studio.core.sampling.sample`.
+
+* :func:`combine`: ``eps = eps_base + sum_i w_i (eps_i - eps_base)`` from ONE batched forward
+  pass of the n + 1 conditions. Classifier-free guidance is the one-condition case with
+  ``base`` the null condition; Composable Diffusion's AND / NOT are several weights (w < 0 = NOT).
+* :func:`gradient_guidance`: classifier-style guidance with a choice of where the gradient is
+  taken (``wrt``: the noisy ``x_t``, or the predicted clean image ``x0_hat`` without
+  back-propagating through the denoiser) and where it is applied (``apply``: subtracted from
+  epsilon, the DDIM form ``eps <- eps - sqrt(1 - abar_t) * s * g`` of Dhariwal & Nichol, or
+  added to the DDPM posterior mean ``mu <- mu + s * Sigma_t * g``, written as the equivalent
+  epsilon shift so every scheduler can use it; it is exact for ancestral DDPM).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from studio.core.sampling import Denoiser
+
+Cond = dict[str, torch.Tensor]
+ModelFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
+LogProb = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B, ...), t) -> (B,)
+
+
+def cat_conds(conds: Sequence[Cond]) -> Cond:
+    """Stack conditions along the batch: every cond must have the same keys."""
+    keys = conds[0].keys()
+    for c in conds[1:]:
+        if c.keys() != keys:
+            raise ValueError(f"conditions disagree on keys: {sorted(keys)} vs {sorted(c.keys())}")
+    return {k: torch.cat([c[k] for c in conds]) for k in keys}
+
+
+def bind(model: ModelFn, cond: Cond) -> Denoiser:
+    """The plain conditional denoiser: no guidance."""
+    return lambda x, t: model(x, t, cond)
+
+
+def combine(model: ModelFn, base: Cond, conds: Sequence[Cond], weights: Sequence[float]) -> Denoiser:
+    """``eps_base + sum_i w_i (eps_i - eps_base)`` with the n + 1 predictions in one forward pass."""
+    if len(conds) != len(weights):
+        raise ValueError(f"{len(conds)} conditions but {len(weights)} weights")
+    k = len(conds) + 1
+    batched = cat_conds([base, *conds])
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t_in = t.expand(x.shape[0]) if t.ndim == 0 else t
+        out = model(x.repeat(k, *[1] * (x.ndim - 1)), t_in.repeat(k), batched)
+        eps_base, *eps_i = out.chunk(k)
+        result = eps_base
+        for w, e in zip(weights, eps_i):
+            result = result + w * (e - eps_base)
+        return result
+
+    return denoise
+
+
+def cfg(model: ModelFn, cond: Cond, uncond: Cond, scale: float) -> Denoiser:
+    """Classifier-free guidance ``eps_u + s (eps_c - eps_u)``: :func:`combine` with one condition."""
+    return combine(model, uncond, [cond], [scale])
+
+
+def _timestep_index(t: torch.Tensor) -> int:
+    return int(t.flatten()[0]) if t.ndim else int(t)
+
+
+def gradient_guidance(
+    denoise: Denoiser,
+    log_prob: LogProb,
+    scale: float,
+    alphas_cumprod: torch.Tensor,
+    *,
+    wrt: Literal["x_t", "x0_hat"] = "x_t",
+    apply: Literal["eps", "mean"] = "eps",
+    previous_timestep: Callable[[int], int] | None = None,
+) -> Denoiser:
+    """Classifier guidance around an epsilon denoiser.
+
+    ``log_prob(x, t)`` returns log p(y | x) per sample (B,); its gradient ``g`` is taken with
+    respect to ``x_t`` (a noise-aware classifier) or to ``x0_hat = (x_t - sqrt(1 - abar) eps) /
+    sqrt(abar)`` with eps detached (an off-the-shelf clean classifier, EluCD's trick (a)), and
+    then used in place of the gradient w.r.t. x_t.
+
+    ``apply="eps"``: ``eps' = eps - sqrt(1 - abar_t) * s * g`` (DDIM form, Dhariwal & Nichol Alg. 2).
+    ``apply="mean"``: ``mu' = mu + s * Sigma_t * g`` (Alg. 1) with Sigma_t the DDPM posterior
+    variance ``beta_t (1 - abar_prev) / (1 - abar_t)``; since ``mu = (x - beta_t / sqrt(1 - abar_t)
+    eps) / sqrt(alpha_t)`` this is ``eps' = eps - s * sqrt(alpha_t) (1 - abar_prev) / sqrt(1 - abar_t) * g``.
+    ``previous_timestep(t)`` gives the sampler's next timestep (default t - 1).
+    """
+    if apply not in ("eps", "mean") or wrt not in ("x_t", "x0_hat"):
+        raise ValueError(f"unknown placement wrt={wrt!r}, apply={apply!r}")
+    prev = previous_timestep or (lambda t: t - 1)
+
+    def denoise_guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = denoise(x, t)
+        if scale == 0:
+            return eps
+        ti = _timestep_index(t)
+        abar = alphas_cumprod[ti].to(x.device, x.dtype)
+        with torch.enable_grad():
+            if wrt == "x_t":
+                var = x.detach().requires_grad_(True)
+            else:
+                var = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(log_prob(var, t).sum(), var)
+        if apply == "eps":
+            factor = (1 - abar).sqrt()
+        else:
+            tp = prev(ti)
+            abar_prev = alphas_cumprod[tp].to(x.device, x.dtype) if tp >= 0 else torch.ones_like(abar)
+            alpha_t = abar / abar_prev
+            factor = alpha_t.sqrt() * (1 - abar_prev) / (1 - abar).sqrt()
+        return eps - factor * scale * g
+
+    return denoise_guided
+
+
+def ddpm_previous_timestep(scheduler) -> Callable[[int], int]:
+    """The previous-timestep rule of a diffusers scheduler after ``set_timesteps`` (for ``apply='mean'``)."""
+    return lambda t: int(scheduler.previous_timestep(t)) if hasattr(scheduler, "previous_timestep") else t - 1

@@ -1,0 +1,266 @@
+"""Loading weights safely: zoo entries, local diffusers folders, hub ids.
+
+Only safetensors are read. A folder whose weights are pickles (``.bin``, ``.pt``, ``.ckpt``,
+``.pkl``) is refused with a message, and a corrupt or truncated safetensors file gives a
+:class:`WeightsError` naming the file, never a crash. Zoo files are also checked against the
+sha256 in ``studio/zoo/MANIFEST.json``. Hub ids work only when the hub can be reached (or the id
+is in the local cache); offline they fail within seconds with a message naming the id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import torch
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(zoo: Path = ZOO_DIR) -> dict:
+    """``studio/zoo/MANIFEST.json`` as a dict (empty when there is none)."""
+    path = Path(zoo) / "MANIFEST.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+class WeightsError(RuntimeError):
+    """Weights that cannot or must not be loaded (pickles, corrupt or tampered files)."""
+
+
+class ModelNotFound(LookupError):
+    """A model source that is neither a zoo entry, a local folder, nor a reachable hub id."""
+
+
+@dataclass
+class DiffusionModel:
+    """A denoiser with what the engine needs to drive it.
+
+    ``model_fn(x_t, t, cond)`` returns the network's prediction (``prediction_type``);
+    ``cond`` holds the UNet's keyword arguments (``class_labels``; ``encoder_hidden_states``,
+    ``encoder_attention_mask``), batched.
+    """
+
+    name: str
+    unet: torch.nn.Module
+    scheduler_config: dict
+    prediction_type: str = "epsilon"
+    conditioning: Literal["none", "class", "text"] = "none"
+    info: dict = field(default_factory=dict)
+
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.unet(x, t, **cond).sample
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        cfg = self.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        return (cfg.in_channels, size, size)
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.unet]
+
+
+def check_weight_files(folder: Path) -> list[Path]:
+    """The safetensors files under ``folder``; refuses pickled weights and unreadable files."""
+    from safetensors import safe_open
+
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    safe = [p for p in files if p.suffix == ".safetensors"]
+    pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
+    if pickles and not safe:
+        raise WeightsError(
+            f"{folder} holds only pickled weights ({', '.join(p.name for p in pickles[:3])}); "
+            "the studio loads safetensors only, since unpickling can run code. Convert them with "
+            "`save_pretrained(..., safe_serialization=True)` on a trusted machine."
+        )
+    for p in safe:
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)  # reads the header entry; size mismatches raise here
+        except Exception as exc:  # safetensors raises its own error types and OSError
+            raise WeightsError(f"{p} is not a readable safetensors file ({exc}); it may be corrupt or truncated") from exc
+        expected = _safetensors_data_size(p)
+        if expected is not None and p.stat().st_size < expected:
+            raise WeightsError(f"{p} is truncated: {p.stat().st_size} bytes, header promises {expected}")
+    return safe
+
+
+def _safetensors_data_size(path: Path) -> int | None:
+    """Total size the header describes (8 + header + data), or None if unreadable."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        n = int.from_bytes(head, "little")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            return None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return 8 + n + max(ends, default=0)
+
+
+def verify_zoo_entry(name: str, zoo: Path = ZOO_DIR) -> Path:
+    """Folder of zoo entry ``name`` after checking every file against MANIFEST sha256."""
+    manifest = read_manifest(zoo)
+    if name not in manifest:
+        raise ModelNotFound(f"{name!r} is not in the zoo; entries: {', '.join(sorted(manifest)) or 'none'}")
+    folder = zoo / name
+    for rel, meta in manifest[name].get("files", {}).items():
+        p = folder / rel
+        if not p.exists():
+            raise WeightsError(f"zoo entry {name!r} is missing {rel}; rebuild it with `studio train {name}`")
+        if sha256(p) != meta["sha256"]:
+            raise WeightsError(f"zoo file {p} does not match its MANIFEST sha256 (corrupt or changed); "
+                               f"restore it from git or rebuild with `studio train {name}`")
+    return folder
+
+
+def _diffusers_class(name: str):
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        from studio.nets import judges
+
+        cls = getattr(judges, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise WeightsError(f"unknown model class {name!r} in config.json")
+    return cls
+
+
+def load_module_folder(folder: Path, class_name: str | None = None) -> torch.nn.Module:
+    """A diffusers-layout model folder (config.json + safetensors) as an eval-mode fp32 module."""
+    check_weight_files(folder)
+    if class_name is None:
+        cfg = json.loads((folder / "config.json").read_text())
+        class_name = cfg.get("_class_name")
+    cls = _diffusers_class(class_name)
+    try:
+        module = cls.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"could not load {class_name} from {folder}: {exc}") from exc
+    return module.eval().requires_grad_(False)
+
+
+def load_zoo(name: str, zoo: Path = ZOO_DIR) -> Any:
+    """Zoo entry ``name``: a :class:`DiffusionModel` or a judge module."""
+    folder = verify_zoo_entry(name, zoo)
+    info = json.loads((folder / "studio.json").read_text())
+    module = load_module_folder(folder / "model", info["model_class"])
+    if info["kind"] != "diffusion":
+        return module
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return DiffusionModel(name=name, unet=module, scheduler_config=sched,
+                          prediction_type=info.get("prediction_type", "epsilon"),
+                          conditioning=info.get("conditioning", "none"), info=info)
+
+
+def load_folder(path: Path) -> Any:
+    """Any local diffusers folder: a pipeline (model_index.json), a zoo-style entry, or a model."""
+    path = Path(path)
+    if (path / "studio.json").exists():
+        return load_zoo(path.name, path.parent) if (path.parent / "MANIFEST.json").exists() else _load_unlisted(path)
+    if (path / "model_index.json").exists():
+        check_weight_files(path)
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.from_pretrained(path, use_safetensors=True)
+    if (path / "config.json").exists():
+        module = load_module_folder(path)
+        sched_dir = next((d for d in (path / "scheduler", path.parent / "scheduler") if d.is_dir()), None)
+        if sched_dir is None:
+            return module
+        sched = json.loads((sched_dir / "scheduler_config.json").read_text())
+        return DiffusionModel(name=path.name, unet=module, scheduler_config=sched,
+                              prediction_type=sched.get("prediction_type", "epsilon"))
+    raise ModelNotFound(f"{path} is not a diffusers folder (no model_index.json or config.json)")
+
+
+def _load_unlisted(folder: Path) -> Any:
+    info = json.loads((folder / "studio.json").read_text())
+    module = load_module_folder(folder / "model", info["model_class"])
+    if info["kind"] != "diffusion":
+        return module
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return DiffusionModel(folder.name, module, sched, info.get("prediction_type", "epsilon"),
+                          info.get("conditioning", "none"), info)
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub endpoint answers a TCP connect within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_hub(repo_id: str) -> Any:
+    """A hub pipeline by id: from the local cache, or downloaded when the hub is reachable."""
+    if not HUB_ID.match(repo_id):
+        raise ModelNotFound(f"{repo_id!r} is not a hub id (expected 'owner/name')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id, local_files_only=True)
+    except Exception:
+        if not hub_reachable():
+            raise ModelNotFound(
+                f"cannot load {repo_id!r}: it is not in the local cache and the model hub cannot be "
+                "reached (offline). Download it where there is internet and pass the local folder "
+                "instead, e.g. `studio launch --model /path/to/folder`."
+            ) from None
+        folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+    return load_folder(Path(folder))
+
+
+def resolve(source: str, zoo: Path = ZOO_DIR) -> Any:
+    """Load ``source``: a zoo entry name, a local folder, or a hub id, in that order."""
+    if source in read_manifest(zoo):
+        return load_zoo(source, zoo)
+    if Path(source).is_dir():
+        return load_folder(Path(source))
+    if HUB_ID.match(source):
+        return load_hub(source)
+    raise ModelNotFound(f"{source!r} is not a zoo entry, a local folder or a hub id")
+
+
+def module_bytes(obj: Any) -> int:
+    """Bytes of parameters and buffers of every module in ``obj``."""
+    return sum(t.numel() * t.element_size() for m in modules_of(obj) for t in (*m.parameters(), *m.buffers()))
+
+
+def modules_of(obj: Any) -> list[torch.nn.Module]:
+    if isinstance(obj, torch.nn.Module):
+        return [obj]
+    if isinstance(obj, DiffusionModel):
+        return obj.modules
+    components = getattr(obj, "components", None)  # diffusers pipelines
+    if isinstance(components, dict):
+        return [m for m in components.values() if isinstance(m, torch.nn.Module)]
+    return []

@@ -1,0 +1,150 @@
+"""The one denoising loop, over any diffusers scheduler.
+
+A *denoiser* is ``denoise(x_t, t) -> prediction``: a model function with its conditioning (and
+any guidance) already bound, see :mod:`studio.core.guidance`. ``x_t`` is what the network sees,
+i.e. the scheduler's ``scale_model_input`` output (for Euler-type schedulers that is the
+variance-preserving x_t, for DDPM/DDIM the sample itself).
+
+:func:`sample` is a generator, used as ``*progress, x0 = sample(...)``: it yields a
+:class:`Progress` per step (with an x0 preview every ``preview_every`` steps) and finally the
+sample tensor, so a GUI streams previews, a notebook takes the last item, and a consumer that
+stops iterating cancels the run between steps.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal, get_args
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.utils.torch_utils import randn_tensor
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
+SchedulerName = Literal["ddpm", "ddim", "dpm++", "euler", "euler-a", "unipc", "flow-euler"]
+SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)
+SCHEDULERS = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-a": EulerAncestralDiscreteScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "flow-euler": FlowMatchEulerDiscreteScheduler,
+}
+SCHEDULER_LABELS = {
+    "ddpm": "DDPM (ancestral)", "ddim": "DDIM (deterministic)", "dpm++": "DPM-Solver++ (multistep)",
+    "euler": "Euler", "euler-a": "Euler ancestral", "unipc": "UniPC", "flow-euler": "Flow-matching Euler",
+}
+FLOW_SCHEDULERS = ("flow-euler", "dpm++", "unipc")  # those that can run a flow-matching model
+
+
+class SchedulerError(ValueError):
+    """A scheduler name or scheduler / model combination that cannot work."""
+
+
+def make_scheduler(name: str, base_config: dict, prediction_type: str = "epsilon", **overrides):
+    """Scheduler ``name`` built from a model's training scheduler config.
+
+    Flow-matching models (``prediction_type="flow"``) run with FlowMatchEuler, or with
+    DPM-Solver++ / UniPC in their flow mode; epsilon / v models with any of the others.
+    """
+    if name not in SCHEDULERS:
+        raise SchedulerError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
+    if prediction_type == "flow":
+        if name not in FLOW_SCHEDULERS:
+            raise SchedulerError(f"a flow-matching model needs one of {', '.join(FLOW_SCHEDULERS)}, not {name!r}")
+        if name != "flow-euler":
+            overrides = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, **overrides}
+    elif name == "flow-euler":
+        raise SchedulerError(f"'flow-euler' needs a flow-matching model; this model predicts {prediction_type!r}")
+    cls = SCHEDULERS[name]
+    config = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
+    if name == "dpm++":
+        overrides.setdefault("algorithm_type", "dpmsolver++")
+    return cls.from_config(config, **overrides)
+
+
+@dataclass
+class Progress:
+    step: int  # 1-based
+    total: int
+    timestep: float
+    preview: torch.Tensor | None = None  # (B, C, H, W) predicted x0, model range
+
+
+def predicted_x0(scheduler, pred: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """x0 estimate from one model output (Eq. 15 of DDPM for epsilon; x - sigma * v for flow)."""
+    if prediction_type == "flow":
+        sigma = float(t) / scheduler.config.num_train_timesteps
+        return x_in - sigma * pred
+    a = scheduler.alphas_cumprod.to(x_in.device)[int(t)].to(x_in.dtype)
+    if prediction_type == "epsilon":
+        return (x_in - (1 - a).sqrt() * pred) / a.sqrt()
+    if prediction_type == "v_prediction":
+        return a.sqrt() * x_in - (1 - a).sqrt() * pred
+    return pred
+
+
+def _accepts(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def sample(
+    denoise: Denoiser,
+    scheduler,
+    shape: tuple[int, ...],
+    *,
+    num_inference_steps: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    prediction_type: str = "epsilon",
+    preview_every: int = 0,
+    latents: torch.Tensor | None = None,
+    eta: float = 0.0,
+) -> Iterator[Progress | torch.Tensor]:
+    """Yield a :class:`Progress` per step, then the final sample ``(B, C, H, W)`` in model range.
+
+    Noise comes from ``generator`` on the CPU, as diffusers' pipelines draw it, so the loop
+    reproduces ``DDPMPipeline`` / ``DDIMPipeline`` exactly for the same seed.
+    """
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+    device = torch.device(device)
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    if latents is None:
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    x = latents.to(device=device, dtype=dtype) * getattr(scheduler, "init_noise_sigma", 1.0)
+    step_kwargs = {}
+    if _accepts(scheduler.step, "generator"):
+        step_kwargs["generator"] = generator
+    if _accepts(scheduler.step, "eta"):
+        step_kwargs["eta"] = eta
+    scale = getattr(scheduler, "scale_model_input", None)
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        x_in = scale(x, t) if scale is not None else x  # Euler-type: x / sqrt(sigma^2 + 1)
+        pred = denoise(x_in, t)
+        preview = None
+        if preview_every and ((i + 1) % preview_every == 0 or i + 1 == len(timesteps)):
+            preview = predicted_x0(scheduler, pred, x_in, t, prediction_type).detach()
+        x = scheduler.step(pred, t, x, **step_kwargs).prev_sample
+        yield Progress(step=i + 1, total=len(timesteps), timestep=float(t), preview=preview)
+    yield x
+
+
+def run_to_end(gen: Iterator) -> torch.Tensor:
+    """Exhaust a sampling generator and return its last item (the notebook's way)."""
+    *_, last = gen
+    return last

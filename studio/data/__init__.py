@@ -1,0 +1,1 @@
+"""Embedded data: the shapes world (procedural), digits (scikit-learn), text embeddings."""

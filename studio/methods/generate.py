@@ -1,0 +1,125 @@
+"""Generate: plain (classifier-free guided) sampling from a zoo model.
+
+Digits models take a class, text models a prompt. ``guidance`` is the classifier-free scale
+``s`` in ``eps = eps_u + s (eps_c - eps_u)``: 0 is the unconditional model, 1 the plain
+conditional one. Image ``i`` of a batch uses seed ``seed + i``, so any single image can be
+remade alone with ``n_images=1`` and its own seed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import torch
+
+from studio.core import guidance as G
+from studio.core.device import MAX_SEED, make_generator, random_seed
+from studio.core.loading import DiffusionModel
+from studio.core.manager import ModelManager
+from studio.core.params import ParamError, spec, validate
+from studio.core.results import ImageResult, to_pil
+from studio.core.sampling import Progress, SchedulerError, SchedulerName, make_scheduler, sample
+from studio.data.text import MAX_PROMPT_CHARS, PromptError, encode
+
+MODEL_KEYS = ("digits-cond", "shapes-t2i", "text-encoder")
+DISPLAY_SIZE = 128  # pixels; small models are upscaled (nearest) for display
+
+
+@dataclass
+class Params:
+    model: str = field(default="shapes-t2i", metadata=spec("Model", "A zoo diffusion model (or a loaded folder)."))
+    prompt: str = field(default="a red circle at the top left", metadata=spec(
+        "Prompt", "For text models: one object works best, e.g. 'a blue square at the bottom right'.",
+        max_chars=MAX_PROMPT_CHARS))
+    digit: int = field(default=3, metadata=spec("Digit", "For class models: the class to draw.", minimum=0, maximum=9, step=1))
+    scheduler: SchedulerName = field(default="ddim", metadata=spec("Scheduler", "Any diffusers scheduler the model supports."))
+    steps: int = field(default=20, metadata=spec("Steps", "Denoising steps.", minimum=1, maximum=200, step=1))
+    guidance: float = field(default=2.0, metadata=spec(
+        "Guidance scale", "Classifier-free scale: 0 = unconditional, 1 = conditional, higher = stronger.",
+        minimum=0.0, maximum=15.0, step=0.25))
+    seed: int = field(default=0, metadata=spec("Seed", "Image i uses seed + i.", minimum=0, maximum=MAX_SEED, step=1))
+    randomize_seed: bool = field(default=False, metadata=spec("Random seed", "Draw a fresh seed (shown with the result)."))
+    n_images: int = field(default=4, metadata=spec("Images", "How many images.", minimum=1, maximum=16, step=1))
+    preview_every: int = field(default=5, metadata=spec(
+        "Preview every", "Show the predicted clean image every k steps (0 = no previews).", minimum=0, maximum=50,
+        step=1, advanced=True))
+
+
+def _conditions(dm: DiffusionModel, p: Params, manager: ModelManager, n: int) -> tuple[dict | None, dict | None]:
+    """(conditional, unconditional) UNet kwargs, each batched to ``n``."""
+    if dm.conditioning == "class":
+        null = int(dm.info.get("null_class", 10))
+        return ({"class_labels": torch.full((n,), p.digit, dtype=torch.long)},
+                {"class_labels": torch.full((n,), null, dtype=torch.long)})
+    if dm.conditioning == "text":
+        with manager.use("text-encoder") as enc:
+            emb = encode(enc, [p.prompt, ""])
+
+        def pick(i: int) -> dict:
+            return {"encoder_hidden_states": emb["encoder_hidden_states"][i:i + 1].repeat(n, 1, 1),
+                    "encoder_attention_mask": emb["encoder_attention_mask"][i:i + 1].repeat(n, 1),
+                    "class_labels": emb["pooled"][i:i + 1].repeat(n, 1)}
+
+        return pick(0), pick(1)
+    return None, None
+
+
+def check(p: Params, manager: ModelManager) -> None:
+    """Raise :class:`ParamError` for anything the run cannot do."""
+    validate(p)
+    if p.model not in manager or p.model == "text-encoder" or p.model.startswith(("judge-", "fd-")):
+        models = [k for k in manager.keys() if k != "text-encoder" and not k.startswith(("judge-", "fd-"))]
+        raise ParamError(f"unknown model {p.model!r}; choose one of {', '.join(models)}")
+
+
+def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:
+    """Yield a Progress per step (with previews), then an :class:`ImageResult`."""
+    check(p, manager)
+    seed = random_seed() if p.randomize_seed else p.seed
+    t0 = time.perf_counter()
+    with manager.use(p.model) as dm:
+        if not isinstance(dm, DiffusionModel):
+            raise ParamError(f"{p.model!r} is not a diffusion model the Generate tab can drive")
+        if dm.conditioning == "text" and not p.prompt.strip():
+            raise ParamError("the prompt is empty; describe one object, e.g. 'a red circle at the top left'")
+        try:
+            scheduler = make_scheduler(p.scheduler, dm.scheduler_config, dm.prediction_type)
+            cond, uncond = _conditions(dm, p, manager, p.n_images)
+        except (SchedulerError, PromptError) as exc:
+            raise ParamError(str(exc)) from None
+        if cond is None:
+            denoise = G.bind(dm.model_fn, {})
+        elif p.guidance == 1.0:
+            denoise = G.bind(dm.model_fn, cond)
+        elif p.guidance == 0.0:
+            denoise = G.bind(dm.model_fn, uncond)
+        else:
+            denoise = G.cfg(dm.model_fn, cond, uncond, p.guidance)
+        device = next(dm.unet.parameters()).device
+        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(p.n_images)]
+        with torch.no_grad():
+            x = None
+            for item in sample(denoise, scheduler, (p.n_images, *dm.sample_shape), num_inference_steps=p.steps,
+                               generator=[make_generator(s) for s in seeds], device=device,
+                               prediction_type=dm.prediction_type, preview_every=p.preview_every):
+                if isinstance(item, Progress):
+                    yield item
+                else:
+                    x = item
+    upscale = max(1, DISPLAY_SIZE // dm.sample_shape[-1])
+    parameters = {"method": "generate", **asdict(p), "seed": seed, "randomize_seed": False,
+                  "studio_version": _version()}
+    if dm.conditioning != "text":
+        parameters.pop("prompt")
+    if dm.conditioning != "class":
+        parameters.pop("digit")
+    yield ImageResult(images=to_pil(x, upscale), parameters=parameters, seeds=seeds, tensors=x.cpu(),
+                      seconds=time.perf_counter() - t0)
+
+
+def _version() -> str:
+    from studio import __version__
+
+    return __version__

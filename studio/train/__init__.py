@@ -1,0 +1,21 @@
+"""Recipes that rebuild every zoo entry: ``studio train <name>`` (resumable, accelerate-ready)."""
+
+from __future__ import annotations
+
+DIFFUSION = ("digits-cond", "shapes-t2i")
+JUDGES = ("judge-digits", "fd-digits", "judge-shapes", "fd-shapes")
+ALL = DIFFUSION + JUDGES
+
+
+def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0) -> dict:
+    """Train the zoo entry ``name`` and export it to ``studio/zoo/<name>``."""
+    if name in DIFFUSION:
+        from studio.train import diffusion
+
+        recipe = diffusion.RECIPES[name](**({"steps": steps} if steps else {}))
+        return diffusion.train(recipe, seed=seed, minutes=minutes)
+    if name in JUDGES:
+        from studio.train import judges
+
+        return judges.train(name, seed=seed, **({"steps": steps} if steps else {}))
+    raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")

@@ -1,0 +1,102 @@
+"""What every recipe shares: resumable checkpoints, export to the zoo, the MANIFEST.
+
+Checkpoints live in ``runs/<name>/`` (ignored by git): model and EMA weights as safetensors,
+the optimizer state with ``torch.save`` (read back with ``weights_only=True``), and a JSON of
+the step count and elapsed seconds, written atomically every ``every`` steps so a stopped run
+loses little. Recipes run under Hugging Face ``accelerate``: ``accelerate launch -m
+studio.cli train <name>`` spreads the batch over several GPUs unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from studio.core.loading import ZOO_DIR, read_manifest, sha256
+
+RUNS_DIR = Path(os.environ.get("STUDIO_RUNS", Path.cwd() / "runs"))
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}"
+
+
+class Checkpoint:
+    """Resumable state of one recipe run in ``runs/<name>``."""
+
+    def __init__(self, name: str, root: Path | None = None):
+        self.dir = (root or RUNS_DIR) / name
+        self.meta_path = self.dir / "state.json"
+
+    def exists(self) -> bool:
+        return self.meta_path.exists()
+
+    def save(self, step: int, seconds: float, modules: dict[str, torch.nn.Module],
+             optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> None:
+        tmp = self.dir.with_name(self.dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for key, module in modules.items():
+            state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+            save_file(state, tmp / f"{key}.safetensors")
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "seconds": seconds, **(extra or {})}))
+        old = self.dir.with_name(self.dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.dir.exists():
+            self.dir.rename(old)
+        tmp.rename(self.dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, modules: dict[str, torch.nn.Module],
+             optimizer: torch.optim.Optimizer | None = None) -> dict:
+        for key, module in modules.items():
+            module.load_state_dict(load_file(self.dir / f"{key}.safetensors"))
+        if optimizer is not None and (self.dir / "optimizer.pt").exists():
+            optimizer.load_state_dict(torch.load(self.dir / "optimizer.pt", weights_only=True))
+        return json.loads(self.meta_path.read_text())
+
+
+def write_manifest_entry(name: str, info: dict, zoo: Path = ZOO_DIR) -> dict:
+    """Record (or update) ``name``: files with sha256 and size, plus ``info`` (recipe, time, quality)."""
+    manifest = read_manifest(zoo)
+    entry = dict(manifest.get(name, {}))
+    entry.update(info)
+    folder = zoo / name
+    entry["files"] = {
+        str(p.relative_to(folder)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+    entry["bytes"] = sum(f["bytes"] for f in entry["files"].values())
+    manifest[name] = entry
+    (zoo / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return entry
+
+
+def update_quality(name: str, quality: dict, zoo: Path = ZOO_DIR) -> None:
+    """Merge measured figures into ``MANIFEST[name]["quality"]`` without touching the files."""
+    manifest = read_manifest(zoo)
+    manifest.setdefault(name, {}).setdefault("quality", {}).update(quality)
+    (zoo / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+class Timer:
+    """Wall-clock seconds, resumable across checkpoints."""
+
+    def __init__(self, already: float = 0.0):
+        self.start = time.perf_counter() - already
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

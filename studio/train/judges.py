@@ -1,0 +1,130 @@
+"""Recipes for the measuring instruments: ``judge-digits``, ``fd-digits``, ``judge-shapes``, ``fd-shapes``.
+
+They are trained on real data only (the digits training split; fresh shapes renders), never on
+samples of a generator, and with their own seeds, so no method grades its own homework. Light
+augmentation (shifts, pixel noise, colour jitter) makes them read imperfect samples sensibly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from studio.data import digits, shapes
+from studio.nets.judges import DigitsNet, ShapesGridNet
+from studio.train.common import ZOO_DIR, Timer, machine_description, write_manifest_entry
+
+SPECS = {
+    #  name            net class       config                                   seed  steps
+    "judge-digits": (DigitsNet, {"width": 32, "feature_dim": 64}, 11, 2000),
+    "fd-digits": (DigitsNet, {"width": 24, "feature_dim": 64}, 12, 2000),
+    "judge-shapes": (ShapesGridNet, {"width": 16, "feature_dim": 256}, 13, 2000),
+    "fd-shapes": (ShapesGridNet, {"width": 16, "feature_dim": 128}, 14, 1200),
+}
+SHAPES_TEST_SEED = 987_654  # held-out renders; training renders use other seeds
+
+
+def _shift(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Tensor:
+    """Random integer translation of each image by up to ``max_shift`` pixels (background fill)."""
+    pad = F.pad(x, [max_shift] * 4, value=-1.0)
+    out = torch.empty_like(x)
+    h, w = x.shape[-2:]
+    d = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2), generator=gen)
+    for i, (dy, dx) in enumerate(d.tolist()):
+        out[i] = pad[i, :, dy:dy + h, dx:dx + w]
+    return out
+
+
+def _digits_batch(gen: torch.Generator, data: digits.DigitsSplit, n: int = 128):
+    idx = torch.randint(len(data.labels), (n,), generator=gen)
+    x = _shift(torch.from_numpy(data.images[idx.numpy()]), gen, 1)
+    x = x + 0.1 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)
+    return x, torch.from_numpy(data.labels[idx.numpy()])
+
+
+def _shapes_batch(rng: np.random.Generator, gen: torch.Generator, n: int = 128, augment: bool = True):
+    imgs, scenes = shapes.make_dataset(n, int(rng.integers(2**31)))
+    x = shapes.to_model_range(imgs)
+    if augment:
+        jitter = 1 + 0.15 * (2 * torch.rand(n, 3, 1, 1, generator=gen) - 1)
+        x = ((x + 1) * jitter - 1).clamp(-1, 1)
+        x = x + 0.2 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)
+    labels = [s.cell_labels() for s in scenes]
+    return x, torch.from_numpy(np.stack([l[0] for l in labels])), torch.from_numpy(np.stack([l[1] for l in labels]))
+
+
+def shapes_loss(net: ShapesGridNet, x, shape_y, colour_y) -> torch.Tensor:
+    s, c = net(x)
+    loss = F.cross_entropy(s.reshape(-1, s.shape[-1]), shape_y.reshape(-1))
+    occupied = colour_y.reshape(-1) >= 0
+    return loss + F.cross_entropy(c.reshape(-1, c.shape[-1])[occupied], colour_y.reshape(-1)[occupied])
+
+
+@torch.no_grad()
+def evaluate_digits(net: DigitsNet) -> float:
+    """Accuracy on the fixed 360-image test split."""
+    test = digits.load("test")
+    net.eval()
+    pred = net(torch.from_numpy(test.images)).argmax(-1).numpy()
+    return float((pred == test.labels).mean())
+
+
+@torch.no_grad()
+def evaluate_shapes(net: ShapesGridNet, n: int = 2000) -> dict:
+    """Held-out renders: per-object accuracy (shape, colour and region all right) and empty-cell accuracy."""
+    net.eval()
+    imgs, scenes = shapes.make_dataset(n, SHAPES_TEST_SEED)
+    shape_cells, colour_cells = net.read(shapes.to_model_range(imgs))
+    obj_ok, empty_ok, n_obj, n_empty = 0, 0, 0, 0
+    for i, scene in enumerate(scenes):
+        s_true, c_true = scene.cell_labels()
+        for r in range(9):
+            if s_true[r] == 0:
+                n_empty += 1
+                empty_ok += int(shape_cells[i, r] == 0)
+            else:
+                n_obj += 1
+                obj_ok += int(shape_cells[i, r] == s_true[r] and colour_cells[i, r] == c_true[r])
+    return {"object_accuracy": obj_ok / n_obj, "empty_cell_accuracy": empty_ok / n_empty, "n_scenes": n}
+
+
+def train(name: str, seed: int | None = None, steps: int | None = None) -> dict:
+    cls, config, default_seed, default_steps = SPECS[name]
+    seed = default_seed if seed is None or seed == 0 else seed
+    steps = steps or default_steps
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = cls(**config)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    data = digits.load("train") if cls is DigitsNet else None
+    timer = Timer()
+    net.train()
+    for _ in tqdm(range(steps), desc=name):
+        if data is not None:
+            x, y = _digits_batch(gen, data)
+            loss = F.cross_entropy(net(x), y)
+        else:
+            loss = shapes_loss(net, *_shapes_batch(rng, gen))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    seconds = timer.seconds
+    net.eval()
+    quality = ({"test_accuracy": evaluate_digits(net), "test_images": 360} if data is not None
+               else evaluate_shapes(net))
+    folder = ZOO_DIR / name
+    net.save_pretrained(folder / "model", safe_serialization=True)
+    (folder / "studio.json").write_text(json.dumps(
+        {"kind": "judge", "model_class": cls.__name__, "domain": "digits" if data is not None else "shapes"},
+        indent=2) + "\n")
+    write_manifest_entry(name, {"recipe": f"studio train {name}", "kind": "judge", "train_steps": steps,
+                                "train_seconds": round(seconds, 1), "machine": machine_description(),
+                                "seed": seed, "quality": quality})
+    return {"name": name, "seconds": round(seconds, 1), **quality}

@@ -1,0 +1,26 @@
+"""Dependency direction: the engine never imports gradio or components; importing does no work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+ENGINE = ["studio", "studio.core.device", "studio.core.manager", "studio.core.sampling", "studio.core.guidance",
+          "studio.core.metrics", "studio.core.results", "studio.core.params", "studio.core.loading",
+          "studio.methods.generate", "studio.data.shapes", "studio.data.digits", "studio.data.text",
+          "studio.nets.judges", "studio.nets.unets", "studio.evaluate", "studio.cli", "studio.train"]
+
+
+def test_engine_imports_without_gradio_and_without_loading_anything():
+    code = (
+        "import sys, threading\n"
+        f"for m in {ENGINE!r}: __import__(m)\n"
+        "bad = [m for m in sys.modules if m == 'gradio' or m.startswith(('gradio.', 'components'))]\n"
+        "assert not bad, bad\n"
+        "assert 'sentence_transformers' not in sys.modules, 'text encoder imported at import time'\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+        "import studio.core.manager as mm; assert mm._DEFAULT is None\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
