@@ -44,9 +44,9 @@ def model_conditioning(key: str | None, zoo: Path = ZOO_DIR) -> str | None:
         return None
 
 
-def condition_visibility(key: str | None) -> tuple[bool, bool]:
+def condition_visibility(key: str | None, zoo: Path = ZOO_DIR) -> tuple[bool, bool]:
     """(show prompt, show digit) for model ``key``; both when its conditioning is unknown."""
-    cond = model_conditioning(key)
+    cond = model_conditioning(key, zoo)
     return (cond in ("text", None), cond in ("class", None))
 
 
@@ -90,15 +90,15 @@ def build_generate_tab(manager: ModelManager) -> dict[str, gr.components.Compone
                                   labels={"scheduler": SCHEDULER_LABELS})
             show_prompt, show_digit = condition_visibility(inputs["model"].value)
             inputs["prompt"].visible, inputs["digit"].visible = show_prompt, show_digit
-            with gr.Row():
-                run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
         with gr.Column(scale=3, min_width=320):
+            with gr.Row():
+                run_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="generate-btn")
+                stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-btn")
             with gr.Row(equal_height=False):
                 preview = gr.Image(label="Preview (predicted clean images while sampling)", type="pil",
-                                   interactive=False, height=300, elem_id="preview")
-                gallery = gr.Gallery(label="Images (PNG with parameters)", format="png", columns=4,
-                                     height=300, interactive=False, elem_id="gallery")
+                                   interactive=False, height=320, elem_id="preview")
+                gallery = gr.Gallery(label="Images (PNG with parameters)", format="png", columns=2,
+                                     height=320, object_fit="contain", interactive=False, elem_id="gallery")
             with gr.Row():
                 seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="seed-used")
                 info = gr.Markdown(label="Run", elem_id="run-info")
@@ -114,6 +114,9 @@ def build_generate_tab(manager: ModelManager) -> dict[str, gr.components.Compone
     @shows_errors
     def generate_images(progress=gr.Progress(), **values):
         params = coerce(generate.Params, values)
+        # Yield before any model work: Gradio registers a generator for cancellation only after
+        # its first item, and a run cancelled before that would keep its model lease.
+        yield {info: ""}
         progress((0, params.steps), desc="Loading model")
         for item in generate.run(params, manager):
             if isinstance(item, Progress):

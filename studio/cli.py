@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         manager = default_manager()
         for source in args.model:
             manager.add_source(source)
-        launch(manager, server_name=args.host, server_port=args.port)
+        options = {"server_name": args.host, "server_port": args.port}
+        launch(manager, **{k: v for k, v in options.items() if v is not None})
         return 0
     if args.command == "train":
         from studio import train

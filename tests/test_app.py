@@ -136,6 +136,7 @@ def test_cancel_stops_between_steps_and_releases_the_model(app):
     while any(row["in use"] for row in manager.status()):
         assert time.time() < deadline, "the cancelled run still holds its model"
         time.sleep(0.05)
+    assert job.status().code.name == "CANCELLED"
     assert len(generate(client, model="digits-cond", **FAST)["gallery"]) == 2
 
 
@@ -152,7 +153,13 @@ def test_inputs_are_built_from_params_by_name():
     assert isinstance(inputs["seed"], gr.Number)  # 2**32 positions: a box, not a slider
     assert isinstance(inputs["prompt"], gr.Textbox) and inputs["prompt"].max_length == 200
     assert isinstance(inputs["randomize_seed"], gr.Checkbox)
-    assert isinstance(inputs["preview_every"].parent, gr.Accordion)
+    assert in_accordion(inputs["preview_every"]) and not in_accordion(inputs["steps"])
+
+
+def in_accordion(block) -> bool:
+    while block is not None and not isinstance(block, gr.Accordion):
+        block = block.parent
+    return block is not None
 
 
 def test_launch_is_offline_and_reads_host_and_port(tiny_manager, monkeypatch):
@@ -166,3 +173,14 @@ def test_launch_is_offline_and_reads_host_and_port(tiny_manager, monkeypatch):
         assert demo.analytics_enabled is False
     finally:
         demo.close()
+
+
+def test_prompt_or_digit_follow_the_models_conditioning(tmp_path):
+    from components.generate_tab import condition_visibility
+
+    for name, cond in [("digits", "class"), ("shapes", "text")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "studio.json").write_text(f'{{"kind": "diffusion", "conditioning": "{cond}"}}')
+    assert condition_visibility("digits", tmp_path) == (False, True)
+    assert condition_visibility("shapes", tmp_path) == (True, False)
+    assert condition_visibility("a-folder-model", tmp_path) == (True, True)  # unknown: show both

@@ -64,7 +64,13 @@ class Checkpoint:
         for key, module in modules.items():
             module.load_state_dict(load_file(self.dir / f"{key}.safetensors"))
         if optimizer is not None and (self.dir / "optimizer.pt").exists():
-            optimizer.load_state_dict(torch.load(self.dir / "optimizer.pt", weights_only=True))
+            import numpy as np
+
+            # numpy scalars are plain data; allow them (older checkpoints stored the lr as one)
+            with torch.serialization.safe_globals([np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType]):
+                optimizer.load_state_dict(torch.load(self.dir / "optimizer.pt", weights_only=True))
+            for group in optimizer.param_groups:
+                group["lr"] = float(group["lr"])
         return json.loads(self.meta_path.read_text())
 
 

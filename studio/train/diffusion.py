@@ -147,7 +147,7 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         a = alphas[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = float(lr_at(step))
         pred = model(x_t, t, **cond).sample
         loss = F.mse_loss(pred, noise)
         accelerator.backward(loss)

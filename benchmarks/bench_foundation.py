@@ -1,0 +1,207 @@
+"""Foundation benchmark: loop speed vs diffusers, compute efficiency, app start, memory, one action.
+
+Measured in one run on one machine (named in the output):
+
+1. images/second of the studio loop vs diffusers' stock ``DDIMPipeline`` on the same zoo UNet,
+   scheduler, steps, batch and seed (the UNet is bound to one fixed condition, since stock
+   unconditional pipelines pass no condition; both sides call the same bound UNet). Goal:
+   ratio >= 0.95.
+2. achieved GFLOP/s of the denoiser forward (FLOPs counted by ``torch.utils.flop_counter``) vs a
+   plain fp32 matmul of similar work on this machine.
+3. app cold start to first HTTP 200 (goal < 6 s), then one Generate action at default settings
+   through ``gradio_client`` (goal < 3 s, after a warm-up call that loads the models), and peak
+   memory of the app process with both embedded models loaded (goal < 1.5 GB).
+
+Writes ``benchmarks/results/foundation.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+from diffusers import DDIMPipeline
+from torch.utils.flop_counter import FlopCounterMode
+
+from studio.core.manager import ModelManager
+from studio.core.sampling import make_scheduler, run_to_end, sample
+from studio.data.text import encode
+
+ROOT = Path(__file__).resolve().parent
+STEPS = 20
+REPEATS = 3
+
+
+class Bound(torch.nn.Module):
+    """A zoo UNet with its condition fixed, callable as ``unet(x, t)`` like an unconditional UNet."""
+
+    def __init__(self, unet, cond):
+        super().__init__()
+        self.unet, self.cond = unet, cond
+        self.config, self.dtype, self.device = unet.config, unet.dtype, unet.device
+
+    def forward(self, x, t, **_):
+        n = x.shape[0]
+        return self.unet(x, t, **{k: v[:1].expand(n, *v.shape[1:]) for k, v in self.cond.items()})
+
+
+def condition(manager: ModelManager, name: str) -> dict:
+    if name == "digits-cond":
+        return {"class_labels": torch.tensor([3])}
+    with manager.use("text-encoder") as enc:
+        e = encode(enc, ["a red circle at the top left"])
+    return {"encoder_hidden_states": e["encoder_hidden_states"], "encoder_attention_mask": e["encoder_attention_mask"],
+            "class_labels": e["pooled"]}
+
+
+def best_of(fn, repeats=REPEATS) -> float:
+    fn()  # warm-up (oneDNN primitive creation)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+@torch.no_grad()
+def loop_vs_pipeline(manager: ModelManager) -> list[dict]:
+    rows = []
+    for name in ("digits-cond", "shapes-t2i"):
+        cond = condition(manager, name)
+        with manager.use(name) as dm:
+            bound = Bound(dm.unet, cond)
+            pipe = DDIMPipeline(unet=bound, scheduler=make_scheduler("ddim", dm.scheduler_config))
+            pipe.set_progress_bar_config(disable=True)
+            for batch in (1, 16):
+                shape = (batch, *dm.sample_shape)
+                ours = lambda: run_to_end(sample(lambda x, t: bound(x, t).sample, make_scheduler("ddim", dm.scheduler_config),
+                                                 shape, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0)))
+                stock = lambda: pipe(batch_size=batch, num_inference_steps=STEPS, output_type="np",
+                                     generator=torch.Generator().manual_seed(0))
+                t_ours, t_stock = best_of(ours), best_of(stock)
+                rows.append({"model": name, "batch": batch, "steps": STEPS, "scheduler": "ddim",
+                             "studio_img_per_s": round(batch / t_ours, 2), "diffusers_img_per_s": round(batch / t_stock, 2),
+                             "ratio": round(t_stock / t_ours, 3)})
+                print(rows[-1], flush=True)
+    return rows
+
+
+@torch.no_grad()
+def compute_efficiency(manager: ModelManager) -> list[dict]:
+    rows = []
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t_mm = best_of(lambda: [a @ b for _ in range(10)]) / 10
+    matmul_gflops = 2 * n**3 / t_mm / 1e9
+    for name, batch in (("digits-cond", 64), ("shapes-t2i", 16)):
+        cond = condition(manager, name)
+        with manager.use(name) as dm:
+            bound = Bound(dm.unet, cond)
+            x, t = torch.randn(batch, *dm.sample_shape), torch.full((batch,), 500)
+            with FlopCounterMode(display=False) as counter:
+                bound(x, t)
+            flops = counter.get_total_flops()
+            secs = best_of(lambda: bound(x, t))
+        rows.append({"model": name, "batch": batch, "mflop_per_image": round(flops / batch / 1e6, 1),
+                     "denoiser_gflops": round(flops / secs / 1e9, 1), "matmul_gflops": round(matmul_gflops, 1),
+                     "share_of_matmul": round(flops / secs / 1e9 / matmul_gflops, 3)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_figures() -> dict:
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "launch"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(url, timeout=1).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.perf_counter() - t0 > 120 or proc.poll() is not None:
+                raise RuntimeError("the app did not answer within 120 s")
+            time.sleep(0.05)
+        cold_start = time.perf_counter() - t0
+        from gradio_client import Client
+
+        client = Client(url, verbose=False)
+        defaults = {"model": "shapes-t2i"}
+        client.predict(**defaults, api_name="/generate")  # loads the text encoder and shapes model
+        client.predict(model="digits-cond", api_name="/generate")  # loads the digits model
+        times = []
+        for _ in range(3):
+            t1 = time.perf_counter()
+            client.predict(**defaults, api_name="/generate")
+            times.append(time.perf_counter() - t1)
+        peak_kib = int(next(line.split()[1] for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                            if line.startswith("VmHWM")))
+        return {"cold_start_s": round(cold_start, 2), "generate_default_s": round(min(times), 2),
+                "generate_default_s_all": [round(t, 2) for t in times], "peak_rss_mib": round(peak_kib / 1024, 1),
+                "goals": {"cold_start_s": 6, "generate_default_s": 3, "peak_rss_mib": 1536}}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    return f"{os.cpu_count()} cores, {cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def to_markdown(result: dict) -> str:
+    lines = [f"# Foundation benchmark ({result['date']})", "", f"Machine: {result['machine']}", "",
+             "## Studio loop vs diffusers DDIMPipeline (DDIM, 20 steps, same UNet and seed)", "",
+             "| model | batch | studio img/s | diffusers img/s | ratio (goal >= 0.95) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['batch']} | {r['studio_img_per_s']} | {r['diffusers_img_per_s']} | {r['ratio']} |"
+              for r in result["loop_vs_pipeline"]]
+    lines += ["", "## Denoiser forward vs plain matmul (fp32)", "",
+              "| model | batch | MFLOP/image | denoiser GFLOP/s | matmul GFLOP/s | share |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['batch']} | {r['mflop_per_image']} | {r['denoiser_gflops']} | {r['matmul_gflops']} | "
+              f"{r['share_of_matmul']} |" for r in result["compute"]]
+    app = result["app"]
+    lines += ["", "## App", "", "| figure | measured | goal |", "|---|---|---|",
+              f"| cold start to first HTTP 200 | {app['cold_start_s']} s | < 6 s |",
+              f"| one Generate at defaults (gradio_client, best of 3) | {app['generate_default_s']} s | < 3 s |",
+              f"| peak memory, both models loaded | {app['peak_rss_mib']} MiB | < 1536 MiB |", ""]
+    return "\n".join(lines)
+
+
+def main() -> dict:
+    torch.set_num_threads(os.cpu_count() or 1)
+    manager = ModelManager(device="cpu")
+    manager.register_zoo()
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+              "loop_vs_pipeline": loop_vs_pipeline(manager), "compute": compute_efficiency(manager),
+              "app": app_figures()}
+    (ROOT / "results").mkdir(exist_ok=True)
+    (ROOT / "results" / "foundation.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = to_markdown(result)
+    (ROOT / "results" / "foundation.md").write_text(md)
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One self-contained file per method: typed ``Params`` + ``run(params, manager)`` generator."""
