@@ -7,7 +7,6 @@ that carry their parameters (what the user downloads is the PNG with the text ch
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import threading
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.core.loading import ZOO_DIR
 from studio.core.manager import ModelManager
 from studio.core.params import coerce
 from studio.core.results import ImageResult
@@ -24,29 +22,13 @@ from studio.core.sampling import SCHEDULER_LABELS, Progress
 from studio.methods import generate
 from components.widgets import grid_image, param_inputs, shows_errors
 
-NOT_FOR_GENERATE = ("text-encoder",)
-NOT_FOR_GENERATE_PREFIXES = ("judge-", "fd-")
 KEEP_RESULTS_SECONDS = 3600  # PNG folders older than this are removed at the next run
 
 
-def generate_models(manager: ModelManager) -> list[str]:
-    """The manager's diffusion models (the keys ``generate.check`` accepts)."""
-    return [k for k in manager.keys() if k not in NOT_FOR_GENERATE and not k.startswith(NOT_FOR_GENERATE_PREFIXES)]
-
-
-def model_conditioning(key: str | None, zoo: Path = ZOO_DIR) -> str | None:
-    """"class", "text" or "none" from the zoo entry's studio.json (no weights are read); None if unknown."""
-    if not key:
-        return None
-    try:
-        return json.loads((Path(zoo) / key / "studio.json").read_text()).get("conditioning")
-    except (OSError, ValueError):
-        return None
-
-
-def condition_visibility(key: str | None, zoo: Path = ZOO_DIR) -> tuple[bool, bool]:
-    """(show prompt, show digit) for model ``key``; both when its conditioning is unknown."""
-    cond = model_conditioning(key, zoo)
+def condition_visibility(manager: ModelManager, key: str | None) -> tuple[bool, bool]:
+    """(show prompt, show digit) for model ``key``, from what the manager knows without loading it;
+    both when its conditioning is unknown. The key is only looked up, never made into a path."""
+    cond = manager.info(key).get("conditioning") if key else None
     return (cond in ("text", None), cond in ("class", None))
 
 
@@ -82,13 +64,13 @@ class PngFolder:
 
 def build_generate_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     """Lay out the tab inside the current Blocks/Tab and wire its events; returns its components."""
-    models = generate_models(manager)
+    models = generate.diffusion_models(manager)
     pngs = PngFolder()
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
             inputs = param_inputs(generate.Params, choices={"model": models},
                                   labels={"scheduler": SCHEDULER_LABELS})
-            show_prompt, show_digit = condition_visibility(inputs["model"].value)
+            show_prompt, show_digit = condition_visibility(manager, inputs["model"].value)
             inputs["prompt"].visible, inputs["digit"].visible = show_prompt, show_digit
         with gr.Column(scale=3, min_width=320):
             with gr.Row():
@@ -105,7 +87,7 @@ def build_generate_tab(manager: ModelManager) -> dict[str, gr.components.Compone
             parameters = gr.JSON(label="Parameters", open=True, elem_id="parameters")
 
     def on_model(model: str):
-        show_prompt, show_digit = condition_visibility(model)
+        show_prompt, show_digit = condition_visibility(manager, model)
         return gr.update(visible=show_prompt), gr.update(visible=show_digit)
 
     inputs["model"].change(on_model, inputs=inputs["model"], outputs=[inputs["prompt"], inputs["digit"]],

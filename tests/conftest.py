@@ -52,8 +52,10 @@ def tiny_manager():
     m = ModelManager(device="cpu")
     sched = dict(noise_scheduler().config)
     m.register("digits-cond", lambda: DiffusionModel("digits-cond", tiny_digits_unet(), sched, "epsilon", "class",
-                                                     {"null_class": 10}))
-    m.register("shapes-t2i", lambda: DiffusionModel("shapes-t2i", tiny_shapes_unet(), sched, "epsilon", "text", {}))
+                                                     {"null_class": 10}),
+               info={"kind": "diffusion", "conditioning": "class"})
+    m.register("shapes-t2i", lambda: DiffusionModel("shapes-t2i", tiny_shapes_unet(), sched, "epsilon", "text", {}),
+               info={"kind": "diffusion", "conditioning": "text"})
     m.register("text-encoder", shared_text_encoder)
     return m
 

@@ -175,12 +175,12 @@ def test_launch_is_offline_and_reads_host_and_port(tiny_manager, monkeypatch):
         demo.close()
 
 
-def test_prompt_or_digit_follow_the_models_conditioning(tmp_path):
+def test_prompt_or_digit_follow_the_models_conditioning(tiny_manager):
     from components.generate_tab import condition_visibility
 
-    for name, cond in [("digits", "class"), ("shapes", "text")]:
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "studio.json").write_text(f'{{"kind": "diffusion", "conditioning": "{cond}"}}')
-    assert condition_visibility("digits", tmp_path) == (False, True)
-    assert condition_visibility("shapes", tmp_path) == (True, False)
-    assert condition_visibility("a-folder-model", tmp_path) == (True, True)  # unknown: show both
+    tiny_manager.register("a-folder-model", lambda: None)
+    assert condition_visibility(tiny_manager, "digits-cond") == (False, True)
+    assert condition_visibility(tiny_manager, "shapes-t2i") == (True, False)
+    assert condition_visibility(tiny_manager, "a-folder-model") == (True, True)  # unknown: show both
+    assert condition_visibility(tiny_manager, "../../etc") == (True, True)  # only looked up, never a path
+    assert all(r["where"] == "not loaded" for r in tiny_manager.status())

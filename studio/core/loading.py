@@ -78,6 +78,14 @@ class DiffusionModel:
         return [self.unet]
 
 
+def entry_info(folder: Path) -> dict:
+    """A zoo-style folder's studio.json (kind, domain, conditioning, ...), or {} when it has none."""
+    try:
+        return json.loads((Path(folder) / "studio.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def check_weight_files(folder: Path) -> list[Path]:
     """The safetensors files under ``folder``; refuses pickled weights and unreadable files."""
     from safetensors import safe_open
@@ -165,7 +173,7 @@ def load_module_folder(folder: Path, class_name: str | None = None) -> torch.nn.
 def load_zoo(name: str, zoo: Path = ZOO_DIR) -> Any:
     """Zoo entry ``name``: a :class:`DiffusionModel` or a judge module."""
     folder = verify_zoo_entry(name, zoo)
-    info = json.loads((folder / "studio.json").read_text())
+    info = entry_info(folder)
     module = load_module_folder(folder / "model", info["model_class"])
     if info["kind"] != "diffusion":
         return module

@@ -17,7 +17,8 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
@@ -47,6 +48,7 @@ class _Entry:
     last_used: float = 0.0
     leases: int = 0
     load_seconds: float = 0.0
+    info: dict = field(default_factory=dict)
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
@@ -73,21 +75,23 @@ class ModelManager:
         self._lock = threading.RLock()
 
     # registry ------------------------------------------------------------------------------
-    def register(self, key: str, loader: Callable[[], Any], replace: bool = False) -> None:
+    def register(self, key: str, loader: Callable[[], Any], replace: bool = False, info: dict | None = None) -> None:
+        """Register ``loader`` under ``key``; ``info`` is what is known without loading
+        (e.g. a zoo entry's studio.json: kind, domain, conditioning)."""
         with self._lock:
             if key in self._entries and not replace:
                 raise ValueError(f"model key {key!r} is already registered")
             old = self._entries.get(key)
             if old is not None and old.leases:
                 raise RuntimeError(f"model {key!r} is in use and cannot be replaced now")
-            self._entries[key] = _Entry(key, loader)
+            self._entries[key] = _Entry(key, loader, info=dict(info or {}))
 
     def register_zoo(self, zoo=loading.ZOO_DIR) -> list[str]:
         """Register every MANIFEST entry under its name; returns the names."""
         names = sorted(loading.read_manifest(zoo))
         for name in names:
             if name not in self._entries:
-                self.register(name, lambda n=name: loading.load_zoo(n, zoo))
+                self.register(name, lambda n=name: loading.load_zoo(n, zoo), info=loading.entry_info(zoo / name))
         if "text-encoder" not in self._entries:
             from studio.data.text import load_text_encoder
 
@@ -98,8 +102,14 @@ class ModelManager:
         """Register a zoo name, local diffusers folder or hub id; it loads on first use."""
         key = key or source
         if key not in self._entries:
-            self.register(key, lambda: loading.resolve(source))
+            self.register(key, lambda: loading.resolve(source), info=loading.entry_info(Path(source)))
         return key
+
+    def info(self, key: str) -> dict:
+        """What was registered about ``key`` without loading it ({} for an unknown key)."""
+        with self._lock:
+            e = self._entries.get(key)
+            return dict(e.info) if e is not None else {}
 
     def keys(self) -> list[str]:
         with self._lock:

@@ -69,9 +69,18 @@ def _conditions(dm: DiffusionModel, p: Params, manager: ModelManager, n: int) ->
 def check(p: Params, manager: ModelManager) -> None:
     """Raise :class:`ParamError` for anything the run cannot do."""
     validate(p)
-    if p.model not in manager or p.model == "text-encoder" or p.model.startswith(("judge-", "fd-")):
-        models = [k for k in manager.keys() if k != "text-encoder" and not k.startswith(("judge-", "fd-"))]
+    models = diffusion_models(manager)
+    if not models:
+        raise ParamError("no diffusion model is registered; build one with `studio train digits-cond`")
+    if p.model not in models:
         raise ParamError(f"unknown model {p.model!r}; choose one of {', '.join(models)}")
+
+
+def diffusion_models(manager: ModelManager) -> list[str]:
+    """The manager's keys this method can drive (not the text encoder, not the judges)."""
+    return [k for k in manager.keys()
+            if k != "text-encoder" and manager.info(k).get("kind", "diffusion") == "diffusion"
+            and not k.startswith(("judge-", "fd-"))]
 
 
 def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:
