@@ -136,3 +136,11 @@ def test_a_lease_cannot_silently_change_the_cached_weights():
     assert not torch.equal(fresh, original + 1.0)
     with m.use("a") as mod:  # reading (even with autograd on) is fine
         mod(torch.ones(1, 8)).sum().backward()
+
+
+def test_info_is_known_without_loading():
+    m = ModelManager(device="cpu")
+    m.register("a", linear(), info={"kind": "diffusion", "conditioning": "class"})
+    assert m.info("a") == {"kind": "diffusion", "conditioning": "class"} and loaded(m) == set()
+    m.info("a")["kind"] = "changed"  # a copy: callers cannot change the registry
+    assert m.info("a")["kind"] == "diffusion" and m.info("unknown") == {}
