@@ -37,7 +37,7 @@ from studio.data.text import encode
 
 ROOT = Path(__file__).resolve().parent
 STEPS = 20
-REPEATS = 3
+REPEATS = 5
 
 
 class Bound(torch.nn.Module):
@@ -60,6 +60,19 @@ def condition(manager: ModelManager, name: str) -> dict:
         e = encode(enc, ["a red circle at the top left"])
     return {"encoder_hidden_states": e["encoder_hidden_states"], "encoder_attention_mask": e["encoder_attention_mask"],
             "class_labels": e["pooled"]}
+
+
+def paired(fn_a, fn_b, repeats=REPEATS) -> tuple[float, float]:
+    """Best-of-``repeats`` seconds of two functions timed alternately (a, b, a, b, ...), so that
+    drifts of the machine (frequency, neighbours) hit both sides alike."""
+    fn_a(), fn_b()  # warm-up (oneDNN primitive creation)
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, out in ((fn_a, a), (fn_b, b)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return min(a), min(b)
 
 
 def best_of(fn, repeats=REPEATS) -> float:
@@ -87,7 +100,7 @@ def loop_vs_pipeline(manager: ModelManager) -> list[dict]:
                                                  shape, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0)))
                 stock = lambda: pipe(batch_size=batch, num_inference_steps=STEPS, output_type="np",
                                      generator=torch.Generator().manual_seed(0))
-                t_ours, t_stock = best_of(ours), best_of(stock)
+                t_ours, t_stock = paired(ours, stock)
                 rows.append({"model": name, "batch": batch, "steps": STEPS, "scheduler": "ddim",
                              "studio_img_per_s": round(batch / t_ours, 2), "diffusers_img_per_s": round(batch / t_stock, 2),
                              "ratio": round(t_stock / t_ours, 3)})
