@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no version check
 
@@ -18,6 +20,7 @@ An interactive workbench for diffusion methods. Everything runs on small embedde
 with the studio, on this machine's CPU: nothing is downloaded. Every image is a PNG that carries
 the parameters that made it.
 """
+log = logging.getLogger(__name__)
 MAX_FILE_SIZE = "10mb"  # uploads (drawn digits, CSVs) are small
 CACHE_CLEANUP = (3600, 3600)  # every hour, delete served files older than an hour
 # System fonts only: the default theme would fetch Google fonts, and the studio runs offline.
@@ -53,5 +56,23 @@ def launch(manager: ModelManager | None = None, **kw) -> gr.Blocks:
         "theme": THEME,
         **kw,
     }
-    demo.launch(**options)
+    block = not options.pop("prevent_thread_lock", False)
+    demo.launch(prevent_thread_lock=True, **options)
+    threading.Thread(target=warm_up, name="studio-warm-up", daemon=True).start()
+    if block:
+        demo.block_thread()
     return demo
+
+
+def warm_up() -> None:
+    """Import the engine's heavy half (diffusers: seconds on a small CPU) once the page is up, so
+    the first request is answered at once and the first Generate does not pay for the import."""
+    try:
+        from diffusers import UNet2DConditionModel, UNet2DModel  # noqa: F401
+
+        from studio.core.sampling import SCHEDULERS, scheduler_class
+
+        for name in SCHEDULERS:
+            scheduler_class(name)
+    except Exception:  # the first real use reports any problem to the user
+        log.exception("warm-up import failed")

@@ -24,3 +24,12 @@ def test_engine_imports_without_gradio_and_without_loading_anything():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_the_app_layer_defers_diffusers_so_the_page_answers_first():
+    """Importing diffusers costs seconds on a small CPU; the app imports it after launch (warm-up)."""
+    code = ("import sys\nimport components, studio.methods.generate\n"
+            "assert 'diffusers' not in sys.modules, 'diffusers imported before launch'\nprint('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

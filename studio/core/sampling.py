@@ -18,29 +18,21 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, get_args
 
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.utils.torch_utils import randn_tensor
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
 SchedulerName = Literal["ddpm", "ddim", "dpm++", "euler", "euler-a", "unipc", "flow-euler"]
 SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)
+# diffusers class names; resolved on first use, since importing diffusers takes seconds and
+# the app should answer its first request before that (see scheduler_class)
 SCHEDULERS = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler-a": EulerAncestralDiscreteScheduler,
-    "unipc": UniPCMultistepScheduler,
-    "flow-euler": FlowMatchEulerDiscreteScheduler,
+    "ddpm": "DDPMScheduler",
+    "ddim": "DDIMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "flow-euler": "FlowMatchEulerDiscreteScheduler",
 }
 SCHEDULER_LABELS = {
     "ddpm": "DDPM (ancestral)", "ddim": "DDIM (deterministic)", "dpm++": "DPM-Solver++ (multistep)",
@@ -51,6 +43,13 @@ FLOW_SCHEDULERS = ("flow-euler", "dpm++", "unipc")  # those that can run a flow-
 
 class SchedulerError(ValueError):
     """A scheduler name or scheduler / model combination that cannot work."""
+
+
+def scheduler_class(name: str):
+    """The diffusers scheduler class for ``name`` (imports diffusers on first call)."""
+    import diffusers
+
+    return getattr(diffusers, SCHEDULERS[name])
 
 
 def make_scheduler(name: str, base_config: dict, prediction_type: str = "epsilon", **overrides):
@@ -68,7 +67,7 @@ def make_scheduler(name: str, base_config: dict, prediction_type: str = "epsilon
             overrides = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, **overrides}
     elif name == "flow-euler":
         raise SchedulerError(f"'flow-euler' needs a flow-matching model; this model predicts {prediction_type!r}")
-    cls = SCHEDULERS[name]
+    cls = scheduler_class(name)
     config = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
     if name == "dpm++":
         overrides.setdefault("algorithm_type", "dpmsolver++")
@@ -121,6 +120,8 @@ def sample(
     """
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+    from diffusers.utils.torch_utils import randn_tensor
+
     device = torch.device(device)
     scheduler.set_timesteps(num_inference_steps, device=device)
     if latents is None:
