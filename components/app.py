@@ -68,11 +68,14 @@ def warm_up() -> None:
     """Import the engine's heavy half (diffusers: seconds on a small CPU) once the page is up, so
     the first request is answered at once and the first Generate does not pay for the import."""
     try:
-        from diffusers import UNet2DConditionModel, UNet2DModel  # noqa: F401
-
+        from studio.core import lazy
         from studio.core.sampling import SCHEDULERS, scheduler_class
 
-        for name in SCHEDULERS:
-            scheduler_class(name)
+        with lazy.hold():  # one step: a model load waits until the whole warm-up is done
+            for name in ("UNet2DModel", "UNet2DConditionModel", "ModelMixin"):
+                lazy.diffusers_attr(name)
+            lazy.module("studio.nets.judges")
+            for name in SCHEDULERS:
+                scheduler_class(name)
     except Exception:  # the first real use reports any problem to the user
         log.exception("warm-up import failed")

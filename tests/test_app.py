@@ -184,3 +184,38 @@ def test_prompt_or_digit_follow_the_models_conditioning(tiny_manager):
     assert condition_visibility(tiny_manager, "a-folder-model") == (True, True)  # unknown: show both
     assert condition_visibility(tiny_manager, "../../etc") == (True, True)  # only looked up, never a path
     assert all(r["where"] == "not loaded" for r in tiny_manager.status())
+
+
+def test_studio_launch_serves_the_zoo_from_a_fresh_process(tmp_path):
+    """`studio launch` as `make studio` runs it: a fresh process on the real zoo, asked to generate
+    the moment its page answers (racing the warm-up import of diffusers)."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "launch"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(url, timeout=1).status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, "the studio did not come up"
+            time.sleep(0.1)
+        client = Client(url, verbose=False, download_files=str(tmp_path))
+        out = generate(client, model="digits-cond", digit=3, steps=4, n_images=1, seed=5)
+        meta = read_png_parameters(out["gallery"][0]["image"])
+        assert (meta["model"], meta["digit"], meta["image_seed"]) == ("digits-cond", 3, 5)
+        out = generate(client, model="shapes-t2i", prompt="a red circle", steps=4, n_images=1, seed=5)
+        assert read_png_parameters(out["gallery"][0]["image"])["prompt"] == "a red circle"
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from studio.core import lazy
+
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -144,13 +146,9 @@ def verify_zoo_entry(name: str, zoo: Path = ZOO_DIR) -> Path:
 
 
 def _diffusers_class(name: str):
-    import diffusers
-
-    cls = getattr(diffusers, name, None)
-    if cls is None:
-        from studio.nets import judges
-
-        cls = getattr(judges, name, None)
+    """A diffusers model class, or one of the studio's own nets (judges), by class name."""
+    with lazy.hold():
+        cls = getattr(lazy.module("diffusers"), name, None) or getattr(lazy.module("studio.nets.judges"), name, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise WeightsError(f"unknown model class {name!r} in config.json")
     return cls
@@ -190,9 +188,7 @@ def load_folder(path: Path) -> Any:
         return load_zoo(path.name, path.parent) if (path.parent / "MANIFEST.json").exists() else _load_unlisted(path)
     if (path / "model_index.json").exists():
         check_weight_files(path)
-        from diffusers import DiffusionPipeline
-
-        return DiffusionPipeline.from_pretrained(path, use_safetensors=True)
+        return lazy.diffusers_attr("DiffusionPipeline").from_pretrained(path, use_safetensors=True)
     if (path / "config.json").exists():
         module = load_module_folder(path)
         sched_dir = next((d for d in (path / "scheduler", path.parent / "scheduler") if d.is_dir()), None)

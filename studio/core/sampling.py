@@ -19,6 +19,8 @@ from typing import Callable, Iterator, Literal, get_args
 
 import torch
 
+from studio.core import lazy
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
 SchedulerName = Literal["ddpm", "ddim", "dpm++", "euler", "euler-a", "unipc", "flow-euler"]
@@ -47,9 +49,7 @@ class SchedulerError(ValueError):
 
 def scheduler_class(name: str):
     """The diffusers scheduler class for ``name`` (imports diffusers on first call)."""
-    import diffusers
-
-    return getattr(diffusers, SCHEDULERS[name])
+    return lazy.diffusers_attr(SCHEDULERS[name])
 
 
 def make_scheduler(name: str, base_config: dict, prediction_type: str = "epsilon", **overrides):
@@ -120,8 +120,7 @@ def sample(
     """
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-    from diffusers.utils.torch_utils import randn_tensor
-
+    randn_tensor = lazy.module("diffusers.utils.torch_utils").randn_tensor
     device = torch.device(device)
     scheduler.set_timesteps(num_inference_steps, device=device)
     if latents is None:
