@@ -21,10 +21,7 @@ import json
 import os
 import platform
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
@@ -138,24 +135,11 @@ def free_port() -> int:
 
 
 def app_figures() -> dict:
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "launch"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
+    from components.app import start_studio_process, wait_until_up
+
+    proc, url = start_studio_process(free_port())
     try:
-        while True:
-            try:
-                if urllib.request.urlopen(url, timeout=1).status == 200:
-                    break
-            except OSError:
-                pass
-            if time.perf_counter() - t0 > 120 or proc.poll() is not None:
-                raise RuntimeError("the app did not answer within 120 s")
-            time.sleep(0.05)
-        cold_start = time.perf_counter() - t0
+        cold_start = wait_until_up(url, proc)  # the process start is included: Popen returns at once
         from gradio_client import Client
 
         client = Client(url, verbose=False)

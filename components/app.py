@@ -79,3 +79,34 @@ def warm_up() -> None:
                 scheduler_class(name)
     except Exception:  # the first real use reports any problem to the user
         log.exception("warm-up import failed")
+
+
+def start_studio_process(port: int) -> tuple["subprocess.Popen", str]:
+    """`studio launch` in a fresh process on 127.0.0.1:``port`` (for tests and benchmarks);
+    returns the process and the page URL. Its output is discarded."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "launch"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def wait_until_up(url: str, proc=None, timeout: float = 120.0) -> float:
+    """Poll ``url`` until it answers HTTP 200; returns the seconds waited. Raises RuntimeError
+    when ``proc`` exits first or ``timeout`` passes."""
+    import time
+    import urllib.request
+
+    t0 = time.perf_counter()
+    while True:
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return time.perf_counter() - t0
+        except OSError:
+            pass
+        if (proc is not None and proc.poll() is not None) or time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"the studio did not answer at {url} within {timeout:.0f} s")
+        time.sleep(0.05)

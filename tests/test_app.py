@@ -189,27 +189,11 @@ def test_prompt_or_digit_follow_the_models_conditioning(tiny_manager):
 def test_studio_launch_serves_the_zoo_from_a_fresh_process(tmp_path):
     """`studio launch` as `make studio` runs it: a fresh process on the real zoo, asked to generate
     the moment its page answers (racing the warm-up import of diffusers)."""
-    import os
-    import subprocess
-    import sys
-    import urllib.request
+    from components.app import start_studio_process, wait_until_up
 
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "launch"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url = start_studio_process(free_port())
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(url, timeout=1).status == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "the studio did not come up"
-            time.sleep(0.1)
+        wait_until_up(url, proc)
         client = Client(url, verbose=False, download_files=str(tmp_path))
         out = generate(client, model="digits-cond", digit=3, steps=4, n_images=1, seed=5)
         meta = read_png_parameters(out["gallery"][0]["image"])
