@@ -170,13 +170,17 @@ def load_module_folder(folder: Path, class_name: str | None = None) -> torch.nn.
 
 def load_zoo(name: str, zoo: Path = ZOO_DIR) -> Any:
     """Zoo entry ``name``: a :class:`DiffusionModel` or a judge module."""
-    folder = verify_zoo_entry(name, zoo)
+    return _load_entry(verify_zoo_entry(name, zoo))
+
+
+def _load_entry(folder: Path) -> Any:
+    """A zoo-layout folder (studio.json, model/, scheduler/), checked or not against a MANIFEST."""
     info = entry_info(folder)
     module = load_module_folder(folder / "model", info["model_class"])
     if info["kind"] != "diffusion":
         return module
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    return DiffusionModel(name=name, unet=module, scheduler_config=sched,
+    return DiffusionModel(name=folder.name, unet=module, scheduler_config=sched,
                           prediction_type=info.get("prediction_type", "epsilon"),
                           conditioning=info.get("conditioning", "none"), info=info)
 
@@ -185,7 +189,7 @@ def load_folder(path: Path) -> Any:
     """Any local diffusers folder: a pipeline (model_index.json), a zoo-style entry, or a model."""
     path = Path(path)
     if (path / "studio.json").exists():
-        return load_zoo(path.name, path.parent) if (path.parent / "MANIFEST.json").exists() else _load_unlisted(path)
+        return load_zoo(path.name, path.parent) if (path.parent / "MANIFEST.json").exists() else _load_entry(path)
     if (path / "model_index.json").exists():
         check_weight_files(path)
         return lazy.diffusers_attr("DiffusionPipeline").from_pretrained(path, use_safetensors=True)
@@ -198,16 +202,6 @@ def load_folder(path: Path) -> Any:
         return DiffusionModel(name=path.name, unet=module, scheduler_config=sched,
                               prediction_type=sched.get("prediction_type", "epsilon"))
     raise ModelNotFound(f"{path} is not a diffusers folder (no model_index.json or config.json)")
-
-
-def _load_unlisted(folder: Path) -> Any:
-    info = json.loads((folder / "studio.json").read_text())
-    module = load_module_folder(folder / "model", info["model_class"])
-    if info["kind"] != "diffusion":
-        return module
-    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    return DiffusionModel(folder.name, module, sched, info.get("prediction_type", "epsilon"),
-                          info.get("conditioning", "none"), info)
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
