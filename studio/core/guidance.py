@@ -43,17 +43,26 @@ def bind(model: ModelFn, cond: Cond) -> Denoiser:
     return lambda x, t: model(x, t, cond)
 
 
-def combine(model: ModelFn, base: Cond, conds: Sequence[Cond], weights: Sequence[float]) -> Denoiser:
-    """``eps_base + sum_i w_i (eps_i - eps_base)`` with the n + 1 predictions in one forward pass."""
+def combine(model: ModelFn, base: Cond, conds: Sequence[Cond], weights: Sequence[float],
+            batched: bool = True) -> Denoiser:
+    """``eps_base + sum_i w_i (eps_i - eps_base)`` with the n + 1 predictions in one forward pass.
+
+    ``batched=False`` makes n + 1 separate passes instead, one per condition, as the official
+    Composable Diffusion code does (same result; kept to measure what batching saves).
+    """
     if len(conds) != len(weights):
         raise ValueError(f"{len(conds)} conditions but {len(weights)} weights")
     k = len(conds) + 1
-    batched = cat_conds([base, *conds])
+    stacked = cat_conds([base, *conds])
+
+    def predictions(x: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        t_in = t.expand(x.shape[0]) if t.ndim == 0 else t
+        if not batched:
+            return [model(x, t_in, c) for c in (base, *conds)]
+        return list(model(x.repeat(k, *[1] * (x.ndim - 1)), t_in.repeat(k), stacked).chunk(k))
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t_in = t.expand(x.shape[0]) if t.ndim == 0 else t
-        out = model(x.repeat(k, *[1] * (x.ndim - 1)), t_in.repeat(k), batched)
-        eps_base, *eps_i = out.chunk(k)
+        eps_base, *eps_i = predictions(x, t)
         result = eps_base
         for w, e in zip(weights, eps_i):
             result = result + w * (e - eps_base)

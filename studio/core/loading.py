@@ -69,6 +69,10 @@ class DiffusionModel:
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.unet(x, t, **cond).sample
 
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> images in [-1, 1]: the identity for pixel-space models (latent ones override)."""
+        return x
+
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         cfg = self.unet.config
@@ -192,7 +196,10 @@ def load_folder(path: Path) -> Any:
         return load_zoo(path.name, path.parent) if (path.parent / "MANIFEST.json").exists() else _load_entry(path)
     if (path / "model_index.json").exists():
         check_weight_files(path)
-        return lazy.diffusers_attr("DiffusionPipeline").from_pretrained(path, use_safetensors=True)
+        pipe = lazy.diffusers_attr("DiffusionPipeline").from_pretrained(path, use_safetensors=True)
+        from studio.core import pipelines
+
+        return pipelines.from_pipeline(pipe, path.name) if pipelines.is_text_to_image(pipe) else pipe
     if (path / "config.json").exists():
         module = load_module_folder(path)
         sched_dir = next((d for d in (path / "scheduler", path.parent / "scheduler") if d.is_dir()), None)

@@ -11,6 +11,11 @@ Each object has a caption ("a red circle at the top left"). As in the CLEVR setu
 Composable Diffusion, a training pair is an image with the caption of *one* of its objects, so a
 model learns per-object concepts that can later be composed. Rendering is deterministic given a
 seed (4x supersampling, box-filtered down).
+
+Held-out combinations: :data:`HELD_OUT_PAIRS` pairs every (shape, colour) *kind* with one
+partner, and the training recipe draws scenes with ``exclude=HELD_OUT_PAIRS``, so no training
+image ever holds both objects of a pair. Compositions of such a pair test compositional
+generalisation honestly (the Compose benchmark builds its k = 2 and k = 3 sets from them).
 """
 
 from __future__ import annotations
@@ -80,6 +85,24 @@ def concept_caption(shape: str | None, colour: str | None, region: int | None) -
     return text
 
 
+def parse_concept(text: str) -> dict | None:
+    """The shapes-world attributes a caption names: ``{"shape", "colour", "region"}`` (None where
+    not named), or None when it names none of them (the judge cannot grade it). The inverse of
+    :func:`concept_caption` for every caption it writes; other wording is read word by word."""
+    words = text.lower().replace(",", " ").split()
+    shape = next((w for w in words if w in SHAPES), None)
+    colour = next((w for w in words if w in COLOURS), None)
+    region = None
+    joined = " " + " ".join(words) + " "
+    for r in sorted(range(9), key=lambda i: -len(REGIONS[i])):  # "top left" before "top"
+        if f" the {REGIONS[r]} " in joined:
+            region = r
+            break
+    if shape is None and colour is None and region is None:
+        return None
+    return {"shape": shape, "colour": colour, "region": region}
+
+
 def all_captions() -> list[str]:
     """Every caption the training recipe can produce, empty caption first."""
     caps = [""]
@@ -92,6 +115,28 @@ def all_captions() -> list[str]:
     return caps
 
 
+Kind = tuple[str, str]  # (shape, colour)
+
+# A perfect matching of the 18 kinds: each kind never shares a training image with its partner.
+HELD_OUT_PAIRS: tuple[tuple[Kind, Kind], ...] = (
+    (("circle", "red"), ("square", "blue")),
+    (("circle", "green"), ("triangle", "magenta")),
+    (("circle", "blue"), ("triangle", "yellow")),
+    (("circle", "yellow"), ("square", "cyan")),
+    (("circle", "cyan"), ("triangle", "red")),
+    (("circle", "magenta"), ("square", "green")),
+    (("square", "red"), ("triangle", "cyan")),
+    (("square", "yellow"), ("triangle", "green")),
+    (("square", "magenta"), ("triangle", "blue")),
+)
+
+
+def holds_pair(kinds, pairs=HELD_OUT_PAIRS) -> bool:
+    """Whether the (shape, colour) kinds include both members of any pair in ``pairs``."""
+    have = set(kinds)
+    return any(a in have and b in have for a, b in pairs)
+
+
 @dataclass(frozen=True)
 class Scene:
     objects: tuple[ShapeObject, ...]
@@ -99,6 +144,10 @@ class Scene:
 
     def to_dict(self) -> dict:
         return {"size": self.size, "objects": [asdict(o) for o in self.objects]}
+
+    @property
+    def kinds(self) -> list[Kind]:
+        return [(o.shape, o.colour) for o in self.objects]
 
     def cell_labels(self) -> tuple[np.ndarray, np.ndarray]:
         """(shape index + 1 or 0 for empty, colour index or -1) for each of the 9 regions."""
@@ -116,8 +165,19 @@ def region_of(cx: float, cy: float, size: int = IMAGE_SIZE) -> int:
     return 3 * row + col
 
 
-def random_scene(rng: np.random.Generator, n_objects: int | None = None, size: int = IMAGE_SIZE) -> Scene:
-    """Draw 1 to 3 objects in distinct regions, each fully inside its region."""
+def random_scene(rng: np.random.Generator, n_objects: int | None = None, size: int = IMAGE_SIZE,
+                 exclude: tuple[tuple[Kind, Kind], ...] = ()) -> Scene:
+    """Draw 1 to 3 objects in distinct regions, each fully inside its region.
+
+    ``exclude``: pairs of kinds that must not share the scene (redrawn until none does).
+    """
+    while True:
+        scene = _draw_scene(rng, n_objects, size)
+        if not exclude or not holds_pair(scene.kinds, exclude):
+            return scene
+
+
+def _draw_scene(rng: np.random.Generator, n_objects: int | None, size: int) -> Scene:
     n = int(rng.integers(1, 4)) if n_objects is None else n_objects
     if not 1 <= n <= 9:
         raise ValueError(f"a scene holds 1 to 9 objects, got {n}")

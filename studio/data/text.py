@@ -33,19 +33,23 @@ def load_text_encoder(device: str = "cpu"):
 
 
 @torch.no_grad()
-def encode(encoder, prompts: list[str]) -> dict[str, torch.Tensor]:
-    """Token embeddings padded to MAX_TOKENS, their mask, and the pooled sentence embedding."""
+def encode(encoder, prompts: list[str], max_tokens: int = MAX_TOKENS) -> dict[str, torch.Tensor]:
+    """Token embeddings padded to ``max_tokens``, their mask, and the pooled sentence embedding.
+
+    The padding length does not change the result (padded keys are masked out of cross-attention);
+    a longer ``max_tokens`` only admits longer prompts (the Compose benchmark's joined captions).
+    """
     for p in prompts:
         if len(p) > MAX_PROMPT_CHARS:
             raise PromptError(f"prompt is {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
     tokens = encoder.encode(list(prompts), output_value="token_embeddings", convert_to_numpy=False,
                             show_progress_bar=False)
-    hidden = torch.zeros(len(prompts), MAX_TOKENS, EMBED_DIM)
-    mask = torch.zeros(len(prompts), MAX_TOKENS)
+    hidden = torch.zeros(len(prompts), max_tokens, EMBED_DIM)
+    mask = torch.zeros(len(prompts), max_tokens)
     for i, tok in enumerate(tokens):
-        if tok.shape[0] > MAX_TOKENS:
+        if tok.shape[0] > max_tokens:
             raise PromptError(
-                f"prompt {prompts[i]!r} has {tok.shape[0]} word pieces; the limit is {MAX_TOKENS}. "
+                f"prompt {prompts[i]!r} has {tok.shape[0]} word pieces; the limit is {max_tokens}. "
                 "Shorten it (one object per concept works best)."
             )
         hidden[i, : tok.shape[0]] = tok.float().cpu()

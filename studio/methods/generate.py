@@ -14,14 +14,16 @@ from typing import Iterator
 
 import torch
 
+from studio import __version__
 from studio.core import guidance as G
+from studio.core.conditioning import repeat, text_conditions
 from studio.core.device import MAX_SEED, make_generator, random_seed
 from studio.core.loading import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import ImageResult, to_pil
 from studio.core.sampling import Progress, SchedulerError, SchedulerName, make_scheduler, sample
-from studio.data.text import MAX_PROMPT_CHARS, PromptError, encode
+from studio.data.text import MAX_PROMPT_CHARS, PromptError
 
 MODEL_KEYS = ("digits-cond", "shapes-t2i", "text-encoder")
 DISPLAY_SIZE = 128  # pixels; small models are upscaled (nearest) for display
@@ -54,15 +56,8 @@ def _conditions(dm: DiffusionModel, p: Params, manager: ModelManager, n: int) ->
         return ({"class_labels": torch.full((n,), p.digit, dtype=torch.long)},
                 {"class_labels": torch.full((n,), null, dtype=torch.long)})
     if dm.conditioning == "text":
-        with manager.use("text-encoder") as enc:
-            emb = encode(enc, [p.prompt, ""])
-
-        def pick(i: int) -> dict:
-            return {"encoder_hidden_states": emb["encoder_hidden_states"][i:i + 1].repeat(n, 1, 1),
-                    "encoder_attention_mask": emb["encoder_attention_mask"][i:i + 1].repeat(n, 1),
-                    "class_labels": emb["pooled"][i:i + 1].repeat(n, 1)}
-
-        return pick(0), pick(1)
+        cond, uncond = text_conditions(dm, manager, [p.prompt, ""])
+        return repeat(cond, n), repeat(uncond, n)
     return None, None
 
 
@@ -114,21 +109,18 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:
                                generator=[make_generator(s) for s in seeds], device=device,
                                prediction_type=dm.prediction_type, preview_every=p.preview_every):
                 if isinstance(item, Progress):
+                    if item.preview is not None:
+                        item.preview = dm.decode(item.preview)
                     yield item
                 else:
-                    x = item
-    upscale = max(1, DISPLAY_SIZE // dm.sample_shape[-1])
+                    x = dm.decode(item).cpu()
+    upscale = max(1, DISPLAY_SIZE // x.shape[-1])
     parameters = {"method": "generate", **asdict(p), "seed": seed, "randomize_seed": False,
-                  "studio_version": _version()}
+                  "studio_version": __version__}
     if dm.conditioning != "text":
         parameters.pop("prompt")
     if dm.conditioning != "class":
         parameters.pop("digit")
-    yield ImageResult(images=to_pil(x, upscale), parameters=parameters, seeds=seeds, tensors=x.cpu(),
+    yield ImageResult(images=to_pil(x, upscale), parameters=parameters, seeds=seeds, tensors=x,
                       seconds=time.perf_counter() - t0)
 
-
-def _version() -> str:
-    from studio import __version__
-
-    return __version__

