@@ -11,6 +11,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 import gradio as gr
 
 from studio.core.manager import ModelManager, default_manager
+from components.compose_tab import build_compose_tab
 from components.generate_tab import build_generate_tab
 from components.models_tab import build_models_tab
 
@@ -36,6 +37,8 @@ def build_app(manager: ModelManager | None = None) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 build_generate_tab(manager)
+            with gr.Tab("Compose", id="compose"):
+                build_compose_tab(manager)
             with gr.Tab("Models", id="models") as models_tab:
                 build_models_tab(manager, models_tab)
     demo.queue(max_size=64)

@@ -7,22 +7,13 @@ that carry their parameters (what the user downloads is the PNG with the text ch
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import threading
-import time
-from pathlib import Path
-
 import gradio as gr
 
 from studio.core.manager import ModelManager
 from studio.core.params import coerce
-from studio.core.results import ImageResult
 from studio.core.sampling import SCHEDULER_LABELS, Progress
 from studio.methods import generate
-from components.widgets import grid_image, param_inputs, shows_errors
-
-KEEP_RESULTS_SECONDS = 3600  # PNG folders older than this are removed at the next run
+from components.widgets import PngFolder, grid_image, param_inputs, shows_errors
 
 
 def condition_visibility(manager: ModelManager, key: str | None) -> tuple[bool, bool]:
@@ -30,36 +21,6 @@ def condition_visibility(manager: ModelManager, key: str | None) -> tuple[bool, 
     both when its conditioning is unknown. The key is only looked up, never made into a path."""
     cond = manager.info(key).get("conditioning") if key else None
     return (cond in ("text", None), cond in ("class", None))
-
-
-class PngFolder:
-    """Result PNGs written under one temp folder (created on first use), one subfolder per run;
-    Gradio serves the files byte for byte, so the download keeps the ``parameters`` chunk."""
-
-    def __init__(self):
-        self._root: Path | None = None
-        self._lock = threading.Lock()
-
-    def write(self, result: ImageResult) -> list[tuple[str, str]]:
-        """(path, caption) per image, for a Gallery."""
-        with self._lock:
-            if self._root is None:
-                self._root = Path(tempfile.mkdtemp(prefix="diffusion-studio-"))
-            self._prune()
-            run_dir = Path(tempfile.mkdtemp(dir=self._root))
-        model = result.parameters.get("model", "image")
-        out = []
-        for i, seed in enumerate(result.seeds):
-            path = run_dir / f"{model}-seed{seed}.png"
-            path.write_bytes(result.png(i))
-            out.append((str(path), f"seed {seed}"))
-        return out
-
-    def _prune(self) -> None:
-        cutoff = time.time() - KEEP_RESULTS_SECONDS
-        for d in self._root.iterdir():
-            if d.is_dir() and d.stat().st_mtime < cutoff:
-                shutil.rmtree(d, ignore_errors=True)
 
 
 def build_generate_tab(manager: ModelManager) -> dict[str, gr.components.Component]:

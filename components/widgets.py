@@ -13,6 +13,11 @@ import functools
 import inspect
 import logging
 import math
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import gradio as gr
@@ -20,40 +25,45 @@ import torch
 from PIL import Image
 
 from studio.core.params import ParamError, choices_of, field_types
-from studio.core.results import to_pil
+from studio.core.results import ImageResult, to_pil
 
 log = logging.getLogger(__name__)
 
 MAX_SLIDER_POSITIONS = 10_000  # wider integer ranges (seeds) get a number box, not a slider
 MAX_ERROR_CHARS = 300
+KEEP_RESULTS_SECONDS = 3600  # PNG folders older than this are removed at the next run
 
 
 def param_inputs(cls, *, choices: Mapping[str, Sequence] | None = None,
                  labels: Mapping[str, Mapping[Any, str]] | None = None,
-                 advanced_label: str = "Advanced") -> dict[str, gr.components.Component]:
+                 advanced_label: str = "Advanced", names: Sequence[str] | None = None,
+                 id_prefix: str = "") -> dict[str, gr.components.Component]:
     """One component per field of dataclass ``cls``, in field order; ``advanced`` ones in an Accordion.
 
     ``choices[name]`` overrides a field's options (e.g. the models the manager holds);
-    ``labels[name]`` maps option values to human labels (e.g. ``SCHEDULER_LABELS``).
+    ``labels[name]`` maps option values to human labels (e.g. ``SCHEDULER_LABELS``);
+    ``names`` limits the components to those fields (to lay a tab out in parts); element ids are
+    ``f"{id_prefix}param-{name}"`` (a prefix per tab keeps them unique in the page).
     Call inside a Blocks/Column context. Returns ``{field name: component}``.
     """
     choices, labels = dict(choices or {}), dict(labels or {})
-    fields = dataclasses.fields(cls)
-    out = {f.name: field_input(cls, f, choices.get(f.name), labels.get(f.name))
+    fields = [f for f in dataclasses.fields(cls) if names is None or f.name in names]
+    out = {f.name: field_input(cls, f, choices.get(f.name), labels.get(f.name), id_prefix)
            for f in fields if not f.metadata.get("advanced")}
     advanced = [f for f in fields if f.metadata.get("advanced")]
     if advanced:
         with gr.Accordion(advanced_label, open=False):
-            out.update({f.name: field_input(cls, f, choices.get(f.name), labels.get(f.name)) for f in advanced})
+            out.update({f.name: field_input(cls, f, choices.get(f.name), labels.get(f.name), id_prefix)
+                        for f in advanced})
     return {f.name: out[f.name] for f in fields}
 
 
 def field_input(cls, f: dataclasses.Field, options: Sequence | None = None,
-                option_labels: Mapping[Any, str] | None = None) -> gr.components.Component:
+                option_labels: Mapping[Any, str] | None = None, id_prefix: str = "") -> gr.components.Component:
     """The component for one field: choices -> Dropdown, bounded number -> Slider (or Number for
     very wide integer ranges), str -> Textbox, bool -> Checkbox."""
     m, tp = f.metadata, field_types(cls)[f.name]
-    common = {"label": m.get("label", f.name), "info": m.get("help") or None, "elem_id": f"param-{f.name}"}
+    common = {"label": m.get("label", f.name), "info": m.get("help") or None, "elem_id": f"{id_prefix}param-{f.name}"}
     default = None if f.default is dataclasses.MISSING else f.default
     options = tuple(options) if options is not None else choices_of(cls, f)
     if options is not None:
@@ -87,6 +97,36 @@ def grid_image(images: torch.Tensor, size: int = 128, pad: int = 2) -> Image.Ima
     for i, tile in enumerate(tiles):
         grid.paste(tile, ((i % cols) * (w + pad), (i // cols) * (h + pad)))
     return grid
+
+
+class PngFolder:
+    """Result PNGs written under one temp folder (created on first use), one subfolder per run;
+    Gradio serves the files byte for byte, so the download keeps the ``parameters`` chunk."""
+
+    def __init__(self):
+        self._root: Path | None = None
+        self._lock = threading.Lock()
+
+    def write(self, result: ImageResult) -> list[tuple[str, str]]:
+        """(path, caption) per image, for a Gallery."""
+        with self._lock:
+            if self._root is None:
+                self._root = Path(tempfile.mkdtemp(prefix="diffusion-studio-"))
+            self._prune()
+            run_dir = Path(tempfile.mkdtemp(dir=self._root))
+        model = result.parameters.get("model", "image")
+        out = []
+        for i, seed in enumerate(result.seeds):
+            path = run_dir / f"{model}-seed{seed}.png"
+            path.write_bytes(result.png(i))
+            out.append((str(path), result.caption(i)))
+        return out
+
+    def _prune(self) -> None:
+        cutoff = time.time() - KEEP_RESULTS_SECONDS
+        for d in self._root.iterdir():
+            if d.is_dir() and d.stat().st_mtime < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 # errors --------------------------------------------------------------------------------------

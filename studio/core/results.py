@@ -73,6 +73,10 @@ class ImageResult:
     def image_parameters(self, i: int) -> dict[str, Any]:
         return {**self.parameters, "index": i, "image_seed": self.seeds[i] if self.seeds else None}
 
+    def caption(self, i: int) -> str:
+        """A one-line caption for image ``i`` (methods add what they measured)."""
+        return f"seed {self.seeds[i]}" if self.seeds else f"image {i}"
+
     def png(self, i: int) -> bytes:
         return png_bytes(self.images[i], self.image_parameters(i))
 
