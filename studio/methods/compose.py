@@ -110,7 +110,7 @@ class Params:
     prompt: str = field(default=EXAMPLES["two objects (AND)"][0], metadata=spec(
         "Concepts", "Concepts separated by '|', e.g. 'a red circle at the top left | a blue square'.",
         max_chars=MAX_CONCEPTS * (MAX_PROMPT_CHARS + 3)))
-    weights: str = field(default=EXAMPLES["two objects (AND)"][1], metadata=spec(
+    weights: str = field(default="", metadata=spec(
         "Weights", "One per concept, separated by '|'; negative = NOT. Missing ones take the default weight.",
         max_chars=MAX_CONCEPTS * 12))
     guidance: float = field(default=2.0, metadata=spec(
