@@ -16,7 +16,7 @@ from studio.core.sampling import SCHEDULER_LABELS, Progress
 from studio.methods import compose
 from studio.methods.compose import MAX_CONCEPTS, WEIGHT_LIMIT, Concept
 from studio.methods.generate import diffusion_models
-from components.widgets import PngFolder, grid_image, param_inputs, shows_errors
+from components.widgets import PngFolder, grid_image, param_inputs, run_panel, shows_errors
 
 OPS = ("AND", "NOT")
 INTRO = """\
@@ -89,14 +89,8 @@ def build_compose_tab(manager: ModelManager) -> dict[str, gr.components.Componen
                                        names=[n for n in compose.Params.__dataclass_fields__ if n != "model"],
                                        id_prefix="compose-"))
         with gr.Column(scale=3, min_width=360):
-            with gr.Row():
-                run_btn = gr.Button("Compose", variant="primary", scale=3, elem_id="compose-btn")
-                stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="compose-stop-btn")
-            with gr.Row(equal_height=False):
-                preview = gr.Image(label="Preview (predicted clean images while sampling)", type="pil",
-                                   interactive=False, height=320, elem_id="compose-preview")
-                gallery = gr.Gallery(label="Images (PNG with concepts and weights)", format="png", columns=2,
-                                     height=320, object_fit="contain", interactive=False, elem_id="compose-gallery")
+            run_btn, stop_btn, preview, gallery = run_panel("Compose", "compose-btn", "compose-",
+                                                            "Images (PNG with concepts and weights)")
             verdicts = gr.Markdown(elem_id="compose-verdicts")
             with gr.Row():
                 seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="compose-seed-used")

@@ -13,7 +13,7 @@ from studio.core.manager import ModelManager
 from studio.core.params import coerce
 from studio.core.sampling import SCHEDULER_LABELS, Progress
 from studio.methods import generate
-from components.widgets import PngFolder, grid_image, param_inputs, shows_errors
+from components.widgets import PngFolder, grid_image, param_inputs, run_panel, shows_errors
 
 
 def condition_visibility(manager: ModelManager, key: str | None) -> tuple[bool, bool]:
@@ -34,14 +34,7 @@ def build_generate_tab(manager: ModelManager) -> dict[str, gr.components.Compone
             show_prompt, show_digit = condition_visibility(manager, inputs["model"].value)
             inputs["prompt"].visible, inputs["digit"].visible = show_prompt, show_digit
         with gr.Column(scale=3, min_width=320):
-            with gr.Row():
-                run_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="generate-btn")
-                stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-btn")
-            with gr.Row(equal_height=False):
-                preview = gr.Image(label="Preview (predicted clean images while sampling)", type="pil",
-                                   interactive=False, height=320, elem_id="preview")
-                gallery = gr.Gallery(label="Images (PNG with parameters)", format="png", columns=2,
-                                     height=320, object_fit="contain", interactive=False, elem_id="gallery")
+            run_btn, stop_btn, preview, gallery = run_panel("Generate", "generate-btn")
             with gr.Row():
                 seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="seed-used")
                 info = gr.Markdown(label="Run", elem_id="run-info")

@@ -81,10 +81,11 @@ def tiny_clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
 
 
-@pytest.fixture(scope="session")
-def tiny_sd_folder(tmp_path_factory):
+@pytest.fixture(scope="session", params=["epsilon", "v_prediction"], ids=["sd1-epsilon", "sd2-v"])
+def tiny_sd_folder(tmp_path_factory, request):
     """A randomly initialised Stable Diffusion pipeline (tiny UNet, VAE, CLIP text encoder) saved as
-    a diffusers folder with safetensors: the real-model code path, with nothing downloaded."""
+    a diffusers folder with safetensors: the real-model code path, with nothing downloaded. Two
+    flavours: epsilon prediction (SD 1.x, SD-Turbo) and v prediction (SD 2.x at 768 px)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -101,10 +102,10 @@ def tiny_sd_folder(tmp_path_factory):
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
         max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
+                              set_alpha_to_one=False, steps_offset=1, prediction_type=request.param)
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    folder = tmp_path_factory.mktemp("pipelines") / "tiny-sd"
+    folder = tmp_path_factory.mktemp("pipelines") / f"tiny-sd-{request.param}"
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder

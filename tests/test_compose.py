@@ -181,3 +181,9 @@ def test_one_concept_on_stable_diffusion_matches_the_diffusers_pipeline(tiny_sd_
     ref = pipe("a castle", guidance_scale=4.0, num_inference_steps=4, generator=torch.Generator().manual_seed(11),
                output_type="pt").images
     torch.testing.assert_close((ours.tensors + 1) / 2, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_generate_drives_the_same_stable_diffusion_folder(sd_manager):
+    *_, result = generate.run(generate.Params(model="tiny-sd", prompt="a castle", steps=2, n_images=1,
+                                              preview_every=0), sd_manager)
+    assert result.tensors.shape == (1, 3, 16, 16) and torch.isfinite(result.tensors).all()

@@ -144,6 +144,18 @@ def sample(
     yield x
 
 
+def decoded(gen: Iterator, decode: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[Progress | torch.Tensor]:
+    """Pass a :func:`sample` generator through ``decode`` (a latent model's VAE; the identity for
+    pixel models): previews and the final sample come out as images."""
+    for item in gen:
+        if isinstance(item, Progress):
+            if item.preview is not None:
+                item.preview = decode(item.preview)
+            yield item
+        else:
+            yield decode(item)
+
+
 def run_to_end(gen: Iterator) -> torch.Tensor:
     """Exhaust a sampling generator and return its last item (the notebook's way)."""
     *_, last = gen

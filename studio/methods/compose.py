@@ -43,7 +43,7 @@ from studio.core.loading import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import ImageResult, to_pil
-from studio.core.sampling import Progress, SchedulerError, SchedulerName, make_scheduler, sample
+from studio.core.sampling import Progress, SchedulerError, SchedulerName, decoded, make_scheduler, sample
 from studio.data import shapes
 from studio.data.text import MAX_PROMPT_CHARS, PromptError
 from studio.methods.generate import DISPLAY_SIZE, diffusion_models
@@ -208,15 +208,14 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ComposeResult]:
         device = next(dm.unet.parameters()).device
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(p.n_images)]
         with torch.no_grad():
-            for item in sample(denoise, scheduler, (p.n_images, *dm.sample_shape), num_inference_steps=p.steps,
-                               generator=[make_generator(s) for s in seeds], device=device,
-                               prediction_type=dm.prediction_type, preview_every=p.preview_every):
+            steps = sample(denoise, scheduler, (p.n_images, *dm.sample_shape), num_inference_steps=p.steps,
+                           generator=[make_generator(s) for s in seeds], device=device,
+                           prediction_type=dm.prediction_type, preview_every=p.preview_every)
+            for item in decoded(steps, dm.decode):
                 if isinstance(item, Progress):
-                    if item.preview is not None:
-                        item.preview = dm.decode(item.preview)
                     yield item
                 else:
-                    x = dm.decode(item).cpu()
+                    x = item.cpu()
         verdicts = judge_verdicts(manager, x, concepts) if judged(manager, dm) else []
     parameters = {"method": "compose", **asdict(p), "seed": seed, "randomize_seed": False,
                   "concepts": [{"text": c.text, "weight": c.weight, "op": c.op} for c in concepts],

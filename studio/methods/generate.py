@@ -22,7 +22,7 @@ from studio.core.loading import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import ImageResult, to_pil
-from studio.core.sampling import Progress, SchedulerError, SchedulerName, make_scheduler, sample
+from studio.core.sampling import Progress, SchedulerError, SchedulerName, decoded, make_scheduler, sample
 from studio.data.text import MAX_PROMPT_CHARS, PromptError
 
 MODEL_KEYS = ("digits-cond", "shapes-t2i", "text-encoder")
@@ -105,15 +105,14 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(p.n_images)]
         with torch.no_grad():
             x = None
-            for item in sample(denoise, scheduler, (p.n_images, *dm.sample_shape), num_inference_steps=p.steps,
-                               generator=[make_generator(s) for s in seeds], device=device,
-                               prediction_type=dm.prediction_type, preview_every=p.preview_every):
+            steps = sample(denoise, scheduler, (p.n_images, *dm.sample_shape), num_inference_steps=p.steps,
+                           generator=[make_generator(s) for s in seeds], device=device,
+                           prediction_type=dm.prediction_type, preview_every=p.preview_every)
+            for item in decoded(steps, dm.decode):
                 if isinstance(item, Progress):
-                    if item.preview is not None:
-                        item.preview = dm.decode(item.preview)
                     yield item
                 else:
-                    x = dm.decode(item).cpu()
+                    x = item.cpu()
     upscale = max(1, DISPLAY_SIZE // x.shape[-1])
     parameters = {"method": "generate", **asdict(p), "seed": seed, "randomize_seed": False,
                   "studio_version": __version__}
