@@ -70,3 +70,24 @@ def test_digits_split_is_fixed_and_in_range():
     assert len(train.labels) + len(test.labels) == len(d.target)
     with pytest.raises(ValueError, match="split"):
         digits.load("validation")
+
+
+def test_training_scenes_never_hold_a_held_out_pair():
+    from studio.train.diffusion import ShapesRecipe
+
+    recipe = ShapesRecipe.__new__(ShapesRecipe)  # the scene stream only (no text encoder)
+    recipe.batch_size = 500
+    drawn = [s for step in range(6) for s in recipe.scenes(np.random.default_rng([0, 0, step]))]
+    assert not any(shapes.holds_pair(s.kinds) for s in drawn)
+    free = [shapes.random_scene(np.random.default_rng([0, 0, i])) for i in range(3000)]
+    assert sum(shapes.holds_pair(s.kinds) for s in free) > 20  # without the rule, pairs do occur
+    kinds = [k for pair in shapes.HELD_OUT_PAIRS for k in pair]
+    assert len(set(kinds)) == len(kinds) == len(shapes.SHAPES) * len(shapes.COLOURS)  # a perfect matching
+
+
+def test_every_caption_parses_back_to_its_attributes():
+    for caption in shapes.all_captions()[1:]:
+        a = shapes.parse_concept(caption)
+        assert shapes.concept_caption(a["shape"], a["colour"], a["region"]) == caption
+    assert shapes.parse_concept("a castle") is None
+    assert shapes.parse_concept("A big RED circle, at the top") == {"shape": "circle", "colour": "red", "region": 1}

@@ -30,10 +30,6 @@ def text_conditions(dm: DiffusionModel, manager, prompts: Sequence[str],
     return [{k: v[i:i + 1] for k, v in emb.items()} for i in range(len(prompts))]
 
 
-def class_condition(label: int) -> dict[str, torch.Tensor]:
-    return {"class_labels": torch.tensor([int(label)], dtype=torch.long)}
-
-
 def repeat(cond: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
     """A batch-1 condition repeated to batch ``n``."""
     return {k: v.repeat(n, *[1] * (v.ndim - 1)) for k, v in cond.items()}

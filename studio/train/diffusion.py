@@ -80,8 +80,12 @@ class ShapesRecipe(DiffusionRecipe):
         self.index = {c: i for i, c in enumerate(self.captions)}
         self.table = text.encode(text.load_text_encoder(), self.captions)
 
+    def scenes(self, rng: np.random.Generator) -> list[shapes.Scene]:
+        """One batch of training scenes: none holds both kinds of a held-out pair."""
+        return [shapes.random_scene(rng, exclude=shapes.HELD_OUT_PAIRS) for _ in range(self.batch_size)]
+
     def batch(self, rng):
-        scenes = [shapes.random_scene(rng, exclude=shapes.HELD_OUT_PAIRS) for _ in range(self.batch_size)]
+        scenes = self.scenes(rng)
         x = shapes.to_model_range(np.stack([shapes.render(s) for s in scenes]).transpose(0, 3, 1, 2))
         caps = []
         for s in scenes:
