@@ -131,11 +131,11 @@ def build_compose_tab(manager: ModelManager) -> dict[str, gr.components.Componen
     for box in syntax:
         box.input(on_syntax, inputs=[*syntax, inputs["guidance"]], outputs=fill_outputs, queue=False, api_visibility="private")
 
-    def on_add(n, *values):
+    def on_add(n):
         n = min(n + 1, MAX_CONCEPTS)
         return [gr.update(visible=i < n) for i in range(MAX_CONCEPTS)] + [n]
 
-    add_btn.click(on_add, inputs=[n_rows, *row_fields], outputs=[*rows, n_rows], queue=False, api_visibility="private")
+    add_btn.click(on_add, inputs=[n_rows], outputs=[*rows, n_rows], queue=False, api_visibility="private")
 
     for i, btn in enumerate(removes):
         def on_remove(n, *values, i=i):

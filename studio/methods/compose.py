@@ -139,9 +139,12 @@ class ComposeResult(ImageResult):
     verdicts: list[list[bool | None]] = field(default_factory=list)
 
     def caption(self, i: int) -> str:
-        """'seed 7: ✓ a red circle … ✗ NOT a blue shape' (the judge's reading of image i)."""
+        """'seed 7: ✓ a red circle; ✗ NOT a blue shape' (the judge's reading of image i; '?' where a
+        concept names nothing the judge knows); just 'seed 7' when nothing was judged."""
+        if not self.verdicts:
+            return super().caption(i)
         marks = []
-        for c, ok in zip(self.concepts, self.verdicts[i] if self.verdicts else [None] * len(self.concepts)):
+        for c, ok in zip(self.concepts, self.verdicts[i]):
             mark = "?" if ok is None else ("✓" if ok else "✗")
             marks.append(f"{mark} {'NOT ' if c.op == 'NOT' else ''}{c.text}")
         return f"seed {self.seeds[i]}: " + "; ".join(marks)
