@@ -70,12 +70,12 @@ def build_compose_tab(manager: ModelManager) -> dict[str, gr.components.Componen
                 for i in range(MAX_CONCEPTS):
                     c = default[i] if i < len(default) else None
                     with gr.Row(visible=c is not None, equal_height=True) as row:
-                        texts.append(gr.Textbox(value=c.text if c else "", label=f"Concept {i + 1}", scale=5,
+                        texts.append(gr.Textbox(value=c.text if c else "", label=f"Concept {i + 1}", scale=5, min_width=150,
                                                 max_length=compose.MAX_PROMPT_CHARS, elem_id=f"concept-{i}"))
                         weights.append(gr.Slider(0, WEIGHT_LIMIT, value=abs(c.weight) if c else 2.0, step=0.25,
-                                                 label="Weight", scale=3, elem_id=f"concept-weight-{i}"))
+                                                 label="Weight", scale=3, min_width=110, elem_id=f"concept-weight-{i}"))
                         ops.append(gr.Radio(list(OPS), value=c.op if c else "AND", label="Operator", scale=2,
-                                            elem_id=f"concept-op-{i}"))
+                                            min_width=100, elem_id=f"concept-op-{i}"))
                         removes.append(gr.Button("✕", scale=0, min_width=40, elem_id=f"concept-remove-{i}"))
                     rows.append(row)
             n_rows = gr.State(len(default))
