@@ -38,9 +38,8 @@ import torch
 from studio.core import guidance as G
 from studio.core import metrics
 from studio.core.conditioning import text_conditions
-from studio.core.device import make_generator
 from studio.core.manager import ModelManager
-from studio.core.sampling import make_scheduler, run_to_end, sample
+from studio.core.sampling import make_scheduler, run_to_end, sample_images
 from studio.data import shapes
 from studio.nets.judges import concept_present
 from studio.train.common import machine_description
@@ -114,10 +113,13 @@ class Sampler:
             denoise = G.combine(self.dm.model_fn, self.conds(bases[sl]), [self.conds(s[sl]) for s in slots],
                                 weights, batched=batched)
             sched = make_scheduler("ddim", self.dm.scheduler_config, self.dm.prediction_type)
-            gens = [make_generator(s) for s in seeds[sl]]
-            out.append(run_to_end(sample(denoise, sched, (len(gens), *self.dm.sample_shape),
-                                         num_inference_steps=STEPS, generator=gens)))
+            out.append(run_to_end(sample_images(self.dm, denoise, sched, seeds[sl], num_inference_steps=STEPS)))
         return torch.cat(out)
+
+
+def seeds_for(n: int) -> list[int]:
+    """Image i of every cell uses seed SEED + i (paired across methods)."""
+    return list(range(SEED, SEED + n))
 
 
 def present(cells, i: int, c: dict) -> bool:
@@ -134,11 +136,11 @@ def joined(item: list[dict]) -> str:
     return " and ".join(c["prompt"] for c in item)
 
 
-def composition_rows(sampler: Sampler, judge, n: int, seeds_of) -> tuple[list[dict], dict]:
+def composition_rows(sampler: Sampler, judge, n: int) -> tuple[list[dict], dict]:
     rows, hits = [], {}
     for k in (1, 2, 3):
         items = held_out_set(k, n, SEED)
-        seeds = seeds_of(len(items))
+        seeds = seeds_for(len(items))
         empty = [""] * len(items)
         slots = [[item[j]["prompt"] for item in items] for j in range(k)]
         methods = {"compose AND": (empty, slots, [WEIGHT] * k)} if k > 1 else {"CFG (= compose, = caption)": (empty, slots, [WEIGHT])}
@@ -158,9 +160,9 @@ def composition_rows(sampler: Sampler, judge, n: int, seeds_of) -> tuple[list[di
     return rows, gaps
 
 
-def not_rows(sampler: Sampler, judge, n: int, seeds_of) -> list[dict]:
+def not_rows(sampler: Sampler, judge, n: int) -> list[dict]:
     items = not_set(n, SEED)
-    seeds = seeds_of(len(items))
+    seeds = seeds_for(len(items))
     pos = [it["pos"]["prompt"] for it in items]
     neg = [it["neg"]["prompt"] for it in items]
     empty = [""] * len(items)
@@ -182,9 +184,9 @@ def not_rows(sampler: Sampler, judge, n: int, seeds_of) -> list[dict]:
     return rows
 
 
-def weight_sweep(sampler: Sampler, judge, n: int, seeds_of) -> list[dict]:
+def weight_sweep(sampler: Sampler, judge, n: int) -> list[dict]:
     items = held_out_set(2, n, SEED + 1)
-    seeds = seeds_of(len(items))
+    seeds = seeds_for(len(items))
     empty = [""] * len(items)
     slots = [[item[j]["prompt"] for item in items] for j in range(2)]
     rows = []
@@ -203,7 +205,7 @@ def speed(sampler: Sampler, n_images: int = 8, repeats: int = 3) -> dict:
     images, and the official pipeline's way (one image per run, one pass of batch 1 per condition)."""
     items = held_out_set(3, n_images, SEED + 2)
     slots = [[item[j]["prompt"] for item in items] for j in range(3)]
-    seeds = list(range(SEED, SEED + n_images))
+    seeds = seeds_for(n_images)
     w, empty = [WEIGHT] * 3, [""] * n_images
     ways = {
         "batched": lambda: sampler.images(empty, slots, w, seeds),
@@ -286,10 +288,9 @@ def main(quick: bool = False, speed_only: bool = False) -> dict:
         return result
     with manager.use("shapes-t2i") as dm, manager.use("judge-shapes") as judge:
         sampler = Sampler(manager, dm)
-        seeds_of = lambda m: list(range(SEED, SEED + m))
-        composition, gaps = composition_rows(sampler, judge, n, seeds_of)
-        nots = not_rows(sampler, judge, n, seeds_of)
-        sweep = weight_sweep(sampler, judge, n_sweep, seeds_of)
+        composition, gaps = composition_rows(sampler, judge, n)
+        nots = not_rows(sampler, judge, n)
+        sweep = weight_sweep(sampler, judge, n_sweep)
         fast = speed(sampler)
     result = {"measured": time.strftime("%Y-%m-%d"), "machine": machine_description(), "n": n,
               "model_train_steps": read_manifest()["shapes-t2i"].get("train_steps"),

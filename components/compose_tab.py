@@ -32,11 +32,15 @@ def text_models(manager: ModelManager) -> list[str]:
     return [k for k in diffusion_models(manager) if manager.info(k).get("conditioning") in ("text", None)]
 
 
+def rows_to_concepts(texts: list[str], weights: list[float], ops: list[str], rows) -> list[Concept]:
+    """The concepts of the given row indices (rows with empty text skipped); NOT makes the weight negative."""
+    return [Concept(texts[j].strip(), -float(weights[j]) if ops[j] == "NOT" else float(weights[j]))
+            for j in rows if (texts[j] or "").strip()]
+
+
 def rows_to_syntax(texts: list[str], weights: list[float], ops: list[str], n: int) -> tuple[str, str]:
     """The first ``n`` rows (empty texts skipped) as (prompt, weights) in the official syntax."""
-    concepts = [Concept(t.strip(), -float(w) if op == "NOT" else float(w))
-                for t, w, op in list(zip(texts, weights, ops))[:n] if (t or "").strip()]
-    return compose.to_syntax(concepts)
+    return compose.to_syntax(rows_to_concepts(texts, weights, ops, range(n)))
 
 
 def verdict_table(result: compose.ComposeResult) -> str:
@@ -59,11 +63,12 @@ def verdict_table(result: compose.ComposeResult) -> str:
 def build_compose_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     """Lay out the tab inside the current Blocks/Tab and wire its events; returns its components."""
     pngs = PngFolder()
+    models = text_models(manager)
     default = compose.parse_concepts(compose.Params.prompt, compose.Params.weights, compose.Params.guidance)
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
             gr.Markdown(INTRO)
-            inputs = param_inputs(compose.Params, choices={"model": text_models(manager)}, names=["model"],
+            inputs = param_inputs(compose.Params, choices={"model": models}, names=["model"],
                                   id_prefix="compose-")
             texts, weights, ops, removes, rows = [], [], [], [], []
             with gr.Group():
@@ -84,8 +89,7 @@ def build_compose_tab(manager: ModelManager) -> dict[str, gr.components.Componen
             with gr.Row():
                 examples = [gr.Button(label, size="sm", elem_id=f"example-{j}")
                             for j, label in enumerate(compose.EXAMPLES)]
-            inputs.update(param_inputs(compose.Params, choices={"model": text_models(manager)},
-                                       labels={"scheduler": SCHEDULER_LABELS},
+            inputs.update(param_inputs(compose.Params, labels={"scheduler": SCHEDULER_LABELS},
                                        names=[n for n in compose.Params.__dataclass_fields__ if n != "model"],
                                        id_prefix="compose-"))
         with gr.Column(scale=3, min_width=360):
@@ -107,10 +111,10 @@ def build_compose_tab(manager: ModelManager) -> dict[str, gr.components.Componen
     def fill(concepts: list[Concept]):
         """Updates for every row (+ visibility), the row count and the syntax boxes."""
         n = len(concepts)
-        pad = [None] * (MAX_CONCEPTS - n)
-        return ([gr.update(value=c.text) for c in concepts] + [gr.update(value="")] * len(pad)
-                + [gr.update(value=abs(c.weight)) for c in concepts] + [gr.update(value=2.0)] * len(pad)
-                + [gr.update(value=c.op) for c in concepts] + [gr.update(value="AND")] * len(pad)
+        pad = MAX_CONCEPTS - n
+        return ([gr.update(value=c.text) for c in concepts] + [gr.update(value="")] * pad
+                + [gr.update(value=abs(c.weight)) for c in concepts] + [gr.update(value=2.0)] * pad
+                + [gr.update(value=c.op) for c in concepts] + [gr.update(value="AND")] * pad
                 + [gr.update(visible=i < max(n, 1)) for i in range(MAX_CONCEPTS)]
                 + [max(n, 1), *compose.to_syntax(concepts)])
 
@@ -139,11 +143,7 @@ def build_compose_tab(manager: ModelManager) -> dict[str, gr.components.Componen
 
     for i, btn in enumerate(removes):
         def on_remove(n, *values, i=i):
-            t, w, o = split(values)
-            keep = [j for j in range(n) if j != i]
-            concepts = [Concept(t[j].strip(), -float(w[j]) if o[j] == "NOT" else float(w[j])) for j in keep
-                        if (t[j] or "").strip()]
-            return fill(concepts)
+            return fill(rows_to_concepts(*split(values), [j for j in range(n) if j != i]))
 
         btn.click(on_remove, inputs=[n_rows, *row_fields], outputs=fill_outputs, queue=False, api_visibility="private")
 

@@ -6,6 +6,7 @@ Uses the Debian chromium (CI installs it); never ``playwright install``.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 
@@ -25,31 +26,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(manager):
+@contextlib.contextmanager
+def serving(manager):
+    """The app on ``manager`` at a free local port; yields its URL."""
     from components import build_app
 
     demo = build_app(manager)
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), ssr_mode=False,
                 quiet=True)
-    return demo
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
 
 
 @pytest.fixture
 def studio_url(tiny_manager):
-    demo = serve(tiny_manager)
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
+    with serving(tiny_manager) as url:
+        yield url
 
 
 @pytest.fixture
 def zoo_url(zoo_manager):
-    demo = serve(zoo_manager)
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
+    with serving(zoo_manager) as url:
+        yield url
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Literal, get_args
 import torch
 
 from studio.core import lazy
+from studio.core.device import make_generator
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
@@ -144,16 +145,24 @@ def sample(
     yield x
 
 
-def decoded(gen: Iterator, decode: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[Progress | torch.Tensor]:
-    """Pass a :func:`sample` generator through ``decode`` (a latent model's VAE; the identity for
-    pixel models): previews and the final sample come out as images."""
-    for item in gen:
-        if isinstance(item, Progress):
-            if item.preview is not None:
-                item.preview = decode(item.preview)
-            yield item
-        else:
-            yield decode(item)
+def sample_images(model, denoise: Denoiser, scheduler, seeds: list[int], *, num_inference_steps: int,
+                  preview_every: int = 0) -> Iterator[Progress | torch.Tensor]:
+    """:func:`sample` for a loaded model (a ``DiffusionModel``: ``unet``, ``sample_shape``,
+    ``prediction_type``, ``decode``), image i drawn from ``seeds[i]``; previews and the final sample
+    pass through ``model.decode`` (a latent model's VAE; the identity for pixel models). Yields
+    Progress items, then the images (B, C, H, W) in [-1, 1] on the CPU."""
+    device = next(model.unet.parameters()).device
+    with torch.no_grad():
+        steps = sample(denoise, scheduler, (len(seeds), *model.sample_shape), num_inference_steps=num_inference_steps,
+                       generator=[make_generator(s) for s in seeds], device=device,
+                       prediction_type=model.prediction_type, preview_every=preview_every)
+        for item in steps:
+            if isinstance(item, Progress):
+                if item.preview is not None:
+                    item.preview = model.decode(item.preview)
+                yield item
+            else:
+                yield model.decode(item).cpu()
 
 
 def run_to_end(gen: Iterator) -> torch.Tensor:

@@ -38,12 +38,12 @@ import torch
 from studio import __version__
 from studio.core import guidance as G
 from studio.core.conditioning import repeat, text_conditions
-from studio.core.device import MAX_SEED, make_generator, random_seed
+from studio.core.device import MAX_SEED, random_seed
 from studio.core.loading import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import ImageResult, to_pil
-from studio.core.sampling import Progress, SchedulerError, SchedulerName, decoded, make_scheduler, sample
+from studio.core.sampling import Progress, SchedulerError, SchedulerName, make_scheduler, sample_images
 from studio.data import shapes
 from studio.data.text import MAX_PROMPT_CHARS, PromptError
 from studio.methods.generate import DISPLAY_SIZE, diffusion_models
@@ -208,17 +208,13 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ComposeResult]:
             denoise = composed_denoiser(dm, manager, concepts, p.n_images, p.negative_prompt, p.evaluation)
         except (SchedulerError, PromptError) as exc:
             raise ParamError(str(exc)) from None
-        device = next(dm.unet.parameters()).device
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(p.n_images)]
-        with torch.no_grad():
-            steps = sample(denoise, scheduler, (p.n_images, *dm.sample_shape), num_inference_steps=p.steps,
-                           generator=[make_generator(s) for s in seeds], device=device,
-                           prediction_type=dm.prediction_type, preview_every=p.preview_every)
-            for item in decoded(steps, dm.decode):
-                if isinstance(item, Progress):
-                    yield item
-                else:
-                    x = item.cpu()
+        for item in sample_images(dm, denoise, scheduler, seeds, num_inference_steps=p.steps,
+                                  preview_every=p.preview_every):
+            if isinstance(item, Progress):
+                yield item
+            else:
+                x = item
         verdicts = judge_verdicts(manager, x, concepts) if judged(manager, dm) else []
     parameters = {"method": "compose", **asdict(p), "seed": seed, "randomize_seed": False,
                   "concepts": [{"text": c.text, "weight": c.weight, "op": c.op} for c in concepts],

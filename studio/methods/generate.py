@@ -17,12 +17,12 @@ import torch
 from studio import __version__
 from studio.core import guidance as G
 from studio.core.conditioning import repeat, text_conditions
-from studio.core.device import MAX_SEED, make_generator, random_seed
+from studio.core.device import MAX_SEED, random_seed
 from studio.core.loading import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import ImageResult, to_pil
-from studio.core.sampling import Progress, SchedulerError, SchedulerName, decoded, make_scheduler, sample
+from studio.core.sampling import Progress, SchedulerError, SchedulerName, make_scheduler, sample_images
 from studio.data.text import MAX_PROMPT_CHARS, PromptError
 
 MODEL_KEYS = ("digits-cond", "shapes-t2i", "text-encoder")
@@ -101,18 +101,13 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:
             denoise = G.bind(dm.model_fn, uncond)
         else:
             denoise = G.cfg(dm.model_fn, cond, uncond, p.guidance)
-        device = next(dm.unet.parameters()).device
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(p.n_images)]
-        with torch.no_grad():
-            x = None
-            steps = sample(denoise, scheduler, (p.n_images, *dm.sample_shape), num_inference_steps=p.steps,
-                           generator=[make_generator(s) for s in seeds], device=device,
-                           prediction_type=dm.prediction_type, preview_every=p.preview_every)
-            for item in decoded(steps, dm.decode):
-                if isinstance(item, Progress):
-                    yield item
-                else:
-                    x = item.cpu()
+        for item in sample_images(dm, denoise, scheduler, seeds, num_inference_steps=p.steps,
+                                  preview_every=p.preview_every):
+            if isinstance(item, Progress):
+                yield item
+            else:
+                x = item
     upscale = max(1, DISPLAY_SIZE // x.shape[-1])
     parameters = {"method": "generate", **asdict(p), "seed": seed, "randomize_seed": False,
                   "studio_version": __version__}
