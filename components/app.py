@@ -13,6 +13,7 @@ import gradio as gr
 from studio.core.manager import ModelManager, default_manager
 from components.compose_tab import build_compose_tab
 from components.generate_tab import build_generate_tab
+from components.guide_tab import build_guide_tab
 from components.models_tab import build_models_tab
 
 HEADER = """\
@@ -39,6 +40,8 @@ def build_app(manager: ModelManager | None = None) -> gr.Blocks:
                 build_generate_tab(manager)
             with gr.Tab("Compose", id="compose"):
                 build_compose_tab(manager)
+            with gr.Tab("Guide", id="guide"):
+                build_guide_tab(manager)
             with gr.Tab("Models", id="models") as models_tab:
                 build_models_tab(manager, models_tab)
     demo.queue(max_size=64)
@@ -78,6 +81,7 @@ def warm_up() -> None:
             for name in ("UNet2DModel", "UNet2DConditionModel", "ModelMixin"):
                 lazy.diffusers_attr(name)
             lazy.module("studio.nets.judges")
+            lazy.module("studio.nets.classifiers")
             for name in SCHEDULERS:
                 scheduler_class(name)
     except Exception:  # the first real use reports any problem to the user

@@ -1,5 +1,5 @@
-"""Real-browser runs in headless Chromium: generate digits (tiny models); compose shapes on the
-embedded zoo model and read the judge's verdicts.
+"""Real-browser runs in headless Chromium: generate digits (tiny models); compose shapes and guide digits on the
+embedded zoo models and read the judges' verdicts.
 
 Uses the Debian chromium (CI installs it); never ``playwright install``.
 """
@@ -134,3 +134,37 @@ def test_compose_on_the_embedded_model_in_a_real_browser(zoo_url, browser, tmp_p
     params = served_parameters(page, zoo_url, images.first.get_attribute("src"))
     assert [c["op"] for c in params["concepts"]] == ["AND", "AND", "NOT"] and params["steps"] == 10
     page.screenshot(path=str(tmp_path / "compose.png"), full_page=True)
+
+
+def test_guide_on_the_embedded_model_in_a_real_browser(zoo_url, browser, tmp_path):
+    """The method radio shows EluCD's switches only for EluCD and sets the scale; Guide fills the
+    gallery, the confidence plot and the judge's summary."""
+    from playwright.sync_api import expect
+
+    from studio.methods import guide
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(zoo_url)
+    page.get_by_role("tab", name="Guide").click()
+
+    switches = page.locator("#guide-param-sine")
+    expect(switches).to_be_visible()
+    page.locator("#guide-param-recipe").get_by_label(guide.METHOD_LABELS["noise-aware"]).check()
+    expect(switches).to_be_hidden()
+    expect(page.locator("#guide-param-scale input[type=number]")).to_have_value(f"{guide.DEFAULT_SCALE['noise-aware']:g}")
+    page.locator("#guide-param-recipe").get_by_label(guide.METHOD_LABELS["elucd"]).check()
+    expect(switches).to_be_visible()
+
+    set_number(page, "#guide-param-target", 7)
+    set_number(page, "#guide-param-steps", 10)
+    set_number(page, "#guide-param-n_images", 2)
+    page.locator("#guide-btn").click()
+
+    images = page.locator("#guide-gallery img")
+    expect(images).to_have_count(2, timeout=TIMEOUT_MS)
+    expect(page.locator("#guide-info")).to_contain_text("read as 7")
+    expect(page.locator("#guide-trace .js-plotly-plot")).to_be_visible()
+    params = served_parameters(page, zoo_url, images.first.get_attribute("src"))
+    assert (params["method"], params["target"], params["steps"], params["classifier"]) == ("guide", 7, 10, "guide-clean")
+    page.screenshot(path=str(tmp_path / "guide.png"), full_page=True)

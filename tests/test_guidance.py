@@ -92,7 +92,7 @@ def test_mean_placement_adds_s_sigma_g_to_the_ddpm_mean():
     t = sched.timesteps[10]
     x, a = torch.randn(2, 1, 4, 4), torch.randn(1, 1, 4, 4)
     guided = G.gradient_guidance(_fixed_eps, lambda v, t: (v * a).sum(dim=(1, 2, 3)), 1.5, sched.alphas_cumprod,
-                                 apply="mean", previous_timestep=G.ddpm_previous_timestep(sched))
+                                 apply="mean", previous_timestep=G.previous_timestep(sched))
     step = lambda eps: sched.step(eps, t, x, generator=torch.Generator().manual_seed(5)).prev_sample
     plain, shifted = step(_fixed_eps(x, t)), step(guided(x, t))
     variance = sched._get_variance(int(t))  # DDPM posterior variance beta_tilde_t (fixed_small)

@@ -12,8 +12,8 @@ whose first dimension is the batch (``{"class_labels": (B,)}``, ``{"encoder_hidd
   taken (``wrt``: the noisy ``x_t``, or the predicted clean image ``x0_hat`` without
   back-propagating through the denoiser) and where it is applied (``apply``: subtracted from
   epsilon, the DDIM form ``eps <- eps - sqrt(1 - abar_t) * s * g`` of Dhariwal & Nichol, or
-  added to the DDPM posterior mean ``mu <- mu + s * Sigma_t * g``, written as the equivalent
-  epsilon shift so every scheduler can use it; it is exact for ancestral DDPM).
+  added to the DDPM posterior mean ``mu <- mu + s * Sigma_t * g``), always written as the
+  epsilon shift that moves the sampler's next state by that much, so the sampler stays untouched.
 """
 
 from __future__ import annotations
@@ -88,49 +88,71 @@ def gradient_guidance(
     *,
     wrt: Literal["x_t", "x0_hat"] = "x_t",
     apply: Literal["eps", "mean"] = "eps",
+    sampler: Literal["ddpm", "ddim"] = "ddpm",
     previous_timestep: Callable[[int], int] | None = None,
+    clip_x0: bool = False,
+    extra_variance: Callable[[int, float], float] | None = None,
 ) -> Denoiser:
-    """Classifier guidance around an epsilon denoiser.
+    """Classifier guidance around an epsilon denoiser, written as an epsilon shift.
 
     ``log_prob(x, t)`` returns log p(y | x) per sample (B,); its gradient ``g`` is taken with
     respect to ``x_t`` (a noise-aware classifier) or to ``x0_hat = (x_t - sqrt(1 - abar) eps) /
     sqrt(abar)`` with eps detached (an off-the-shelf clean classifier, EluCD's trick (a)), and
     then used in place of the gradient w.r.t. x_t.
 
-    ``apply="eps"``: ``eps' = eps - sqrt(1 - abar_t) * s * g`` (DDIM form, Dhariwal & Nichol Alg. 2).
+    ``apply="eps"``: ``eps' = eps - sqrt(1 - abar_t) * s * g`` (Dhariwal & Nichol Alg. 2, DDIM form).
     ``apply="mean"``: ``mu' = mu + s * Sigma_t * g`` (Alg. 1) with Sigma_t the DDPM posterior
-    variance ``beta_t (1 - abar_prev) / (1 - abar_t)``; since ``mu = (x - beta_t / sqrt(1 - abar_t)
-    eps) / sqrt(alpha_t)`` this is ``eps' = eps - s * sqrt(alpha_t) (1 - abar_prev) / sqrt(1 - abar_t) * g``.
-    ``previous_timestep(t)`` gives the sampler's next timestep (default t - 1).
+    variance ``beta_t (1 - abar_prev) / (1 - abar_t)``.
+
+    Both are one rule: a shift of the sampler's next state ``x_{t-1} <- x_{t-1} + V_t * s * g``
+    (``V_t = Sigma_t`` for "mean"; for "eps", the shift the epsilon form produces), realised
+    through the sampler's own ``D_t = d x_{t-1} / d eps`` (``sampler``: ancestral DDPM or
+    deterministic DDIM) as ``eps' = eps + V_t * s * g / D_t``; for DDPM + "mean" that is exactly
+    Alg. 1. ``extra_variance(t, V_t)`` adds to V_t (EluCD's sine schedule), which is how the extra
+    guidance reaches a DDIM sampler too. ``clip_x0`` clips x0_hat to [-1, 1] before guidance
+    (guided-diffusion's ``clip_denoised``); run the scheduler with ``clip_sample=False`` then, so
+    the guidance shift is not clipped away. ``previous_timestep(t)`` gives the sampler's next
+    timestep (default t - 1).
     """
-    if apply not in ("eps", "mean") or wrt not in ("x_t", "x0_hat"):
-        raise ValueError(f"unknown placement wrt={wrt!r}, apply={apply!r}")
+    if apply not in ("eps", "mean") or wrt not in ("x_t", "x0_hat") or sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"unknown placement wrt={wrt!r}, apply={apply!r}, sampler={sampler!r}")
     prev = previous_timestep or (lambda t: t - 1)
 
     def denoise_guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = denoise(x, t)
-        if scale == 0:
-            return eps
         ti = _timestep_index(t)
         abar = alphas_cumprod[ti].to(x.device, x.dtype)
+        if clip_x0:
+            x0 = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
+            eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+        if scale == 0:
+            return eps
         with torch.enable_grad():
             if wrt == "x_t":
                 var = x.detach().requires_grad_(True)
             else:
                 var = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).detach().requires_grad_(True)
             (g,) = torch.autograd.grad(log_prob(var, t).sum(), var)
-        if apply == "eps":
-            factor = (1 - abar).sqrt()
+        tp = prev(ti)
+        abar_prev = alphas_cumprod[tp].to(x.device, x.dtype) if tp >= 0 else torch.ones_like(abar)
+        alpha_t = abar / abar_prev
+        if sampler == "ddpm":
+            d_eps = -(1 - alpha_t) / (alpha_t.sqrt() * (1 - abar).sqrt())
         else:
-            tp = prev(ti)
-            abar_prev = alphas_cumprod[tp].to(x.device, x.dtype) if tp >= 0 else torch.ones_like(abar)
-            alpha_t = abar / abar_prev
-            factor = alpha_t.sqrt() * (1 - abar_prev) / (1 - abar).sqrt()
-        return eps - factor * scale * g
+            d_eps = (1 - abar_prev).sqrt() - (abar_prev / abar).sqrt() * (1 - abar).sqrt()
+        variance = (1 - abar_prev) / (1 - abar) * (1 - alpha_t) if apply == "mean" else -d_eps * (1 - abar).sqrt()
+        if extra_variance is not None:
+            variance = variance + extra_variance(ti, float(variance))
+        return eps + variance * scale * g / d_eps
 
     return denoise_guided
 
 
-def ddpm_previous_timestep(scheduler) -> Callable[[int], int]:
-    """The previous-timestep rule of a diffusers scheduler after ``set_timesteps`` (for ``apply='mean'``)."""
-    return lambda t: int(scheduler.previous_timestep(t)) if hasattr(scheduler, "previous_timestep") else t - 1
+def previous_timestep(scheduler) -> Callable[[int], int]:
+    """The timestep a scheduler goes to after ``t`` (-1 after the last), read from its
+    ``timesteps`` after ``set_timesteps``; right for DDPM, DDIM and any respacing."""
+    def prev(t: int) -> int:
+        steps = [int(s) for s in scheduler.timesteps]
+        i = steps.index(int(t))
+        return steps[i + 1] if i + 1 < len(steps) else -1
+    return prev

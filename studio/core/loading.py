@@ -150,9 +150,10 @@ def verify_zoo_entry(name: str, zoo: Path = ZOO_DIR) -> Path:
 
 
 def _diffusers_class(name: str):
-    """A diffusers model class, or one of the studio's own nets (judges), by class name."""
+    """A diffusers model class, or one of the studio's own nets (judges, guiding classifiers), by class name."""
     with lazy.hold():
-        cls = getattr(lazy.module("diffusers"), name, None) or getattr(lazy.module("studio.nets.judges"), name, None)
+        cls = (getattr(lazy.module("diffusers"), name, None) or getattr(lazy.module("studio.nets.judges"), name, None)
+               or getattr(lazy.module("studio.nets.classifiers"), name, None))
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise WeightsError(f"unknown model class {name!r} in config.json")
     return cls
@@ -180,6 +181,8 @@ def load_zoo(name: str, zoo: Path = ZOO_DIR) -> Any:
 def _load_entry(folder: Path) -> Any:
     """A zoo-layout folder (studio.json, model/, scheduler/), checked or not against a MANIFEST."""
     info = entry_info(folder)
+    if info.get("kind") == "experts":
+        return _load_experts(folder, info)
     module = load_module_folder(folder / "model", info["model_class"])
     if info["kind"] != "diffusion":
         return module
@@ -187,6 +190,28 @@ def _load_entry(folder: Path) -> Any:
     return DiffusionModel(name=folder.name, unet=module, scheduler_config=sched,
                           prediction_type=info.get("prediction_type", "epsilon"),
                           conditioning=info.get("conditioning", "none"), info=info)
+
+
+def _load_experts(folder: Path, info: dict) -> Any:
+    """PPAP-style expert bank: the base classifier entry (a sibling folder) plus each expert's state."""
+    from safetensors.torch import load_file
+
+    from studio.nets.classifiers import build_experts
+
+    base_name = info.get("base", "")
+    if not re.fullmatch(r"[A-Za-z0-9][\w-]*", str(base_name)) or not (folder.parent / base_name).is_dir():
+        raise WeightsError(f"{folder} names base classifier {base_name!r}, which is not beside it")
+    base = (load_zoo(base_name, folder.parent) if (folder.parent / "MANIFEST.json").exists()
+            else _load_entry(folder.parent / base_name))
+    files = sorted((folder / "experts").glob("expert_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
+    if len(files) != info.get("n_experts"):
+        raise WeightsError(f"{folder} should hold {info.get('n_experts')} experts, found {len(files)}")
+    check_weight_files(folder / "experts")
+    try:
+        return build_experts(base, [load_file(p) for p in files], info.get("adapter", ""), info.get("lora"),
+                             info.get("num_train_timesteps", 1000))
+    except (ValueError, RuntimeError) as exc:
+        raise WeightsError(f"could not build the experts of {folder}: {exc}") from exc
 
 
 def load_folder(path: Path) -> Any:

@@ -81,6 +81,7 @@ class Progress:
     total: int
     timestep: float
     preview: torch.Tensor | None = None  # (B, C, H, W) predicted x0, model range
+    info: dict | None = None  # what a method adds for its GUI (e.g. a guidance trace)
 
 
 def predicted_x0(scheduler, pred: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:

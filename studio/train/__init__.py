@@ -4,7 +4,8 @@ from __future__ import annotations
 
 DIFFUSION = ("digits-cond", "shapes-t2i")
 JUDGES = ("judge-digits", "fd-digits", "judge-shapes", "fd-shapes")
-ALL = DIFFUSION + JUDGES
+GUIDE = ("guide-clean", "guide-noisy", "guide-ppap", "guide-experts")
+ALL = DIFFUSION + JUDGES + GUIDE
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0) -> dict:
@@ -18,4 +19,8 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
         from studio.train import judges
 
         return judges.train(name, seed=seed, **({"steps": steps} if steps else {}))
+    if name in GUIDE:
+        from studio.train import guide
+
+        return guide.train(name, seed=seed or None, **({"steps": steps} if steps else {}))
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")
