@@ -31,6 +31,7 @@ Run: ``python benchmarks/bench_guide.py [--quick]`` (or ``make bench``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -43,18 +44,18 @@ from studio.core.loading import load_zoo, read_manifest
 from studio.data import digits
 from studio.methods import guide
 from studio.nets.classifiers import parameter_count
-from studio.train.common import machine_description
+from studio.train.common import RUNS_DIR, machine_description
 
 ROOT = Path(__file__).resolve().parent
 SEED = 7000
 STEPS = 50
 DDIM_STEPS = 25
 PER_CLASS = 20
-SWEEPS = {
+SWEEPS = {  # wide enough to find each method's best (a pilot of 50 images set the ranges)
     "cfg": (1.0, 1.5, 2.0, 3.0),
     "noise-aware": (1.0, 2.0, 4.0, 8.0, 16.0),
-    "naive": (1.0, 2.0, 4.0, 8.0, 16.0),
-    "elucd": (0.5, 1.0, 2.0, 4.0, 8.0),
+    "naive": (2.0, 8.0, 32.0, 128.0),
+    "elucd": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0),  # also every rung of the ablation ladder
     "ppap": (1.0, 2.0, 4.0, 8.0, 16.0),
     "experts": (1.0, 2.0, 4.0, 8.0, 16.0),
 }
@@ -63,6 +64,7 @@ CHUNK = 200
 
 class Bench:
     def __init__(self, per_class: int):
+        self.classifiers = {}
         self.labels = torch.arange(10).repeat_interleave(per_class)
         self.seeds = [SEED + 100 * int(c) + i for c in range(10) for i in range(per_class)]
         test = digits.load("test")
@@ -86,7 +88,26 @@ class Bench:
         return {"fd_per_class": round(float(np.mean(fds)), 2), "diversity": round(float(np.mean(div)), 3)}
 
     def point(self, method: str, scale: float, tricks=guide.NONE, sampler="ddpm", steps=STEPS) -> dict:
-        classifier = load_zoo(guide.CLASSIFIER_OF[method]) if method != "cfg" else None
+        """One sweep point; cached in runs/bench-cache (keyed by every input and the zoo files it
+        reads) so a stopped run resumes where it was."""
+        key = hashlib.sha256(json.dumps([method, scale, repr(tricks), sampler, steps, len(self.labels), self.seeds[:3],
+                                         _zoo_files(guide.MODEL, guide.CLASSIFIER_OF.get(method))]).encode()).hexdigest()
+        cache = RUNS_DIR / "bench-cache" / f"guide-{key[:20]}.json"
+        if cache.exists():
+            row = json.loads(cache.read_text())
+        else:
+            row = self._point(method, scale, tricks, sampler, steps)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(row))
+        print(f"  {method:12s} {sampler} s={scale:<5g} acc {row['accuracy']['value']:.3f}  FD/class "
+              f"{row['fd_per_class']:.2f}  div {row['diversity']:.2f}  {row['seconds_per_image']:.3f} s/img", flush=True)
+        return row
+
+    def _point(self, method: str, scale: float, tricks, sampler: str, steps: int) -> dict:
+        name = guide.CLASSIFIER_OF.get(method)
+        if name and name not in self.classifiers:
+            self.classifiers[name] = load_zoo(name)
+        classifier = self.classifiers.get(name)
         t0 = time.perf_counter()
         x = torch.cat([guide.generate(self.dm, method, self.labels[i:i + CHUNK], self.seeds[i:i + CHUNK], scale,
                                       sampler=sampler, steps=steps, tricks=tricks, classifier=classifier)
@@ -95,15 +116,17 @@ class Bench:
         acc = metrics.digits_accuracy(self.judge, x, self.labels.numpy())
         feats = metrics.features(self.fdnet, x)
         by_class = {c: feats[(self.labels == c).numpy()] for c in range(10)}
-        row = {"scale": scale, "accuracy": acc.to_dict(), **self.fd_and_diversity(by_class),
-               "seconds_per_image": round(seconds / len(x), 4)}
-        print(f"  {method:12s} {sampler} s={scale:<5g} acc {acc.value:.3f}  FD/class {row['fd_per_class']:.2f}  "
-              f"div {row['diversity']:.2f}  {row['seconds_per_image']:.3f} s/img", flush=True)
-        return row
+        return {"scale": scale, "accuracy": acc.to_dict(), **self.fd_and_diversity(by_class),
+                "seconds_per_image": round(seconds / len(x), 4)}
 
     def sweep(self, method: str, scales, tricks=guide.NONE, sampler="ddpm", steps=STEPS) -> dict:
         rows = [self.point(method, s, tricks, sampler, steps) for s in scales]
         return {"sweep": rows, "best": best(rows)}
+
+
+def _zoo_files(*names) -> list:
+    m = read_manifest()
+    return [m.get(n, {}).get("files") for n in (*names, guide.JUDGE, "fd-digits") if n]
 
 
 def _mean_pairwise(f: np.ndarray) -> float:
@@ -129,6 +152,14 @@ def trainable() -> dict:
         "ppap": {"trainable": ppap.get("trainable_params"), "per_expert": ppap.get("trainable_params_per_expert")},
         "experts": {"trainable": experts.get("trainable_params"), "per_expert": experts.get("trainable_params_per_expert")},
     }
+
+
+def by_bin() -> dict:
+    """Each guiding classifier's accuracy on test digits noised to t uniform in each fifth of [0, 1000)
+    (for the expert banks, expert i on bin i), as its recipe measured it (MANIFEST quality)."""
+    m = read_manifest()
+    return {name: m[name]["quality"]["noised_test_accuracy_by_bin"]
+            for name in ("guide-clean", "guide-noisy", "guide-ppap", "guide-experts") if name in m}
 
 
 def calibration(dm) -> list[dict]:
@@ -186,6 +217,10 @@ def markdown(r: dict) -> str:
               "| t | clean on x_t | clean on x0_hat | noise-aware on x_t |", "|---|---|---|---|"]
     for row in r["calibration"]:
         lines.append(f"| {row['t']} | {row['clean_on_x_t']:.3f} | {row['clean_on_x0_hat']:.3f} | {row['noise_aware_on_x_t']:.3f} |")
+    lines += ["", "## Classifier accuracy on noised test digits, by timestep bin (from the recipes)", "",
+              "| classifier | " + " | ".join(f"t in bin {i}" for i in range(5)) + " |", "|---" * 6 + "|"]
+    for name, accs in r["by_bin"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{a:.3f}" for a in accs) + " |")
     lines += ["", "## Sweeps", "", "| method | scale | accuracy | FD / class | diversity |", "|---|---|---|---|---|"]
     for name, m in r["methods"].items():
         for row in m["sweep"]:
@@ -246,7 +281,7 @@ def main(quick: bool = False) -> dict:
     result = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "steps": STEPS,
               "per_class": per_class, "images_per_point": 10 * per_class, "floor": bench.floor,
               "methods": methods, "ladder": ladder, "ddim": ddim, "calibration": calib,
-              "trainable_params": trainable(), "quick": quick}
+              "trainable_params": trainable(), "by_bin": by_bin(), "quick": quick}
     result["goals"] = goals(result)
     out = ROOT / "results"
     out.mkdir(exist_ok=True)

@@ -8,6 +8,7 @@ import torch
 from studio.core import loading, metrics
 from studio.core.loading import DiffusionModel
 from studio.evaluate import sample_batch
+from studio.nets.classifiers import ExpertBank, GuideNet
 from studio.train import ALL
 
 MANIFEST = loading.read_manifest()
@@ -28,8 +29,12 @@ def test_each_entry_passes_its_checksums_and_loads(zoo_manager, name):
         if name in ("digits-cond", "shapes-t2i"):
             assert isinstance(obj, DiffusionModel) and obj.unet.dtype == torch.float32
             assert MANIFEST[name]["quality"]["sweep"], "run `studio eval` to record the quality figures"
-        else:
+        elif MANIFEST[name]["kind"] == "judge":
             assert hasattr(obj, "features")
+        elif MANIFEST[name]["kind"] == "classifier":
+            assert isinstance(obj, GuideNet) and not any(p.requires_grad for p in obj.parameters())
+        else:
+            assert MANIFEST[name]["kind"] == "experts" and isinstance(obj, ExpertBank) and len(obj.experts) == 5
 
 
 def test_judge_bars():

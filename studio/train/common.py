@@ -97,6 +97,17 @@ def update_quality(name: str, quality: dict, zoo: Path = ZOO_DIR) -> None:
     (zoo / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
+def random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Tensor:
+    """Random integer translation of each image by up to ``max_shift`` pixels (background -1 fills in)."""
+    pad = torch.nn.functional.pad(x, [max_shift] * 4, value=-1.0)
+    out = torch.empty_like(x)
+    h, w = x.shape[-2:]
+    d = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2), generator=gen)
+    for i, (dy, dx) in enumerate(d.tolist()):
+        out[i] = pad[i, :, dy:dy + h, dx:dx + w]
+    return out
+
+
 class Timer:
     """Wall-clock seconds, resumable across checkpoints."""
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from studio.data import digits
 from studio.nets.classifiers import GuideNet, expert_state, lora_config, make_lora, parameter_count
-from studio.train.common import RUNS_DIR, ZOO_DIR, Timer, machine_description, write_manifest_entry
+from studio.train.common import RUNS_DIR, ZOO_DIR, Timer, random_shift, machine_description, write_manifest_entry
 
 N_EXPERTS = 5
 T_TRAIN = 1000
@@ -50,18 +50,11 @@ NAMES = tuple(SPECS)
 WIDTH = 48
 
 
-def _shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> torch.Tensor:
-    pad = F.pad(x, [max_shift] * 4, value=-1.0)
-    d = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2), generator=gen).tolist()
-    h, w = x.shape[-2:]
-    return torch.stack([pad[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(d)])
-
-
 def labelled_batch(gen: torch.Generator, n: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Training digits with a random one-pixel shift and a little pixel noise."""
     data = digits.load("train")
     idx = torch.randint(len(data.labels), (n,), generator=gen).numpy()
-    x = _shift(torch.from_numpy(data.images[idx]), gen)
+    x = random_shift(torch.from_numpy(data.images[idx]), gen, 1)
     x = x + 0.05 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)
     return x, torch.from_numpy(data.labels[idx])
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from studio.data import digits, shapes
 from studio.nets.judges import DigitsNet, ShapesGridNet
-from studio.train.common import ZOO_DIR, Timer, machine_description, write_manifest_entry
+from studio.train.common import ZOO_DIR, Timer, machine_description, random_shift, write_manifest_entry
 
 SPECS = {
     #  name            net class       config                                   seed  steps
@@ -28,20 +28,9 @@ SPECS = {
 SHAPES_TEST_SEED = 987_654  # held-out renders; training renders use other seeds
 
 
-def _shift(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Tensor:
-    """Random integer translation of each image by up to ``max_shift`` pixels (background fill)."""
-    pad = F.pad(x, [max_shift] * 4, value=-1.0)
-    out = torch.empty_like(x)
-    h, w = x.shape[-2:]
-    d = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2), generator=gen)
-    for i, (dy, dx) in enumerate(d.tolist()):
-        out[i] = pad[i, :, dy:dy + h, dx:dx + w]
-    return out
-
-
 def _digits_batch(gen: torch.Generator, data: digits.DigitsSplit, n: int = 128):
     idx = torch.randint(len(data.labels), (n,), generator=gen)
-    x = _shift(torch.from_numpy(data.images[idx.numpy()]), gen, 1)
+    x = random_shift(torch.from_numpy(data.images[idx.numpy()]), gen, 1)
     x = x + 0.1 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)
     return x, torch.from_numpy(data.labels[idx.numpy()])
 
