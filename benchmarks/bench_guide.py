@@ -51,13 +51,14 @@ SEED = 7000
 STEPS = 50
 DDIM_STEPS = 25
 PER_CLASS = 20
-SWEEPS = {  # wide enough to find each method's best (a pilot of 50 images set the ranges)
+SWEEPS = {  # wide enough to find each method's best (a pilot of 50 images set the first ranges;
+    # noise-aware, PPAP and the experts peaked at the top of 1..16 and were extended)
     "cfg": (1.0, 1.5, 2.0, 3.0),
-    "noise-aware": (1.0, 2.0, 4.0, 8.0, 16.0),
+    "noise-aware": (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0),
     "naive": (2.0, 8.0, 32.0, 128.0),
     "elucd": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0),  # also every rung of the ablation ladder
-    "ppap": (1.0, 2.0, 4.0, 8.0, 16.0),
-    "experts": (1.0, 2.0, 4.0, 8.0, 16.0),
+    "ppap": (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0),
+    "experts": (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0),
 }
 CHUNK = 200
 
@@ -235,14 +236,14 @@ def goals(r: dict) -> list[str]:
     el, nv, na, pp = (m[k]["best"] for k in ("elucd", "naive", "noise-aware", "ppap"))
     gap = el["accuracy"]["value"] - nv["accuracy"]["value"]
     out = [f"EluCD beats naive by >= 30 points: {gap * 100:+.1f} points -> {'met' if gap >= 0.30 else 'MISSED'}"]
-    # noise-aware's best accuracy among its points at FD no worse than EluCD's best point
-    ok = [row for row in m["noise-aware"]["sweep"] if row["fd_per_class"] <= el["fd_per_class"]]
-    rival = max((row["accuracy"]["value"] for row in ok), default=None)
-    matched = el["accuracy"]["value"] >= (rival if rival is not None else -1) - 1e-9
-    out.append(f"EluCD matches or beats noise-aware on accuracy at equal or better FD: EluCD {el['accuracy']['value']:.3f} "
-               f"at FD {el['fd_per_class']:.2f}; noise-aware's best at FD <= that: "
-               f"{'none' if rival is None else f'{rival:.3f}'}; noise-aware's best overall {na['accuracy']['value']:.3f} at FD "
-               f"{na['fd_per_class']:.2f} -> {'met' if matched else 'MISSED'}")
+    # met iff some EluCD point reaches noise-aware's best accuracy at an FD no worse than that point's
+    rivals = [row for row in m["elucd"]["sweep"] if row["accuracy"]["value"] >= na["accuracy"]["value"] - 1e-9]
+    low_fd = min((row["fd_per_class"] for row in rivals), default=None)
+    matched = low_fd is not None and low_fd <= na["fd_per_class"]
+    out.append(f"EluCD matches or beats noise-aware on accuracy at equal or better FD: noise-aware's best is "
+               f"{na['accuracy']['value']:.3f} at FD {na['fd_per_class']:.2f} (s = {na['scale']:g}); EluCD's lowest FD "
+               f"at that accuracy or better: {'none' if low_fd is None else f'{low_fd:.2f}'} -> "
+               f"{'met' if matched else 'MISSED'}")
     p = r["trainable_params"]
     ratio = p["ppap"]["trainable"] / p["experts"]["trainable"]
     out.append(f"PPAP (5 LoRA experts) >= 90% accuracy: {pp['accuracy']['value']:.3f} -> "

@@ -67,9 +67,10 @@ METHOD_LABELS = {
 }
 CLASSIFIER_OF = {"elucd": "guide-clean", "noise-aware": "guide-noisy", "naive": "guide-clean",
                  "ppap": "guide-ppap", "experts": "guide-experts"}
-# the best scale of each method on digits-cond (benchmarks/results/guide.json, DDPM 50 steps)
-DEFAULT_SCALE = {"elucd": 2.0, "noise-aware": 2.0, "naive": 2.0, "ppap": 2.0, "experts": 2.0, "cfg": 2.0}
-MAX_SCALE = 100.0
+# the best scale of each method on digits-cond (benchmarks/results/guide.md, DDPM 50 steps):
+# the highest judge accuracy, ties to the lower FD-digits
+DEFAULT_SCALE = {"elucd": 4.0, "noise-aware": 16.0, "naive": 128.0, "ppap": 16.0, "experts": 16.0, "cfg": 1.5}
+MAX_SCALE = 200.0
 JUDGE = "judge-digits"
 MODEL = "digits-cond"
 
