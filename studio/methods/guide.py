@@ -36,7 +36,6 @@ guided denoiser out); :func:`run` drives it on the zoo for the tab, the notebook
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -126,11 +125,9 @@ def classifier_guidance(denoise: Denoiser, classifier: torch.nn.Module, target: 
     classifier's probability of the target on what it saw, (B,), so a GUI can plot it.
     Run the scheduler with ``clip_sample=False`` (``clip_x0`` clips x0_hat here instead).
     """
-    net = copy.deepcopy(classifier).eval() if tricks.softplus else classifier
-    if tricks.softplus:
-        from studio.nets.classifiers import smoothed
+    from studio.nets.classifiers import smoothed  # here: the app imports this module before diffusers
 
-        net = smoothed(net, tricks.beta)
+    net = smoothed(classifier, tricks.beta) if tricks.softplus else classifier
     tau2 = tricks.tau2_ratio if tricks.temperatures else 1.0
     target = target.long()
 

@@ -23,6 +23,7 @@ Expert entries store only what each expert trains (LoRA factors and BatchNorm st
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 
@@ -59,10 +60,12 @@ def labelled_batch(gen: torch.Generator, n: int = 128) -> tuple[torch.Tensor, to
     return x, torch.from_numpy(data.labels[idx])
 
 
+@functools.lru_cache(maxsize=1)
 def alphas_cumprod() -> torch.Tensor:
-    """``digits-cond``'s training schedule (linear betas 1e-4..0.02, 1000 steps)."""
-    betas = torch.linspace(1e-4, 0.02, T_TRAIN, dtype=torch.float64)
-    return torch.cumprod(1 - betas, 0).float()
+    """``digits-cond``'s training schedule (its recipe's scheduler: linear betas 1e-4..0.02, 1000 steps)."""
+    from studio.train.diffusion import noise_scheduler
+
+    return noise_scheduler().alphas_cumprod
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
