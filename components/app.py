@@ -13,6 +13,7 @@ import gradio as gr
 from studio.core.manager import ModelManager, default_manager
 from components.compose_tab import build_compose_tab
 from components.generate_tab import build_generate_tab
+from components.forecast_tab import build_forecast_tab
 from components.guide_tab import build_guide_tab
 from components.models_tab import build_models_tab
 
@@ -20,7 +21,7 @@ HEADER = """\
 # Diffusion Studio
 An interactive workbench for diffusion methods. Everything runs on small embedded models that ship
 with the studio, on this machine's CPU: nothing is downloaded. Every image is a PNG that carries
-the parameters that made it.
+the parameters that made it, and every forecast CSV its parameters in its header.
 """
 log = logging.getLogger(__name__)
 MAX_FILE_SIZE = "10mb"  # uploads (drawn digits, CSVs) are small
@@ -42,6 +43,8 @@ def build_app(manager: ModelManager | None = None) -> gr.Blocks:
                 build_compose_tab(manager)
             with gr.Tab("Guide", id="guide"):
                 build_guide_tab(manager)
+            with gr.Tab("Forecast", id="forecast"):
+                build_forecast_tab(manager)
             with gr.Tab("Models", id="models") as models_tab:
                 build_models_tab(manager, models_tab)
     demo.queue(max_size=64)
@@ -82,6 +85,7 @@ def warm_up() -> None:
                 lazy.diffusers_attr(name)
             lazy.module("studio.nets.judges")
             lazy.module("studio.nets.classifiers")
+            lazy.module("studio.nets.tsdiff")
             for name in SCHEDULERS:
                 scheduler_class(name)
     except Exception:  # the first real use reports any problem to the user

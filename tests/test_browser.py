@@ -168,3 +168,32 @@ def test_guide_on_the_embedded_model_in_a_real_browser(zoo_url, browser, tmp_pat
     params = served_parameters(page, zoo_url, images.first.get_attribute("src"))
     assert (params["method"], params["target"], params["steps"], params["classifier"]) == ("guide", 7, 10, "guide-clean")
     page.screenshot(path=str(tmp_path / "guide.png"), full_page=True)
+
+
+def test_forecast_an_uploaded_csv_in_a_real_browser(zoo_url, browser, tmp_path, monkeypatch):
+    """Upload a small CSV, train on it (shortened), forecast it: a fan chart, the score table and
+    the quantiles CSV appear; then a bundled series with its embedded model."""
+    from playwright.sync_api import expect
+
+    from studio.data import series as S
+    from studio.train import forecast as trainer
+
+    monkeypatch.setattr(trainer, "UPLOAD_STEPS", 40)
+    csv = tmp_path / "unemployment.csv"
+    csv.write_text(S.to_csv(S.bundled("unemployment")))
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(zoo_url)
+    page.get_by_role("tab", name="Forecast").click()
+    page.get_by_text("Your series (CSV").click()
+    page.locator("#forecast-csv input[type=file]").set_input_files(str(csv))
+    expect(page.locator("#forecast-upload-info")).to_contain_text("203 points")
+    page.locator("#forecast-train-btn").click()
+    expect(page.locator("#forecast-upload-info")).to_contain_text("Trained in", timeout=3 * TIMEOUT_MS)
+    set_number(page, "#forecast-param-samples", 16)
+    page.locator("#forecast-btn").click()
+    expect(page.locator("#forecast-fan .js-plotly-plot")).to_be_visible(timeout=2 * TIMEOUT_MS)
+    expect(page.locator("#forecast-metrics")).to_contain_text("AutoARIMA", timeout=3 * TIMEOUT_MS)
+    expect(page.locator("#forecast-metrics")).to_contain_text("TSDiff-Q")
+    expect(page.locator("#forecast-download a").first).to_be_visible()
+    page.screenshot(path=str(tmp_path / "forecast.png"), full_page=True)

@@ -153,7 +153,8 @@ def _diffusers_class(name: str):
     """A diffusers model class, or one of the studio's own nets (judges, guiding classifiers), by class name."""
     with lazy.hold():
         cls = (getattr(lazy.module("diffusers"), name, None) or getattr(lazy.module("studio.nets.judges"), name, None)
-               or getattr(lazy.module("studio.nets.classifiers"), name, None))
+               or getattr(lazy.module("studio.nets.classifiers"), name, None)
+               or getattr(lazy.module("studio.nets.tsdiff"), name, None))
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise WeightsError(f"unknown model class {name!r} in config.json")
     return cls
@@ -187,6 +188,10 @@ def _load_entry(folder: Path) -> Any:
     if info["kind"] != "diffusion":
         return module
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    if info.get("domain") == "series":
+        from studio.nets.tsdiff import SeriesDiffusion
+
+        return SeriesDiffusion(name=folder.name, unet=module, scheduler_config=sched, info=info)
     return DiffusionModel(name=folder.name, unet=module, scheduler_config=sched,
                           prediction_type=info.get("prediction_type", "epsilon"),
                           conditioning=info.get("conditioning", "none"), info=info)

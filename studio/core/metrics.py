@@ -114,3 +114,59 @@ def shapes_concept_hits(judge: torch.nn.Module, images: torch.Tensor, concepts: 
         out["shape_colour"].append(bool(concept_present(si, ci, c.get("shape"), c.get("colour"), None)))
         out["all"].append(bool(concept_present(si, ci, c.get("shape"), c.get("colour"), c.get("region"))))
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------- forecasts
+
+QUANTILES = np.round(np.arange(1, 10) / 10, 1)  # 0.1 .. 0.9, GluonTS's Evaluator default
+
+
+def _forecast_frame(y, forecasts: dict[str, np.ndarray]):
+    """Long frame for utilsforecast: ``y`` ``(H,)`` or ``(K, H)`` (K series), each forecast
+    ``(Q, H)`` or ``(K, Q, H)``; one column per model and quantile."""
+    import pandas as pd
+
+    y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+    K, H = y.shape
+    frame = {"unique_id": np.repeat(np.arange(K), H), "ds": np.tile(np.arange(H), K), "y": y.reshape(-1)}
+    columns = {}
+    for name, f in forecasts.items():
+        f = np.asarray(f, dtype=np.float64)
+        f = f.reshape(K, -1, H) if f.ndim == 3 or K > 1 else f.reshape(1, -1, H)
+        columns[name] = [f"{name}|{i}" for i in range(f.shape[1])]
+        frame.update({c: f[:, i].reshape(-1) for i, c in enumerate(columns[name])})
+    return pd.DataFrame(frame), columns
+
+
+def mean_weighted_quantile_loss(y, quantile_forecasts: dict[str, np.ndarray]) -> dict[str, float]:
+    """GluonTS ``mean_wQuantileLoss`` (the TSDiff paper's "CRPS") of each forecast of ``y``.
+
+    ``quantile_forecasts[name]`` is ``(9, H)``: the forecast's quantiles at :data:`QUANTILES`.
+    Value: ``mean_q  sum_t 2 |(yhat_q - y)(1{y <= yhat_q} - q)| / sum_t |y|``, computed by
+    utilsforecast's ``scaled_crps`` (whose definition is exactly this; see the tests). With
+    ``y`` ``(K, H)`` and forecasts ``(K, 9, H)`` it is computed per series and averaged.
+    """
+    from utilsforecast.losses import scaled_crps
+
+    df, cols = _forecast_frame(y, quantile_forecasts)
+    out = scaled_crps(df, cols, QUANTILES)
+    return {name: float(out[name].mean()) for name in quantile_forecasts}
+
+
+def mase(y, point_forecasts: dict[str, np.ndarray], history, season: int) -> dict[str, float]:
+    """Mean absolute scaled error (utilsforecast): MAE / in-sample MAE of the seasonal naive
+    forecast on ``history`` (season 1 for series without one)."""
+    import pandas as pd
+    from utilsforecast.losses import mase as uf_mase
+
+    df, cols = _forecast_frame(y, point_forecasts)
+    df = df.rename(columns={c[0]: name for name, c in cols.items()})
+    h = np.asarray(history, dtype=np.float64)
+    train = pd.DataFrame({"unique_id": np.zeros(len(h), dtype=int), "ds": np.arange(-len(h), 0), "y": h})
+    out = uf_mase(df, list(point_forecasts), seasonality=max(1, int(season)), train_df=train)
+    return {name: float(out[name].iloc[0]) for name in point_forecasts}
+
+
+def sample_quantiles(samples: np.ndarray) -> np.ndarray:
+    """``(9, H)`` quantiles at :data:`QUANTILES` of ``(N, H)`` forecast samples (as GluonTS reads them)."""
+    return np.quantile(np.asarray(samples, dtype=np.float64), QUANTILES, axis=0)

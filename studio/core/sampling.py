@@ -114,8 +114,13 @@ def sample(
     preview_every: int = 0,
     latents: torch.Tensor | None = None,
     eta: float = 0.0,
+    correct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[Progress | torch.Tensor]:
     """Yield a :class:`Progress` per step, then the final sample ``(B, C, H, W)`` in model range.
+
+    ``correct(x_prev, t)``, when given, adjusts each step's output before the next step: the
+    place for guidance applied *after* the scheduler's update (TSDiff's DDPM self-guidance);
+    guidance that changes the model output belongs in ``denoise`` instead.
 
     Noise comes from ``generator`` on the CPU, as diffusers' pipelines draw it, so the loop
     reproduces ``DDPMPipeline`` / ``DDIMPipeline`` exactly for the same seed.
@@ -142,6 +147,8 @@ def sample(
         if preview_every and ((i + 1) % preview_every == 0 or i + 1 == len(timesteps)):
             preview = predicted_x0(scheduler, pred, x_in, t, prediction_type).detach()
         x = scheduler.step(pred, t, x, **step_kwargs).prev_sample
+        if correct is not None:
+            x = correct(x, t)
         yield Progress(step=i + 1, total=len(timesteps), timestep=float(t), preview=preview)
     yield x
 

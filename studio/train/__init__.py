@@ -5,7 +5,8 @@ from __future__ import annotations
 DIFFUSION = ("digits-cond", "shapes-t2i")
 JUDGES = ("judge-digits", "fd-digits", "judge-shapes", "fd-shapes")
 GUIDE = ("guide-clean", "guide-noisy", "guide-ppap", "guide-experts")
-ALL = DIFFUSION + JUDGES + GUIDE
+FORECAST = ("tsdiff-co2", "tsdiff-elnino", "tsdiff-sunspots", "tsdiff-unemployment")
+ALL = DIFFUSION + JUDGES + GUIDE + FORECAST
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0) -> dict:
@@ -23,4 +24,8 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
         from studio.train import guide
 
         return guide.train(name, seed=seed or None, **({"steps": steps} if steps else {}))
+    if name in FORECAST:
+        from studio.train import forecast
+
+        return forecast.train(name, seed=seed, **({"steps": steps} if steps else {}))
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")

@@ -1,0 +1,222 @@
+"""The Forecast tab: TSDiff forecasts, refinement and synthesis on a bundled series or your CSV.
+
+Pick a bundled series (each has its zoo model) or upload a CSV and press *Train on my series*
+(a few minutes on a CPU, with progress and Stop; the model so far is kept every few hundred
+steps). A plotly fan chart shows the history, the median with 50/80/90% bands, the
+statsforecast baselines' medians and the held-out truth; a table gives CRPS (mean weighted
+quantile loss) and MASE of every method on the same window; the quantiles download as CSV.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from components.widgets import param_inputs, shows_errors
+from studio.core.manager import ModelManager
+from studio.core.params import ParamError, coerce
+from studio.core.sampling import Progress
+from studio.data import series as S
+from studio.methods import forecast
+from studio.plots import fan_chart, training_chart
+
+PREFIX = "forecast-"
+SERIES_LABELS = {"co2": "CO2 at Mauna Loa (monthly)", "elnino": "El Nino SST (monthly)",
+                 "sunspots": "Sunspots (yearly)", "unemployment": "US unemployment (quarterly)",
+                 "upload": "My CSV (upload below)"}
+MODE_LABELS = {"forecast": "Forecast (self-guidance)", "refine": "Refine a baseline",
+               "synthesize": "Synthesize windows"}
+SNAPSHOT_EVERY = 250
+_TRAIN_LOCK = threading.Lock()
+
+
+def metrics_rows(result: forecast.ForecastResult) -> list[list]:
+    rows = []
+    for r in result.metrics:
+        rows.append([r["method"], r.get("CRPS"), r.get("MASE"), r.get("seconds")])
+    return rows
+
+
+def summary(result: forecast.ForecastResult) -> str:
+    p = result.parameters
+    lines = []
+    if result.lps:
+        lps = result.lps
+        if "synthetic" in lps:
+            real = f"{lps['real']:.4f}" if lps.get("real") is not None else "n/a"
+            lines.append(f"**Linear Predictive Score** (ridge model fit on {lps['synthetic_windows']} synthetic windows, "
+                         f"CRPS on {lps['test_windows']} real held-out windows; lower is better): "
+                         f"**{lps['synthetic']:.4f}**; the same ridge model fit on the real training windows: {real}.")
+    elif result.metrics and "CRPS" in result.metrics[0]:
+        best = min(result.metrics, key=lambda r: r["CRPS"])
+        lines.append(f"On this window **{best['method']}** has the lowest CRPS ({best['CRPS']:.4f}).")
+    elif p["holdout"] == 0:
+        lines.append("Forecasting the real future: there is no truth to score yet.")
+    lines.append(f"{p['samples']} samples, origin {p.get('origin')}, horizon {p['horizon']}, context {p['context']}, "
+                 f"seed {p['seed']}, {result.seconds:.1f} s in all.")
+    lines += [f"_Note: {n}_" for n in result.notes]
+    return "\n\n".join(lines)
+
+
+def describe_upload(series: S.Series, manager: ModelManager) -> str:
+    key = forecast.upload_key(series)
+    trained = key in manager
+    notes = "; ".join(series.notes) or "no gaps"
+    return (f"**{len(series)} points**, frequency **{series.freq}** (season {series.season}), "
+            f"{series.index[0]} .. {series.index[-1]}; {notes}. "
+            + ("A model for this series (and horizon) is trained: choose *My CSV* and Forecast."
+               if trained else "Now press **Train on my series**."))
+
+
+def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
+    gr.Markdown("**TSDiff**: one *unconditional* diffusion model over windows of a series. Guiding it with the "
+                "observed past (self-guidance on the denoised estimate) makes it a probabilistic forecaster; the "
+                "same model refines another forecaster's output and synthesises new windows. Compared on the same "
+                "window with statsforecast's SeasonalNaive, AutoETS and AutoARIMA.")
+    upload_state = gr.State(None)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2):
+            inputs = param_inputs(forecast.Params, names=("series", "mode"), id_prefix=PREFIX,
+                                  labels={"series": SERIES_LABELS, "mode": MODE_LABELS})
+            with gr.Accordion("Your series (CSV: a timestamp column and a value column)", open=False):
+                csv_file = gr.File(label=f"CSV (up to {S.MAX_CSV_BYTES // 2**20} MB)", file_types=[".csv", ".txt"],
+                                   type="filepath", elem_id=f"{PREFIX}csv")
+                upload_info = gr.Markdown(elem_id=f"{PREFIX}upload-info")
+                train_btn = gr.Button("Train on my series", elem_id=f"{PREFIX}train-btn")
+                train_plot = gr.Plot(label="Training", elem_id=f"{PREFIX}train-plot")
+            inputs.update(param_inputs(
+                forecast.Params, names=("guidance", "scale", "samples", "horizon", "context", "holdout", "base",
+                                        "refiner", "iterations", "baselines", "seed", "randomize_seed", "sampler",
+                                        "ddim_steps"),
+                labels={"guidance": forecast.GUIDANCE_LABELS, "refiner": {"lmc": "Langevin (LMC)",
+                                                                          "ml": "Maximum likelihood (SGD)"},
+                        "sampler": {"ddpm": "DDPM (official, 100 steps)", "ddim": "DDIM"}},
+                id_prefix=PREFIX))
+        with gr.Column(scale=3):
+            with gr.Row():
+                run_btn = gr.Button("Forecast", variant="primary", scale=3, elem_id="forecast-btn")
+                stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{PREFIX}stop-btn")
+            plot = gr.Plot(label="Fan chart", elem_id=f"{PREFIX}fan")
+            table = gr.Dataframe(headers=["method", "CRPS (mean wQL)", "MASE", "seconds"], label="Scores on this window "
+                                 "(lower is better)", interactive=False, elem_id=f"{PREFIX}metrics")
+            info = gr.Markdown(elem_id=f"{PREFIX}info")
+            download = gr.File(label="Forecast quantiles (CSV)", interactive=False, elem_id=f"{PREFIX}download")
+            with gr.Accordion("Parameters of this run", open=False):
+                seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id=f"{PREFIX}seed-used")
+                parameters = gr.JSON(label="Parameters (also in the CSV header)")
+
+    @shows_errors
+    def read_csv(path, state):
+        if not path:
+            return state, "", gr.update()
+        size = Path(path).stat().st_size
+        if size > S.MAX_CSV_BYTES:
+            raise ParamError(f"the file is {size / 1e6:.1f} MB; the limit is {S.MAX_CSV_BYTES / 1e6:.0f} MB")
+        try:
+            series = S.parse_csv(Path(path).read_bytes())
+        except S.SeriesError as exc:
+            raise ParamError(str(exc)) from None
+        return series, describe_upload(series, manager), "upload"
+
+    csv_file.upload(read_csv, inputs=[csv_file, upload_state], outputs=[upload_state, upload_info, inputs["series"]],
+                    api_name="forecast_upload", concurrency_limit=4)
+
+    @shows_errors
+    def train_upload(state, horizon, context, progress=gr.Progress()):
+        if state is None:
+            raise ParamError("upload a CSV first (a timestamp column and a value column)")
+        series = upload_setup(state, int(horizon or 0), int(context or 0))
+        key = forecast.upload_key(series)
+        if not _TRAIN_LOCK.acquire(blocking=False):
+            raise ParamError("another series is being trained; try again when it is done")
+        try:
+            from studio.train import forecast as trainer
+
+            yield {upload_info: f"Training on {series.train_end} points (the last horizon is held out for the "
+                                f"backtest) ..."}
+            losses: list[float] = []
+            for item in trainer.train_steps(series, steps=trainer.UPLOAD_STEPS, train_end=series.train_end,
+                                            report_every=10):
+                if isinstance(item, trainer.TrainProgress):
+                    losses.append(item.loss)
+                    progress((item.step, item.total), desc="Training TSDiff", unit="steps")
+                    update = {train_plot: training_chart(losses, item.total)}
+                    if item.step % SNAPSHOT_EVERY == 0 and item.step < item.total:
+                        register(manager, key, trainer.snapshot(item.model), partial=item.step)
+                        update[upload_info] = (f"Step {item.step}/{item.total}: the model so far is registered; "
+                                               "Stop keeps it.")
+                    yield update
+                else:
+                    model, log = item
+                    register(manager, key, model)
+                    yield {upload_info: f"Trained in {log['seconds']:.0f} s ({log['windows']} windows, final loss "
+                                        f"{log['final_loss']:.4f}, tau {log['tau']}). Choose *My CSV* and press "
+                                        "Forecast.", inputs["series"]: "upload", upload_state: series}
+        finally:
+            _TRAIN_LOCK.release()
+
+    train_event = train_btn.click(train_upload, inputs=[upload_state, inputs["horizon"], inputs["context"]],
+                                  outputs=[upload_info, train_plot, inputs["series"], upload_state],
+                                  api_name="forecast_train", concurrency_id="models", concurrency_limit=1)
+
+    @shows_errors
+    def run_forecast(progress=gr.Progress(), **values):
+        state = values.pop("upload_state")
+        params = coerce(forecast.Params, values)
+        upload = state if params.series == "upload" else None  # carries the set-up it was trained with
+        yield {info: ""}
+        progress((0, 1), desc="Loading model")
+        for item in forecast.run(params, manager, upload=upload):
+            if isinstance(item, Progress):
+                progress((item.step, item.total), desc="Sampling" if params.mode != "refine" else "Refining",
+                         unit="steps")
+                continue
+            path = write_csv(item)
+            yield {plot: fan_chart(item), table: metrics_rows(item), info: summary(item), download: path,
+                   seed_used: item.parameters["seed"], parameters: item.parameters}
+
+    run_event = run_btn.click(run_forecast, inputs_kwargs={**inputs, "upload_state": upload_state},
+                              outputs=[plot, table, info, download, seed_used, parameters], preprocess=False,
+                              api_name="forecast", concurrency_id="models", concurrency_limit=1,
+                              show_progress_on=[plot])
+    stop_btn.click(None, cancels=[run_event, train_event], api_name="forecast_stop", queue=False)
+    return {**inputs, "forecast": run_btn, "stop": stop_btn, "plot": plot, "table": table, "info": info,
+            "download": download, "parameters": parameters, "csv": csv_file, "train": train_btn,
+            "upload_info": upload_info}
+
+
+def upload_setup(series: S.Series, horizon: int, context: int) -> S.Series:
+    """The uploaded series with the asked horizon / context (0 = its defaults), the last horizon
+    held out as the backtest; refused when the series is too short for them."""
+    horizon = horizon or series.horizon
+    context = context or series.context
+    s = series.with_setup(context=context, horizon=horizon, origins=1)
+    need = s.window + s.history + s.horizon
+    if len(s.values) < need:
+        raise ParamError(f"the series has {len(s.values)} points; context {context} + horizon {horizon} + "
+                         f"{s.history} points of lag history + {horizon} held out need at least {need}")
+    return s
+
+
+def register(manager: ModelManager, key: str, model, partial: int | None = None) -> None:
+    info = {k: v for k, v in model.info.items() if k != "training"}
+    if partial:
+        info["partial_steps"] = partial
+    manager.register(key, lambda m=model: m, replace=True, info=info)
+
+
+_CSV_DIR: Path | None = None
+
+
+def write_csv(result: forecast.ForecastResult) -> str:
+    """The result's quantiles as a CSV file in a private temp folder (served by Gradio)."""
+    global _CSV_DIR
+    if _CSV_DIR is None:
+        _CSV_DIR = Path(tempfile.mkdtemp(prefix="diffusion-studio-forecast-"))
+    folder = Path(tempfile.mkdtemp(dir=_CSV_DIR))
+    path = folder / f"{result.series}-forecast-seed{result.parameters['seed']}.csv"
+    path.write_text(result.quantiles_csv())
+    return str(path)

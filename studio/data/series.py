@@ -1,0 +1,269 @@
+"""Time series: the bundled statsmodels series, and strict parsing of an uploaded CSV.
+
+Bundled series (all shipped inside statsmodels, so nothing is downloaded):
+
+* ``co2``: Mauna Loa CO2 (ppm), weekly 1958-2001 averaged to **monthly** (the weekly record has
+  gaps; a month with no reading is interpolated). Season 12.
+* ``elnino``: El Nino sea-surface temperature (deg C), monthly 1950-2010. Season 12.
+* ``sunspots``: yearly sunspot activity 1700-2008. Season 11 (the solar cycle).
+* ``unemployment``: US unemployment rate (%), quarterly 1959-2009 (macrodata ``unemp``). Season 4.
+
+Each :class:`Series` carries its forecasting set-up: season length, context and horizon, the
+seasonal lags the TSDiff model takes as extra channels, and how many rolling forecast origins
+the backtest uses (the last ``origins`` horizons of the series; everything before them is the
+training split, which is all the zoo model ever saw).
+
+CSV input (:func:`parse_csv`): a timestamp column and a value column. Parsed strictly: a file
+over :data:`MAX_CSV_BYTES`, unparseable timestamps, duplicate timestamps, text or infinite
+values, a constant or too-short series are refused with a message naming the row. Empty cells
+and ``NaN`` are *missing values*, and so are timestamps absent from a regular grid (gaps): the
+series is put on its inferred frequency and the holes are kept as NaN. TSDiff treats them as
+unobserved (its guidance simply leaves them out, so it imputes them); the statsforecast
+baselines, which need complete data, get them linearly interpolated. More than 20% missing is
+refused.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+MAX_CSV_BYTES = 2 * 1024 * 1024
+MAX_POINTS = 20_000
+MAX_MISSING = 0.2
+SEASON_OF_FREQ = {"H": 24, "D": 7, "B": 5, "W": 52, "M": 12, "Q": 4, "Y": 1}
+
+
+class SeriesError(ValueError):
+    """A series or CSV that cannot be used; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """A univariate series on a regular grid, with its forecasting set-up."""
+
+    name: str
+    title: str
+    values: np.ndarray  # float64, NaN = missing
+    index: pd.DatetimeIndex | pd.PeriodIndex
+    freq: str  # one of SEASON_OF_FREQ
+    season: int
+    context: int
+    horizon: int
+    lags: tuple[int, ...]
+    origins: int = 5
+    unit: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def window(self) -> int:
+        """Context + horizon: the length the diffusion model generates."""
+        return self.context + self.horizon
+
+    @property
+    def history(self) -> int:
+        """Points needed before a window for its lag channels."""
+        return max(self.lags, default=0)
+
+    def origin_positions(self) -> list[int]:
+        """Backtest forecast origins: index of the first forecast point, last ``origins`` horizons."""
+        n = len(self.values)
+        return [n - k * self.horizon for k in range(self.origins, 0, -1)]
+
+    @property
+    def train_end(self) -> int:
+        """End (exclusive) of the training split: the first backtest origin."""
+        return self.origin_positions()[0] if self.origins else len(self.values)
+
+    def with_setup(self, context: int | None = None, horizon: int | None = None, origins: int | None = None) -> "Series":
+        horizon = horizon or self.horizon
+        return replace(self, context=context or self.context, horizon=horizon,
+                       lags=lags_for(self.season, horizon), origins=self.origins if origins is None else origins)
+
+    def labels(self, start: int, stop: int) -> list[str]:
+        """Timestamps of positions [start, stop) as strings, extended past the end on the grid."""
+        idx = self.index
+        if stop > len(idx):
+            extra = pd.period_range(idx[-1], periods=stop - len(idx) + 1, freq=idx.freq)[1:] \
+                if isinstance(idx, pd.PeriodIndex) else \
+                pd.date_range(idx[-1], periods=stop - len(idx) + 1, freq=idx.freq)[1:]
+            idx = idx.append(extra)
+        return [str(v) for v in idx[start:stop]]
+
+
+def lags_for(season: int, horizon: int) -> tuple[int, ...]:
+    """Two seasonal lags, each at least the horizon, so every lag value of a forecast window is
+    already observed at the origin (as with the official code's seasonal lag sets)."""
+    base = season if season > 1 else horizon
+    k = max(1, -(-horizon // base))
+    return (base * k, base * (k + 1))
+
+
+def _setup(name, title, values, index, freq, season, context, horizon, unit, notes=()) -> Series:
+    return Series(name=name, title=title, values=np.asarray(values, dtype=np.float64), index=index, freq=freq,
+                  season=season, context=context, horizon=horizon, lags=lags_for(season, horizon), unit=unit,
+                  notes=tuple(notes))
+
+
+@lru_cache(maxsize=None)
+def bundled(name: str) -> Series:
+    """A bundled series by name (see the module docstring)."""
+    import statsmodels.api as sm
+
+    if name == "co2":
+        weekly = sm.datasets.co2.load_pandas().data["co2"]
+        monthly = weekly.resample("MS").mean().interpolate()
+        index = monthly.index.to_period("M")
+        return _setup("co2", "Mauna Loa CO2 (monthly mean of weekly readings)", monthly.to_numpy(), index, "M",
+                      12, 60, 12, "ppm", ["weekly readings averaged to months; months without a reading interpolated"])
+    if name == "elnino":
+        df = sm.datasets.elnino.load_pandas().data
+        values = df.drop(columns="YEAR").to_numpy().reshape(-1)
+        index = pd.period_range(f"{int(df.YEAR.iloc[0])}-01", periods=len(values), freq="M")
+        return _setup("elnino", "El Nino sea-surface temperature", values, index, "M", 12, 60, 12, "deg C")
+    if name == "sunspots":
+        df = sm.datasets.sunspots.load_pandas().data
+        index = pd.period_range(str(int(df.YEAR.iloc[0])), periods=len(df), freq="Y")
+        return _setup("sunspots", "Yearly sunspot activity", df.SUNACTIVITY.to_numpy(), index, "Y", 11, 44, 11,
+                      "", ["season 11 = the solar cycle, not a calendar season"])
+    if name == "unemployment":
+        df = sm.datasets.macrodata.load_pandas().data
+        index = pd.period_range(f"{int(df.year.iloc[0])}Q{int(df.quarter.iloc[0])}", periods=len(df), freq="Q")
+        return _setup("unemployment", "US unemployment rate (quarterly)", df.unemp.to_numpy(), index, "Q", 4, 32, 8,
+                      "%")
+    raise SeriesError(f"unknown series {name!r}; bundled: {', '.join(BUNDLED)}")
+
+
+BUNDLED: tuple[str, ...] = ("co2", "elnino", "sunspots", "unemployment")
+
+
+# ---------------------------------------------------------------------------------------------- CSV
+
+
+def _freq_code(index: pd.DatetimeIndex) -> str | None:
+    """One of SEASON_OF_FREQ for a timestamp index, or None when irregular."""
+    inferred = pd.infer_freq(index) if len(index) >= 3 else None
+    step = pd.Series(index).diff().dropna().median() if inferred is None else None
+    if inferred is None:
+        days = step / pd.Timedelta(days=1)
+        table = [(1 / 24, "H"), (1, "D"), (7, "W"), (30.4, "M"), (91.3, "Q"), (365.2, "Y")]
+        for d, code in table:
+            if abs(days - d) / d < 0.1:
+                return code
+        return None
+    head = inferred.split("-")[0].upper().rstrip("S").lstrip("0123456789")
+    if head in ("H", "D", "B", "W", "M", "Q", "Y"):
+        return head
+    return {"A": "Y", "YE": "Y", "ME": "M", "QE": "Q", "BM": "M", "BQ": "Q", "BA": "Y", "BY": "Y", "MIN": None,
+            "T": None, "S": None}.get(head)
+
+
+_PANDAS_FREQ = {"H": "h", "D": "D", "B": "B", "W": "W", "M": "M", "Q": "Q", "Y": "Y"}
+
+
+def parse_csv(data: bytes | str, name: str = "upload", context: int | None = None, horizon: int | None = None) -> Series:
+    """An uploaded CSV as a :class:`Series` (see the module docstring for the rules).
+
+    ``data`` is the file's bytes (or text). Columns: a timestamp column and a numeric value
+    column; when there are more, the first column whose header reads like a time (``date``,
+    ``time``, ``ds``, ``timestamp``, ``month``, ``year``) and the first other column are used.
+    """
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if len(raw) > MAX_CSV_BYTES:
+        raise SeriesError(f"the file is {len(raw) / 1e6:.1f} MB; the limit is {MAX_CSV_BYTES / 1e6:.0f} MB")
+    if not raw.strip():
+        raise SeriesError("the file is empty")
+    try:
+        df = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise SeriesError(f"could not read the file as CSV ({str(exc).splitlines()[0]})") from None
+    if df.shape[1] < 2:
+        raise SeriesError("the CSV needs two columns: a timestamp and a value (found "
+                          f"{df.shape[1]} column{'s' if df.shape[1] != 1 else ''})")
+    if len(df) > MAX_POINTS:
+        raise SeriesError(f"the CSV has {len(df):,} rows; the limit is {MAX_POINTS:,}")
+    timey = ("date", "time", "ds", "timestamp", "month", "year", "period", "week", "day")
+    cols = list(df.columns)
+    tcol = next((c for c in cols if str(c).strip().lower() in timey), cols[0])
+    vcol = next(c for c in cols if c != tcol)
+    stamps = df[tcol].str.strip()
+    try:
+        times = pd.to_datetime(stamps, errors="raise", format="mixed")
+    except (ValueError, TypeError, OverflowError):
+        parsed = pd.to_datetime(stamps, errors="coerce", format="mixed")
+        bad = int(np.flatnonzero(parsed.isna())[0])
+        raise SeriesError(f"row {bad + 2}: timestamp {stamps.iloc[bad]!r} in column {tcol!r} is not a date or "
+                          "time (use e.g. 2020-01-31 or 2020-01-31 13:00)") from None
+    text = df[vcol].str.strip()
+    missing = text.str.lower().isin(["", "nan", "na", "null", "none", "n/a", "-"])
+    values = pd.to_numeric(text.where(~missing, None), errors="coerce")
+    bad = np.flatnonzero(values.isna().to_numpy() & ~missing.to_numpy())
+    if len(bad):
+        raise SeriesError(f"row {bad[0] + 2}: {text.iloc[bad[0]]!r} in column {vcol!r} is not a number "
+                          f"({len(bad)} such row{'s' if len(bad) > 1 else ''}); leave a cell empty to mark a "
+                          "missing value")
+    values = values.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(values[~np.isnan(values)])):
+        raise SeriesError(f"column {vcol!r} holds an infinite value; use a finite number or leave it empty")
+    notes = []
+    order = np.argsort(times.to_numpy(), kind="stable")
+    if np.any(np.diff(order) < 0):
+        notes.append("rows sorted by timestamp")
+    times, values = times.iloc[order].reset_index(drop=True), values[order]
+    dup = times.duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise SeriesError(f"timestamp {times.iloc[i]} appears more than once; each time needs one value")
+    index = pd.DatetimeIndex(times)
+    code = _freq_code(index)
+    if code is None:
+        raise SeriesError("the timestamps are not on a regular grid (hourly, daily, weekly, monthly, quarterly "
+                          "or yearly) and the studio cannot infer one")
+    period = index.to_period(_PANDAS_FREQ[code])
+    if period.duplicated().any():
+        raise SeriesError(f"two rows fall in the same {code} period; one value per period is needed")
+    full = pd.period_range(period.min(), period.max(), freq=period.freq)
+    if len(full) > MAX_POINTS:
+        raise SeriesError(f"the timestamps span {len(full):,} periods; the limit is {MAX_POINTS:,}")
+    series = pd.Series(values, index=period).reindex(full)
+    gaps = len(full) - len(period)
+    if gaps:
+        notes.append(f"{gaps} missing timestamp{'s' if gaps > 1 else ''} on the {code} grid kept as missing values")
+    vals = series.to_numpy(dtype=np.float64)
+    n_missing = int(np.isnan(vals).sum())
+    if n_missing and not gaps:
+        notes.append(f"{n_missing} empty/NaN value{'s' if n_missing > 1 else ''} kept as missing")
+    if n_missing > MAX_MISSING * len(vals):
+        raise SeriesError(f"{n_missing} of {len(vals)} values are missing; at most {MAX_MISSING:.0%} can be")
+    observed = vals[~np.isnan(vals)]
+    if len(observed) and np.ptp(observed) <= 1e-12 * max(1.0, np.abs(observed).max()):
+        raise SeriesError("the series is constant; there is nothing to forecast")
+    season = SEASON_OF_FREQ[code]
+    horizon = horizon or {"H": 24, "D": 14, "B": 10, "W": 13, "M": 12, "Q": 8, "Y": 6}[code]
+    context = context or 4 * max(horizon, min(season, 52))
+    s = _setup(name, f"uploaded series ({vcol})", vals, full, code, season, context, horizon, "", notes)
+    need = s.window + s.history
+    if len(vals) < need:
+        raise SeriesError(f"the series has {len(vals)} points; context {s.context} + horizon {s.horizon} + "
+                          f"{s.history} points of lag history need at least {need}")
+    return replace(s, origins=1)
+
+
+def interpolate(values: np.ndarray) -> np.ndarray:
+    """Missing values filled linearly (ends held flat): what the baselines and training see."""
+    s = pd.Series(values)
+    return s.interpolate(limit_direction="both").to_numpy(dtype=np.float64)
+
+
+def to_csv(series: Series) -> str:
+    """A series as the CSV :func:`parse_csv` reads (timestamp, value)."""
+    stamps = [p.to_timestamp().strftime("%Y-%m-%d") if hasattr(p, "to_timestamp") else str(p) for p in series.index]
+    vals = ["" if np.isnan(v) else repr(float(v)) for v in series.values]
+    return "timestamp,value\n" + "\n".join(f"{t},{v}" for t, v in zip(stamps, vals)) + "\n"

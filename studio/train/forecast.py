@@ -1,0 +1,157 @@
+"""TSDiff recipes: one unconditional model per bundled series (``tsdiff-<series>``), and the
+"train on my series" path the Forecast tab uses for an uploaded CSV.
+
+As the official recipe: windows of ``context + horizon`` points with seasonal lag channels,
+each mean-scaled over its context; epsilon-MSE with t ~ U{0..99}; Adam lr 1e-3, gradient
+clipping 0.5, batch 64. **Deviation:** the official runs train for 1000 epochs x 128 batches on
+large datasets; the bundled series are a few hundred points, so a recipe runs
+:data:`ZOO_STEPS` steps over every window of the training split (everything before the first
+backtest origin: the model never sees a backtest target). The refiners' fixed step tau is
+chosen at the end as the official ``get_best_diffusion_step`` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from studio.core.device import make_generator
+from studio.core.loading import ZOO_DIR
+from studio.core.sampling import make_scheduler
+from studio.data import series as S
+from studio.nets.tsdiff import SeriesDiffusion, TSDiffNet, tsdiff_scheduler_config
+from studio.train.common import Checkpoint, Timer, machine_description, write_manifest_entry
+
+ZOO_STEPS = {"co2": 4000, "elnino": 4000, "sunspots": 2500, "unemployment": 2500}  # fewer windows, fewer steps
+UPLOAD_STEPS = 1500
+BATCH = 64
+LR = 1e-3
+GRAD_CLIP = 0.5
+ARCH = {"hidden": 64, "blocks": 3, "step_emb": 128, "d_state": 32, "init_skip": False}
+
+
+def build(series: S.Series, train_end: int, seed: int = 0) -> SeriesDiffusion:
+    torch.manual_seed(seed)
+    net = TSDiffNet(channels=1 + len(series.lags), **ARCH)
+    info = {"kind": "diffusion", "domain": "series", "model_class": "TSDiffNet", "series": series.name,
+            "window": series.window, "horizon": series.horizon, "context": series.context,
+            "lags": list(series.lags), "freq": series.freq, "season": series.season, "train_end": train_end,
+            "scaling": "mean", "conditioning": "none", "prediction_type": "epsilon"}
+    return SeriesDiffusion(name=f"tsdiff-{series.name}", unet=net, scheduler_config=tsdiff_scheduler_config(),
+                           info=info)
+
+
+@dataclass
+class TrainProgress:
+    step: int
+    total: int
+    loss: float
+    seconds: float
+    model: SeriesDiffusion | None = None  # the model being trained (live; snapshot() it to keep it)
+
+
+def train_steps(series: S.Series, *, steps: int, seed: int = 0, train_end: int | None = None,
+                checkpoint: Checkpoint | None = None, every: int = 500, report_every: int = 10
+                ) -> Iterator[TrainProgress | tuple[SeriesDiffusion, dict]]:
+    """Train a TSDiff model on ``series.values[:train_end]``: yields a :class:`TrainProgress`
+    every ``report_every`` steps, then ``(model, log)``. A consumer that stops iterating stops
+    training between steps; a ``checkpoint`` makes it resumable."""
+    from studio.methods.forecast import best_diffusion_step, training_windows
+
+    train_end = series.train_end if train_end is None else train_end
+    model = build(series, train_end, seed)
+    net = model.unet.train()
+    windows = training_windows(series.values, train_end, series.window, series.lags, series.context)
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+    abar = make_scheduler("ddpm", model.scheduler_config).alphas_cumprod.float()
+    T = len(abar)
+    gen = make_generator(seed)
+    start, timer, losses = 0, Timer(), []
+    if checkpoint is not None and checkpoint.exists():
+        state = checkpoint.load({"model": net}, opt)
+        start, timer = state["step"], Timer(state["seconds"])
+    for step in range(start, steps):
+        idx = torch.randint(0, len(windows), (min(BATCH, len(windows) * 4),), generator=gen)
+        x0 = windows[idx]
+        t = torch.randint(0, T, (len(idx),), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = abar[t][:, None, None]
+        loss = ((net(a.sqrt() * x0 + (1 - a).sqrt() * noise, t) - noise) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
+        opt.step()
+        losses.append(loss.item())
+        if checkpoint is not None and (step + 1) % every == 0:
+            checkpoint.save(step + 1, timer.seconds, {"model": net}, opt)
+        if (step + 1) % report_every == 0:
+            yield TrainProgress(step + 1, steps, sum(losses[-report_every:]) / report_every, timer.seconds, model)
+    net.eval().requires_grad_(False)
+    model.info["tau"] = best_diffusion_step(model, windows[: min(len(windows), 128)], seed=seed)
+    tail = losses[-200:] or [math.nan]
+    log = {"steps": steps, "seconds": round(timer.seconds, 1), "windows": len(windows),
+           "final_loss": sum(tail) / len(tail), "tau": model.info["tau"]}
+    model.info["training"] = log
+    yield model, log
+
+
+def snapshot(model: SeriesDiffusion) -> SeriesDiffusion:
+    """A frozen eval-mode copy of a model in training (what the tab registers when Stop is pressed)."""
+    net = copy.deepcopy(model.unet).eval().requires_grad_(False)
+    return SeriesDiffusion(name=model.name, unet=net, scheduler_config=dict(model.scheduler_config),
+                           info={**model.info, "tau": model.info.get("tau", 20)})
+
+
+def fit(series: S.Series, *, steps: int, seed: int = 0, train_end: int | None = None,
+        checkpoint: Checkpoint | None = None, report: Callable[[TrainProgress], None] | None = None
+        ) -> tuple[SeriesDiffusion, dict]:
+    """:func:`train_steps` run to the end."""
+    for item in train_steps(series, steps=steps, seed=seed, train_end=train_end, checkpoint=checkpoint):
+        if isinstance(item, TrainProgress):
+            if report is not None:
+                report(item)
+        else:
+            return item
+    raise RuntimeError("training produced no model")
+
+
+def export(model: SeriesDiffusion, folder: Path) -> None:
+    """Write ``model`` in the zoo layout (model/ config + safetensors, scheduler/, studio.json)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.unet.save_pretrained(tmp / "model", safe_serialization=True)
+    (tmp / "scheduler").mkdir(parents=True)
+    (tmp / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "DDPMScheduler", **model.scheduler_config}, indent=2))
+    info = {k: v for k, v in model.info.items() if k != "training"}
+    (tmp / "studio.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def train(name: str, seed: int = 0, steps: int | None = None, zoo: Path = ZOO_DIR) -> dict:
+    """Zoo recipe ``tsdiff-<series>``: train on the series' training split and export."""
+    series = S.bundled(name.removeprefix("tsdiff-"))
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def report(p: TrainProgress) -> None:
+        if time.perf_counter() - last[0] > 30:
+            last[0] = time.perf_counter()
+            print(f"{name}: step {p.step}/{p.total} loss {p.loss:.4f}", flush=True)
+
+    model, log = fit(series, steps=steps or ZOO_STEPS[series.name], seed=seed, report=report, checkpoint=Checkpoint(name))
+    export(model, zoo / name)
+    params = sum(p.numel() for p in model.unet.parameters())
+    return write_manifest_entry(name, {"kind": "diffusion", "recipe": f"studio.train.forecast ({name})",
+                                       "machine": machine_description(), "params": params,
+                                       "train_seconds": round(time.perf_counter() - t0, 1), **log,
+                                       "batch_size": BATCH, "seed": seed})

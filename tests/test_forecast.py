@@ -1,0 +1,368 @@
+"""Forecast (TSDiff): metrics against hand computations, strict CSV parsing, windows and lags,
+the guided samplers against the official update rules, refinement, synthesis, baselines, and
+the method contract on tiny random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from studio.core import metrics as M
+from studio.core.device import make_generator
+from studio.core.manager import ModelManager
+from studio.core.params import ParamError
+from studio.core.sampling import make_scheduler
+from studio.data import series as S
+from studio.methods import forecast as F
+from studio.nets.tsdiff import BidirectionalS4D, SeriesDiffusion, TSDiffNet, tsdiff_scheduler_config
+
+
+def tiny_model(series: S.Series, seed: int = 0, train_end: int | None = None) -> SeriesDiffusion:
+    from studio.train.forecast import build
+
+    torch.manual_seed(seed)
+    model = build(series, series.train_end if train_end is None else train_end, seed)
+    model.unet = TSDiffNet(channels=1 + len(series.lags), hidden=8, blocks=1, step_emb=16, d_state=4)
+    model.unet.eval().requires_grad_(False)
+    model.info["tau"] = 20
+    return model
+
+
+def tiny_forecast_manager(manager: ModelManager | None = None) -> ModelManager:
+    """Tiny random TSDiff models under every bundled series' zoo key."""
+    manager = manager or ModelManager(device="cpu")
+    for name in S.BUNDLED:
+        s = S.bundled(name)
+        manager.register(F.model_key(name), lambda s=s: tiny_model(s), info={**tiny_model(s).info})
+    return manager
+
+
+class ZeroEps(torch.nn.Module):
+    """A 'denoiser' that predicts no noise: x0_hat = x / sqrt(abar), so every gradient is analytic."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    def forward(self, x, t):
+        return x * self.w
+
+
+def zero_model(window: int, lags=(12, 24)) -> SeriesDiffusion:
+    return SeriesDiffusion(name="zero", unet=ZeroEps(), scheduler_config=tsdiff_scheduler_config(),
+                           info={"window": window, "lags": list(lags), "horizon": 4, "tau": 20})
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def test_mean_weighted_quantile_loss_matches_a_hand_computation():
+    y = np.array([10.0, 0.0, -4.0, 6.0])
+    rng = np.random.default_rng(0)
+    qf = np.sort(rng.normal(2, 5, size=(9, 4)), axis=0)
+    want = np.mean([2 * np.sum(np.abs((qf[i] - y) * ((y <= qf[i]) - q))) / np.sum(np.abs(y))
+                    for i, q in enumerate(M.QUANTILES)])
+    got = M.mean_weighted_quantile_loss(y, {"f": qf})["f"]
+    assert got == pytest.approx(want, rel=1e-12)
+    # a tiny case by pen and paper: y = (1, 2, 3), every quantile (1.5, 2, 2.5): per q the loss is
+    # 2 * (0.5 (1 - q) + 0.5 q) / 6 = 1/6, whatever q
+    assert M.mean_weighted_quantile_loss([1, 2, 3], {"f": np.tile([1.5, 2, 2.5], (9, 1))})["f"] == pytest.approx(1 / 6)
+
+
+def test_mean_weighted_quantile_loss_averages_over_series():
+    y = np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 9.0]])
+    qf = np.stack([np.tile(r + 0.5, (9, 1)) for r in y])
+    both = M.mean_weighted_quantile_loss(y, {"f": qf})["f"]
+    each = [M.mean_weighted_quantile_loss(y[i], {"f": qf[i]})["f"] for i in range(2)]
+    assert both == pytest.approx(np.mean(each))
+
+
+def test_mase_matches_a_hand_computation():
+    history = np.array([1.0, 3.0, 2.0, 5.0, 4.0, 8.0])  # season 2: |2-1|, |5-3|, |4-2|, |8-5| -> mean 2
+    y, f = np.array([6.0, 9.0]), np.array([7.0, 6.0])  # MAE 2
+    assert M.mase(y, {"f": f}, history, season=2)["f"] == pytest.approx(1.0)
+    assert M.mase(y, {"f": f}, history, season=1)["f"] == pytest.approx(2 / (11 / 5))  # |3-1|+|2-3|+|5-2|+|4-5|+|8-4| = 11
+
+
+# ------------------------------------------------------------------------------------- series
+
+
+def test_bundled_series_have_their_setup():
+    for name in S.BUNDLED:
+        s = S.bundled(name)
+        assert len(s) > s.window + s.history + s.origins * s.horizon
+        assert min(s.lags) >= s.horizon and not np.isnan(s.values).any()
+        assert s.origin_positions()[-1] == len(s) - s.horizon and s.train_end == len(s) - s.origins * s.horizon
+
+
+def _csv(rows: list[tuple[str, str]], header="date,value") -> bytes:
+    return (header + "\n" + "\n".join(f"{a},{b}" for a, b in rows) + "\n").encode()
+
+
+def _monthly(n=120, start="2000-01"):
+    stamps = [str(p) + "-01" for p in __import__("pandas").period_range(start, periods=n, freq="M")]
+    return [(t, f"{10 + np.sin(i / 12 * 2 * np.pi) + 0.01 * i:.4f}") for i, t in enumerate(stamps)]
+
+
+def test_parse_csv_reads_a_monthly_series_and_keeps_gaps_as_missing():
+    rows = _monthly()
+    s = S.parse_csv(_csv(rows))
+    assert (s.freq, s.season, len(s), s.horizon) == ("M", 12, 120, 12) and not np.isnan(s.values).any()
+    gappy = rows[:50] + rows[53:]  # three months absent
+    rows2 = list(gappy)
+    rows2[10] = (rows2[10][0], "")  # and one empty cell
+    s2 = S.parse_csv(_csv(rows2))
+    assert len(s2) == 120 and np.isnan(s2.values).sum() == 4
+    assert any("missing timestamp" in n for n in s2.notes)
+    shuffled = S.parse_csv(_csv(rows[::-1]))
+    np.testing.assert_allclose(shuffled.values, s.values)
+    assert "rows sorted by timestamp" in shuffled.notes
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda r: r[:5] + [(r[5][0], "abc")] + r[6:], "row 7: 'abc'"),
+    (lambda r: r[:5] + [("not-a-date", r[5][1])] + r[6:], "row 7: timestamp 'not-a-date'"),
+    (lambda r: r[:5] + [r[4]] + r[6:], "appears more than once"),
+    (lambda r: [(t, "5") for t, _ in r], "constant"),
+    (lambda r: r[:20], "need at least"),
+    (lambda r: r[:5] + [(r[5][0], "inf")] + r[6:], "infinite"),
+    (lambda r: [(t, "" if i % 3 else v) for i, (t, v) in enumerate(r)], "missing"),
+])
+def test_parse_csv_refuses_bad_input_with_a_clear_message(mutate, message):
+    with pytest.raises(S.SeriesError, match=message.replace("(", r"\(")):
+        S.parse_csv(_csv(mutate(_monthly())))
+
+
+def test_parse_csv_refuses_files_that_are_not_a_series():
+    with pytest.raises(S.SeriesError, match="limit"):
+        S.parse_csv(b"date,value\n" + b"2020-01-01,1\n" * 200_000)
+    with pytest.raises(S.SeriesError, match="empty"):
+        S.parse_csv(b"   ")
+    with pytest.raises(S.SeriesError, match="two columns"):
+        S.parse_csv(b"value\n1\n2\n3\n")
+    with pytest.raises(S.SeriesError, match="regular grid"):
+        S.parse_csv(_csv([("2020-01-01", "1"), ("2020-01-04", "2"), ("2020-03-01", "3"), ("2021-07-01", "4")]))
+
+
+def test_csv_round_trip_of_a_bundled_series():
+    s = S.bundled("unemployment")
+    back = S.parse_csv(S.to_csv(s))
+    assert back.freq == "Q" and len(back) == len(s)
+    np.testing.assert_allclose(back.values, s.values)
+
+
+# ------------------------------------------------------------------------------------ windows
+
+
+def test_window_reads_lags_scales_by_the_context_and_masks_the_future_and_gaps():
+    values = np.arange(100, dtype=np.float64) + 1.0
+    values[70] = np.nan
+    w = F.make_window(values, origin=80, window=24, horizon=6, lags=(6, 12))
+    assert w.start == 62 and w.x.shape == (24, 3)
+    ctx = values[62:80]
+    assert w.scale == pytest.approx(np.nanmean(np.abs(ctx)))
+    # channel 0: context observed except the NaN, horizon unobserved; lags >= horizon: all observed
+    # but where they read the NaN (point 70 is lag 6 of point 76 and lag 12 of point 82)
+    assert w.mask[:, 0].tolist() == [1.0] * 8 + [0.0] + [1.0] * 9 + [0.0] * 6
+    assert w.mask[:, 1:].sum() == 2 * 24 - 2 and w.mask[76 - 62, 1] == 0 and w.mask[82 - 62, 2] == 0
+    assert w.x[0, 1] * w.scale == pytest.approx(values[62 - 6]) and w.x[5, 2] * w.scale == pytest.approx(values[67 - 12])
+    short = F.make_window(values, origin=80, window=24, horizon=6, lags=(6, 12), context=4)
+    assert short.mask[:, 0].sum() == 4 and short.mask[:14, 0].sum() == 0
+
+
+def test_training_windows_are_mean_scaled_and_never_read_past_the_end():
+    values = np.arange(60, dtype=np.float64) + 1.0
+    w = F.training_windows(values, end=40, window=10, lags=(2, 4), context=8)
+    assert w.shape == (40 - 10 - 4 + 1, 10, 3)
+    assert w[:, :8, 0].abs().mean(1).numpy() == pytest.approx(np.ones(len(w)), rel=1e-5)
+    last = w[-1, :, 0] * torch.tensor(values[30:38]).mean().float()
+    assert last[-1].item() == pytest.approx(values[39], rel=1e-5)  # the last point inside the training part
+
+
+# -------------------------------------------------------------------------------------- guidance
+
+
+def _reference_ddpm_guidance(model, w, n, guidance, scale, seed):
+    """The official DDPMGuidance loop, written out: p_sample, then x += s * var_t * (-grad E) at the same t."""
+    sched = make_scheduler("ddpm", model.scheduler_config, variance_type="fixed_small", clip_sample=False)
+    sched.set_timesteps(100)
+    gen = make_generator(seed)
+    x = torch.randn((n, *w.x.shape), generator=gen)
+    abar, betas = sched.alphas_cumprod, sched.betas
+    obs, mask = w.x.expand(n, -1, -1), w.mask.expand(n, -1, -1)
+    q = (torch.arange(n) + 1.0)[:, None, None] / (n + 1)
+    for t in sched.timesteps:
+        t = int(t)
+        x = sched.step(torch.zeros_like(x), t, x, generator=gen).prev_sample
+        var = betas[t] * (1 - (abar[t - 1] if t > 0 else torch.tensor(1.0))) / (1 - abar[t])
+        x0 = x / abar[t].sqrt()
+        e = obs - x0
+        dl = -2 * e if guidance == "mse" else -torch.where(e > 0, q, q - 1)  # d loss / d x0
+        x = x - scale * var * (dl * mask) / abar[t].sqrt()
+    return x
+
+
+@pytest.mark.parametrize("guidance", ["mse", "quantile"])
+def test_ddpm_self_guidance_is_the_official_update(guidance):
+    values = 10 + np.sin(np.arange(80) / 3)
+    w = F.make_window(values, origin=76, window=16, horizon=4, lags=(4, 8))
+    model = zero_model(16, (4, 8))
+    *_, x = F.observation_guidance(model, [w], num_samples=5, guidance=guidance, scale=2.0, seed=3)
+    want = _reference_ddpm_guidance(model, w, 5, guidance, 2.0, 3)
+    torch.testing.assert_close(x[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_ddim_self_guidance_shifts_epsilon_by_s_sqrt_one_minus_abar_grad():
+    values = 10 + np.sin(np.arange(80) / 3)
+    w = F.make_window(values, origin=76, window=16, horizon=4, lags=(4, 8))
+    model = zero_model(16, (4, 8))
+    sched = F.make_schedulers(model)["ddim"]
+    sched.set_timesteps(10)
+    gen = make_generator(1)
+    x = torch.randn((3, *w.x.shape), generator=gen)
+    start = x.clone()
+    abar = sched.alphas_cumprod
+    for t in sched.timesteps:
+        t = int(t)
+        grad = -2 * (w.x - x / abar[t].sqrt()) * w.mask / abar[t].sqrt()
+        x = sched.step(1.5 * (1 - abar[t]).sqrt() * grad, t, x, eta=0.0).prev_sample
+    *_, got = F.observation_guidance(model, [w], num_samples=3, guidance="mse", scale=1.5, sampler="ddim", steps=10,
+                                     seed=1)
+    torch.testing.assert_close(got[0], x, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(start, x)
+
+
+def test_ml_refinement_lowers_the_energy_and_keeps_shapes():
+    s = S.bundled("elnino")
+    model = tiny_model(s)
+    w = F.make_window(s.values, s.origin_positions()[-1], s.window, s.horizon, s.lags)
+    init = F.gaussian_samples(F.baseline_forecasts(s.values[:w.origin], s.horizon, 12, ("SeasonalNaive",))
+                              ["SeasonalNaive"]["quantiles"], 8)
+    trace: list[float] = []
+    x = F.refine(model, [w], init[None], refiner="ml", iterations=15, lr=0.01, trace=trace)
+    assert x.shape == (1, 8, s.window, 3) and np.mean(trace[-3:]) < trace[0]
+    y = F.refine(model, [w], init[None], refiner="lmc", iterations=3, seed=1)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_best_diffusion_step_is_a_valid_step():
+    s = S.bundled("sunspots")
+    model = tiny_model(s)
+    windows = F.training_windows(s.values, s.train_end, s.window, s.lags, s.context)[:16]
+    tau = F.best_diffusion_step(model, windows, repeats=1)
+    assert 0 <= tau < 100
+
+
+def test_s4d_kernel_cache_matches_a_fresh_kernel():
+    torch.manual_seed(0)
+    layer = BidirectionalS4D(8, 4)
+    u = torch.randn(2, 8, 30)
+    live = layer(u)
+    layer.eval().requires_grad_(False)
+    torch.testing.assert_close(layer(u), live)
+    torch.testing.assert_close(layer(u), live)  # from the cache
+    assert layer._cache is not None and layer._cache[0] == 30
+    u2 = torch.randn(2, 8, 30)
+    u2[..., 20:] = u[..., 20:]  # bidirectional: a change early reaches late outputs and vice versa
+    assert not torch.allclose(layer(u2)[..., 25], layer(u)[..., 25])
+
+
+# ---------------------------------------------------------------------------------- baselines
+
+
+def test_baselines_give_ordered_quantiles_and_seasonal_naive_repeats_the_last_season():
+    s = S.bundled("unemployment")
+    history = s.values[:150]
+    out = F.baseline_forecasts(history, 8, 4)
+    for name, b in out.items():
+        assert b["quantiles"].shape == (9, 8) and np.all(np.diff(b["quantiles"], axis=0) >= -1e-9), name
+    np.testing.assert_allclose(out["SeasonalNaive"]["point"], np.tile(history[-4:], 2))
+    samples = F.gaussian_samples(out["AutoETS"]["quantiles"], 99)
+    assert np.all(np.diff(samples, axis=0) >= 0)
+    np.testing.assert_allclose(samples[49], out["AutoETS"]["quantiles"][4], rtol=1e-6)
+
+
+def test_linear_predictive_score_of_a_clean_sine_is_near_zero():
+    t = np.arange(400)
+    v = 5 + np.sin(2 * np.pi * t / 12)
+    windows = np.stack([v[i:i + 24] for i in range(300)])
+    scale = np.abs(windows[:, :18]).mean(1, keepdims=True)
+    assert F.linear_predictive_score(windows / scale, windows[250:], 18, alpha=1e-6) < 1e-3
+    noise = np.random.default_rng(0).normal(size=(300, 24))
+    assert F.linear_predictive_score(noise, windows[250:], 18) > 0.1
+
+
+# --------------------------------------------------------------------------------- the method
+
+
+@pytest.fixture
+def fm():
+    return tiny_forecast_manager()
+
+
+FAST = {"samples": 8, "sampler": "ddim", "ddim_steps": 3}
+
+
+@pytest.mark.parametrize("mode", ["forecast", "refine", "synthesize"])
+def test_run_every_mode_returns_a_result_with_its_parameters(fm, mode):
+    items = list(F.run(F.Params(series="sunspots", mode=mode, seed=7, baselines=mode != "synthesize", **FAST), fm))
+    results = [i for i in items if isinstance(i, F.ForecastResult)]
+    r = results[-1]
+    assert not r.partial and r.parameters["seed"] == 7 and r.parameters["model"] == "tsdiff-sunspots"
+    assert r.parameters["mode"] == mode and r.truth is not None and len(r.truth) == 11
+    if mode == "synthesize":
+        assert r.synthetic.shape == (8, 55) and r.lps["synthetic"] > 0 and r.lps["real"] > 0
+        return
+    assert len(results) == 2 and results[0].partial  # the fan chart comes before the baselines
+    methods = [row["method"] for row in r.metrics]
+    assert set(F.BASELINES) <= set(methods) and all(np.isfinite(row["CRPS"]) for row in r.metrics)
+    assert r.samples.shape == (8, 11)
+    csv = r.quantiles_csv()
+    assert csv.startswith("# {") and '"seed": 7' in csv.splitlines()[0]
+    assert len(csv.splitlines()) == 2 + 11 * len(r.quantiles)
+
+
+def test_run_forecasts_the_real_future_without_scores(fm):
+    *_, r = F.run(F.Params(series="unemployment", holdout=0, baselines=False, **FAST), fm)
+    assert r.truth is None and "CRPS" not in r.metrics[0] and r.labels[-1] == "2011Q3"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"horizon": 40}, "Horizon must be at most"),
+    ({"context": 500}, "Context must be at most"),
+    ({"holdout": 9}, "Forecast origin"),
+    ({"scale": -1.0}, "Guidance scale"),
+    ({"samples": 2}, "Samples"),
+    ({"series": "nile"}, "Series"),
+    ({"series": "upload"}, "upload a CSV"),
+])
+def test_bad_parameters_are_clear_errors(fm, change, message):
+    with pytest.raises(ParamError, match=message):
+        list(F.run(F.Params(**{**FAST, **change}), fm))
+
+
+def test_an_uploaded_series_needs_its_own_trained_model(fm):
+    s = S.parse_csv(_csv(_monthly(150)))
+    with pytest.raises(ParamError, match="Train on my series"):
+        list(F.run(F.Params(series="upload", **FAST), fm, upload=s))
+
+
+def test_training_yields_progress_and_a_model_that_round_trips_through_the_zoo_layout(tmp_path, monkeypatch):
+    from studio.core.loading import load_folder
+    from studio.train import forecast as TF
+
+    monkeypatch.setattr(TF, "ARCH", {**TF.ARCH, "hidden": 8, "blocks": 1, "d_state": 4})
+    s = S.parse_csv(_csv(_monthly(150))).with_setup(origins=1)
+    items = list(TF.train_steps(s, steps=20, report_every=10))
+    progress = [i for i in items if isinstance(i, TF.TrainProgress)]
+    model, log = items[-1]
+    assert [p.step for p in progress] == [10, 20] and log["windows"] == s.train_end - s.window - s.history + 1
+    assert 0 <= model.info["tau"] < 100 and model.info["train_end"] == 150 - 12
+    snap = TF.snapshot(progress[0].model)
+    assert not any(p.requires_grad for p in snap.unet.parameters())
+    TF.export(model, tmp_path / "tsdiff-mine")
+    back = load_folder(tmp_path / "tsdiff-mine")
+    assert isinstance(back, SeriesDiffusion) and back.info["lags"] == [12, 24]
+    x, t = torch.randn(2, s.window, 3), torch.tensor([3, 50])
+    torch.testing.assert_close(back.eps(x, t), model.eps(x, t))
