@@ -108,6 +108,9 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
                 seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id=f"{PREFIX}seed-used")
                 parameters = gr.JSON(label="Parameters (also in the CSV header)")
 
+    inputs["guidance"].change(lambda g: gr.update(value=forecast.DEFAULT_SCALE[g]), inputs=[inputs["guidance"]],
+                              outputs=[inputs["scale"]], queue=False, api_visibility="private")
+
     @shows_errors
     def read_csv(path, state):
         if not path:
@@ -173,6 +176,12 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc="Sampling" if params.mode != "refine" else "Refining",
                          unit="steps")
+                continue
+            if item.partial:
+                progress((0, 1), desc="Fitting SeasonalNaive, AutoETS, AutoARIMA")
+                yield {plot: fan_chart(item), table: metrics_rows(item), seed_used: item.parameters["seed"],
+                       info: summary(item) + "\n\n_Fitting the statsforecast baselines on the same history "
+                                             "(AutoARIMA can take tens of seconds) ..._"}
                 continue
             path = write_csv(item)
             yield {plot: fan_chart(item), table: metrics_rows(item), info: summary(item), download: path,

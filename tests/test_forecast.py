@@ -342,6 +342,18 @@ def test_bad_parameters_are_clear_errors(fm, change, message):
         list(F.run(F.Params(**{**FAST, **change}), fm))
 
 
+def test_a_diverging_sampler_is_a_clear_error_not_a_nan_fan_chart():
+    s = S.bundled("sunspots")
+    manager = ModelManager(device="cpu")
+    info = {"window": s.window, "lags": list(s.lags), "horizon": s.horizon, "tau": 20, "train_end": s.train_end}
+    model = zero_model(s.window, s.lags)
+    model.info.update(info)
+    manager.register("tsdiff-sunspots", lambda: model, info=info)
+    with pytest.raises(ParamError, match="diverged at scale 50"):
+        list(F.run(F.Params(series="sunspots", guidance="mse", scale=50.0, sampler="ddpm", samples=4,
+                            baselines=False), manager))
+
+
 def test_an_uploaded_series_needs_its_own_trained_model(fm):
     s = S.parse_csv(_csv(_monthly(150)))
     with pytest.raises(ParamError, match="Train on my series"):

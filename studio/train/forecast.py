@@ -151,7 +151,7 @@ def train(name: str, seed: int = 0, steps: int | None = None, zoo: Path = ZOO_DI
     model, log = fit(series, steps=steps or ZOO_STEPS[series.name], seed=seed, report=report, checkpoint=Checkpoint(name))
     export(model, zoo / name)
     params = sum(p.numel() for p in model.unet.parameters())
-    return write_manifest_entry(name, {"kind": "diffusion", "recipe": f"studio.train.forecast ({name})",
+    return write_manifest_entry(name, {"kind": "diffusion", "recipe": f"studio train {name}",
                                        "machine": machine_description(), "params": params,
                                        "train_seconds": round(time.perf_counter() - t0, 1), **log,
                                        "batch_size": BATCH, "seed": seed})
