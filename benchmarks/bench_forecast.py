@@ -137,11 +137,14 @@ def bench_series(name: str, quick: bool) -> dict:
 
     def sampled(label, fn):
         runs = [cache.get(f"{label}-seed{seed}", lambda seed=seed: fn(seed)) for seed in seeds]
-        crps = [r["crps"] for r in runs]
+        ok = [r for r in runs if np.isfinite(r["crps"])]  # a guided sampler can diverge (MS at large scales)
+        crps = [r["crps"] for r in ok] or [float("nan")]
         out["methods"][label] = {"crps": float(np.mean(crps)), "crps_min": min(crps), "crps_max": max(crps),
-                                 "mase": float(np.mean([r["mase"] for r in runs])),
-                                 "seconds": float(np.mean([r["seconds"] for r in runs])), "seeds": len(runs)}
-        print(f"  {name} {label}: CRPS {np.mean(crps):.4f} ({min(crps):.4f}..{max(crps):.4f})", flush=True)
+                                 "mase": float(np.mean([r["mase"] for r in ok])) if ok else float("nan"),
+                                 "seconds": float(np.mean([r["seconds"] for r in runs])), "seeds": len(ok),
+                                 "diverged": len(runs) - len(ok)}
+        print(f"  {name} {label}: CRPS {np.mean(crps):.4f} ({min(crps):.4f}..{max(crps):.4f}), "
+              f"{len(runs) - len(ok)} of {len(runs)} seeds diverged", flush=True)
 
     for guidance, label in (("quantile", "TSDiff-Q"), ("mse", "TSDiff-MS")):
         def run_guided(seed, guidance=guidance):
@@ -206,7 +209,9 @@ def markdown(results: list[dict], tab: dict) -> str:
                 cells.append("")
                 continue
             spread = f" ({v['crps_min']:.4f}..{v['crps_max']:.4f})" if v.get("seeds", 1) > 1 else ""
-            best = min(x["crps"] for x in r["methods"].values())
+            if v.get("diverged"):
+                spread += f", {v['diverged']} of {v['seeds'] + v['diverged']} seeds diverged"
+            best = min(x["crps"] for x in r["methods"].values() if np.isfinite(x["crps"]))
             cell = f"{v['crps']:.4f}{spread}"
             cells.append(f"**{cell}**" if v["crps"] == best else cell)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")

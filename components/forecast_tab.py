@@ -79,22 +79,26 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
     upload_state = gr.State(None)
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
-            inputs = param_inputs(forecast.Params, names=("series", "mode"), id_prefix=PREFIX,
-                                  labels={"series": SERIES_LABELS, "mode": MODE_LABELS})
+            inputs = param_inputs(forecast.Params, names=("series",), id_prefix=PREFIX, labels={"series": SERIES_LABELS})
+            inputs["mode"] = gr.Radio([(label, m) for m, label in MODE_LABELS.items()], value="forecast", label="Mode",
+                                      elem_id=f"{PREFIX}param-mode")
             with gr.Accordion("Your series (CSV: a timestamp column and a value column)", open=False):
                 csv_file = gr.File(label=f"CSV (up to {S.MAX_CSV_BYTES // 2**20} MB)", file_types=[".csv", ".txt"],
                                    type="filepath", elem_id=f"{PREFIX}csv")
                 upload_info = gr.Markdown(elem_id=f"{PREFIX}upload-info")
                 train_btn = gr.Button("Train on my series", elem_id=f"{PREFIX}train-btn")
                 train_plot = gr.Plot(label="Training", elem_id=f"{PREFIX}train-plot")
+            with gr.Group(visible=True) as guidance_box:
+                inputs.update(param_inputs(forecast.Params, names=("guidance", "scale"), id_prefix=PREFIX,
+                                           labels={"guidance": forecast.GUIDANCE_LABELS}))
+            with gr.Group(visible=False) as refine_box:
+                inputs.update(param_inputs(
+                    forecast.Params, names=("base", "refiner", "iterations"), id_prefix=PREFIX,
+                    labels={"refiner": {"lmc": "Langevin (LMC)", "ml": "Maximum likelihood (SGD)"}}))
             inputs.update(param_inputs(
-                forecast.Params, names=("guidance", "scale", "samples", "horizon", "context", "holdout", "base",
-                                        "refiner", "iterations", "baselines", "seed", "randomize_seed", "sampler",
-                                        "ddim_steps"),
-                labels={"guidance": forecast.GUIDANCE_LABELS, "refiner": {"lmc": "Langevin (LMC)",
-                                                                          "ml": "Maximum likelihood (SGD)"},
-                        "sampler": {"ddpm": "DDPM (official, 100 steps)", "ddim": "DDIM"}},
-                id_prefix=PREFIX))
+                forecast.Params, names=("samples", "horizon", "context", "holdout", "baselines", "seed",
+                                        "randomize_seed", "sampler", "ddim_steps"),
+                labels={"sampler": {"ddpm": "DDPM (official, 100 steps)", "ddim": "DDIM"}}, id_prefix=PREFIX))
         with gr.Column(scale=3):
             with gr.Row():
                 run_btn = gr.Button("Forecast", variant="primary", scale=3, elem_id="forecast-btn")
@@ -108,6 +112,9 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
                 seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id=f"{PREFIX}seed-used")
                 parameters = gr.JSON(label="Parameters (also in the CSV header)")
 
+    inputs["mode"].change(lambda m: (gr.update(visible=m == "forecast"), gr.update(visible=m == "refine")),
+                          inputs=[inputs["mode"]], outputs=[guidance_box, refine_box], queue=False,
+                          api_visibility="private")
     inputs["guidance"].change(lambda g: gr.update(value=forecast.DEFAULT_SCALE[g]), inputs=[inputs["guidance"]],
                               outputs=[inputs["scale"]], queue=False, api_visibility="private")
 
@@ -194,7 +201,7 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
     stop_btn.click(None, cancels=[run_event, train_event], api_name="forecast_stop", queue=False)
     return {**inputs, "forecast": run_btn, "stop": stop_btn, "plot": plot, "table": table, "info": info,
             "download": download, "parameters": parameters, "csv": csv_file, "train": train_btn,
-            "upload_info": upload_info}
+            "upload_info": upload_info, "guidance_box": guidance_box, "refine_box": refine_box}
 
 
 def upload_setup(series: S.Series, horizon: int, context: int) -> S.Series:

@@ -583,10 +583,8 @@ def run(p: Params, manager: ModelManager, upload: S.Series | None = None) -> Ite
         yield result(partial=False)
         return
     yield result(partial=True)  # the studio's own forecast first: AutoARIMA can take many seconds
-    for bname, b in baseline_forecasts(series.values[:origin], horizon, series.season).items():
-        if bname == p.base and p.mode == "refine":
-            base_seconds = b["seconds"]
-            continue
+    others = tuple(b for b in BASELINES if not (p.mode == "refine" and b == p.base))  # the base is in already
+    for bname, b in baseline_forecasts(series.values[:origin], horizon, series.season, others).items():
         quantiles[bname] = b["quantiles"]
         metrics.append({"method": bname, "seconds": round(b["seconds"], 3)})
     yield result(partial=False)
