@@ -378,3 +378,15 @@ def test_training_yields_progress_and_a_model_that_round_trips_through_the_zoo_l
     assert isinstance(back, SeriesDiffusion) and back.info["lags"] == [12, 24]
     x, t = torch.randn(2, s.window, 3), torch.tensor([3, 50])
     torch.testing.assert_close(back.eps(x, t), model.eps(x, t))
+
+
+def test_missing_values_in_the_context_are_imputed_by_tsdiff_and_interpolated_for_the_baselines():
+    rows = _monthly(150)
+    rows[130] = (rows[130][0], "")
+    s = S.parse_csv(_csv(rows)).with_setup(origins=1)
+    manager = ModelManager(device="cpu")
+    model = tiny_model(s, train_end=s.train_end)
+    manager.register(F.upload_key(s), lambda: model, info=dict(model.info))
+    *_, r = F.run(F.Params(series="upload", **FAST), manager, upload=s)
+    assert np.isfinite(r.samples).all() and any("imputes them" in n for n in r.notes)
+    assert {row["method"] for row in r.metrics} >= set(F.BASELINES) and all(np.isfinite(row["CRPS"]) for row in r.metrics)
