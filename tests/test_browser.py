@@ -72,6 +72,16 @@ def set_number(page, selector: str, value: int) -> None:
     box.press("Enter")
 
 
+def open_tab(browser, url: str, tab: str | None = None, height: int = 1000):
+    """A new page on ``url`` (1400 px wide, the suite's timeout), with ``tab`` selected."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    if tab:
+        page.get_by_role("tab", name=tab).click()
+    return page
+
+
 def served_parameters(page, url: str, src: str) -> dict:
     """What "download" saves: the PNG the server sends, with its parameters chunk."""
     assert src and src.split("?")[0].endswith(".png"), src
@@ -106,10 +116,7 @@ def test_compose_on_the_embedded_model_in_a_real_browser(zoo_url, browser, tmp_p
     """One example loads with a click, a row edit rewrites the syntax, Compose shows the judge's verdicts."""
     from playwright.sync_api import expect
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(zoo_url)
-    page.get_by_role("tab", name="Compose").click()
+    page = open_tab(browser, zoo_url, "Compose", height=1200)
 
     page.locator("#example-0").click()  # "two objects (AND)"
     prompt = page.locator("#compose-param-prompt textarea")
@@ -143,10 +150,7 @@ def test_guide_on_the_embedded_model_in_a_real_browser(zoo_url, browser, tmp_pat
 
     from studio.methods import guide
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1400})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(zoo_url)
-    page.get_by_role("tab", name="Guide").click()
+    page = open_tab(browser, zoo_url, "Guide", height=1400)
 
     switches = page.locator("#guide-param-sine")
     expect(switches).to_be_visible()
@@ -181,10 +185,7 @@ def test_forecast_an_uploaded_csv_in_a_real_browser(zoo_url, browser, tmp_path, 
     monkeypatch.setattr(trainer, "UPLOAD_STEPS", 40)
     csv = tmp_path / "unemployment.csv"
     csv.write_text(S.to_csv(S.bundled("unemployment")))
-    page = browser.new_page(viewport={"width": 1400, "height": 1600})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(zoo_url)
-    page.get_by_role("tab", name="Forecast").click()
+    page = open_tab(browser, zoo_url, "Forecast", height=1600)
     refiner = page.locator("#forecast-param-refiner")
     expect(refiner).to_be_hidden()
     page.locator("#forecast-param-mode").get_by_label("Refine a baseline").check()
