@@ -10,7 +10,6 @@ quantile loss) and MASE of every method on the same window; the quantiles downlo
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 
 import gradio as gr
@@ -29,8 +28,7 @@ SERIES_LABELS = {"co2": "CO2 at Mauna Loa (monthly)", "elnino": "El Nino SST (mo
                  "upload": "My CSV (upload below)"}
 MODE_LABELS = {"forecast": "Forecast (self-guidance)", "refine": "Refine a baseline",
                "synthesize": "Synthesize windows"}
-SNAPSHOT_EVERY = 250
-_TRAIN_LOCK = threading.Lock()
+SNAPSHOT_EVERY = 250  # training runs in the shared 'models' queue, one job at a time
 
 
 def metrics_rows(result: forecast.ForecastResult) -> list[list]:
@@ -140,33 +138,29 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
             raise ParamError("upload a CSV first (a timestamp column and a value column)")
         series = upload_setup(state, int(horizon or 0), int(context or 0))
         key = forecast.upload_key(series)
-        if not _TRAIN_LOCK.acquire(blocking=False):
-            raise ParamError("another series is being trained; try again when it is done")
-        try:
-            from studio.train import forecast as trainer
+        from studio.train import forecast as trainer
 
-            yield {upload_info: f"Training on {series.train_end} points (the last horizon is held out for the "
-                                f"backtest) ..."}
-            losses: list[float] = []
-            for item in trainer.train_steps(series, steps=trainer.UPLOAD_STEPS, train_end=series.train_end,
-                                            report_every=10):
-                if isinstance(item, trainer.TrainProgress):
-                    losses.append(item.loss)
-                    progress((item.step, item.total), desc="Training TSDiff", unit="steps")
-                    update = {train_plot: training_chart(losses, item.total)}
-                    if item.step % SNAPSHOT_EVERY == 0 and item.step < item.total:
-                        register(manager, key, trainer.snapshot(item.model), partial=item.step)
-                        update[upload_info] = (f"Step {item.step}/{item.total}: the model so far is registered; "
-                                               "Stop keeps it.")
-                    yield update
-                else:
-                    model, log = item
-                    register(manager, key, model)
-                    yield {upload_info: f"Trained in {log['seconds']:.0f} s ({log['windows']} windows, final loss "
-                                        f"{log['final_loss']:.4f}, tau {log['tau']}). Choose *My CSV* and press "
-                                        "Forecast.", inputs["series"]: "upload", upload_state: series}
-        finally:
-            _TRAIN_LOCK.release()
+        # the state carries the set-up being trained from the start, so a Stop leaves a usable model
+        yield {upload_info: f"Training on {series.train_end} points (the last horizon is held out for the "
+                            "backtest) ...", upload_state: series}
+        losses: list[float] = []
+        for item in trainer.train_steps(series, steps=trainer.UPLOAD_STEPS, train_end=series.train_end,
+                                        report_every=10):
+            if isinstance(item, trainer.TrainProgress):
+                losses.append(item.loss)
+                progress((item.step, item.total), desc="Training TSDiff", unit="steps")
+                update = {train_plot: training_chart(losses, item.total)}
+                if item.step % SNAPSHOT_EVERY == 0 and item.step < item.total:
+                    register(manager, key, trainer.snapshot(item.model), partial=item.step)
+                    update[upload_info] = (f"Step {item.step}/{item.total}: the model so far is registered; "
+                                           "Stop keeps it.")
+                yield update
+            else:
+                model, log = item
+                register(manager, key, model)
+                yield {upload_info: f"Trained in {log['seconds']:.0f} s ({log['windows']} windows, final loss "
+                                    f"{log['final_loss']:.4f}, tau {log['tau']}). Choose *My CSV* and press "
+                                    "Forecast.", inputs["series"]: "upload"}
 
     train_event = train_btn.click(train_upload, inputs=[upload_state, inputs["horizon"], inputs["context"]],
                                   outputs=[upload_info, train_plot, inputs["series"], upload_state],
