@@ -1,0 +1,87 @@
+"""SIGN (in progress): the teacher pairs its regression term distils from."""
+
+from __future__ import annotations
+
+import torch
+
+from studio.core.loading import DiffusionModel
+from studio.core.sampling import make_scheduler, run_to_end, sample
+from studio.train import sign
+from studio.train.diffusion import noise_scheduler
+from tests.conftest import tiny_digits_unet
+
+
+def test_teacher_pairs_are_deterministic_per_index_cached_and_the_teachers_ddim_samples(tmp_path):
+    model = DiffusionModel("digits-cond", tiny_digits_unet(), dict(noise_scheduler().config), "epsilon", "class",
+                           {"null_class": 10})
+    z, x = sign.teacher_pairs(6, model=model, steps=3, chunk=4, root=tmp_path)
+    assert z.shape == x.shape == (6, 1, 16, 16) and len(list((tmp_path / "sign-pairs").rglob("*.safetensors"))) == 2
+    z4, x4 = sign.teacher_pairs(4, model=model, steps=3, chunk=2, root=tmp_path / "other")
+    torch.testing.assert_close(z4, z[:4])  # pair k depends on k only, not on n or the chunking
+    torch.testing.assert_close(x4, x[:4], rtol=1e-4, atol=1e-5)
+    again = sign.teacher_pairs(6, model=model, steps=3, chunk=4, root=tmp_path)  # read back from the cache
+    torch.testing.assert_close(again[1], x)
+    sched = make_scheduler("ddim", model.scheduler_config)
+    direct = run_to_end(sample(lambda a, t: model.model_fn(a, t, {"class_labels": torch.full((a.shape[0],), 10)}),
+                               sched, (2, 1, 16, 16), num_inference_steps=3, latents=z[4:6], eta=0.0))
+    torch.testing.assert_close(x[4:6], direct.clamp(-1, 1), rtol=1e-4, atol=1e-5)
+
+
+def _f():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 1, 3, padding=1))
+
+
+def _grads(f, loss):
+    f.zero_grad()
+    loss.backward(retain_graph=True)
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in f.parameters()]
+
+
+def test_ign_losses_route_their_gradients_as_the_paper_does():
+    from torch.func import functional_call
+
+    f = _f()
+    f_copy = sign.frozen_copy(f)
+    x, z = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    losses = sign.ign_losses(f, f_copy, x, z)
+    assert not any(p.requires_grad for p in f_copy.parameters())
+    frozen = {k: v.detach().clone() for k, v in f.named_parameters()}
+
+    def g(inp):  # f with its weights as constants
+        return functional_call(f, frozen, (inp,))
+
+    # idempotence: through the inner application only
+    want = sign.distance(g(f(z)), f(z)).mean()
+    for got, exp in zip(_grads(f, losses["idem"]), _grads(f, want)):
+        torch.testing.assert_close(got, exp)
+    # tightness: through the outer application only, and not zero (the porting bug gives it none)
+    fz = f(z).detach()
+    ref = sign.distance(fz, z)
+    raw = -sign.distance(f(fz), fz)
+    want = (torch.tanh(raw / (1.5 * ref)) * 1.5 * ref).mean()
+    got = _grads(f, losses["tight"])
+    for a, b in zip(got, _grads(f, want)):
+        torch.testing.assert_close(a, b)
+    assert any(float(t.abs().sum()) > 0 for t in got)
+    assert abs(float(losses["tight"].detach())) <= 1.5 * float(ref.max()) + 1e-6  # the clamp bounds it
+
+
+def test_dmd_gradient_is_the_normalised_score_difference_and_vanishes_when_the_scores_agree():
+    alphas = torch.linspace(0.999, 0.01, 100)
+    x = torch.randn(4, 1, 8, 8, requires_grad=True)
+    real = lambda a, t: 0.3 * a  # noqa: E731  (two different closed-form 'scores')
+    fake = lambda a, t: -0.2 * a  # noqa: E731
+    loss = sign.dmd_loss(x, real, fake, alphas, torch.Generator().manual_seed(0))
+    (g,) = torch.autograd.grad(loss, x)
+    gen = torch.Generator().manual_seed(0)  # the same t and noise, by hand
+    t = torch.randint(2, 98, (4,), generator=gen)
+    noise = torch.randn(x.shape, generator=gen)
+    ab = alphas[t].view(-1, 1, 1, 1)
+    xt = ab.sqrt() * x.detach() + (1 - ab).sqrt() * noise
+    x0r = (xt - (1 - ab).sqrt() * 0.3 * xt) / ab.sqrt()
+    x0f = (xt - (1 - ab).sqrt() * -0.2 * xt) / ab.sqrt()
+    w = 1 / (x.detach() - x0r).abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(g, (x0f - x0r) * w / 4)
+    same = sign.dmd_loss(x, real, real, alphas, torch.Generator().manual_seed(0))
+    assert float(torch.autograd.grad(same, x)[0].abs().max()) == 0.0
