@@ -502,7 +502,6 @@ def run(p: Params, manager: ModelManager, upload: S.Series | None = None) -> Ite
     series, key, origin, horizon, context = check(p, manager, upload)
     seed = random_seed() if p.randomize_seed else p.seed
     t0 = time.perf_counter()
-    n = len(series.values)
     truth = series.values[origin:origin + horizon] if p.holdout else None
     show = min(origin, max(3 * horizon, context))
     labels = series.labels(origin - show, origin + horizon)
