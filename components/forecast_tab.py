@@ -9,12 +9,11 @@ quantile loss) and MASE of every method on the same window; the quantiles downlo
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import gradio as gr
 
-from components.widgets import param_inputs, shows_errors
+from components.widgets import PngFolder, param_inputs, shows_errors
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, coerce
 from studio.core.sampling import Progress
@@ -75,6 +74,7 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
                 "same model refines another forecaster's output and synthesises new windows. Compared on the same "
                 "window with statsforecast's SeasonalNaive, AutoETS and AutoARIMA.")
     upload_state = gr.State(None)
+    results = PngFolder()  # the quantile CSVs, pruned after an hour like the other tabs' PNGs
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
             inputs = param_inputs(forecast.Params, names=("series",), id_prefix=PREFIX, labels={"series": SERIES_LABELS})
@@ -184,7 +184,8 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
                        info: summary(item) + "\n\n_Fitting the statsforecast baselines on the same history "
                                              "(AutoARIMA can take tens of seconds) ..._"}
                 continue
-            path = write_csv(item)
+            path = results.write_file(f"{item.series}-forecast-seed{item.parameters['seed']}.csv",
+                                      item.quantiles_csv())
             yield {plot: fan_chart(item), table: metrics_rows(item), info: summary(item), download: path,
                    seed_used: item.parameters["seed"], parameters: item.parameters}
 
@@ -216,17 +217,3 @@ def register(manager: ModelManager, key: str, model, partial: int | None = None)
     if partial:
         info["partial_steps"] = partial
     manager.register(key, lambda m=model: m, replace=True, info=info)
-
-
-_CSV_DIR: Path | None = None
-
-
-def write_csv(result: forecast.ForecastResult) -> str:
-    """The result's quantiles as a CSV file in a private temp folder (served by Gradio)."""
-    global _CSV_DIR
-    if _CSV_DIR is None:
-        _CSV_DIR = Path(tempfile.mkdtemp(prefix="diffusion-studio-forecast-"))
-    folder = Path(tempfile.mkdtemp(dir=_CSV_DIR))
-    path = folder / f"{result.series}-forecast-seed{result.parameters['seed']}.csv"
-    path.write_text(result.quantiles_csv())
-    return str(path)

@@ -115,20 +115,29 @@ def grid_image(images: torch.Tensor, size: int = 128, pad: int = 2) -> Image.Ima
 
 
 class PngFolder:
-    """Result PNGs written under one temp folder (created on first use), one subfolder per run;
+    """Result PNGs (and other result files) written under one temp folder (created on first use), one subfolder per run;
     Gradio serves the files byte for byte, so the download keeps the ``parameters`` chunk."""
 
     def __init__(self):
         self._root: Path | None = None
         self._lock = threading.Lock()
 
-    def write(self, result: ImageResult) -> list[tuple[str, str]]:
-        """(path, caption) per image, for a Gallery."""
+    def _run_dir(self) -> Path:
         with self._lock:
             if self._root is None:
                 self._root = Path(tempfile.mkdtemp(prefix="diffusion-studio-"))
             self._prune()
-            run_dir = Path(tempfile.mkdtemp(dir=self._root))
+            return Path(tempfile.mkdtemp(dir=self._root))
+
+    def write_file(self, name: str, data: str | bytes) -> str:
+        """One result file (e.g. a forecast CSV) in a fresh run folder; ``name`` is the studio's, never a user's."""
+        path = self._run_dir() / name
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        return str(path)
+
+    def write(self, result: ImageResult) -> list[tuple[str, str]]:
+        """(path, caption) per image, for a Gallery."""
+        run_dir = self._run_dir()
         model = result.parameters.get("model", "image")
         out = []
         for i, seed in enumerate(result.seeds):

@@ -159,11 +159,23 @@ def observation_energy(x0: torch.Tensor, obs: torch.Tensor, mask: torch.Tensor, 
     return (loss * mask).sum()
 
 
+SCHEDULER_OPTIONS = {"ddpm": {"variance_type": "fixed_small", "clip_sample": False},  # ancestral, posterior var.
+                     "ddim": {"clip_sample": False, "set_alpha_to_one": True}}  # eta 0, final alpha 1
+
+
 def make_schedulers(model) -> dict:
     """The model's DDPM (ancestral, posterior variance) and DDIM (eta 0, final alpha 1) schedulers."""
-    cfg = model.scheduler_config
-    return {"ddpm": make_scheduler("ddpm", cfg, variance_type="fixed_small", clip_sample=False),
-            "ddim": make_scheduler("ddim", cfg, clip_sample=False, set_alpha_to_one=True)}
+    return {name: model_scheduler(model, name) for name in SCHEDULER_OPTIONS}
+
+
+def model_scheduler(model, sampler: str):
+    """One of :func:`make_schedulers`' schedulers, built alone."""
+    return make_scheduler(sampler, model.scheduler_config, **SCHEDULER_OPTIONS[sampler])
+
+
+def alphas_cumprod(model) -> torch.Tensor:
+    """The model's abar_t, t = 0 .. T - 1 (float32)."""
+    return model_scheduler(model, "ddpm").alphas_cumprod.float()
 
 
 def observation_guidance(model, windows: list[Window], *, num_samples: int, guidance: str = "quantile",
@@ -174,7 +186,7 @@ def observation_guidance(model, windows: list[Window], *, num_samples: int, guid
     Yields a Progress per step, then the samples ``(len(windows), num_samples, L, C)`` in model
     space (multiply by each window's scale for the series' units).
     """
-    sched = make_schedulers(model)[sampler]
+    sched = model_scheduler(model, sampler)
     T = sched.config.num_train_timesteps
     obs = torch.stack([w.x for w in windows]).repeat_interleave(num_samples, 0)
     mask = torch.stack([w.mask for w in windows]).repeat_interleave(num_samples, 0)
@@ -225,10 +237,11 @@ def observation_guidance(model, windows: list[Window], *, num_samples: int, guid
 # ------------------------------------------------------------------------------- refinement
 
 
-def denoising_loss(model, x: torch.Tensor, tau: int, generator: torch.Generator) -> torch.Tensor:
-    """Sum-reduced epsilon-MSE at step tau with fresh noise (the official ``p_losses``)."""
-    sched = make_schedulers(model)["ddpm"]
-    abar = sched.alphas_cumprod.float()[tau]
+def denoising_loss(model, x: torch.Tensor, tau: int, generator: torch.Generator,
+                   abars: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum-reduced epsilon-MSE at step tau with fresh noise (the official ``p_losses``); pass the
+    model's ``abars`` (:func:`alphas_cumprod`) when calling it in a loop."""
+    abar = (alphas_cumprod(model) if abars is None else abars)[tau]
     noise = torch.randn(x.shape, generator=generator)
     xt = abar.sqrt() * x + (1 - abar).sqrt() * noise
     return ((model.eps(xt, torch.full((x.shape[0],), tau)) - noise) ** 2).sum()
@@ -257,8 +270,10 @@ def refine(model, windows: list[Window], init: np.ndarray, *, refiner: str = "lm
             return (((x - obs) ** 2) * mask).sum()
         return pinball(x, obs, q).sum()
 
+    abars = alphas_cumprod(model)
+
     def energy(x):
-        return denoising_loss(model, x, tau, gen) + prior_energy(x)
+        return denoising_loss(model, x, tau, gen, abars) + prior_energy(x)
 
     x = obs.clone()
     with torch.enable_grad():
@@ -288,8 +303,9 @@ def best_diffusion_step(model, windows: torch.Tensor, seed: int = 0, repeats: in
     (the official ``get_best_diffusion_step``): the refiners' fixed tau."""
     gen = make_generator(seed)
     T = model.scheduler_config["num_train_timesteps"]
+    abars = alphas_cumprod(model)
     with torch.no_grad():
-        losses = np.array([np.mean([float(denoising_loss(model, windows, t, gen)) for _ in range(repeats)])
+        losses = np.array([np.mean([float(denoising_loss(model, windows, t, gen, abars)) for _ in range(repeats)])
                            for t in range(T)])
     return int(np.argmin(np.abs(losses - losses.mean())))
 
@@ -300,7 +316,7 @@ def best_diffusion_step(model, windows: torch.Tensor, seed: int = 0, repeats: in
 def synthesize(model, n: int, *, seed: int = 0, sampler: str = "ddpm", steps: int | None = None
                ) -> Iterator[Progress | torch.Tensor]:
     """Unconditional windows ``(n, L, C)`` in model space (mean-scaled units)."""
-    sched = make_schedulers(model)[sampler]
+    sched = model_scheduler(model, sampler)
     L, C = model.info["window"], 1 + len(model.info["lags"])
 
     def denoise(x, t):

@@ -25,7 +25,6 @@ import torch
 
 from studio.core.device import make_generator
 from studio.core.loading import ZOO_DIR
-from studio.core.sampling import make_scheduler
 from studio.data import series as S
 from studio.nets.tsdiff import SeriesDiffusion, TSDiffNet, tsdiff_scheduler_config
 from studio.train.common import Checkpoint, Timer, machine_description, write_manifest_entry
@@ -64,14 +63,14 @@ def train_steps(series: S.Series, *, steps: int, seed: int = 0, train_end: int |
     """Train a TSDiff model on ``series.values[:train_end]``: yields a :class:`TrainProgress`
     every ``report_every`` steps, then ``(model, log)``. A consumer that stops iterating stops
     training between steps; a ``checkpoint`` makes it resumable."""
-    from studio.methods.forecast import best_diffusion_step, training_windows
+    from studio.methods.forecast import alphas_cumprod, best_diffusion_step, training_windows
 
     train_end = series.train_end if train_end is None else train_end
     model = build(series, train_end, seed)
     net = model.unet.train()
     windows = training_windows(series.values, train_end, series.window, series.lags, series.context)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
-    abar = make_scheduler("ddpm", model.scheduler_config).alphas_cumprod.float()
+    abar = alphas_cumprod(model)
     T = len(abar)
     gen = make_generator(seed)
     start, timer, losses = 0, Timer(), []
