@@ -12,6 +12,7 @@ import gradio as gr
 
 from studio.core.manager import ModelManager, default_manager
 from components.compose_tab import build_compose_tab
+from components.edit_tab import build_edit_tab
 from components.generate_tab import build_generate_tab
 from components.forecast_tab import build_forecast_tab
 from components.guide_tab import build_guide_tab
@@ -45,6 +46,8 @@ def build_app(manager: ModelManager | None = None) -> gr.Blocks:
                 build_guide_tab(manager)
             with gr.Tab("Forecast", id="forecast"):
                 build_forecast_tab(manager)
+            with gr.Tab("Edit", id="edit"):
+                build_edit_tab(manager)
             with gr.Tab("Models", id="models") as models_tab:
                 build_models_tab(manager, models_tab)
     demo.queue(max_size=64)
@@ -86,6 +89,7 @@ def warm_up() -> None:
             lazy.module("studio.nets.judges")
             lazy.module("studio.nets.classifiers")
             lazy.module("studio.nets.tsdiff")
+            lazy.module("studio.nets.idempotent")
             for name in SCHEDULERS:
                 scheduler_class(name)
     except Exception:  # the first real use reports any problem to the user

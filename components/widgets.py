@@ -140,8 +140,11 @@ class PngFolder:
         run_dir = self._run_dir()
         model = result.parameters.get("model", "image")
         out = []
-        for i, seed in enumerate(result.seeds):
-            path = run_dir / f"{model}-seed{seed}.png"
+        seeds = result.seeds or [None] * len(result.images)
+        unique = len(set(seeds)) == len(seeds) and None not in seeds
+        for i, seed in enumerate(seeds):
+            name = f"{model}-seed{seed}" if unique else f"{model}-{i:02d}" + (f"-seed{seed}" if seed is not None else "")
+            path = run_dir / f"{name}.png"
             path.write_bytes(result.png(i))
             out.append((str(path), result.caption(i)))
         return out

@@ -185,6 +185,10 @@ def _load_entry(folder: Path) -> Any:
     if info.get("kind") == "experts":
         return _load_experts(folder, info)
     module = load_module_folder(folder / "model", info["model_class"])
+    if info["kind"] == "idempotent":
+        from studio.nets.idempotent import IdempotentNet
+
+        return IdempotentNet(module, info.get("timestep", 999), info.get("class_label"), folder.name, info).eval()
     if info["kind"] != "diffusion":
         return module
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())

@@ -115,12 +115,17 @@ def sample(
     latents: torch.Tensor | None = None,
     eta: float = 0.0,
     correct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    start_index: int = 0,
 ) -> Iterator[Progress | torch.Tensor]:
     """Yield a :class:`Progress` per step, then the final sample ``(B, C, H, W)`` in model range.
 
     ``correct(x_prev, t)``, when given, adjusts each step's output before the next step: the
     place for guidance applied *after* the scheduler's update (TSDiff's DDPM self-guidance);
     guidance that changes the model output belongs in ``denoise`` instead.
+
+    ``start_index`` skips the schedule's first steps, as diffusers' img2img pipelines do for
+    SDEdit: ``latents`` is then the image already noised to ``scheduler.timesteps[start_index]``
+    (:func:`start_timestep`).
 
     Noise comes from ``generator`` on the CPU, as diffusers' pipelines draw it, so the loop
     reproduces ``DDPMPipeline`` / ``DDIMPipeline`` exactly for the same seed.
@@ -139,7 +144,9 @@ def sample(
     if _accepts(scheduler.step, "eta"):
         step_kwargs["eta"] = eta
     scale = getattr(scheduler, "scale_model_input", None)
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps[start_index * getattr(scheduler, "order", 1):]
+    if len(timesteps) == 0:
+        raise ValueError(f"start_index {start_index} leaves no step of {num_inference_steps}")
     for i, t in enumerate(timesteps):
         x_in = scale(x, t) if scale is not None else x  # Euler-type: x / sqrt(sigma^2 + 1)
         pred = denoise(x_in, t)
@@ -151,6 +158,15 @@ def sample(
             x = correct(x, t)
         yield Progress(step=i + 1, total=len(timesteps), timestep=float(t), preview=preview)
     yield x
+
+
+def start_timestep(scheduler, num_inference_steps: int, strength: float) -> tuple[int, torch.Tensor]:
+    """SDEdit's start as diffusers' img2img pipelines compute it: of ``num_inference_steps``, run
+    the last ``int(num_inference_steps * strength)``; returns ``(start_index, t_start)``."""
+    scheduler.set_timesteps(num_inference_steps)
+    run = min(max(int(num_inference_steps * strength), 1), num_inference_steps)
+    start = num_inference_steps - run
+    return start, scheduler.timesteps[start * getattr(scheduler, "order", 1)]
 
 
 def sample_images(model, denoise: Denoiser, scheduler, seeds: list[int], *, num_inference_steps: int,

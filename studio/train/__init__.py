@@ -6,7 +6,8 @@ DIFFUSION = ("digits-cond", "shapes-t2i")
 JUDGES = ("judge-digits", "fd-digits", "judge-shapes", "fd-shapes")
 GUIDE = ("guide-clean", "guide-noisy", "guide-ppap", "guide-experts")
 FORECAST = ("tsdiff-co2", "tsdiff-elnino", "tsdiff-sunspots", "tsdiff-unemployment")
-ALL = DIFFUSION + JUDGES + GUIDE + FORECAST
+SIGN = ("sign-digits", "ign-digits")
+ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0) -> dict:
@@ -28,4 +29,9 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
         from studio.train import forecast
 
         return forecast.train(name, seed=seed, **({"steps": steps} if steps else {}))
+    if name in SIGN:
+        from studio.train import sign
+
+        steps_kw = {"joint": steps, "warmup": 0} if steps else {}
+        return sign.train(name, seed=seed, **steps_kw)
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")

@@ -142,9 +142,229 @@ def teacher_pairs(n: int, *, model=None, seed: int = PAIR_SEED, steps: int = PAI
     return torch.cat(zs), torch.cat(xs)
 
 
+
+# ----------------------------------------------------------------------------------------------
+# Training f: SIGN (teacher-initialised, regression warm-up then the joint objective) and plain IGN
+
+
+LAMBDA = {"reg": 20.0, "rec": 20.0, "idem": 20.0, "tight": 2.5, "dmd": 0.05}  # IGN's 20 / 20 / 2.5 on L1
+IGN_LR, IGN_BETAS = 1e-4, (0.5, 0.999)  # IGN's Adam
+SIGN_LR = 2e-4
+FAKE_LR = 1e-4
+BATCH = 64
+N_PAIRS = 16384
+RECIPES = {  # steps per phase: "warmup" = regression + reconstruction; "joint" = every term
+    "sign-digits": {"method": "sign", "warmup": 1500, "joint": 400},
+    "ign-digits": {"method": "ign", "warmup": 0, "joint": 1900},
+}
+SHORT = {"sign": {"warmup": 500, "joint": 100}, "ign": {"warmup": 0, "joint": 600}}  # stability runs
+
+
+def build_f(method: str, seed: int = 0):
+    """f for ``method``: SIGN starts from the teacher's weights, IGN from a random UNet."""
+    from studio.nets.idempotent import IdempotentNet
+    from studio.nets.unets import digits_unet
+
+    torch.manual_seed(seed)
+    unet = digits_unet()
+    if method == "sign":
+        from studio.core.loading import load_zoo
+
+        unet.load_state_dict(load_zoo("digits-cond").unet.state_dict())
+    return IdempotentNet(unet.float().train().requires_grad_(True))
+
+
+def build_fake_score():
+    """DMD's fake score: a trainable copy of the teacher's epsilon network (null class)."""
+    from studio.core.loading import load_zoo
+
+    return copy.deepcopy(load_zoo("digits-cond").unet).float().train().requires_grad_(True)
+
+
+def sign_step(f, f_copy, fake, teacher, batch: dict, alphas_cumprod, gen, *, joint: bool) -> dict[str, torch.Tensor]:
+    """One SIGN objective: ``reg`` (noise -> teacher DDIM sample) and ``rec`` always; in the joint
+    phase also IGN's ``idem`` and ``tight`` on the same noises and the DMD term on f(z)."""
+    x, z, target = batch["x"], batch["z"], batch["target"]
+    b = x.shape[0]
+    out = f(torch.cat([x, z]))
+    fx, fz = out[:b], out[b:]
+    terms = {"rec": distance(fx, x).mean(), "reg": distance(fz, target).mean()}
+    if joint:
+        f_z = fz.detach()
+        tight = -distance(f(f_z), f_z)
+        ref = distance(f_z, z)
+        terms["tight"] = (torch.tanh(tight / (TIGHT_CLAMP * ref)) * TIGHT_CLAMP * ref).mean()
+        terms["idem"] = distance(f_copy(fz), fz).mean()
+        null = torch.full((b,), 10)
+        terms["dmd"] = dmd_loss(fz, lambda xt, t: teacher(xt, t, class_labels=null).sample,
+                                lambda xt, t: fake(xt, t, class_labels=null).sample, alphas_cumprod, gen)
+    return terms
+
+
+def ign_step(f, f_copy, batch: dict) -> dict[str, torch.Tensor]:
+    terms = ign_losses(f, f_copy, batch["x"], batch["z"])
+    terms.pop("fz")
+    return terms
+
+
+def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | None = None, root=None,
+          export: bool = True, checkpoint_every: int = 100, progress: bool = True, threads: int | None = None,
+          n_pairs: int = N_PAIRS) -> dict:
+    """Train ``sign-digits`` or ``ign-digits`` (resuming from ``runs/<run>``); returns the run's record.
+
+    ``warmup``/``joint`` override the recipe's step counts (the stability runs of the benchmark);
+    such runs are kept under ``runs/<name>-seed<seed>-<warmup>-<joint>`` and never exported.
+    """
+    import numpy as np
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from studio.data import digits
+    from studio.train.common import Checkpoint, Timer
+    from studio.train.diffusion import noise_scheduler
+
+    if threads:
+        torch.set_num_threads(threads)
+    recipe = dict(RECIPES[name])
+    method = recipe["method"]
+    custom = warmup is not None or joint is not None or seed != 0
+    recipe["warmup"] = recipe["warmup"] if warmup is None else warmup
+    recipe["joint"] = recipe["joint"] if joint is None else joint
+    total = recipe["warmup"] + recipe["joint"]
+    run_name = f"{name}-seed{seed}-{recipe['warmup']}-{recipe['joint']}" if custom else name
+    ckpt = Checkpoint(run_name, root)
+
+    f = build_f(method, seed)
+    ema_holder = build_f(method, seed)
+    lr, betas = (SIGN_LR, (0.5, 0.999)) if method == "sign" else (IGN_LR, IGN_BETAS)
+    opt = torch.optim.Adam(f.parameters(), lr=lr, betas=betas)
+    modules = {"f": f, "ema": ema_holder}
+    fake = teacher = fake_opt = None
+    if method == "sign":
+        fake = build_fake_score()
+        from studio.core.loading import load_zoo
+
+        teacher = load_zoo("digits-cond").unet
+        fake_opt = torch.optim.Adam(fake.parameters(), lr=FAKE_LR)
+        modules["fake"] = fake
+    step, seconds, history = 0, 0.0, []
+    if ckpt.exists():
+        state = ckpt.load(modules, opt)
+        step, seconds, history = state["step"], state["seconds"], state.get("history", [])
+    ema = EMAModel(ema_holder.parameters() if step else f.parameters(), decay=0.999, use_ema_warmup=True,
+                   power=3 / 4)
+    ema.optimization_step = step
+    f_copy = frozen_copy(f)
+    alphas = noise_scheduler().alphas_cumprod
+    data = torch.from_numpy(digits.load("train").images)
+    pairs = teacher_pairs(n_pairs, root=root) if method == "sign" else None
+    timer = Timer(seconds)
+    bar = tqdm(total=total, initial=step, desc=run_name, disable=not progress)
+    recent: dict[str, list[float]] = {}
+
+    def save():
+        ema.copy_to(ema_holder.parameters())
+        ckpt.save(step, timer.seconds, modules, opt, {"history": history, "recipe": recipe, "method": method})
+
+    while step < total:
+        rng = np.random.default_rng([seed, step])
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        x = data[torch.from_numpy(rng.integers(0, len(data), BATCH))]
+        joint_phase = step >= recipe["warmup"]
+        if method == "sign":
+            idx = torch.from_numpy(rng.integers(0, n_pairs, BATCH))
+            batch = {"x": x, "z": pairs[0][idx], "target": pairs[1][idx]}
+            if joint_phase:
+                sync(f_copy, f)
+            terms = sign_step(f, f_copy, fake, teacher, batch, alphas, gen, joint=joint_phase)
+        else:
+            batch = {"x": x, "z": torch.randn(x.shape, generator=gen)}
+            sync(f_copy, f)
+            terms = ign_step(f, f_copy, batch)
+        loss = sum(LAMBDA[k] * v for k, v in terms.items())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(f.parameters(), 1.0)
+        opt.step()
+        ema.step(f.parameters())
+        if method == "sign" and joint_phase:  # fake score: DSM on the current samples of f, one update per f update
+            with torch.no_grad():
+                fz = f(batch["z"])
+            null = torch.full((BATCH,), 10)
+            fake_loss = denoising_loss(lambda xt, t: fake(xt, t, class_labels=null).sample, fz, alphas, gen)
+            fake_opt.zero_grad(set_to_none=True)
+            fake_loss.backward()
+            fake_opt.step()
+            terms["fake_dsm"] = fake_loss
+        for k, v in terms.items():
+            recent.setdefault(k, []).append(float(v.detach()))
+        step += 1
+        bar.update(1)
+        if step % 25 == 0:
+            means = {k: round(float(np.mean(v)), 5) for k, v in recent.items()}
+            history.append({"step": step, "seconds": round(timer.seconds, 1), **means})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()})
+            recent = {}
+        if step % checkpoint_every == 0:
+            save()
+    save()
+    bar.close()
+    result = {"name": name, "run": run_name, "method": method, "seed": seed, "steps": step,
+              "seconds": round(timer.seconds, 1), "recipe": recipe, "history": history}
+    if export and not custom:
+        export_f(name, ema_holder, result)
+    return result
+
+
+def load_run(name: str, seed: int = 0, warmup: int | None = None, joint: int | None = None, root=None):
+    """The EMA f of a finished (or stopped) run, ready to sample; trains it first if absent."""
+    recipe = RECIPES[name]
+    w = recipe["warmup"] if warmup is None else warmup
+    j = recipe["joint"] if joint is None else joint
+    custom = warmup is not None or joint is not None or seed != 0
+    from studio.train.common import Checkpoint
+
+    ckpt = Checkpoint(f"{name}-seed{seed}-{w}-{j}" if custom else name, root)
+    if not ckpt.exists() or json_step(ckpt) < w + j:
+        train(name, seed, warmup=warmup, joint=joint, root=root, export=False, progress=False)
+    f = build_f("ign", seed)  # architecture only; the weights come from the checkpoint
+    f.load_state_dict(load_file(ckpt.dir / "ema.safetensors"))
+    return f.eval().requires_grad_(False)
+
+
+def json_step(ckpt) -> int:
+    import json
+
+    return json.loads(ckpt.meta_path.read_text())["step"]
+
+
+def export_f(name: str, f, result: dict, zoo=None) -> None:
+    """EMA weights (fp16 on disk, fp32 in memory) as a diffusers UNet folder + studio.json, then MANIFEST."""
+    import json
+
+    from studio.core.loading import ZOO_DIR
+    from studio.train.common import machine_description, write_manifest_entry
+
+    zoo = zoo or ZOO_DIR
+    folder = zoo / name
+    unet = copy.deepcopy(f.unet).to(torch.float16)
+    unet.save_pretrained(folder / "model", safe_serialization=True)
+    info = {"kind": "idempotent", "model_class": type(unet).__name__, "domain": "digits",
+            "timestep": f.timestep, "class_label": f.class_label, "method": result["method"],
+            "teacher": "digits-cond" if result["method"] == "sign" else None}
+    (folder / "studio.json").write_text(json.dumps(info, indent=2) + "\n")
+    last = result["history"][-1] if result["history"] else {}
+    write_manifest_entry(name, {
+        "recipe": f"studio train {name}", "kind": "idempotent", "train_steps": result["steps"],
+        "train_seconds": result["seconds"], "machine": machine_description(), "batch_size": BATCH,
+        "params": sum(p.numel() for p in unet.parameters()), "phases": result["recipe"],
+        "final_losses": {k: v for k, v in last.items() if k not in ("step", "seconds")},
+    }, zoo)
+
+
 if __name__ == "__main__":  # python -m studio.train.sign N: precompute the pairs in the background
     import sys
 
     torch.set_num_threads(2)
-    z, x = teacher_pairs(int(sys.argv[1]) if len(sys.argv) > 1 else 16384, progress=True)
+    z, x = teacher_pairs(int(sys.argv[1]) if len(sys.argv) > 1 else N_PAIRS, progress=True)
     print(f"{len(z)} pairs ready: z {tuple(z.shape)}, x in [{x.min():.2f}, {x.max():.2f}]")

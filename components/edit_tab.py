@@ -1,0 +1,145 @@
+"""Edit tab (SIGN): one-step generation f^k(z) and zero-shot projection of corrupted digits f^k(x_c).
+
+Two panes. *Generate*: each row is a noise z and f(z), f(f(z)), ... with the judge's reading and
+the time per application. *Project*: a test digit, a drawing (Sketchpad) or an upload (any size
+or format PIL reads; cropped to the ink, resized and converted, with a note saying so) is
+corrupted (noise, a random box, a painted mask, or nothing) and projected with k applications of
+f, beside SDEdit with the teacher at the same number of evaluations.
+
+Images reach the handlers through Gradio's own preprocessing (a first ``edit_read`` step that
+turns the canvas, the mask and the upload into arrays in session state); the projection step then
+takes plain parameter values (``preprocess=False``) so out-of-range values get the studio's
+messages, which name the input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from studio.core.manager import ModelManager
+from studio.core.params import ParamError, coerce
+from studio.data.drawings import MAX_BYTES, DrawingError, to_digit
+from studio.methods import edit
+from components.widgets import PngFolder, param_inputs, shows_errors
+
+CANVAS = (256, 256)
+CORRUPTION_LABELS = {"none": "none (project as is)", "noise": "Gaussian noise", "box": "random box",
+                     "mask": "painted mask"}
+
+
+def ink(sketch) -> bool:
+    """Whether a Sketchpad value (dict with a 'composite' RGBA array) has anything drawn on it."""
+    comp = (sketch or {}).get("composite") if isinstance(sketch, dict) else None
+    if comp is None:
+        return False
+    try:
+        to_digit(comp)
+    except DrawingError:
+        return False
+    return True
+
+
+def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
+    models = edit.generators(manager)
+    pngs = PngFolder()
+    with gr.Tabs():
+        with gr.Tab("Generate: f(z), f(f(z)), ...", id="sign-generate"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=2, min_width=300):
+                    gen_inputs = param_inputs(edit.GenerateParams, choices={"model": models}, id_prefix="sign-gen-")
+                    gen_btn = gr.Button("Generate", variant="primary", elem_id="sign-generate-btn")
+                with gr.Column(scale=3, min_width=320):
+                    gen_gallery = gr.Gallery(label="Each row: z, f(z), f(f(z)), ... (PNG with parameters)", format="png",
+                                             columns=4, height=420, object_fit="contain", interactive=False,
+                                             elem_id="sign-gen-gallery")
+                    gen_info = gr.Markdown(elem_id="sign-gen-info")
+                    gen_table = gr.Dataframe(label="What the judge reads (class and probability) after each application",
+                                             interactive=False, elem_id="sign-gen-table")
+                    gen_params = gr.JSON(label="Parameters", open=False)
+        with gr.Tab("Project: edit a corrupted digit", id="sign-project"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=2, min_width=300):
+                    edit_inputs = param_inputs(edit.EditParams, choices={"model": models}, id_prefix="sign-edit-",
+                                               labels={"corruption": CORRUPTION_LABELS})
+                    sketch = gr.Sketchpad(label="Draw a digit (source: drawing); a drawing wins over an upload",
+                                          type="numpy", image_mode="RGBA", canvas_size=CANVAS, height=300,
+                                          brush=gr.Brush(colors=["#000000"], default_size=20), elem_id="sign-sketch")
+                    upload = gr.File(label=f"...or upload an image (any size, up to {MAX_BYTES // 2**20} MB)",
+                                     file_types=["image"], type="filepath", elem_id="sign-upload")
+                    mask_pad = gr.Sketchpad(label="Paint the part to hide (corruption: painted mask)", type="numpy",
+                                            image_mode="RGBA", canvas_size=CANVAS, height=300, visible=False,
+                                            brush=gr.Brush(colors=["#ff0000"], default_size=40), elem_id="sign-mask")
+                    project_btn = gr.Button("Project", variant="primary", elem_id="sign-project-btn")
+                with gr.Column(scale=3, min_width=320):
+                    edit_gallery = gr.Gallery(label="Input, corrupted, f(x_c), f^2(x_c), ..., SDEdit (PNG with "
+                                              "parameters)", format="png", columns=6, height=260, object_fit="contain",
+                                              interactive=False, elem_id="sign-edit-gallery")
+                    edit_info = gr.Markdown(elem_id="sign-edit-info")
+                    edit_table = gr.Dataframe(label="Judge's reading and PSNR to the input", interactive=False,
+                                              elem_id="sign-edit-table")
+                    edit_params = gr.JSON(label="Parameters", open=False)
+    drawing = gr.State(None)
+    upload_state = gr.State(None)
+    mask_state = gr.State(None)
+
+    @shows_errors
+    def generate(**values):
+        p = coerce(edit.GenerateParams, values)
+        result = edit.run_generate(p, manager)
+        return {gen_gallery: gr.update(value=pngs.write(result), columns=p.k + 1),
+                gen_info: "; ".join(result.notes), gen_table: result.table, gen_params: result.parameters}
+
+    gen_btn.click(generate, inputs_kwargs=gen_inputs, outputs=[gen_gallery, gen_info, gen_table, gen_params],
+                  preprocess=False, api_name="sign_generate", concurrency_id="models", concurrency_limit=1,
+                  show_progress_on=[gen_gallery])
+
+    edit_inputs["corruption"].change(lambda c: gr.update(visible=c == "mask"), inputs=[edit_inputs["corruption"]],
+                                     outputs=[mask_pad], queue=False, api_visibility="private")
+
+    @shows_errors
+    def read_upload(path):
+        if not path:
+            return None, ""
+        size = Path(path).stat().st_size
+        if size > MAX_BYTES:
+            raise ParamError(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_BYTES // 2**20} MB")
+        try:
+            arr, notes = to_digit(Path(path).read_bytes())
+        except DrawingError as exc:
+            raise ParamError(str(exc)) from None
+        return arr, "Upload read: " + ("; ".join(notes) if notes else "already a 16 x 16 digit") + \
+            ". Pick *drawing* as the source to project it (clear the canvas first)."
+
+    upload.upload(read_upload, inputs=[upload], outputs=[upload_state, edit_info], api_name="sign_upload",
+                  concurrency_limit=4)
+    upload.clear(lambda: (None, ""), outputs=[upload_state, edit_info], queue=False, api_visibility="private")
+
+    @shows_errors
+    def read_canvas(sketch_value, mask_value, uploaded):
+        """Canvas / upload / mask -> session state (Gradio has checked and decoded the files)."""
+        image = sketch_value["composite"] if ink(sketch_value) else uploaded
+        mask = (mask_value or {}).get("composite") if isinstance(mask_value, dict) else None
+        return image, mask
+
+    @shows_errors
+    def project(image, mask, **values):
+        p = coerce(edit.EditParams, values)
+        result = edit.run_edit(p, manager, drawing=image, mask=mask)
+        notes = list(result.notes)
+        notes.append(f"{len(result.images) - 2 - int(p.compare_sdedit)} application(s) of f in "
+                     f"{1000 * result.seconds:.0f} ms")
+        return {edit_gallery: gr.update(value=pngs.write(result), columns=min(len(result.images), 6)),
+                edit_info: "; ".join(notes), edit_table: result.table, edit_params: result.parameters}
+
+    read = project_btn.click(read_canvas, inputs=[sketch, mask_pad, upload_state], outputs=[drawing, mask_state],
+                             api_name="sign_read", concurrency_limit=4)
+    read.success(project, inputs_kwargs={**edit_inputs, "image": drawing, "mask": mask_state},
+                 outputs=[edit_gallery, edit_info, edit_table, edit_params], preprocess=False,
+                 api_name="sign_project", concurrency_id="models", concurrency_limit=1,
+                 show_progress_on=[edit_gallery])
+    return {**{f"gen_{k}": v for k, v in gen_inputs.items()}, **{f"edit_{k}": v for k, v in edit_inputs.items()},
+            "generate": gen_btn, "gen_gallery": gen_gallery, "gen_table": gen_table, "project": project_btn,
+            "sketch": sketch, "upload": upload, "mask": mask_pad, "edit_gallery": edit_gallery,
+            "edit_table": edit_table, "edit_info": edit_info}

@@ -1,0 +1,292 @@
+"""Edit: SIGN's idempotent one-step generator f. Generate with f^k(z); project corrupted images with f^k(x_c).
+
+f (:class:`studio.nets.idempotent.IdempotentNet`, zoo ``sign-digits``) is distilled from the
+diffusion model ``digits-cond`` (:mod:`studio.train.sign`); ``ign-digits`` is plain IGN, the
+same network trained without the teacher. Because the data are f's fixed points, ``f(x_c)``
+pulls a corrupted digit back to the digits (zero-shot editing), and every further application
+refines. The baseline editor is SDEdit with the teacher: noise ``x_c`` to a level, then DDIM
+back, with the same number of network evaluations.
+
+Corruptions: Gaussian noise ``x + sigma n``; a random box covering a share of the image, or a
+drawn mask; hidden pixels are set to 0 (mid-grey, "unknown": neither stroke nor background);
+``none`` projects the input as it is, e.g. a rough sketch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from studio import __version__
+from studio.core.device import MAX_SEED, make_generator, random_seed
+from studio.core.manager import ModelManager
+from studio.core.params import ParamError, spec, validate
+from studio.core.results import ImageResult, to_pil
+from studio.core.sampling import make_scheduler, run_to_end, sample, start_timestep
+from studio.data import digits
+from studio.data.drawings import DrawingError, to_digit, to_mask
+
+TEACHER = "digits-cond"
+JUDGE = "judge-digits"
+DISPLAY_SIZE = 96
+MASK_FILL = 0.0
+Corruption = Literal["none", "noise", "box", "mask"]
+Source = Literal["test digit", "drawing"]
+
+
+def generators(manager: ModelManager) -> list[str]:
+    """The manager's idempotent generators."""
+    return [k for k in manager.keys() if manager.info(k).get("kind") == "idempotent"]
+
+
+@dataclass
+class GenerateParams:
+    model: str = field(default="sign-digits", metadata=spec("Generator", "An idempotent generator f (SIGN, or plain IGN)."))
+    k: int = field(default=3, metadata=spec("Applications k", "Show f(z), f(f(z)), ... up to f^k(z).",
+                                            minimum=1, maximum=8, step=1))
+    n_images: int = field(default=8, metadata=spec("Images", "How many noises z (image i uses seed + i).",
+                                                   minimum=1, maximum=32, step=1))
+    seed: int = field(default=0, metadata=spec("Seed", "Noise z_i from seed + i.", minimum=0, maximum=MAX_SEED, step=1))
+    randomize_seed: bool = field(default=False, metadata=spec("Random seed", "Draw a fresh seed (shown with the result)."))
+
+
+@dataclass
+class EditParams:
+    model: str = field(default="sign-digits", metadata=spec("Generator", "An idempotent generator f (SIGN, or plain IGN)."))
+    source: Source = field(default="test digit", metadata=spec(
+        "Source", "A held-out test digit (its true class is known), or your drawing / upload."))
+    test_index: int = field(default=0, metadata=spec("Test digit", "Index into the 360 held-out test digits.",
+                                                     minimum=0, maximum=digits.TEST_SIZE - 1, step=1))
+    corruption: Corruption = field(default="noise", metadata=spec(
+        "Corruption", "noise: add Gaussian noise; box: hide a random box; mask: hide what you painted; none: "
+        "project the input as it is (a rough sketch is its own corruption)."))
+    strength: float = field(default=0.5, metadata=spec(
+        "Strength", "noise: sigma (images span -1..1); box: share of the image hidden.", minimum=0.0, maximum=2.0,
+        step=0.05))
+    k: int = field(default=3, metadata=spec("Applications k", "Project with f, f^2, ... f^k.", minimum=1, maximum=8,
+                                            step=1))
+    compare_sdedit: bool = field(default=True, metadata=spec(
+        "Compare with SDEdit", "Also edit with the teacher by SDEdit, using k network evaluations."))
+    sdedit_strength: float = field(default=0.5, metadata=spec(
+        "SDEdit strength", "How far SDEdit noises the input before denoising (share of the schedule).",
+        minimum=0.1, maximum=1.0, step=0.05, advanced=True))
+    seed: int = field(default=0, metadata=spec("Seed", "Seeds the corruption and SDEdit's noise.", minimum=0,
+                                               maximum=MAX_SEED, step=1))
+
+
+# ------------------------------------------------------------------------------------------------
+# the pieces (used by the tab, the notebook and the benchmark alike)
+
+
+def corrupt(x: torch.Tensor, kind: str, strength: float, generator: torch.Generator,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` (B, 1, H, W) corrupted; ``mask`` (H, W) bool marks hidden pixels for ``kind="mask"``."""
+    if kind == "none":
+        return x.clone()
+    if kind == "noise":
+        return x + strength * torch.randn(x.shape, generator=generator)
+    if kind == "box":
+        return x.masked_fill(random_boxes(x.shape[0], x.shape[-2:], strength, generator)[:, None], MASK_FILL)
+    if kind == "mask":
+        if mask is None:
+            raise ParamError("paint the area to hide on the mask canvas (or pick another corruption)")
+        return x.masked_fill(mask.to(torch.bool)[None, None], MASK_FILL)
+    raise ParamError(f"unknown corruption {kind!r}")
+
+
+def random_boxes(n: int, size, share: float, generator: torch.Generator) -> torch.Tensor:
+    """``(n, H, W)`` bool: one axis-aligned box per image covering ``share`` of it (aspect 1:2..2:1)."""
+    h, w = size
+    out = torch.zeros((n, h, w), dtype=torch.bool)
+    if share <= 0:
+        return out
+    for i in range(n):
+        aspect = float(torch.exp((torch.rand((), generator=generator) * 2 - 1) * np.log(2)))
+        bh = int(np.clip(round(np.sqrt(share * h * w * aspect)), 1, h))
+        bw = int(np.clip(round(share * h * w / bh), 1, w))
+        y = int(torch.randint(0, h - bh + 1, (), generator=generator))
+        x = int(torch.randint(0, w - bw + 1, (), generator=generator))
+        out[i, y:y + bh, x:x + bw] = True
+    return out
+
+
+@torch.no_grad()
+def sdedit(dm, x_c: torch.Tensor, evals: int, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """SDEdit with the teacher (null class), DDIM: of ``ceil(evals / strength)`` steps, run the last
+    ``evals`` from ``x_c`` noised to that step's level (diffusers' img2img arithmetic)."""
+    total = max(evals, int(np.ceil(evals / strength - 1e-9)))
+    sched = make_scheduler("ddim", dm.scheduler_config, dm.prediction_type)
+    start, t0 = start_timestep(sched, total, evals / total)
+    noise = torch.randn(x_c.shape, generator=generator)
+    x_t = sched.add_noise(x_c.clamp(-1, 1), noise, t0.expand(x_c.shape[0]))
+    null = torch.full((x_c.shape[0],), int(dm.info.get("null_class", 10)))
+    x = run_to_end(sample(lambda x, t: dm.model_fn(x, t, {"class_labels": null}), sched, tuple(x_c.shape),
+                          num_inference_steps=total, latents=x_t, start_index=start, eta=0.0))
+    return x.clamp(-1, 1)
+
+
+@torch.no_grad()
+def teacher_samples(dm, z: torch.Tensor, steps: int) -> torch.Tensor:
+    """The teacher's deterministic DDIM sample (null class) from noises ``z``."""
+    sched = make_scheduler("ddim", dm.scheduler_config, dm.prediction_type)
+    null = torch.full((z.shape[0],), int(dm.info.get("null_class", 10)))
+    x = run_to_end(sample(lambda x, t: dm.model_fn(x, t, {"class_labels": null}), sched, tuple(z.shape),
+                          num_inference_steps=steps, latents=z, eta=0.0))
+    return x.clamp(-1, 1)
+
+
+def idempotence_error(f, x: torch.Tensor) -> torch.Tensor:
+    """``||f(f(x)) - f(x)|| / ||f(x)||`` per image."""
+    with torch.no_grad():
+        fx = f(x)
+        ffx = f(fx)
+    return (ffx - fx).flatten(1).norm(dim=1) / fx.flatten(1).norm(dim=1).clamp_min(1e-8)
+
+
+def psnr(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB on images in [-1, 1] (peak-to-peak 2)."""
+    mse = ((x.clamp(-1, 1) - clean) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(4.0 / mse)
+
+
+def noises(seed: int, n: int, shape) -> torch.Tensor:
+    """z_i from seed + i, each from its own generator (so any one can be remade alone)."""
+    return torch.cat([torch.randn((1, *shape), generator=make_generator((seed + i) % (MAX_SEED + 1)))
+                      for i in range(n)])
+
+
+@torch.no_grad()
+def judge_reading(judge, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(class, probability) the judge reads on each image."""
+    probs = torch.softmax(judge(images.clamp(-1, 1)), dim=-1)
+    p, c = probs.max(dim=-1)
+    return c.numpy(), p.numpy()
+
+
+# ------------------------------------------------------------------------------------------------
+# the two panes
+
+
+@dataclass
+class EditResult(ImageResult):
+    """Images in rows (one row per noise in Generate; input / corrupted / f^k / SDEdit in Edit)."""
+
+    captions: list[str] = field(default_factory=list)
+    columns: int = 1
+    table: list[dict] = field(default_factory=list)  # one row per shown image (what the judge read, PSNR, ...)
+    notes: list[str] = field(default_factory=list)
+
+    def caption(self, i: int) -> str:
+        return self.captions[i] if self.captions else super().caption(i)
+
+
+def _check_model(p, manager: ModelManager) -> None:
+    validate(p)
+    models = generators(manager)
+    if not models:
+        raise ParamError("no idempotent generator is registered; build one with `studio train sign-digits`")
+    if p.model not in models:
+        raise ParamError(f"unknown generator {p.model!r}; choose one of {', '.join(models)}")
+
+
+def run_generate(p: GenerateParams, manager: ModelManager) -> EditResult:
+    """Noise z_i and f(z_i), ..., f^k(z_i) for each i, one row per noise."""
+    _check_model(p, manager)
+    seed = random_seed() if p.randomize_seed else p.seed
+    with manager.use(p.model) as f:
+        z = noises(seed, p.n_images, f.sample_shape)
+        t0 = time.perf_counter()
+        steps = f.iterate(z, p.k)
+        seconds = time.perf_counter() - t0
+    judge_rows = []
+    if JUDGE in manager:
+        with manager.use(JUDGE) as judge:
+            readings = [judge_reading(judge, x) for x in steps]
+        judge_rows = [{"image": i, **{f"f^{j + 1}": f"{c[i]} ({p_[i]:.2f})" for j, (c, p_) in enumerate(readings)}}
+                      for i in range(p.n_images)]
+    rows = torch.stack([z.clamp(-1, 1), *steps], dim=1)  # (n, k + 1, C, H, W)
+    images = rows.flatten(0, 1)
+    captions = [("z" if j == 0 else ("f(z)" if j == 1 else f"f^{j}(z)")) + f" · seed {(seed + i) % (MAX_SEED + 1)}"
+                for i in range(p.n_images) for j in range(p.k + 1)]
+    parameters = {"method": "edit/generate", **asdict(p), "seed": seed, "randomize_seed": False,
+                  "studio_version": __version__}
+    return EditResult(images=to_pil(images, DISPLAY_SIZE // images.shape[-1]), parameters=parameters,
+                      seeds=[(seed + i) % (MAX_SEED + 1) for i in range(p.n_images) for _ in range(p.k + 1)],
+                      tensors=images, seconds=seconds, captions=captions, columns=p.k + 1, table=judge_rows,
+                      notes=[f"{1000 * seconds / (p.n_images * p.k):.1f} ms per image per application of f "
+                             f"({p.n_images} x {p.k} evaluations in {seconds:.2f} s)"])
+
+
+def prepare_input(p: EditParams, drawing=None) -> tuple[torch.Tensor, int | None, list[str]]:
+    """(image (1, 1, 16, 16), true class or None, notes)."""
+    if p.source == "test digit":
+        test = digits.load("test")
+        return torch.from_numpy(test.images[p.test_index: p.test_index + 1]), int(test.labels[p.test_index]), []
+    if drawing is None:
+        raise ParamError("draw a digit on the canvas or upload an image (or pick a test digit as the source)")
+    try:
+        arr, notes = to_digit(drawing)
+    except DrawingError as exc:
+        raise ParamError(str(exc)) from None
+    return torch.from_numpy(arr)[None], None, notes
+
+
+def run_edit(p: EditParams, manager: ModelManager, drawing=None, mask=None) -> EditResult:
+    """Input, corrupted input, f(x_c) .. f^k(x_c), and SDEdit with k evaluations, with the judge's readings."""
+    _check_model(p, manager)
+    if p.corruption == "box" and p.strength > 0.9:
+        raise ParamError("a box can hide at most 90% of the image (strength <= 0.9 for box)")
+    x, label, notes = prepare_input(p, drawing)
+    hidden = None
+    if p.corruption == "mask":
+        try:
+            m = to_mask(mask) if mask is not None else None
+        except DrawingError as exc:
+            raise ParamError(f"mask: {exc}") from None
+        if m is None:
+            raise ParamError("the mask is blank: paint over the part of the digit to hide")
+        hidden = torch.from_numpy(m)
+    gen = make_generator(p.seed)
+    x_c = corrupt(x, p.corruption, p.strength, gen, hidden)
+    t0 = time.perf_counter()
+    with manager.use(p.model) as f:
+        steps = f.iterate(x_c, p.k)
+    seconds = time.perf_counter() - t0
+    shown = [("input" if label is None else f"test digit {label}", x), ("corrupted", x_c)]
+    shown += [("f(x_c)" if j == 0 else f"f^{j + 1}(x_c)", s) for j, s in enumerate(steps)]
+    if p.compare_sdedit:
+        if TEACHER not in manager:
+            notes.append(f"SDEdit needs {TEACHER}, which is not registered")
+        else:
+            with manager.use(TEACHER) as dm:
+                shown.append((f"SDEdit, {p.k} evals", sdedit(dm, x_c, p.k, p.sdedit_strength, gen)))
+    images = torch.cat([im for _, im in shown])
+    table = []
+    readings = None
+    if JUDGE in manager:
+        with manager.use(JUDGE) as judge:
+            readings = judge_reading(judge, images)
+    for i, (name, im) in enumerate(shown):
+        row = {"image": name}
+        if readings is not None:
+            row["judge reads"] = int(readings[0][i])
+            row["probability"] = round(float(readings[1][i]), 3)
+        if i > 0:
+            row["PSNR to input (dB)"] = round(float(psnr(im, x)[0]), 2)
+        table.append(row)
+    captions = []
+    for row in table:
+        cap = row["image"]
+        if "judge reads" in row:
+            cap += f" · judge: {row['judge reads']} ({row['probability']:.2f})"
+        captions.append(cap)
+    parameters = {"method": "edit/project", **asdict(p), "true_class": label, "studio_version": __version__}
+    if p.source != "test digit":
+        parameters.pop("test_index")
+    return EditResult(images=to_pil(images, DISPLAY_SIZE // images.shape[-1]), parameters=parameters,
+                      tensors=images, seconds=seconds, captions=captions, columns=len(shown), table=table,
+                      notes=notes)
