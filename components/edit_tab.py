@@ -20,13 +20,20 @@ import gradio as gr
 
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, coerce
-from studio.data.drawings import MAX_BYTES, DrawingError, to_digit
+from studio.data.drawings import MAX_BYTES, DrawingError, open_image, to_digit
 from studio.methods import edit
 from components.widgets import PngFolder, param_inputs, shows_errors
 
 CANVAS = (256, 256)
 CORRUPTION_LABELS = {"none": "none (project as is)", "noise": "Gaussian noise", "box": "random box",
                      "mask": "painted mask"}
+
+
+def table_frame(rows: list[dict]):
+    """Rows of dicts -> a DataFrame the Dataframe component shows with headers (empty: no judge registered)."""
+    import pandas as pd
+
+    return pd.DataFrame(rows) if rows else pd.DataFrame({"note": ["no judge registered"]})
 
 
 def ink(sketch) -> bool:
@@ -51,8 +58,8 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                     gen_inputs = param_inputs(edit.GenerateParams, choices={"model": models}, id_prefix="sign-gen-")
                     gen_btn = gr.Button("Generate", variant="primary", elem_id="sign-generate-btn")
                 with gr.Column(scale=3, min_width=320):
-                    gen_gallery = gr.Gallery(label="Each row: z, f(z), f(f(z)), ... (PNG with parameters)", format="png",
-                                             columns=4, height=420, object_fit="contain", interactive=False,
+                    gen_gallery = gr.Gallery(label="Each image: z, f(z), f(f(z)), ... (PNG with parameters)", format="png",
+                                             columns=1, height=480, object_fit="contain", interactive=False,
                                              elem_id="sign-gen-gallery")
                     gen_info = gr.Markdown(elem_id="sign-gen-info")
                     gen_table = gr.Dataframe(label="What the judge reads (class and probability) after each application",
@@ -62,15 +69,23 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, min_width=300):
                     edit_inputs = param_inputs(edit.EditParams, choices={"model": models}, id_prefix="sign-edit-",
-                                               labels={"corruption": CORRUPTION_LABELS})
+                                               names=("model", "source", "test_index"))
                     sketch = gr.Sketchpad(label="Draw a digit (source: drawing); a drawing wins over an upload",
                                           type="numpy", image_mode="RGBA", canvas_size=CANVAS, height=300,
+                                          layers=False, transforms=(), placeholder="Pick the brush (left), then draw",
                                           brush=gr.Brush(colors=["#000000"], default_size=20), elem_id="sign-sketch")
                     upload = gr.File(label=f"...or upload an image (any size, up to {MAX_BYTES // 2**20} MB)",
-                                     file_types=["image"], type="filepath", elem_id="sign-upload")
+                                     file_types=["image"], type="filepath", height=90, elem_id="sign-upload")
+                    edit_inputs.update(param_inputs(
+                        edit.EditParams, id_prefix="sign-edit-", labels={"corruption": CORRUPTION_LABELS},
+                        names=("corruption", "strength")))
                     mask_pad = gr.Sketchpad(label="Paint the part to hide (corruption: painted mask)", type="numpy",
                                             image_mode="RGBA", canvas_size=CANVAS, height=300, visible=False,
+                                            layers=False, transforms=(), placeholder="Pick the brush, then paint",
                                             brush=gr.Brush(colors=["#ff0000"], default_size=40), elem_id="sign-mask")
+                    edit_inputs.update(param_inputs(
+                        edit.EditParams, id_prefix="sign-edit-",
+                        names=("k", "compare_sdedit", "sdedit_strength", "seed")))
                     project_btn = gr.Button("Project", variant="primary", elem_id="sign-project-btn")
                 with gr.Column(scale=3, min_width=320):
                     edit_gallery = gr.Gallery(label="Input, corrupted, f(x_c), f^2(x_c), ..., SDEdit (PNG with "
@@ -88,8 +103,8 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     def generate(**values):
         p = coerce(edit.GenerateParams, values)
         result = edit.run_generate(p, manager)
-        return {gen_gallery: gr.update(value=pngs.write(result), columns=p.k + 1),
-                gen_info: "; ".join(result.notes), gen_table: result.table, gen_params: result.parameters}
+        return {gen_gallery: pngs.write(result),
+                gen_info: "; ".join(result.notes), gen_table: table_frame(result.table), gen_params: result.parameters}
 
     gen_btn.click(generate, inputs_kwargs=gen_inputs, outputs=[gen_gallery, gen_info, gen_table, gen_params],
                   preprocess=False, api_name="sign_generate", concurrency_id="models", concurrency_limit=1,
@@ -106,10 +121,11 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
         if size > MAX_BYTES:
             raise ParamError(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_BYTES // 2**20} MB")
         try:
-            arr, notes = to_digit(Path(path).read_bytes())
+            image, _ = open_image(Path(path).read_bytes())
+            _, notes = to_digit(image)  # checked now, converted again (same notes) when projected
         except DrawingError as exc:
             raise ParamError(str(exc)) from None
-        return arr, "Upload read: " + ("; ".join(notes) if notes else "already a 16 x 16 digit") + \
+        return image, "Upload read: " + ("; ".join(notes) if notes else "already a 16 x 16 digit") + \
             ". Pick *drawing* as the source to project it (clear the canvas first)."
 
     upload.upload(read_upload, inputs=[upload], outputs=[upload_state, edit_info], api_name="sign_upload",
@@ -130,8 +146,8 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
         notes = list(result.notes)
         notes.append(f"{len(result.images) - 2 - int(p.compare_sdedit)} application(s) of f in "
                      f"{1000 * result.seconds:.0f} ms")
-        return {edit_gallery: gr.update(value=pngs.write(result), columns=min(len(result.images), 6)),
-                edit_info: "; ".join(notes), edit_table: result.table, edit_params: result.parameters}
+        return {edit_gallery: pngs.write(result),
+                edit_info: "; ".join(notes), edit_table: table_frame(result.table), edit_params: result.parameters}
 
     read = project_btn.click(read_canvas, inputs=[sketch, mask_pad, upload_state], outputs=[drawing, mask_state],
                              api_name="sign_read", concurrency_limit=4)

@@ -60,6 +60,16 @@ def tiny_manager():
     return m
 
 
+@pytest.fixture
+def sign_manager(tiny_manager):
+    """``tiny_manager`` plus a random tiny idempotent generator under 'sign-digits'."""
+    from studio.nets.idempotent import IdempotentNet
+
+    tiny_manager.register("sign-digits", lambda: IdempotentNet(tiny_digits_unet(), name="sign-digits").eval(),
+                          info={"kind": "idempotent"})
+    return tiny_manager
+
+
 @pytest.fixture(scope="session")
 def zoo_manager():
     """The real zoo, shared across the session (as the app shares one manager)."""

@@ -205,3 +205,41 @@ def test_forecast_an_uploaded_csv_in_a_real_browser(zoo_url, browser, tmp_path, 
     expect(page.locator("#forecast-metrics")).to_contain_text("TSDiff-Q")
     expect(page.locator("#forecast-download a").first).to_be_visible()
     page.screenshot(path=str(tmp_path / "forecast.png"), full_page=True)
+
+
+@pytest.fixture
+def sign_url(sign_manager):
+    with serving(sign_manager) as url:
+        yield url
+
+
+def test_draw_corrupt_and_project_in_a_real_browser(sign_url, browser, tmp_path):
+    """Draw a digit on the Sketchpad, pick the noise corruption, project: the gallery shows the
+    drawn input, its corruption, each f^k and SDEdit; the table names them."""
+    from playwright.sync_api import expect
+
+    page = open_tab(browser, sign_url, "Edit", height=1400)
+    page.get_by_role("tab", name="Project: edit a corrupted digit").click()
+    page.locator("#sign-edit-param-source input").click()
+    page.get_by_role("option", name="drawing").click()
+    page.locator("#sign-sketch button[aria-label='Brush']").click()
+    canvas = page.locator("#sign-sketch canvas").first
+    expect(canvas).to_be_visible()
+    box = canvas.bounding_box()
+    cx, top, bottom = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2, box["y"] + box["height"] * 0.8
+    page.mouse.move(cx, top)
+    page.mouse.down()
+    for i in range(1, 11):  # a "1": one vertical stroke
+        page.mouse.move(cx, top + (bottom - top) * i / 10)
+    page.mouse.up()
+    set_number(page, "#sign-edit-param-k", 2)
+    page.locator("#sign-project-btn").click()
+    expect(page.locator("#sign-edit-gallery img")).to_have_count(5, timeout=TIMEOUT_MS)
+    table = page.locator("#sign-edit-table")
+    expect(table).to_contain_text("f^2(x_c)")
+    expect(table).to_contain_text("SDEdit, 2 evals")
+    expect(table).not_to_contain_text("test digit")  # the drawing was projected, not a test digit
+    expect(page.locator("#sign-edit-info")).to_contain_text("inverted")
+    params = served_parameters(page, sign_url, page.locator("#sign-edit-gallery img").first.get_attribute("src"))
+    assert (params["source"], params["corruption"], params["k"]) == ("drawing", "noise", 2)
+    page.screenshot(path=str(tmp_path / "edit.png"), full_page=True)

@@ -15,7 +15,6 @@ from studio.data import digits
 from studio.data.drawings import DrawingError, to_digit, to_mask
 from studio.methods import edit
 from studio.nets.idempotent import IdempotentNet
-from tests.conftest import tiny_digits_unet
 
 
 def _png(img: Image.Image) -> bytes:
@@ -125,24 +124,18 @@ def test_sdedit_spends_exactly_the_asked_evaluations_from_the_asked_level(tiny_m
         dm.unet = counting.unet
 
 
-@pytest.fixture
-def sign_manager(tiny_manager):
-    tiny_manager.register("sign-digits", lambda: IdempotentNet(tiny_digits_unet(), name="sign-digits").eval(),
-                          info={"kind": "idempotent"})
-    return tiny_manager
-
-
 def test_generate_pane_rows_are_z_then_each_application_and_reproducible(sign_manager):
     p = edit.GenerateParams(k=3, n_images=2, seed=5)
     r = edit.run_generate(p, sign_manager)
-    assert len(r.images) == 8 and r.columns == 4 and r.tensors.shape == (8, 1, 16, 16)
-    assert r.captions[0].startswith("z") and r.captions[2].startswith("f^2(z)") and "seed 6" in r.captions[4]
+    assert len(r.images) == 2 and r.tensors.shape == (2, 4, 1, 16, 16) and r.seeds == [5, 6]
+    assert r.images[0].size == (4 * 96 + 3 * 2, 96) and r.captions[1].startswith("seed 6: z, f(z), f(f(z)) ... f^3(z)")
     with sign_manager.use("sign-digits") as f:
         z = edit.noises(5, 2, (1, 16, 16))
-        torch.testing.assert_close(r.tensors[1], f(z)[0])
-        torch.testing.assert_close(r.tensors[3], f(f(f(z)))[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(r.tensors[:, 0], z)
+        torch.testing.assert_close(r.tensors[:, 1], f(z))
+        torch.testing.assert_close(r.tensors[:, 3], f(f(f(z))), rtol=1e-4, atol=1e-4)
     again = edit.run_generate(edit.GenerateParams(k=1, n_images=1, seed=6), sign_manager)  # row 2 alone
-    torch.testing.assert_close(again.tensors[1], r.tensors[5])
+    torch.testing.assert_close(again.tensors[0, 1], r.tensors[1, 1])
     assert r.parameters["method"] == "edit/generate" and r.parameters["seed"] == 5 and "ms per image" in r.notes[0]
     with pytest.raises(ParamError, match="unknown generator"):
         edit.run_generate(edit.GenerateParams(model="digits-cond"), sign_manager)

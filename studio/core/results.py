@@ -31,6 +31,16 @@ def to_pil(images: torch.Tensor, upscale: int = 1) -> list[Image.Image]:
     return out
 
 
+def to_strip(images: torch.Tensor, upscale: int = 1, pad: int = 2) -> Image.Image:
+    """(N, C, H, W) in [-1, 1] -> one image, the N side by side on white (a row of a process: z, f(z), ...)."""
+    tiles = to_pil(images, upscale)
+    w, h = tiles[0].size
+    out = Image.new(tiles[0].mode, (len(tiles) * w + (len(tiles) - 1) * pad, h), 255 if tiles[0].mode == "L" else "white")
+    for i, tile in enumerate(tiles):
+        out.paste(tile, (i * (w + pad), 0))
+    return out
+
+
 def png_bytes(image: Image.Image, parameters: dict[str, Any]) -> bytes:
     """PNG bytes with ``parameters`` (JSON) in the text chunk."""
     info = PngImagePlugin.PngInfo()

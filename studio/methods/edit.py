@@ -25,7 +25,7 @@ from studio import __version__
 from studio.core.device import MAX_SEED, make_generator, random_seed
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
-from studio.core.results import ImageResult, to_pil
+from studio.core.results import ImageResult, to_pil, to_strip
 from studio.core.sampling import make_scheduler, run_to_end, sample, start_timestep
 from studio.data import digits
 from studio.data.drawings import DrawingError, to_digit, to_mask
@@ -173,10 +173,10 @@ def judge_reading(judge, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class EditResult(ImageResult):
-    """Images in rows (one row per noise in Generate; input / corrupted / f^k / SDEdit in Edit)."""
+    """Generate: one image per noise, the strip z, f(z), ..., f^k(z) (``tensors`` (n, k + 1, C, H, W)).
+    Edit: input, corrupted, f(x_c), ..., f^k(x_c)[, SDEdit] (``tensors`` (m, C, H, W))."""
 
     captions: list[str] = field(default_factory=list)
-    columns: int = 1
     table: list[dict] = field(default_factory=list)  # one row per shown image (what the judge read, PSNR, ...)
     notes: list[str] = field(default_factory=list)
 
@@ -194,7 +194,7 @@ def _check_model(p, manager: ModelManager) -> None:
 
 
 def run_generate(p: GenerateParams, manager: ModelManager) -> EditResult:
-    """Noise z_i and f(z_i), ..., f^k(z_i) for each i, one row per noise."""
+    """Noise z_i and f(z_i), ..., f^k(z_i) for each i, one strip image per noise."""
     _check_model(p, manager)
     seed = random_seed() if p.randomize_seed else p.seed
     with manager.use(p.model) as f:
@@ -208,15 +208,16 @@ def run_generate(p: GenerateParams, manager: ModelManager) -> EditResult:
             readings = [judge_reading(judge, x) for x in steps]
         judge_rows = [{"image": i, **{f"f^{j + 1}": f"{c[i]} ({p_[i]:.2f})" for j, (c, p_) in enumerate(readings)}}
                       for i in range(p.n_images)]
-    rows = torch.stack([z.clamp(-1, 1), *steps], dim=1)  # (n, k + 1, C, H, W)
-    images = rows.flatten(0, 1)
-    captions = [("z" if j == 0 else ("f(z)" if j == 1 else f"f^{j}(z)")) + f" · seed {(seed + i) % (MAX_SEED + 1)}"
-                for i in range(p.n_images) for j in range(p.k + 1)]
+    rows = torch.stack([z, *steps], dim=1)  # (n, k + 1, C, H, W)
+    seeds = [(seed + i) % (MAX_SEED + 1) for i in range(p.n_images)]
+    captions = [f"seed {s}: z, f(z)" + (", f(f(z))" if p.k > 1 else "") + (f" ... f^{p.k}(z)" if p.k > 2 else "")
+                for s in seeds]
+    if judge_rows:
+        captions = [c + f" · judge on f^{p.k}: {judge_rows[i][f'f^{p.k}']}" for i, c in enumerate(captions)]
     parameters = {"method": "edit/generate", **asdict(p), "seed": seed, "randomize_seed": False,
                   "studio_version": __version__}
-    return EditResult(images=to_pil(images, DISPLAY_SIZE // images.shape[-1]), parameters=parameters,
-                      seeds=[(seed + i) % (MAX_SEED + 1) for i in range(p.n_images) for _ in range(p.k + 1)],
-                      tensors=images, seconds=seconds, captions=captions, columns=p.k + 1, table=judge_rows,
+    return EditResult(images=[to_strip(r, DISPLAY_SIZE // r.shape[-1]) for r in rows], parameters=parameters,
+                      seeds=seeds, tensors=rows, seconds=seconds, captions=captions, table=judge_rows,
                       notes=[f"{1000 * seconds / (p.n_images * p.k):.1f} ms per image per application of f "
                              f"({p.n_images} x {p.k} evaluations in {seconds:.2f} s)"])
 
@@ -288,5 +289,5 @@ def run_edit(p: EditParams, manager: ModelManager, drawing=None, mask=None) -> E
     if p.source != "test digit":
         parameters.pop("test_index")
     return EditResult(images=to_pil(images, DISPLAY_SIZE // images.shape[-1]), parameters=parameters,
-                      tensors=images, seconds=seconds, captions=captions, columns=len(shown), table=table,
+                      tensors=images, seconds=seconds, captions=captions, table=table,
                       notes=notes)
