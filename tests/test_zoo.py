@@ -10,6 +10,7 @@ from studio.core.loading import DiffusionModel
 from studio.evaluate import sample_batch
 from studio.data import series as S
 from studio.nets.classifiers import ExpertBank, GuideNet
+from studio.nets.idempotent import IdempotentNet
 from studio.nets.tsdiff import SeriesDiffusion
 from studio.train import ALL
 
@@ -36,6 +37,9 @@ def test_each_entry_passes_its_checksums_and_loads(zoo_manager, name):
         elif name.startswith("tsdiff-"):
             assert isinstance(obj, SeriesDiffusion) and obj.info["series"] == name.removeprefix("tsdiff-")
             assert 0 <= obj.info["tau"] < 100 and obj.info["train_end"] == S.bundled(obj.info["series"]).train_end
+        elif MANIFEST[name]["kind"] == "idempotent":
+            assert isinstance(obj, IdempotentNet) and obj.info["method"] in ("sign", "ign") and obj.timestep == 999
+            assert not any(p.requires_grad for p in obj.parameters())
         elif MANIFEST[name]["kind"] == "classifier":
             assert isinstance(obj, GuideNet) and not any(p.requires_grad for p in obj.parameters())
         else:
