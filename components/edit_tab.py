@@ -20,11 +20,13 @@ import gradio as gr
 
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, coerce
+from studio.core.results import to_grid
 from studio.data.drawings import MAX_BYTES, DrawingError, open_image, to_digit
 from studio.methods import edit
 from components.widgets import PngFolder, param_inputs, shows_errors
 
 CANVAS = (256, 256)
+GRID_PIXELS = 64  # each digit's side in the Generate grid
 CORRUPTION_LABELS = {"none": "none (project as is)", "noise": "Gaussian noise", "box": "random box",
                      "mask": "painted mask"}
 
@@ -58,12 +60,14 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                     gen_inputs = param_inputs(edit.GenerateParams, choices={"model": models}, id_prefix="sign-gen-")
                     gen_btn = gr.Button("Generate", variant="primary", elem_id="sign-generate-btn")
                 with gr.Column(scale=3, min_width=320):
-                    gen_gallery = gr.Gallery(label="Each image: z, f(z), f(f(z)), ... (PNG with parameters)", format="png",
-                                             columns=1, height=480, object_fit="contain", interactive=False,
+                    gen_grid = gr.Image(label="Rows: one noise each. Columns: z, f(z), f(f(z)), ...", type="pil",
+                                        interactive=False, height=420, elem_id="sign-gen-grid")
+                    gen_gallery = gr.Gallery(label="One PNG per noise (with its parameters), to download", format="png",
+                                             columns=4, height=140, object_fit="contain", interactive=False,
                                              elem_id="sign-gen-gallery")
                     gen_info = gr.Markdown(elem_id="sign-gen-info")
                     gen_table = gr.Dataframe(label="What the judge reads (class and probability) after each application",
-                                             interactive=False, elem_id="sign-gen-table")
+                                             headers=["image", "f^1", "f^2", "f^3"], interactive=False, elem_id="sign-gen-table")
                     gen_params = gr.JSON(label="Parameters", open=False)
         with gr.Tab("Project: edit a corrupted digit", id="sign-project"):
             with gr.Row(equal_height=False):
@@ -93,6 +97,7 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                                               interactive=False, elem_id="sign-edit-gallery")
                     edit_info = gr.Markdown(elem_id="sign-edit-info")
                     edit_table = gr.Dataframe(label="Judge's reading and PSNR to the input", interactive=False,
+                                              headers=["image", "judge reads", "probability", "PSNR to input (dB)"],
                                               elem_id="sign-edit-table")
                     edit_params = gr.JSON(label="Parameters", open=False)
     drawing = gr.State(None)
@@ -103,12 +108,13 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     def generate(**values):
         p = coerce(edit.GenerateParams, values)
         result = edit.run_generate(p, manager)
-        return {gen_gallery: pngs.write(result),
+        return {gen_grid: to_grid(result.tensors, GRID_PIXELS // result.tensors.shape[-1]),
+                gen_gallery: pngs.write(result),
                 gen_info: "; ".join(result.notes), gen_table: table_frame(result.table), gen_params: result.parameters}
 
-    gen_btn.click(generate, inputs_kwargs=gen_inputs, outputs=[gen_gallery, gen_info, gen_table, gen_params],
+    gen_btn.click(generate, inputs_kwargs=gen_inputs, outputs=[gen_grid, gen_gallery, gen_info, gen_table, gen_params],
                   preprocess=False, api_name="sign_generate", concurrency_id="models", concurrency_limit=1,
-                  show_progress_on=[gen_gallery])
+                  show_progress_on=[gen_grid])
 
     edit_inputs["corruption"].change(lambda c: gr.update(visible=c == "mask"), inputs=[edit_inputs["corruption"]],
                                      outputs=[mask_pad], queue=False, api_visibility="private")
@@ -156,6 +162,6 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                  api_name="sign_project", concurrency_id="models", concurrency_limit=1,
                  show_progress_on=[edit_gallery])
     return {**{f"gen_{k}": v for k, v in gen_inputs.items()}, **{f"edit_{k}": v for k, v in edit_inputs.items()},
-            "generate": gen_btn, "gen_gallery": gen_gallery, "gen_table": gen_table, "project": project_btn,
+            "generate": gen_btn, "gen_grid": gen_grid, "gen_gallery": gen_gallery, "gen_table": gen_table, "project": project_btn,
             "sketch": sketch, "upload": upload, "mask": mask_pad, "edit_gallery": edit_gallery,
             "edit_table": edit_table, "edit_info": edit_info}

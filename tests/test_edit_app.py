@@ -36,8 +36,9 @@ def _sketch(tmp_path, blank=False) -> dict:
 
 def test_generate_pane_returns_rows_of_pngs_with_parameters(edit_app):
     client, manager = edit_app
-    gallery, info, table, parameters = client.predict(model="sign-digits", k=2, n_images=3, seed=11,
-                                                      api_name="/sign_generate")
+    grid, gallery, info, table, parameters = client.predict(model="sign-digits", k=2, n_images=3, seed=11,
+                                                            api_name="/sign_generate")
+    assert Image.open(grid).size == (3 * 64 + 2 * 2, 3 * 64 + 2 * 2)  # 3 rows (noises) x 3 columns (z, f, f^2)
     assert len(gallery) == 3 and parameters["seed"] == 11 and "ms per image" in info
     params = read_png_parameters(gallery[2]["image"])
     assert params["method"] == "edit/generate" and params["k"] == 2 and params["image_seed"] == 13

@@ -33,11 +33,18 @@ def to_pil(images: torch.Tensor, upscale: int = 1) -> list[Image.Image]:
 
 def to_strip(images: torch.Tensor, upscale: int = 1, pad: int = 2) -> Image.Image:
     """(N, C, H, W) in [-1, 1] -> one image, the N side by side on white (a row of a process: z, f(z), ...)."""
-    tiles = to_pil(images, upscale)
+    return to_grid(images[None], upscale, pad)
+
+
+def to_grid(rows: torch.Tensor, upscale: int = 1, pad: int = 2) -> Image.Image:
+    """(R, N, C, H, W) in [-1, 1] -> one image: R rows of N images each, on white."""
+    tiles = to_pil(rows.flatten(0, 1), upscale)
+    n = rows.shape[1]
     w, h = tiles[0].size
-    out = Image.new(tiles[0].mode, (len(tiles) * w + (len(tiles) - 1) * pad, h), 255 if tiles[0].mode == "L" else "white")
+    out = Image.new(tiles[0].mode, (n * w + (n - 1) * pad, rows.shape[0] * h + (rows.shape[0] - 1) * pad),
+                    255 if tiles[0].mode == "L" else "white")
     for i, tile in enumerate(tiles):
-        out.paste(tile, (i * (w + pad), 0))
+        out.paste(tile, ((i % n) * (w + pad), (i // n) * (h + pad)))
     return out
 
 
