@@ -123,20 +123,22 @@ def sdedit(dm, x_c: torch.Tensor, evals: int, strength: float, generator: torch.
     start, t0 = start_timestep(sched, total, evals / total)
     noise = torch.randn(x_c.shape, generator=generator)
     x_t = sched.add_noise(x_c.clamp(-1, 1), noise, t0.expand(x_c.shape[0]))
-    null = torch.full((x_c.shape[0],), int(dm.info.get("null_class", 10)))
+    dev = device_of(dm.unet)
+    null = torch.full((x_c.shape[0],), int(dm.info.get("null_class", 10)), device=dev)
     x = run_to_end(sample(lambda x, t: dm.model_fn(x, t, {"class_labels": null}), sched, tuple(x_c.shape),
-                          num_inference_steps=total, latents=x_t, start_index=start, eta=0.0))
-    return x.clamp(-1, 1)
+                          num_inference_steps=total, latents=x_t, start_index=start, eta=0.0, device=dev))
+    return x.clamp(-1, 1).cpu()
 
 
 @torch.no_grad()
 def teacher_samples(dm, z: torch.Tensor, steps: int) -> torch.Tensor:
     """The teacher's deterministic DDIM sample (null class) from noises ``z``."""
     sched = make_scheduler("ddim", dm.scheduler_config, dm.prediction_type)
-    null = torch.full((z.shape[0],), int(dm.info.get("null_class", 10)))
+    dev = device_of(dm.unet)
+    null = torch.full((z.shape[0],), int(dm.info.get("null_class", 10)), device=dev)
     x = run_to_end(sample(lambda x, t: dm.model_fn(x, t, {"class_labels": null}), sched, tuple(z.shape),
-                          num_inference_steps=steps, latents=z, eta=0.0))
-    return x.clamp(-1, 1)
+                          num_inference_steps=steps, latents=z, eta=0.0, device=dev))
+    return x.clamp(-1, 1).cpu()
 
 
 def idempotence_error(f, x: torch.Tensor) -> torch.Tensor:
@@ -162,9 +164,18 @@ def noises(seed: int, n: int, shape) -> torch.Tensor:
 @torch.no_grad()
 def judge_reading(judge, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(class, probability) the judge reads on each image."""
-    probs = torch.softmax(judge(images.clamp(-1, 1)), dim=-1)
+    probs = torch.softmax(judge(images.clamp(-1, 1).to(device_of(judge))), dim=-1)
     p, c = probs.max(dim=-1)
-    return c.numpy(), p.numpy()
+    return c.cpu().numpy(), p.cpu().numpy()
+
+
+def device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def apply(f, x: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """``[f(x), ..., f^k(x)]`` on f's device, returned on the CPU."""
+    return [s.cpu() for s in f.iterate(x.to(device_of(f)), k)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,7 +211,7 @@ def run_generate(p: GenerateParams, manager: ModelManager) -> EditResult:
     with manager.use(p.model) as f:
         z = noises(seed, p.n_images, f.sample_shape)
         t0 = time.perf_counter()
-        steps = f.iterate(z, p.k)
+        steps = apply(f, z, p.k)
         seconds = time.perf_counter() - t0
     judge_rows = []
     if JUDGE in manager:
@@ -255,7 +266,7 @@ def run_edit(p: EditParams, manager: ModelManager, drawing=None, mask=None) -> E
     x_c = corrupt(x, p.corruption, p.strength, gen, hidden)
     t0 = time.perf_counter()
     with manager.use(p.model) as f:
-        steps = f.iterate(x_c, p.k)
+        steps = apply(f, x_c, p.k)
     seconds = time.perf_counter() - t0
     shown = [("input" if label is None else f"test digit {label}", x), ("corrupted", x_c)]
     shown += [("f(x_c)" if j == 0 else f"f^{j + 1}(x_c)", s) for j, s in enumerate(steps)]
