@@ -1,4 +1,4 @@
-"""SIGN (in progress): the teacher pairs its regression term distils from."""
+"""SIGN: the teacher pairs its regression term distils from, and the gradient routing of its losses."""
 
 from __future__ import annotations
 

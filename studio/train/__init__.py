@@ -32,6 +32,10 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
     if name in SIGN:
         from studio.train import sign
 
-        steps_kw = {"joint": steps, "warmup": 0} if steps else {}
+        stages = sign.RECIPES[name]
+        steps_kw = {}
+        if steps:  # keep the recipe's share of warm-up steps
+            warm = round(steps * stages["warmup"] / (stages["warmup"] + stages["joint"]))
+            steps_kw = {"warmup": warm, "joint": steps - warm}
         return sign.train(name, seed=seed, **steps_kw)
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")

@@ -1,4 +1,4 @@
-"""SIGN (issue 6, in progress): the losses and the teacher data of the distillation.
+"""SIGN: the losses, the teacher pairs and the training recipes of the idempotent generator f.
 
 Losses (IGN's, as the paper's pseudocode routes their gradients, and the score-distillation
 terms SIGN adds; there is no public SIGN code, so the distillation terms are this studio's
@@ -19,6 +19,11 @@ SIGN distils an idempotent one-step generator f from ``digits-cond`` (used uncon
 null class). Besides the IGN terms and the distribution-matching term, its regression term pairs
 a noise z with the teacher's *deterministic* DDIM sample from that same z (a consistency-style
 target), so those pairs are computed once here and cached: :func:`teacher_pairs`.
+
+Recipes (:func:`train`, resumable from ``runs/<name>``): ``sign-digits`` starts f from the teacher's
+weights and trains it in two stages, a warm-up on the regression term and reconstruction, then every
+term (IGN's three, the regression and DMD, the fake score updated once per f step); ``ign-digits`` is
+plain IGN from random weights (IGN's losses only), the baseline that shows what the teacher fixes.
 
 Pair k's noise is drawn from its own generator (seed ``seed * 1_000_003 + k``), so pair k is the
 same whatever ``n`` or chunking is asked for, and a stopped run resumes chunk by chunk.
