@@ -123,21 +123,18 @@ def sdedit(dm, x_c: torch.Tensor, evals: int, strength: float, generator: torch.
     start, t0 = start_timestep(sched, total, evals / total)
     noise = torch.randn(x_c.shape, generator=generator)
     x_t = sched.add_noise(x_c.clamp(-1, 1), noise, t0.expand(x_c.shape[0]))
-    dev = device_of(dm.unet)
-    null = torch.full((x_c.shape[0],), int(dm.info.get("null_class", 10)), device=dev)
-    x = run_to_end(sample(lambda x, t: dm.model_fn(x, t, {"class_labels": null}), sched, tuple(x_c.shape),
-                          num_inference_steps=total, latents=x_t, start_index=start, eta=0.0, device=dev))
-    return x.clamp(-1, 1).cpu()
+    return teacher_samples(dm, x_t, total, start_index=start, scheduler=sched)
 
 
 @torch.no_grad()
-def teacher_samples(dm, z: torch.Tensor, steps: int) -> torch.Tensor:
-    """The teacher's deterministic DDIM sample (null class) from noises ``z``."""
-    sched = make_scheduler("ddim", dm.scheduler_config, dm.prediction_type)
+def teacher_samples(dm, z: torch.Tensor, steps: int, start_index: int = 0, scheduler=None) -> torch.Tensor:
+    """The teacher's deterministic DDIM sample (null class) from ``z`` (noises, or with ``start_index``
+    images already noised to that step's level), clamped to [-1, 1], on the CPU."""
+    sched = scheduler or make_scheduler("ddim", dm.scheduler_config, dm.prediction_type)
     dev = device_of(dm.unet)
     null = torch.full((z.shape[0],), int(dm.info.get("null_class", 10)), device=dev)
     x = run_to_end(sample(lambda x, t: dm.model_fn(x, t, {"class_labels": null}), sched, tuple(z.shape),
-                          num_inference_steps=steps, latents=z, eta=0.0, device=dev))
+                          num_inference_steps=steps, latents=z, start_index=start_index, eta=0.0, device=dev))
     return x.clamp(-1, 1).cpu()
 
 

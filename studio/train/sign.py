@@ -66,15 +66,19 @@ def ign_losses(f: Callable, f_copy: Callable, x: torch.Tensor, z: torch.Tensor,
     """IGN's three terms (means over the batch), each with the gradient routing of the paper's code."""
     fx = f(x)
     fz = f(z)
+    return {"rec": distance(fx, x).mean(), **idem_tight(f, f_copy, z, fz, a), "fz": fz}
+
+
+def idem_tight(f: Callable, f_copy: Callable, z: torch.Tensor, fz: torch.Tensor,
+               a: float = TIGHT_CLAMP) -> dict[str, torch.Tensor]:
+    """IGN's idempotence and (clamped) tightness terms for noises ``z`` with ``fz = f(z)`` already computed."""
     f_z = fz.detach()
     ff_z = f(f_z)  # outer f trainable, inner output detached: tightness
     f_fz = f_copy(fz)  # outer f frozen, gradient through the inner f: idempotence
-    rec = distance(fx, x)
-    idem = distance(f_fz, fz)
     ref = distance(f_z, z)
     tight = -distance(ff_z, f_z)
     tight = torch.tanh(tight / (a * ref)) * a * ref
-    return {"rec": rec.mean(), "idem": idem.mean(), "tight": tight.mean(), "fz": fz}
+    return {"idem": distance(f_fz, fz).mean(), "tight": tight.mean()}
 
 
 def dmd_loss(x: torch.Tensor, real_eps: Callable, fake_eps: Callable, alphas_cumprod: torch.Tensor,
@@ -167,25 +171,28 @@ RECIPES = {  # steps per phase: "warmup" = regression + reconstruction; "joint" 
 SHORT = {"sign": {"warmup": 300, "joint": 100}, "ign": {"warmup": 0, "joint": 400}}
 
 
-def build_f(method: str, seed: int = 0):
-    """f for ``method``: SIGN starts from the teacher's weights, IGN from a random UNet."""
+def build_f(method: str, seed: int = 0, teacher: torch.nn.Module | None = None):
+    """f for ``method``: SIGN starts from the teacher's weights (``teacher``: its UNet, loaded from
+    the zoo when not given), IGN from a random UNet."""
     from studio.nets.idempotent import IdempotentNet
     from studio.nets.unets import digits_unet
 
     torch.manual_seed(seed)
     unet = digits_unet()
     if method == "sign":
-        from studio.core.loading import load_zoo
-
-        unet.load_state_dict(load_zoo("digits-cond").unet.state_dict())
+        unet.load_state_dict((teacher if teacher is not None else teacher_unet()).state_dict())
     return IdempotentNet(unet.float().train().requires_grad_(True))
 
 
-def build_fake_score():
-    """DMD's fake score: a trainable copy of the teacher's epsilon network (null class)."""
+def teacher_unet() -> torch.nn.Module:
     from studio.core.loading import load_zoo
 
-    return copy.deepcopy(load_zoo("digits-cond").unet).float().train().requires_grad_(True)
+    return load_zoo("digits-cond").unet
+
+
+def build_fake_score(teacher: torch.nn.Module | None = None):
+    """DMD's fake score: a trainable copy of the teacher's epsilon network (null class)."""
+    return copy.deepcopy(teacher if teacher is not None else teacher_unet()).float().train().requires_grad_(True)
 
 
 def sign_step(f, f_copy, fake, teacher, batch: dict, alphas_cumprod, gen, *, joint: bool) -> dict[str, torch.Tensor]:
@@ -197,11 +204,7 @@ def sign_step(f, f_copy, fake, teacher, batch: dict, alphas_cumprod, gen, *, joi
     fx, fz = out[:b], out[b:]
     terms = {"rec": distance(fx, x).mean(), "reg": distance(fz, target).mean()}
     if joint:
-        f_z = fz.detach()
-        tight = -distance(f(f_z), f_z)
-        ref = distance(f_z, z)
-        terms["tight"] = (torch.tanh(tight / (TIGHT_CLAMP * ref)) * TIGHT_CLAMP * ref).mean()
-        terms["idem"] = distance(f_copy(fz), fz).mean()
+        terms.update(idem_tight(f, f_copy, z, fz))
         null = torch.full((b,), 10)
         terms["dmd"] = dmd_loss(fz, lambda xt, t: teacher(xt, t, class_labels=null).sample,
                                 lambda xt, t: fake(xt, t, class_labels=null).sample, alphas_cumprod, gen)
@@ -241,17 +244,15 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
     total = recipe["warmup"] + recipe["joint"]
     ckpt = Checkpoint(run_name, root)
 
-    f = build_f(method, seed)
-    ema_holder = build_f(method, seed)
+    teacher = teacher_unet() if method == "sign" else None  # loaded once: f, the EMA and the fake start from it
+    f = build_f(method, seed, teacher)
+    ema_holder = build_f(method, seed, teacher)
     lr, betas = (SIGN_LR, (0.5, 0.999)) if method == "sign" else (IGN_LR, IGN_BETAS)
     opt = torch.optim.Adam(f.parameters(), lr=lr, betas=betas)
     modules = {"f": f, "ema": ema_holder}
-    fake = teacher = fake_opt = None
+    fake = fake_opt = None
     if method == "sign":
-        fake = build_fake_score()
-        from studio.core.loading import load_zoo
-
-        teacher = load_zoo("digits-cond").unet
+        fake = build_fake_score(teacher)
         fake_opt = torch.optim.Adam(fake.parameters(), lr=FAKE_LR)
         modules["fake"] = fake
     step, seconds, history = 0, 0.0, []
