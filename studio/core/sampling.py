@@ -24,7 +24,7 @@ from studio.core.device import make_generator
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
-SchedulerName = Literal["ddpm", "ddim", "dpm++", "euler", "euler-a", "unipc", "flow-euler"]
+SchedulerName = Literal["ddpm", "ddim", "dpm++", "euler", "euler-a", "unipc", "flow-euler", "lcm"]
 SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)
 # diffusers class names; resolved on first use, since importing diffusers takes seconds and
 # the app should answer its first request before that (see scheduler_class)
@@ -36,10 +36,12 @@ SCHEDULERS = {
     "euler-a": "EulerAncestralDiscreteScheduler",
     "unipc": "UniPCMultistepScheduler",
     "flow-euler": "FlowMatchEulerDiscreteScheduler",
+    "lcm": "LCMScheduler",
 }
 SCHEDULER_LABELS = {
     "ddpm": "DDPM (ancestral)", "ddim": "DDIM (deterministic)", "dpm++": "DPM-Solver++ (multistep)",
     "euler": "Euler", "euler-a": "Euler ancestral", "unipc": "UniPC", "flow-euler": "Flow-matching Euler",
+    "lcm": "LCM (few-step models: x0, then re-noise)",
 }
 FLOW_SCHEDULERS = ("flow-euler", "dpm++", "unipc")  # those that can run a flow-matching model
 
@@ -69,7 +71,8 @@ def make_scheduler(name: str, base_config: dict, prediction_type: str = "epsilon
     elif name == "flow-euler":
         raise SchedulerError(f"'flow-euler' needs a flow-matching model; this model predicts {prediction_type!r}")
     cls = scheduler_class(name)
-    config = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
+    accepted = inspect.signature(cls.__init__).parameters  # another scheduler's keys would only draw warnings
+    config = {k: v for k, v in dict(base_config).items() if not k.startswith("_") and k in accepted}
     if name == "dpm++":
         overrides.setdefault("algorithm_type", "dpmsolver++")
     return cls.from_config(config, **overrides)
