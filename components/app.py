@@ -16,6 +16,7 @@ from components.edit_tab import build_edit_tab
 from components.generate_tab import build_generate_tab
 from components.forecast_tab import build_forecast_tab
 from components.guide_tab import build_guide_tab
+from components.tune_tab import build_tune_tab
 from components.models_tab import build_models_tab
 
 HEADER = """\
@@ -34,7 +35,11 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
 
 def build_app(manager: ModelManager | None = None) -> gr.Blocks:
     """The studio's Blocks (no model is loaded here; they load on first use)."""
-    manager = manager if manager is not None else default_manager()
+    if manager is None:
+        from studio.methods.tune import register_saved
+
+        manager = default_manager()
+        register_saved(manager)  # tuned models saved in earlier sessions
     with gr.Blocks(title="Diffusion Studio", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown(HEADER)
         with gr.Tabs():
@@ -48,6 +53,8 @@ def build_app(manager: ModelManager | None = None) -> gr.Blocks:
                 build_forecast_tab(manager)
             with gr.Tab("Edit", id="edit"):
                 build_edit_tab(manager)
+            with gr.Tab("Tune", id="tune"):
+                build_tune_tab(manager)
             with gr.Tab("Models", id="models") as models_tab:
                 build_models_tab(manager, models_tab)
     demo.queue(max_size=64)

@@ -74,3 +74,18 @@ def training_chart(losses: list[float], total: int, height: int = 240):
                       template="plotly_white", height=height, margin={"l": 50, "r": 10, "t": 40, "b": 30},
                       xaxis_title="x10 steps")
     return fig
+
+
+def loss_chart(history: list[dict], total: int, keys: tuple[str, ...], title: str = "training loss", height: int = 260):
+    """Losses per step from a training history (rows of {"step": ..., key: value}), one line per key."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    steps = [row["step"] for row in history]
+    for key in keys:
+        if any(key in row for row in history):
+            fig.add_trace(go.Scatter(x=steps, y=[row.get(key) for row in history], mode="lines", name=key))
+    fig.update_layout(title=f"{title} ({steps[-1] if steps else 0} / {total} steps)", template="plotly_white",
+                      height=height, margin={"l": 50, "r": 10, "t": 40, "b": 30}, xaxis_title="step",
+                      legend={"orientation": "h", "y": -0.25})
+    return fig

@@ -119,3 +119,16 @@ def tiny_sd_folder(tmp_path_factory, request):
     folder = tmp_path_factory.mktemp("pipelines") / f"tiny-sd-{request.param}"
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+@pytest.fixture
+def fewstep_manager(tiny_manager):
+    """``tiny_manager`` plus a random tiny few-step (x0-predicting, LCM) model under 'digits-fewstep'."""
+    from studio.core.loading import DiffusionModel
+    from studio.train.boot import DISTILLED, lcm_scheduler_config
+
+    info = {"kind": "diffusion", "conditioning": "class", "null_class": 10, "few_step": list(DISTILLED),
+            "prediction_type": "sample", "default_scheduler": "lcm"}
+    tiny_manager.register("digits-fewstep", lambda: DiffusionModel(
+        "digits-fewstep", tiny_digits_unet(), lcm_scheduler_config(), "sample", "class", info), info=info)
+    return tiny_manager

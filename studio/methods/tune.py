@@ -587,3 +587,24 @@ def load_tuned(folder: Path, base: DiffusionModel) -> DiffusionModel:
     tuned.name, tuned.unet = folder.name, unet
     tuned.info = {**base.info, "tuned_from": meta["base"], "pso": meta}
     return tuned
+
+
+def register_saved(manager, root: Path | None = None) -> list[str]:
+    """Register every saved tuned model (``<root>/<name>/``) whose base is a zoo entry; returns the names."""
+    from studio.core.loading import load_zoo, read_manifest
+
+    folder_root = root or tuned_dir()
+    zoo = read_manifest()
+    names = []
+    for folder in sorted(folder_root.glob("*/tuned.json")) if folder_root.is_dir() else []:
+        folder = folder.parent
+        try:
+            base = json.loads((folder / "tuned.json").read_text())["base"]
+        except (ValueError, KeyError, OSError):
+            continue
+        if base not in zoo or folder.name in manager or not NAME_RE.match(folder.name):
+            continue
+        manager.register(folder.name, lambda f=folder, b=base: load_tuned(f, load_zoo(b)),
+                         info={**manager.info(base), "tuned_from": base} if base in manager else {"tuned_from": base})
+        names.append(folder.name)
+    return names

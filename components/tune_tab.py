@@ -1,0 +1,300 @@
+"""Tune tab (PSO): tune a few-step model towards a handful of target images, watch it train, compare.
+
+Targets are a bundled style set (the 16 thickest or thinnest real digits) or the user's own
+drawings and uploads (2 to 16, all showing one digit). Train starts a run in a background thread
+(one run at a time for the whole app; anyone else who presses Train is told who is training and
+how far it got, and every open page shows the run's progress): a live loss plot, and every N
+steps a fixed-seed validation grid at 1, 2 and 4 steps. Stop ends the run early and keeps the
+adapter trained so far. At the end the tuned model is registered as ``<base>-tuned`` (usable in
+the Generate tab at once), the before / after grid is shown, and Save stores the adapter as a
+named model (safetensors) that later sessions find again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import gradio as gr
+import numpy as np
+import torch
+
+from studio.core.manager import ModelManager
+from studio.core.params import ParamError, coerce, validate
+from studio.core.results import png_bytes, to_grid
+from studio.data.drawings import MAX_BYTES, DrawingError, open_image, to_digit
+from studio.methods import tune
+from studio.plots import loss_chart
+from components.widgets import PngFolder, param_inputs, shows_errors
+
+log = logging.getLogger(__name__)
+TILE = 48  # pixels per digit in the grids
+LOSS_KEYS = ("loss", "pair", "L_w", "L_l")
+STYLE_LABELS = {"thick": "thick strokes (16 real digits)", "thin": "thin strokes (16 real digits)",
+                "custom": "my drawings / uploads"}
+LOSS_LABELS = {"dpo": "PSO, DPO form (reference: adapter off)", "hinge": "PSO, hinge form (released scripts)",
+               "plain": "plain diffusion loss (baseline)"}
+
+
+@dataclass
+class JobState:
+    status: str = "idle"  # idle | running | done | stopped | failed
+    owner: str = ""
+    step: int = 0
+    total: int = 0
+    history: list = field(default_factory=list)
+    first_grid: torch.Tensor | None = None
+    grid: torch.Tensor | None = None
+    grid_step: int = 0
+    message: str = ""
+    params: dict = field(default_factory=dict)
+    key: str = ""
+    version: int = 0
+
+
+class TrainingJob:
+    """The app's one tuning run, in a background thread; :meth:`snapshot` is what pages poll."""
+
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.state = JobState()
+        self.tuned: tune.Tuned | None = None
+        self.base = None
+
+    def snapshot(self) -> JobState:
+        with self._lock:
+            return copy.copy(self.state)
+
+    def _update(self, **changes) -> None:
+        with self._lock:
+            for k, v in changes.items():
+                setattr(self.state, k, v)
+            self.state.version += 1
+
+    def start(self, owner: str, p: tune.TuneParams, images: torch.Tensor, labels: list) -> None:
+        with self._lock:
+            if self.state.status == "running":
+                s = self.state
+                raise ParamError(f"busy: another session is training ({s.params.get('style')} targets, step "
+                                 f"{s.step} / {s.total}); its progress shows here, try again when it finishes")
+            self._stop.clear()
+            self.state = JobState(status="running", owner=owner, total=p.steps, params=vars(p).copy(),
+                                  version=self.state.version + 1, message="sampling the reference images...")
+        threading.Thread(target=self._run, args=(p, images, labels), daemon=True, name="pso-training").start()
+
+    def stop(self, owner: str) -> str:
+        s = self.snapshot()
+        if s.status != "running":
+            return "nothing is training"
+        if s.owner != owner:
+            raise ParamError("this run belongs to another session; only the session that started it can stop it")
+        self._stop.set()
+        return "stopping after this step; the adapter trained so far is kept"
+
+    def _run(self, p: tune.TuneParams, images: torch.Tensor, labels: list) -> None:
+        try:
+            with self.manager.use(p.base) as dm:
+                base = dm
+                for item in tune.tune(dm, images, labels, p, stop=self._stop.is_set):
+                    if isinstance(item, tune.TrainProgress):
+                        changes = {"step": item.step, "message": ""}
+                        if item.losses:
+                            changes["history"] = self.state.history + [{"step": item.step, **item.losses}]
+                        if item.grid is not None:
+                            changes.update(grid=item.grid, grid_step=item.step)
+                            if item.step == 0:
+                                changes["first_grid"] = item.grid
+                        self._update(**changes)
+                    else:
+                        self.tuned, self.base = item, base
+            key = f"{p.base}-tuned"
+            model = self.tuned.model(self.base, key)
+            try:
+                self.manager.register(key, lambda: model, replace=True,
+                                      info={**self.manager.info(p.base), "tuned_from": p.base})
+                note = f"registered as {key!r} (try it in the Generate tab); Save keeps it across sessions"
+            except RuntimeError as exc:  # the previous tuned model is being used right now
+                key, note = "", f"not registered: {exc}"
+            stopped = self._stop.is_set()
+            self._update(status="stopped" if stopped else "done", key=key, params=self.tuned.params,
+                         message=f"{'stopped' if stopped else 'finished'} after {self.tuned.params['trained_steps']} "
+                                 f"steps in {self.tuned.seconds:.0f} s; {note}")
+        except Exception as exc:  # the page shows it; the server keeps serving
+            if not isinstance(exc, ParamError):
+                log.exception("PSO training failed")
+            self._update(status="failed", message=str(exc) if isinstance(exc, ParamError) else
+                         f"{type(exc).__name__}: {exc}")
+
+
+def describe(s: JobState, me: str) -> str:
+    who = "your run" if s.owner == me else "another session's run"
+    if s.status == "idle":
+        return "No training yet. Choose targets and press **Train**."
+    if s.status == "running":
+        return f"**Training** ({who}): step {s.step} / {s.total}. {s.message}"
+    if s.status == "failed":
+        return f"**Training failed** ({who}): {s.message}"
+    return f"**{s.status.capitalize()}** ({who}): {s.message}"
+
+
+def custom_targets(uploads, drawings: list, digit: int) -> tuple[torch.Tensor, list[int], list[str]]:
+    """The user's targets as (N, 1, 16, 16) digits, their labels and notes; uploads must share one size."""
+    arrays, notes, sizes = [], [], {}
+    for path in uploads or []:
+        name = str(path).rsplit("/", 1)[-1]
+        try:
+            image, opened = open_image(path)
+        except DrawingError as exc:
+            raise ParamError(f"{name}: {exc}") from None
+        sizes.setdefault(image.size, name)
+        try:
+            arr, steps = to_digit(image)
+        except DrawingError as exc:
+            raise ParamError(f"{name}: {exc}") from None
+        arrays.append(arr)
+        notes += opened + steps
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h} ({n})" for (w, h), n in list(sizes.items())[:3])
+        raise ParamError(f"the uploaded targets have different sizes: {shown}; upload images of one size")
+    arrays += list(drawings or [])
+    if len(arrays) < tune.MIN_TARGETS:
+        raise ParamError(f"PSO needs at least {tune.MIN_TARGETS} target images (drawn or uploaded), got {len(arrays)}")
+    if len(arrays) > tune.MAX_TARGETS:
+        raise ParamError(f"at most {tune.MAX_TARGETS} target images, got {len(arrays)}")
+    images = torch.from_numpy(np.stack(arrays)).float()
+    return images, [int(digit)] * len(arrays), sorted(set(notes))
+
+
+def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
+    bases = [k for k in manager.keys() if manager.info(k).get("few_step")] or [tune.BASE]
+    job = TrainingJob(manager)
+    pngs = PngFolder()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=300):
+            inputs = param_inputs(tune.TuneParams, choices={"base": bases}, id_prefix="pso-",
+                                  labels={"style": STYLE_LABELS, "loss": LOSS_LABELS})
+            with gr.Group(visible=False) as custom_box:
+                digit = gr.Number(value=4, precision=0, minimum=0, maximum=9, label="Digit shown in your targets",
+                                  elem_id="pso-digit")
+                uploads = gr.File(label=f"Upload 2-16 images of one size (up to {MAX_BYTES // 2**20} MB each)",
+                                  file_count="multiple", file_types=["image"], type="filepath", height=100,
+                                  elem_id="pso-uploads")
+                sketch = gr.Sketchpad(label="...or draw targets one by one", type="numpy", image_mode="RGBA",
+                                      canvas_size=(256, 256), height=280, layers=False, transforms=(),
+                                      placeholder="Pick the brush (left), then draw",
+                                      brush=gr.Brush(colors=["#000000"], default_size=24), elem_id="pso-sketch")
+                with gr.Row():
+                    add_btn = gr.Button("Add drawing", elem_id="pso-add-btn")
+                    clear_btn = gr.Button("Clear drawings", elem_id="pso-clear-btn")
+                drawn_info = gr.Markdown("0 drawings added.", elem_id="pso-drawn-info")
+            with gr.Row():
+                train_btn = gr.Button("Train", variant="primary", elem_id="pso-train-btn")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="pso-stop-btn")
+            with gr.Row():
+                save_name = gr.Textbox(label="Save the tuned model as", placeholder="e.g. thick-digits",
+                                       max_length=40, scale=3, elem_id="pso-save-name")
+                save_btn = gr.Button("Save", scale=1, elem_id="pso-save-btn")
+        with gr.Column(scale=3, min_width=320):
+            status = gr.Markdown(describe(job.snapshot(), ""), elem_id="pso-status")
+            plot = gr.Plot(label="Training loss", elem_id="pso-plot")
+            val_grid = gr.Image(label="Fixed-seed validation samples (rows: digits; columns: 1, 2, 4 steps)",
+                                type="pil", interactive=False, height=300, elem_id="pso-val-grid")
+            compare = gr.Image(label="Before | after (columns: 1, 2, 4 steps untuned, then 1, 2, 4 steps tuned)",
+                               type="pil", interactive=False, height=300, elem_id="pso-after-grid")
+            download = gr.File(label="Before / after grid (PNG with the run's parameters)", interactive=False,
+                               height=60, elem_id="pso-download")
+            params_json = gr.JSON(label="Parameters", open=False)
+    drawings = gr.State([])
+    seen = gr.State(-1)
+    timer = gr.Timer(1.0)
+
+    inputs["style"].change(lambda s: gr.update(visible=s == "custom"), inputs=[inputs["style"]], outputs=[custom_box],
+                           queue=False, api_visibility="private")
+
+    @shows_errors
+    def add_drawing(sketch_value, current):
+        comp = sketch_value.get("composite") if isinstance(sketch_value, dict) else None
+        if comp is None:
+            raise ParamError("draw a digit first (pick the brush on the left of the canvas)")
+        try:
+            arr, _ = to_digit(comp)
+        except DrawingError as exc:
+            raise ParamError(str(exc)) from None
+        if len(current) >= tune.MAX_TARGETS:
+            raise ParamError(f"at most {tune.MAX_TARGETS} targets")
+        current = [*current, arr]
+        return current, f"{len(current)} drawing(s) added.", None
+
+    add_btn.click(add_drawing, inputs=[sketch, drawings], outputs=[drawings, drawn_info, sketch],
+                  api_visibility="private")
+    clear_btn.click(lambda: ([], "0 drawings added."), outputs=[drawings, drawn_info], queue=False,
+                    api_visibility="private")
+
+    @shows_errors
+    def start(request: gr.Request, **values):
+        digit_value, upload_files, drawn = values.pop("digit"), values.pop("uploads"), values.pop("drawings")
+        p = coerce(tune.TuneParams, values)
+        validate(p)
+        if p.style == "custom":
+            try:
+                d = int(digit_value)
+            except (TypeError, ValueError):
+                raise ParamError("the digit shown in your targets must be 0 to 9") from None
+            if not 0 <= d <= 9:
+                raise ParamError("the digit shown in your targets must be 0 to 9")
+            images, labels, notes = custom_targets(upload_files, drawn, d)
+        else:
+            images, labels = tune.style_set(p.style)
+            notes = []
+        job.start(request.session_hash or "", p, images, labels)
+        return describe(job.snapshot(), request.session_hash or "") + (" Targets: " + "; ".join(notes) if notes else "")
+
+    train_btn.click(start, inputs_kwargs={**inputs, "digit": digit, "uploads": uploads, "drawings": drawings},
+                    outputs=[status], api_name="pso_train", concurrency_limit=4)
+
+    @shows_errors
+    def stop(request: gr.Request):
+        return job.stop(request.session_hash or "")
+
+    stop_btn.click(stop, outputs=[status], api_name="pso_stop", queue=False)
+
+    def poll(last_seen, request: gr.Request):
+        s = job.snapshot()
+        if s.version == last_seen:
+            return [gr.skip()] * 7
+        me = request.session_hash or ""
+        out = [s.version, describe(s, me),
+               loss_chart(s.history, s.total, LOSS_KEYS, "PSO loss") if s.history else gr.skip(),
+               to_grid(s.grid, TILE // s.grid.shape[-1]) if s.grid is not None else gr.skip(),
+               gr.skip(), gr.skip(), gr.skip()]
+        if s.status in ("done", "stopped") and s.first_grid is not None and s.grid is not None:
+            both = torch.cat([s.first_grid, s.grid], 1)
+            image = to_grid(both, TILE // both.shape[-1])
+            out[4] = image
+            out[5] = pngs.write_file("pso-before-after.png", png_bytes(image, s.params))
+            out[6] = s.params
+        return out
+
+    timer.tick(poll, inputs=[seen], outputs=[seen, status, plot, val_grid, compare, download, params_json],
+               api_visibility="private", concurrency_limit=None, show_progress="hidden")
+
+    @shows_errors
+    def save(name):
+        s = job.snapshot()
+        if s.status not in ("done", "stopped") or job.tuned is None:
+            raise ParamError("train a model first (or wait for the run to finish)")
+        name = tune.check_name(name)
+        if name in manager:
+            raise ParamError(f"a model named {name!r} already exists; choose another name")
+        folder = tune.save_tuned(job.tuned, name)
+        model = job.tuned.model(job.base, name)
+        manager.register(name, lambda: model, info={**manager.info(s.params["base"]), "tuned_from": s.params["base"]})
+        return f"Saved as **{name}** ({folder / 'adapter.safetensors'}); it is in the model lists now."
+
+    save_btn.click(save, inputs=[save_name], outputs=[status], api_name="pso_save")
+    return {**inputs, "train": train_btn, "stop": stop_btn, "status": status, "plot": plot, "val_grid": val_grid,
+            "compare": compare, "save": save_btn, "job": job}

@@ -1,0 +1,111 @@
+"""The Tune tab through its API (gradio_client), on a tiny random few-step model: a run in the
+background that registers the tuned model, one run at a time, Stop, Save, and bad inputs."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from tests.test_app import free_port
+
+
+@pytest.fixture
+def tune_app(fewstep_manager, tmp_path, monkeypatch):
+    from components import build_app
+
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
+    demo = build_app(fewstep_manager)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), ssr_mode=False, quiet=True)
+    try:
+        yield demo.local_url, fewstep_manager, tmp_path
+    finally:
+        demo.close()
+
+
+def client(url, tmp_path):
+    return Client(url, verbose=False, download_files=str(tmp_path))
+
+
+def train(c, **kw):
+    kw.setdefault("uploads", [])
+    return c.predict(**kw, api_name="/pso_train")
+
+
+def wait_for(condition, seconds=120):
+    end = time.time() + seconds
+    while time.time() < end:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_train_registers_the_tuned_model_and_save_keeps_it(tune_app):
+    url, manager, tmp_path = tune_app
+    me = client(url, tmp_path)
+    with pytest.raises(AppError, match="train a model first"):
+        me.predict("thick-1", api_name="/pso_save")
+    status = train(me, style="thick", loss="dpo", steps=3, lora_rank=2, n_refs=1, validate_every=2, seed=1)
+    assert "Training" in status
+    assert wait_for(lambda: "digits-fewstep-tuned" in manager)
+    with manager.use("digits-fewstep-tuned") as dm:
+        assert dm.info["pso"]["trained_steps"] == 3 and dm.info["pso"]["loss"] == "dpo"
+    with pytest.raises(AppError, match="lower-case"):
+        me.predict("../escape", api_name="/pso_save")
+    saved = me.predict("thick-1", api_name="/pso_save")
+    assert "thick-1" in saved and "thick-1" in manager
+    assert (tmp_path / "home" / "tuned" / "thick-1" / "adapter.safetensors").exists()
+    with pytest.raises(AppError, match="already exists"):
+        me.predict("thick-1", api_name="/pso_save")
+    assert all(row["in use"] == 0 for row in manager.status())
+
+
+def test_one_run_at_a_time_and_only_its_owner_stops_it(tune_app):
+    url, manager, tmp_path = tune_app
+    first, second = client(url, tmp_path), client(url, tmp_path)
+    train(first, style="thin", steps=2000, lora_rank=2, n_refs=1)
+    with pytest.raises(AppError, match="busy: another session is training"):
+        train(second, style="thick", steps=2)
+    with pytest.raises(AppError, match="another session"):
+        second.predict(api_name="/pso_stop")
+    assert "stopping" in first.predict(api_name="/pso_stop")
+    assert wait_for(lambda: "digits-fewstep-tuned" in manager)
+    with manager.use("digits-fewstep-tuned") as dm:
+        assert 0 < dm.info["pso"]["trained_steps"] < 2000  # stopped early; the adapter so far is kept
+
+
+def _image(tmp_path, name, size):
+    arr = np.full((size[1], size[0]), 255, np.uint8)
+    arr[size[1] // 4: 3 * size[1] // 4, size[0] // 2 - 2: size[0] // 2 + 2] = 0
+    path = tmp_path / name
+    Image.fromarray(arr).save(path)
+    return handle_file(str(path))
+
+
+def test_bad_targets_get_messages(tune_app):
+    url, manager, tmp_path = tune_app
+    me = client(url, tmp_path)
+    with pytest.raises(AppError, match="at least 2"):
+        train(me, style="custom", digit=1, uploads=[_image(tmp_path, "a.png", (32, 32))])
+    with pytest.raises(AppError, match="different sizes"):
+        train(me, style="custom", digit=1, uploads=[_image(tmp_path, "a.png", (32, 32)),
+                                                     _image(tmp_path, "b.png", (40, 30))])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(AppError, match="notes.png"):
+        train(me, style="custom", digit=1, uploads=[handle_file(str(text)), _image(tmp_path, "a.png", (32, 32))])
+    with pytest.raises(AppError, match="0 to 9|maximum value 9"):
+        train(me, style="custom", digit=12, uploads=[_image(tmp_path, "a.png", (32, 32))] * 2)
+    with pytest.raises(AppError, match="LoRA rank"):
+        train(me, style="thick", lora_rank=0)
+    assert "digits-fewstep-tuned" not in manager
+    status = train(me, style="custom", digit=1, uploads=[_image(tmp_path, "a.png", (32, 32)),
+                                                          _image(tmp_path, "c.png", (32, 32))],
+                        steps=2, lora_rank=2, n_refs=1)
+    assert "Training" in status
+    assert wait_for(lambda: "digits-fewstep-tuned" in manager)
