@@ -16,6 +16,7 @@ import copy
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -141,32 +142,37 @@ def describe(s: JobState, me: str) -> str:
     return f"**{s.status.capitalize()}** ({who}): {s.message}"
 
 
-def custom_targets(uploads, drawings: list, digit: int) -> tuple[torch.Tensor, list[int], list[str]]:
-    """The user's targets as (N, 1, 16, 16) digits, their labels and notes; uploads must share one size."""
+def read_uploads(paths) -> tuple[list, str]:
+    """Uploaded files (paths Gradio has checked) -> 16 x 16 digit arrays and a note; one size for all."""
     arrays, notes, sizes = [], [], {}
-    for path in uploads or []:
-        name = str(path).rsplit("/", 1)[-1]
+    for path in paths or []:
+        name = Path(path).name
         try:
-            image, opened = open_image(path)
-        except DrawingError as exc:
-            raise ParamError(f"{name}: {exc}") from None
-        sizes.setdefault(image.size, name)
-        try:
+            if Path(path).stat().st_size > MAX_BYTES:
+                raise DrawingError(f"larger than {MAX_BYTES // 2**20} MB")
+            image, opened = open_image(Path(path).read_bytes())
             arr, steps = to_digit(image)
         except DrawingError as exc:
             raise ParamError(f"{name}: {exc}") from None
+        sizes.setdefault(image.size, name)
         arrays.append(arr)
         notes += opened + steps
     if len(sizes) > 1:
         shown = ", ".join(f"{w}x{h} ({n})" for (w, h), n in list(sizes.items())[:3])
         raise ParamError(f"the uploaded targets have different sizes: {shown}; upload images of one size")
-    arrays += list(drawings or [])
+    if len(arrays) > tune.MAX_TARGETS:
+        raise ParamError(f"at most {tune.MAX_TARGETS} target images, got {len(arrays)}")
+    return arrays, (f"{len(arrays)} upload(s) read" + (": " + "; ".join(sorted(set(notes))) if notes else "") + ".")
+
+
+def custom_targets(uploaded: list, drawings: list, digit: int) -> tuple[torch.Tensor, list[int]]:
+    """The user's targets (uploads, then drawings) as (N, 1, 16, 16) digits and their labels."""
+    arrays = [*(uploaded or []), *(drawings or [])]
     if len(arrays) < tune.MIN_TARGETS:
         raise ParamError(f"PSO needs at least {tune.MIN_TARGETS} target images (drawn or uploaded), got {len(arrays)}")
     if len(arrays) > tune.MAX_TARGETS:
         raise ParamError(f"at most {tune.MAX_TARGETS} target images, got {len(arrays)}")
-    images = torch.from_numpy(np.stack(arrays)).float()
-    return images, [int(digit)] * len(arrays), sorted(set(notes))
+    return torch.from_numpy(np.stack(arrays)).float(), [int(digit)] * len(arrays)
 
 
 def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
@@ -209,6 +215,7 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                                height=60, elem_id="pso-download")
             params_json = gr.JSON(label="Parameters", open=False)
     drawings = gr.State([])
+    uploaded = gr.State([])
     seen = gr.State(-1)
     timer = gr.Timer(1.0)
 
@@ -235,8 +242,16 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                     api_visibility="private")
 
     @shows_errors
+    def read(paths):
+        arrays, note = read_uploads(paths)
+        return arrays, note
+
+    uploads.upload(read, inputs=[uploads], outputs=[uploaded, drawn_info], api_name="pso_upload", concurrency_limit=4)
+    uploads.clear(lambda: ([], ""), outputs=[uploaded, drawn_info], queue=False, api_visibility="private")
+
+    @shows_errors
     def start(request: gr.Request, **values):
-        digit_value, upload_files, drawn = values.pop("digit"), values.pop("uploads"), values.pop("drawings")
+        digit_value, upload_arrays, drawn = values.pop("digit"), values.pop("uploaded"), values.pop("drawings")
         p = coerce(tune.TuneParams, values)
         validate(p)
         if p.style == "custom":
@@ -246,15 +261,15 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                 raise ParamError("the digit shown in your targets must be 0 to 9") from None
             if not 0 <= d <= 9:
                 raise ParamError("the digit shown in your targets must be 0 to 9")
-            images, labels, notes = custom_targets(upload_files, drawn, d)
+            images, labels = custom_targets(upload_arrays, drawn, d)
         else:
             images, labels = tune.style_set(p.style)
-            notes = []
         job.start(request.session_hash or "", p, images, labels)
-        return describe(job.snapshot(), request.session_hash or "") + (" Targets: " + "; ".join(notes) if notes else "")
+        return describe(job.snapshot(), request.session_hash or "")
 
-    train_btn.click(start, inputs_kwargs={**inputs, "digit": digit, "uploads": uploads, "drawings": drawings},
-                    outputs=[status], api_name="pso_train", concurrency_limit=4)
+    # plain values (preprocess=False): out-of-range numbers get the studio's messages, which name the input
+    train_btn.click(start, inputs_kwargs={**inputs, "digit": digit, "uploaded": uploaded, "drawings": drawings},
+                    outputs=[status], api_name="pso_train", concurrency_limit=4, preprocess=False)
 
     @shows_errors
     def stop(request: gr.Request):

@@ -31,8 +31,9 @@ def client(url, tmp_path):
     return Client(url, verbose=False, download_files=str(tmp_path))
 
 
-def train(c, **kw):
-    kw.setdefault("uploads", [])
+def train(c, uploads=None, **kw):
+    if uploads:
+        c.predict(uploads, api_name="/pso_upload")
     return c.predict(**kw, api_name="/pso_train")
 
 
