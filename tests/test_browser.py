@@ -243,3 +243,30 @@ def test_draw_corrupt_and_project_in_a_real_browser(sign_url, browser, tmp_path)
     params = served_parameters(page, sign_url, page.locator("#sign-edit-gallery img").first.get_attribute("src"))
     assert (params["source"], params["corruption"], params["k"]) == ("drawing", "noise", 2)
     page.screenshot(path=str(tmp_path / "edit.png"), full_page=True)
+
+
+@pytest.fixture
+def tune_url(fewstep_manager, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
+    with serving(fewstep_manager) as url:
+        yield url
+
+
+def test_tune_trains_and_shows_the_after_grid_in_a_real_browser(tune_url, browser, tmp_path):
+    """Train PSO a few steps on the thick style set: the status follows the run from the background
+    thread, the loss plot and validation grid appear, then the before / after grid; Save names it."""
+    from playwright.sync_api import expect
+
+    page = open_tab(browser, tune_url, "Tune", height=1600)
+    set_number(page, "#pso-param-steps", 4)
+    page.locator("#pso-train-btn").click()
+    expect(page.locator("#pso-after-grid img")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#pso-status")).to_contain_text("finished after 4 steps")
+    expect(page.locator("#pso-status")).to_contain_text("digits-fewstep-tuned")
+    expect(page.locator("#pso-val-grid img")).to_be_visible()
+    expect(page.locator("#pso-plot .js-plotly-plot")).to_be_visible()
+    page.locator("#pso-save-name input, #pso-save-name textarea").first.fill("thick-browser")
+    page.locator("#pso-save-btn").click()
+    expect(page.locator("#pso-status")).to_contain_text("Saved as")
+    assert (tmp_path / "home" / "tuned" / "thick-browser" / "adapter.safetensors").exists()
+    page.screenshot(path=str(tmp_path / "tune.png"), full_page=True)
