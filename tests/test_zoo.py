@@ -29,7 +29,10 @@ def test_every_recipe_has_a_zoo_entry_within_the_size_budget():
 @pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_each_entry_passes_its_checksums_and_loads(zoo_manager, name):
     with zoo_manager.use(name) as obj:
-        if name in ("digits-cond", "shapes-t2i"):
+        if name == "digits-fewstep":
+            assert isinstance(obj, DiffusionModel) and obj.prediction_type == "sample"
+            assert obj.info["few_step"] == [999, 749, 499, 249] and obj.info["default_scheduler"] == "lcm"
+        elif name in ("digits-cond", "shapes-t2i"):
             assert isinstance(obj, DiffusionModel) and obj.unet.dtype == torch.float32
             assert MANIFEST[name]["quality"]["sweep"], "run `studio eval` to record the quality figures"
         elif MANIFEST[name]["kind"] == "judge":
@@ -108,3 +111,23 @@ def test_sign_generator_is_diverse_idempotent_and_projects_noisy_digits(zoo_mana
     assert entropy > 2.1, share  # ln 10 = 2.30; measured 2.26 on 500
     assert idem < 0.05  # measured 0.01
     assert after >= 0.9 and after > before + 0.05, (before, after)  # measured 0.97 vs 0.84 on all 360
+
+
+def test_fewstep_student_draws_the_asked_digit_at_1_2_and_4_steps(zoo_manager):
+    """A live check of the shipped few-step student and of BOOT's one-step g beside it (the full
+    comparison with the teacher is in the benchmark)."""
+    from studio.core.loading import ZOO_DIR, load_module_folder
+    from studio.methods import tune
+
+    labels = [c for c in range(10) for _ in range(8)]
+    seeds = list(range(500, 580))
+    with zoo_manager.use("digits-fewstep") as dm, zoo_manager.use("judge-digits") as judge:
+        fs = tune.FewStep(dm)
+        for steps in (1, 2, 4):
+            acc = metrics.digits_accuracy(judge, fs.sample(labels, seeds, steps), labels).value
+            assert acc >= 0.85, (steps, acc)
+        g = load_module_folder(ZOO_DIR / "digits-fewstep" / "boot")
+        eps = torch.randn(80, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            y0 = g(eps, torch.zeros(80, dtype=torch.long), class_labels=torch.tensor(labels)).sample.clamp(-1, 1)
+        assert metrics.digits_accuracy(judge, y0, labels).value >= 0.85

@@ -7,7 +7,8 @@ JUDGES = ("judge-digits", "fd-digits", "judge-shapes", "fd-shapes")
 GUIDE = ("guide-clean", "guide-noisy", "guide-ppap", "guide-experts")
 FORECAST = ("tsdiff-co2", "tsdiff-elnino", "tsdiff-sunspots", "tsdiff-unemployment")
 SIGN = ("sign-digits", "ign-digits")
-ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN
+FEWSTEP = ("digits-fewstep",)
+ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0) -> dict:
@@ -38,4 +39,13 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
             warm = round(steps * stages["warmup"] / (stages["warmup"] + stages["joint"]))
             steps_kw = {"warmup": warm, "joint": steps - warm}
         return sign.train(name, seed=seed, **steps_kw)
+    if name in FEWSTEP:
+        from studio.train import boot
+
+        stages = boot.RECIPES[name]
+        steps_kw = {}
+        if steps:  # keep the recipe's share of BOOT steps
+            first = round(steps * stages["boot"] / (stages["boot"] + stages["student"]))
+            steps_kw = {"boot": first, "student": steps - first}
+        return boot.train(name, seed=seed, **steps_kw)
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")

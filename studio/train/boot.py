@@ -167,7 +167,7 @@ def train(name: str = "digits-fewstep", seed: int = 0, *, boot: int | None = Non
     result = {"name": name, "seed": seed, "steps": step, "seconds": round(timer.seconds, 1), "recipe": steps,
               "history": history}
     if export and (boot, student) == (None, None):
-        export_student(name, d, result)
+        export_student(name, d, result, g=g)
     return result
 
 
@@ -181,8 +181,9 @@ def lcm_scheduler_config() -> dict:
                                 prediction_type="sample").config)
 
 
-def export_student(name: str, d: torch.nn.Module, result: dict, zoo=None) -> None:
-    """D (fp16 on disk) as a diffusion-kind zoo folder: x0 ("sample") prediction, LCM scheduler, then MANIFEST."""
+def export_student(name: str, d: torch.nn.Module, result: dict, zoo=None, g: torch.nn.Module | None = None) -> None:
+    """D (fp16 on disk) as a diffusion-kind zoo folder: x0 ("sample") prediction, LCM scheduler, then MANIFEST.
+    BOOT's one-step g rides along in ``boot/`` (the benchmark and the notebook sample it)."""
     import json
 
     from studio.core import lazy
@@ -192,6 +193,8 @@ def export_student(name: str, d: torch.nn.Module, result: dict, zoo=None) -> Non
     zoo = zoo or ZOO_DIR
     folder = zoo / name
     copy.deepcopy(d).to(torch.float16).save_pretrained(folder / "model", safe_serialization=True)
+    if g is not None:
+        copy.deepcopy(g).to(torch.float16).save_pretrained(folder / "boot", safe_serialization=True)
     lazy.diffusers_attr("LCMScheduler").from_config(lcm_scheduler_config()).save_pretrained(folder / "scheduler")
     info = {"kind": "diffusion", "model_class": type(d).__name__, "domain": "digits", "conditioning": "class",
             "null_class": 10, "prediction_type": "sample", "default_guidance": 1.0, "default_scheduler": "lcm",
