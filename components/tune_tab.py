@@ -206,6 +206,8 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                 save_btn = gr.Button("Save", scale=1, elem_id="pso-save-btn")
         with gr.Column(scale=3, min_width=320):
             status = gr.Markdown(describe(job.snapshot(), ""), elem_id="pso-status")
+            target_view = gr.Image(label="Targets of your last Train", type="pil", interactive=False, height=110,
+                                   elem_id="pso-targets")
             plot = gr.Plot(label="Training loss", elem_id="pso-plot")
             val_grid = gr.Image(label="Fixed-seed validation samples (rows: digits; columns: 1, 2, 4 steps)",
                                 type="pil", interactive=False, height=300, elem_id="pso-val-grid")
@@ -265,11 +267,11 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
         else:
             images, labels = tune.style_set(p.style)
         job.start(request.session_hash or "", p, images, labels)
-        return describe(job.snapshot(), request.session_hash or "")
+        return describe(job.snapshot(), request.session_hash or ""), to_grid(images.unsqueeze(0), TILE // images.shape[-1])
 
     # plain values (preprocess=False): out-of-range numbers get the studio's messages, which name the input
     train_btn.click(start, inputs_kwargs={**inputs, "digit": digit, "uploaded": uploaded, "drawings": drawings},
-                    outputs=[status], api_name="pso_train", concurrency_limit=4, preprocess=False)
+                    outputs=[status, target_view], api_name="pso_train", concurrency_limit=4, preprocess=False)
 
     @shows_errors
     def stop(request: gr.Request):

@@ -34,7 +34,9 @@ def client(url, tmp_path):
 def train(c, uploads=None, **kw):
     if uploads:
         c.predict(uploads, api_name="/pso_upload")
-    return c.predict(**kw, api_name="/pso_train")
+    status, targets = c.predict(**kw, api_name="/pso_train")
+    assert Image.open(targets).width > Image.open(targets).height  # the targets in one row
+    return status
 
 
 def wait_for(condition, seconds=120):
@@ -110,3 +112,15 @@ def test_bad_targets_get_messages(tune_app):
                         steps=2, lora_rank=2, n_refs=1)
     assert "Training" in status
     assert wait_for(lambda: "digits-fewstep-tuned" in manager)
+
+
+def test_generate_takes_the_few_step_models_sampler_and_draws_with_it(tune_app):
+    url, manager, tmp_path = tune_app
+    me = client(url, tmp_path)
+    prompt, digit, scheduler, steps, guidance = me.predict("digits-fewstep", api_name="/model_fields")
+    assert (scheduler, steps, guidance) == ("lcm", 4, 1.0)
+    preview, gallery, seed, parameters, info = me.predict(model="digits-fewstep", scheduler="lcm", steps=2,
+                                                          guidance=1.0, n_images=2, api_name="/generate")
+    assert len(gallery) == 2 and parameters["scheduler"] == "lcm"
+    with pytest.raises(AppError, match="at most 4 steps"):
+        me.predict(model="digits-fewstep", scheduler="lcm", steps=8, api_name="/generate")

@@ -90,6 +90,10 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:
             raise ParamError("the prompt is empty; describe one object, e.g. 'a red circle at the top left'")
         try:
             scheduler = make_scheduler(p.scheduler, dm.scheduler_config, dm.prediction_type)
+            most = scheduler.config.get("original_inference_steps") if p.scheduler == "lcm" else None
+            if most is not None and p.steps > most:
+                raise SchedulerError(f"LCM on {p.model!r} takes at most {most} steps (its distilled timesteps); "
+                                     f"got {p.steps}")
             cond, uncond = _conditions(dm, p, manager, p.n_images)
         except (SchedulerError, PromptError) as exc:
             raise ParamError(str(exc)) from None
