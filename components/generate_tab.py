@@ -43,7 +43,7 @@ def build_generate_tab(manager: ModelManager) -> dict[str, gr.components.Compone
     def on_model(model: str):
         show_prompt, show_digit = condition_visibility(manager, model)
         info = manager.info(model) if model in manager else {}
-        # a few-step model brings its own sampler, steps and guidance (e.g. digits-fewstep: LCM, 4, none)
+        # a few-step model brings its own sampler, steps and guidance (e.g. digits-fewstep: DDIM, 4, none)
         defaults = [gr.update(value=info[k]) if k in info else gr.update()
                     for k in ("default_scheduler", "default_steps", "default_guidance")]
         return gr.update(visible=show_prompt), gr.update(visible=show_digit), *defaults

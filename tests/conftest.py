@@ -123,12 +123,12 @@ def tiny_sd_folder(tmp_path_factory, request):
 
 @pytest.fixture
 def fewstep_manager(tiny_manager):
-    """``tiny_manager`` plus a random tiny few-step (x0-predicting, LCM) model under 'digits-fewstep'."""
+    """``tiny_manager`` plus a random tiny few-step (x0-predicting) model under 'digits-fewstep'."""
     from studio.core.loading import DiffusionModel
-    from studio.train.boot import DISTILLED, lcm_scheduler_config
+    from studio.train.boot import DISTILLED, scheduler_config
 
     info = {"kind": "diffusion", "conditioning": "class", "null_class": 10, "few_step": list(DISTILLED),
-            "prediction_type": "sample", "default_scheduler": "lcm", "default_steps": 4, "default_guidance": 1.0}
+            "prediction_type": "sample", "default_scheduler": "ddim", "default_steps": 4, "default_guidance": 1.0}
     tiny_manager.register("digits-fewstep", lambda: DiffusionModel(
-        "digits-fewstep", tiny_digits_unet(), lcm_scheduler_config(), "sample", "class", info), info=info)
+        "digits-fewstep", tiny_digits_unet(), scheduler_config(), "sample", "class", info), info=info)
     return tiny_manager

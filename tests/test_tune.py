@@ -18,7 +18,7 @@ from studio.train import boot
 
 
 def tiny_fewstep(name="digits-fewstep"):
-    return DiffusionModel(name, tiny_digits_unet(), boot.lcm_scheduler_config(), "sample", "class",
+    return DiffusionModel(name, tiny_digits_unet(), boot.scheduler_config(), "sample", "class",
                           {"null_class": 10, "few_step": list(boot.DISTILLED)})
 
 
@@ -217,8 +217,9 @@ def test_fewstep_samples_at_the_distilled_timesteps():
     for steps in (1, 2, 4):
         assert fs.sample([1, 2], [0, 1], steps).shape == (2, 1, 16, 16)
     assert torch.equal(fs.sample([1], [5], 2), fs.sample([1], [5], 2))  # seeded
-    with pytest.raises(ParamError):
-        fs.sample([1], [0], 5)
+    for off_grid in (3, 5):
+        with pytest.raises(ParamError, match="1, 2, 4"):
+            fs.sample([1], [0], off_grid)
 
 
 # --- the real path: a diffusers few-step text-to-image pipeline --------------------------------
@@ -275,6 +276,6 @@ def test_student_exports_as_a_few_step_zoo_entry(tmp_path, monkeypatch):
     boot.export_student("digits-fewstep", tiny_digits_unet(), {"steps": 1, "seconds": 1.0, "recipe": {},
                                                                "history": [{"step": 1, "x0": 0.1}]}, zoo)
     dm = _load_entry(zoo / "digits-fewstep")
-    assert dm.prediction_type == "sample" and dm.info["default_scheduler"] == "lcm"
+    assert dm.prediction_type == "sample" and dm.info["default_scheduler"] == "ddim"
     assert tune.FewStep(dm).timesteps.tolist() == [999, 749, 499, 249]
     assert json.loads((zoo / "MANIFEST.json").read_text())["digits-fewstep"]["recipe"] == "studio train digits-fewstep"

@@ -117,10 +117,11 @@ def test_bad_targets_get_messages(tune_app):
 def test_generate_takes_the_few_step_models_sampler_and_draws_with_it(tune_app):
     url, manager, tmp_path = tune_app
     me = client(url, tmp_path)
-    prompt, digit, scheduler, steps, guidance = me.predict("digits-fewstep", api_name="/model_fields")
-    assert (scheduler, steps, guidance) == ("lcm", 4, 1.0)
-    preview, gallery, seed, parameters, info = me.predict(model="digits-fewstep", scheduler="lcm", steps=2,
+    prompt, digit, *defaults = me.predict("digits-fewstep", api_name="/model_fields")
+    assert [d["value"] for d in defaults] == ["ddim", 4, 1.0]  # updates to the scheduler, steps and guidance
+    preview, gallery, seed, parameters, info = me.predict(model="digits-fewstep", scheduler="ddim", steps=2,
                                                           guidance=1.0, n_images=2, api_name="/generate")
-    assert len(gallery) == 2 and parameters["scheduler"] == "lcm"
-    with pytest.raises(AppError, match="at most 4 steps"):
-        me.predict(model="digits-fewstep", scheduler="lcm", steps=8, api_name="/generate")
+    assert len(gallery) == 2 and parameters["scheduler"] == "ddim"
+    for scheduler, steps in (("ddim", 3), ("lcm", 8)):
+        with pytest.raises(AppError, match="4-step model"):
+            me.predict(model="digits-fewstep", scheduler=scheduler, steps=steps, api_name="/generate")

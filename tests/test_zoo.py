@@ -31,7 +31,7 @@ def test_each_entry_passes_its_checksums_and_loads(zoo_manager, name):
     with zoo_manager.use(name) as obj:
         if name == "digits-fewstep":
             assert isinstance(obj, DiffusionModel) and obj.prediction_type == "sample"
-            assert obj.info["few_step"] == [999, 749, 499, 249] and obj.info["default_scheduler"] == "lcm"
+            assert obj.info["few_step"] == [999, 749, 499, 249] and obj.info["default_scheduler"] == "ddim"
         elif name in ("digits-cond", "shapes-t2i"):
             assert isinstance(obj, DiffusionModel) and obj.unet.dtype == torch.float32
             assert MANIFEST[name]["quality"]["sweep"], "run `studio eval` to record the quality figures"

@@ -92,8 +92,11 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:
             scheduler = make_scheduler(p.scheduler, dm.scheduler_config, dm.prediction_type)
             most = scheduler.config.get("original_inference_steps") if p.scheduler == "lcm" else None
             if most is not None and p.steps > most:
-                raise SchedulerError(f"LCM on {p.model!r} takes at most {most} steps (its distilled timesteps); "
-                                     f"got {p.steps}")
+                raise SchedulerError(f"LCM on {p.model!r} takes at most {most} steps; got {p.steps}")
+            few = dm.info.get("few_step")  # a distilled model knows only its own timesteps
+            if few and len(few) % p.steps:
+                counts = ", ".join(str(n) for n in range(1, len(few) + 1) if len(few) % n == 0)
+                raise SchedulerError(f"{p.model!r} is a {len(few)}-step model (timesteps {few}); use {counts} steps")
             cond, uncond = _conditions(dm, p, manager, p.n_images)
         except (SchedulerError, PromptError) as exc:
             raise ParamError(str(exc)) from None

@@ -13,13 +13,16 @@ loss (which pulls a few-step model towards blurry conditional means).
   with the LoRA adapter switched off (Diffusion-DPO's form); ``hinge`` (the released scripts'
   ``pso_db``): ``relu(1 - beta (-model_diff))``, no reference network. Both add
   ``prior_weight * L_l`` (keep fitting the model's own samples). ``neg_weight`` is the official
-  code's ``neg_defactor``; the studio's default is the issue's ``L_w - L_l`` (1.0).
+  code's ``neg_defactor``, 0.1 by default as there: with 1.0 (``L_w - L_l``) the pair term pushes
+  the model's error on its *own* samples up so hard that content goes (on digits, 150 steps at
+  lr 1e-4: the judge's 4-step accuracy fell from 0.99 to 0.68); with 0.1 it stays at 0.99.
 * **Online PSO** (:func:`online_pso_loss`): two stochastic few-step trajectories per condition
   from the current model, ranked by a reward; per step the Gaussian log-density of the step taken
   under the model and under the adapter-off model, ratio clipped to [1 - 0.1, 1 + 0.1], loss
-  ``-log sigmoid(beta sum_i pref_i log r_i)``, beta 50. The few-step sampler is LCM's (x0, then
-  re-noise: ``x_next ~ N(alpha_next x0_hat(x), sigma_next^2 I)``), the scheduler the official
-  DMD2 script uses, so the step density is exactly Gaussian. The reward is :func:`thickness`.
+  ``-log sigmoid(beta sum_i pref_i log r_i)``, beta 50. The trajectories take LCM's stochastic
+  steps (x0, then re-noise: ``x_next ~ N(alpha_next x0_hat(x), sigma_next^2 I)``; the official
+  DMD2 script's scheduler), so the step density is exactly Gaussian; everywhere else the model
+  samples with deterministic DDIM on the same timesteps (:class:`FewStep`). The reward is :func:`thickness`.
 * **Baseline** (:func:`plain_loss`): the ordinary diffusion loss on the targets alone
   (DreamBooth's: epsilon MSE at a uniform timestep), the fine-tuning PSO is meant to replace.
 
@@ -128,17 +131,19 @@ def dilate(x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- few-step model
 
 class FewStep:
-    """A distilled model as PSO drives it: x0 predictions at any timesteps, LCM few-step sampling.
+    """A distilled model as PSO drives it: x0 predictions at any timesteps, few-step sampling.
 
     ``dm`` is a zoo :class:`DiffusionModel` (``digits-fewstep``: x0 prediction) or a latent text
     model (SD-Turbo: epsilon); ``unet`` is the network to run (a LoRA-wrapped copy of ``dm.unet``).
+    Sampling is deterministic DDIM on the distilled timesteps (trailing spacing: 999, 749, 499, 249
+    at 4 steps; 999, 499 at 2; 999 at 1), so only step counts that divide ``steps`` land on them.
     """
 
     def __init__(self, dm: DiffusionModel, unet: torch.nn.Module | None = None, steps: int = 4):
         self.dm, self.unet = dm, unet if unet is not None else dm.unet
         self.max_steps = steps
-        self.scheduler = make_scheduler("lcm", dm.scheduler_config, dm.prediction_type,
-                                        original_inference_steps=steps)
+        self.step_counts = tuple(n for n in range(1, steps + 1) if steps % n == 0)
+        self.scheduler = self.make_scheduler()
         self.scheduler.set_timesteps(steps)
         self.timesteps = self.scheduler.timesteps.clone().long()
         self.clip = bool(self.scheduler.config.get("clip_sample", False))  # the sampler clips x0 to [-1, 1]
@@ -179,16 +184,19 @@ class FewStep:
     def noised(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return _col(self.alpha.to(x0.device)[t]) * x0 + _col(self.sigma.to(x0.device)[t]) * noise
 
+    def make_scheduler(self):
+        return make_scheduler("ddim", self.dm.scheduler_config, self.dm.prediction_type, timestep_spacing="trailing",
+                              steps_offset=0)
+
     @torch.no_grad()
     def sample(self, labels: list, seeds: list[int], steps: int, decode: bool = True) -> torch.Tensor:
-        """LCM few-step samples (one per label, image i from ``seeds[i]``), on the CPU."""
-        if not 1 <= steps <= self.max_steps:
-            raise ParamError(f"steps must be 1 to {self.max_steps}, got {steps}")
+        """Few-step samples (one per label, image i from ``seeds[i]``), on the CPU."""
+        if steps not in self.step_counts:
+            raise ParamError(f"a {self.max_steps}-step model samples at {', '.join(map(str, self.step_counts))} "
+                             f"steps (its distilled timesteps), got {steps}")
         cond = self.condition(labels)
         shape = (len(labels), *self.dm.sample_shape)
-        scheduler = make_scheduler("lcm", self.dm.scheduler_config, self.dm.prediction_type,
-                                   original_inference_steps=self.max_steps)
-        x = run_to_end(sample(lambda x_t, t: self.unet(x_t, t, **cond).sample, scheduler, shape,
+        x = run_to_end(sample(lambda x_t, t: self.unet(x_t, t, **cond).sample, self.make_scheduler(), shape,
                               num_inference_steps=steps, generator=[make_generator(s) for s in seeds],
                               device=self.device, prediction_type=self.dm.prediction_type))
         return (self.dm.decode(x) if decode else x).cpu()
@@ -367,13 +375,13 @@ class TuneParams:
                                                     minimum=1, maximum=64, step=1))
     steps: int = field(default=150, metadata=spec("Training steps", "Optimizer steps (one batch of all targets each).",
                                                   minimum=1, maximum=2000, step=1))
-    lr: float = field(default=1e-3, metadata=spec("Learning rate", "AdamW on the LoRA factors.",
+    lr: float = field(default=3e-4, metadata=spec("Learning rate", "AdamW on the LoRA factors.",
                                                   minimum=1e-6, maximum=1e-1, advanced=True))
     prior_weight: float = field(default=0.5, metadata=spec(
         "Prior loss weight", "Weight of L_l, the fit to the model's own samples (against forgetting).",
         minimum=0.0, maximum=10.0, advanced=True))
-    neg_weight: float = field(default=1.0, metadata=spec(
-        "Reference weight", "model_diff = L_w - this x L_l (the official code's neg_defactor).",
+    neg_weight: float = field(default=0.1, metadata=spec(
+        "Reference weight", "model_diff = L_w - this x L_l (the official code's neg_defactor, default 0.1).",
         minimum=0.0, maximum=1.0, advanced=True))
     n_refs: int = field(default=4, metadata=spec("References per target", "Samples of the current model drawn once "
                                                  "per target's condition.", minimum=1, maximum=16, step=1,
