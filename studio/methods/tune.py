@@ -14,8 +14,9 @@ loss (which pulls a few-step model towards blurry conditional means).
   ``pso_db``): ``relu(1 - beta (-model_diff))``, no reference network. Both add
   ``prior_weight * L_l`` (keep fitting the model's own samples). ``neg_weight`` is the official
   code's ``neg_defactor``, 0.1 by default as there: with 1.0 (``L_w - L_l``) the pair term pushes
-  the model's error on its *own* samples up so hard that content goes (on digits, 150 steps at
-  lr 1e-4: the judge's 4-step accuracy fell from 0.99 to 0.68); with 0.1 it stays at 0.99.
+  the model's error on its *own* samples up so hard that content goes (a 200-sample exploration
+  on digits, 150 steps at lr 1e-4: the judge's 4-step accuracy fell from 0.99 to 0.68); with 0.1
+  it stayed at 1.00.
 * **Online PSO** (:func:`online_pso_loss`): two stochastic few-step trajectories per condition
   from the current model, ranked by a reward; per step the Gaussian log-density of the step taken
   under the model and under the adapter-off model, ratio clipped to [1 - 0.1, 1 + 0.1], loss
