@@ -1,0 +1,137 @@
+"""The NAS-Bench-201 cell search space, as architecture strings, operation matrices and classes.
+
+A cell is a DAG over 4 nodes; each of its 6 edges (i -> j, i < j) carries one of five operations.
+NAS-Bench-201 writes a cell as a string, node by node, each incoming edge as ``op~source``:
+``|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_1x1~1|none~2|``; 5^6 = 15,625
+cells. Everything here converts **through the string** (:func:`parse`, :func:`to_string`), never
+through raw operation indices, because libraries order the operations differently.
+
+DiffusionNAG's graph view (official ``datasets_nas.py``): an 8-node DAG with the operations on
+the nodes (input, the 6 edge operations, output) and a fixed adjacency; the operation one-hot
+matrix (8 x 7 over input, output and the 5 operations) is what is diffused (:func:`op_matrix`,
+:func:`from_op_matrix`, :func:`is_valid`, with the official validity rule).
+
+Functionally equal cells (a ``none`` edge removes a path, a node that cannot reach the output
+does nothing, sums commute) share a :func:`canonical` key; the digits benchmark trains one cell
+per key and maps the rest onto it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+
+import numpy as np
+
+OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")  # NAS-Bench-201's names
+EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), in the string's order
+# DiffusionNAG's operation vocabulary (rows of the one-hot matrix) and fixed 8-node adjacency
+VOCAB = ("input", "output") + OPS
+ADJACENCY = ((0, 1), (0, 2), (0, 3), (1, 4), (1, 5), (2, 6), (3, 7), (4, 6), (5, 7), (6, 7))
+N_NODES = 8
+
+
+class ArchError(ValueError):
+    """A malformed architecture string or matrix; the message says what is wrong."""
+
+
+def parse(arch: str) -> tuple[str, ...]:
+    """An architecture string -> its 6 operations in :data:`EDGES` order (checked strictly)."""
+    if not isinstance(arch, str) or not arch.strip():
+        raise ArchError("an architecture string is empty")
+    nodes = arch.strip().split("+")
+    if len(nodes) != 3:
+        raise ArchError(f"a NAS-Bench-201 cell has 3 node groups separated by '+', got {len(nodes)}")
+    ops = []
+    for j, group in enumerate(nodes, start=1):
+        if not (group.startswith("|") and group.endswith("|")):
+            raise ArchError(f"node group {j} must start and end with '|': {group!r}")
+        parts = group[1:-1].split("|")
+        if len(parts) != j:
+            raise ArchError(f"node {j} takes {j} incoming edge(s), got {len(parts)} in {group!r}")
+        for i, part in enumerate(parts):
+            op, sep, src = part.partition("~")
+            if not sep or src != str(i):
+                raise ArchError(f"edge {part!r} of node {j} must read 'op~{i}'")
+            if op not in OPS:
+                raise ArchError(f"unknown operation {op!r}; choose one of {', '.join(OPS)}")
+            ops.append(op)
+    return tuple(ops)
+
+
+def to_string(ops) -> str:
+    ops = tuple(ops)
+    if len(ops) != len(EDGES) or any(op not in OPS for op in ops):
+        raise ArchError(f"a cell is 6 operations from {', '.join(OPS)}, got {ops!r}")
+    groups, k = [], 0
+    for j in (1, 2, 3):
+        groups.append("|" + "|".join(f"{ops[k + i]}~{i}" for i in range(j)) + "|")
+        k += j
+    return "+".join(groups)
+
+
+@lru_cache(maxsize=1)
+def all_archs() -> tuple[str, ...]:
+    """Every cell of the space (15,625), as strings."""
+    return tuple(to_string(ops) for ops in itertools.product(OPS, repeat=len(EDGES)))
+
+
+def canonical(arch: str) -> str:
+    """A key shared by functionally equal cells: the output node's expression with ``none``
+    paths and dead nodes removed, identity skips folded and sums sorted ("zero" for a cell whose
+    output is always zero)."""
+    ops = parse(arch)
+    expr = {0: "x"}
+    for j in (1, 2, 3):
+        terms = []
+        for (to, src), op in zip(EDGES, ops):
+            if to != j or op == "none" or expr[src] is None:
+                continue
+            terms.append(expr[src] if op == "skip_connect" else f"{op}({expr[src]})")
+        expr[j] = "+".join(sorted(terms)) if terms else None
+        if expr[j] is not None and len(terms) > 1:
+            expr[j] = f"[{expr[j]}]"
+    return expr[3] or "zero"
+
+
+def op_matrix(arch: str) -> np.ndarray:
+    """DiffusionNAG's one-hot operation matrix (8 nodes x 7 vocabulary) of a cell, in {0, 1}."""
+    ops = parse(arch)
+    x = np.zeros((N_NODES, len(VOCAB)), np.float32)
+    x[0, VOCAB.index("input")] = 1
+    x[N_NODES - 1, VOCAB.index("output")] = 1
+    for k, op in enumerate(ops):
+        x[1 + k, VOCAB.index(op)] = 1
+    return x
+
+
+def adjacency() -> np.ndarray:
+    a = np.zeros((N_NODES, N_NODES), np.float32)
+    for i, j in ADJACENCY:
+        a[i, j] = 1
+    return a
+
+
+def is_valid(x: np.ndarray) -> bool:
+    """The official rule on a (thresholded) one-hot matrix: one operation per node, node 0 the
+    input, node 7 the output, no input or output among the intermediate nodes."""
+    x = np.asarray(x)
+    if x.shape != (N_NODES, len(VOCAB)) or not np.all(x.sum(1) == 1):
+        return False
+    ops = [VOCAB[i] for i in x.argmax(1)]
+    return ops[0] == "input" and ops[-1] == "output" and all(op in OPS for op in ops[1:-1])
+
+
+def from_op_matrix(x: np.ndarray) -> str | None:
+    """The cell of a valid one-hot matrix (None when invalid)."""
+    if not is_valid(x):
+        return None
+    return to_string(VOCAB[i] for i in np.asarray(x)[1:-1].argmax(1))
+
+
+def unique_classes() -> dict[str, list[str]]:
+    """Canonical key -> every cell with that key (the first is the one the benchmark trains)."""
+    classes: dict[str, list[str]] = {}
+    for arch in all_archs():
+        classes.setdefault(canonical(arch), []).append(arch)
+    return classes
