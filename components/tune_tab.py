@@ -256,6 +256,8 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
         digit_value, upload_arrays, drawn = values.pop("digit"), values.pop("uploaded"), values.pop("drawings")
         p = coerce(tune.TuneParams, values)
         validate(p)
+        if p.base not in bases:
+            raise ParamError(f"unknown base model {p.base!r}; choose one of {', '.join(bases)}")
         if p.style == "custom":
             try:
                 d = int(digit_value)

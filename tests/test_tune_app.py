@@ -104,6 +104,8 @@ def test_bad_targets_get_messages(tune_app):
         train(me, style="custom", digit=1, uploads=[handle_file(str(text)), _image(tmp_path, "a.png", (32, 32))])
     with pytest.raises(AppError, match="0 to 9|maximum value 9"):
         train(me, style="custom", digit=12, uploads=[_image(tmp_path, "a.png", (32, 32))] * 2)
+    with pytest.raises(AppError, match="unknown base model"):
+        train(me, style="thick", base="digits-cond")  # not a few-step model
     with pytest.raises(AppError, match="LoRA rank"):
         train(me, style="thick", lora_rank=0)
     assert "digits-fewstep-tuned" not in manager
