@@ -466,7 +466,9 @@ def tune(dm: DiffusionModel, images: torch.Tensor, labels: list, p: TuneParams, 
     # references: sampled once, before training, from the current (untuned) model, n_refs per target
     ref_labels = [c for c in labels for _ in range(p.n_refs)]
     with torch.no_grad(), adapter_off(unet):
-        refs = fs.encode(fs.sample(ref_labels, [p.seed * 7919 + i for i in range(len(ref_labels))], fs.max_steps))
+        # kept in model space (a latent model's latents as sampled, not decoded and encoded again)
+        refs = fs.sample(ref_labels, [p.seed * 7919 + i for i in range(len(ref_labels))], fs.max_steps,
+                         decode=False).to(device)
     refs = refs.view(n, p.n_refs, *refs.shape[1:])
     cond = fs.condition(labels)
     val_labels = validation_labels or sorted(set(labels), key=str)[:8]
