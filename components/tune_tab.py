@@ -243,12 +243,7 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     clear_btn.click(lambda: ([], "0 drawings added."), outputs=[drawings, drawn_info], queue=False,
                     api_visibility="private")
 
-    @shows_errors
-    def read(paths):
-        arrays, note = read_uploads(paths)
-        return arrays, note
-
-    uploads.upload(read, inputs=[uploads], outputs=[uploaded, drawn_info], api_name="pso_upload", concurrency_limit=4)
+    uploads.upload(shows_errors(read_uploads), inputs=[uploads], outputs=[uploaded, drawn_info], api_name="pso_upload", concurrency_limit=4)
     uploads.clear(lambda: ([], ""), outputs=[uploaded, drawn_info], queue=False, api_visibility="private")
 
     @shows_errors

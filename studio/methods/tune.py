@@ -583,8 +583,7 @@ def save_tuned(tuned: Tuned, name: str, root: Path | None = None) -> Path:
         raise ParamError(f"a tuned model named {name!r} already exists; choose another name")
     folder.mkdir(parents=True)
     save_file(lora_state(tuned.unet), folder / "adapter.safetensors")
-    (folder / "tuned.json").write_text(json.dumps({**tuned.params, "lora_rank": tuned.params["lora_rank"],
-                                                   "seconds": round(tuned.seconds, 1)}, indent=2) + "\n")
+    (folder / "tuned.json").write_text(json.dumps({**tuned.params, "seconds": round(tuned.seconds, 1)}, indent=2) + "\n")
     return folder
 
 
