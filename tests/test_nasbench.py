@@ -69,21 +69,65 @@ def test_cell_network_runs_and_none_edges_carry_no_weights():
     assert flops(full.arch) > flops(EXAMPLE) > flops(empty.arch)
 
 
-def test_ground_truth_rows_are_resumable_and_sharded(tmp_path, monkeypatch):
+def test_ground_truth_rows_are_resumable(tmp_path, monkeypatch):
     from studio.train import nasbench as run_nb
 
     monkeypatch.setitem(run_nb.RECIPE, "epochs", 1)
     path = tmp_path / "table.csv"
-    run_nb.run(path, limit=1, progress=False, shard=(1, 2))
+    run_nb.run(path, group=2, limit=2, progress=False)
     rows = list(csv.DictReader(path.open()))
-    assert [r["task"] for r in rows] == list(run_nb.TASKS)
-    assert rows[0]["arch"] == run_nb.visit_order()[1]  # shard 1 of 2 starts at the second cell
-    assert all(0 <= float(r["test_acc"]) <= 1 for r in rows)
+    assert [(r["arch"], r["task"]) for r in rows] == [(a, t) for t in run_nb.TASKS for a in run_nb.visit_order()[:2]]
+    assert all(0 <= float(r["test_acc"]) <= 1 and r["seed"] == "0" for r in rows)
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines[:-1]) + "\n")  # a run stopped before the cell's last task
-    run_nb.run(path, limit=1, progress=False, shard=(1, 2))
+    path.write_text("\n".join(lines[:-1]) + "\n")  # a run stopped before the last row
+    run_nb.run(path, group=2, limit=2, progress=False)
     again = list(csv.DictReader(path.open()))
-    assert [(r["arch"], r["task"]) for r in again] == [(r["arch"], r["task"]) for r in rows]  # only the missing task
+    assert [(r["arch"], r["task"]) for r in again] == [(r["arch"], r["task"]) for r in rows]  # only the missing row
     x, y = run_nb.task_data("even/odd", "test")
     assert x.shape[1:] == (1, 8, 8) and set(y.tolist()) == {0, 1}
     assert len(run_nb.task_data("0-4", "val")[0]) + len(run_nb.task_data("5-9", "val")[0]) == 360
+
+
+def _copy_into(many, g, net):
+    """Put a CellNet's weights into slot g of a CellNets (with non-trivial BatchNorm affines)."""
+    c = many.c
+    s = slice(g * c, (g + 1) * c)
+    many.stem.weight[s] = net.stem[0].weight
+    for mine, theirs in ((many.stem_bn, net.stem[1]), (many.head_bn, net.head[0])):
+        theirs.weight.add_(torch.rand(c))
+        theirs.bias.add_(torch.randn(c))
+        mine.weight[s], mine.bias[s] = theirs.weight, theirs.bias
+    for cell in (1, 2):
+        for key, mod in getattr(net, f"cell{cell}").edges.items():
+            if isinstance(mod, torch.nn.Sequential):
+                e = nb.EDGES.index(tuple(int(v) for v in key.split("_")))
+                name = f"nor_conv_{mod[1].kernel_size[0]}x{mod[1].kernel_size[0]}"
+                many.convs[f"{cell}_{e}_{name}"][1].weight[s] = mod[1].weight
+    many.head_w[g], many.head_b[g] = net.head[4].weight.T, net.head[4].bias
+
+
+@torch.no_grad()
+def test_batched_cells_compute_each_cell_network():
+    from studio.nets.nas_cell import CellNet, CellNets
+
+    archs = [EXAMPLE, "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+             "|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|+|nor_conv_1x1~0|none~1|nor_conv_3x3~2|"]
+    nets = [CellNet(a, n_classes=5, c=8) for a in archs]
+    many = CellNets(archs, n_classes=5, c=8)
+    for g, net in enumerate(nets):
+        _copy_into(many, g, net)
+    x = torch.randn(6, 1, 8, 8)
+    for train in (True, False):
+        many.train(train)
+        ref = torch.stack([net.train(train)(x) for net in nets], 1)
+        torch.testing.assert_close(many(x[:, None].expand(6, 3, 1, 8, 8)), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_cell_trains_the_same_alone_or_in_a_group(monkeypatch):
+    from studio.train import nasbench as run_nb
+
+    monkeypatch.setitem(run_nb.RECIPE, "epochs", 1)
+    group = run_nb.train_many([EXAMPLE, nb.all_archs()[1234]], "0-4")
+    alone = run_nb.train_cell(EXAMPLE, "0-4")
+    assert alone == group[0]
+    assert alone["params"] == 2 * (9 * 64 + 8 + 8 + 64 + 8 + 8) + (72 + 16) + (16 + 8 * 5 + 5)  # cells, stem, head

@@ -10,6 +10,7 @@ BN -> ReLU -> global average pool -> linear.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -70,3 +71,98 @@ def flops(arch: str, c: int = 16, n_classes: int = 10) -> int:
     """Multiply-accumulates of one 8 x 8 forward pass (convolutions and the linear head)."""
     per_cell = sum({"nor_conv_1x1": c * c, "nor_conv_3x3": 9 * c * c}.get(op, 0) for op in nasbench.parse(arch))
     return 64 * 9 * c + 64 * per_cell + 16 * per_cell + c * n_classes
+
+
+class CellNets(nn.Module):
+    """Many :class:`CellNet` s of one width trained at once (the ground truth's fast path).
+
+    Network g's channels are the g-th slice of every layer: grouped convolutions (groups = number
+    of networks) and per-channel BatchNorm keep the networks independent, and every edge computes
+    all operations, masked by network g's operation on that edge (``none`` masks all). An operation
+    a network does not use gets zero gradient, so Adam never moves it. Each network's function and
+    training are those of a :class:`CellNet` of its architecture (``test_nasbench`` checks the
+    forward pass). Inputs ``(B, G, 1, 8, 8)`` (network g sees ``x[:, g]``), logits ``(B, G, K)``.
+
+    Initialisation is per network and independent of the others in the batch: network g's slices
+    are drawn from a generator seeded with ``seed`` (the same for every network), in a fixed layout
+    that includes the operations it does not use, so training one cell alone reproduces the table's
+    start exactly.
+    """
+
+    CONVS = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}
+
+    def __init__(self, archs: list[str], n_classes: int = 10, c: int = 8, seed: int = 0):
+        super().__init__()
+        g = len(archs)
+        self.archs, self.c, self.n_classes = list(archs), c, n_classes
+        self.stem = nn.Conv2d(g, g * c, 3, padding=1, bias=False, groups=g)
+        self.stem_bn = nn.BatchNorm2d(g * c)
+        self.convs = nn.ModuleDict()
+        for cell in (1, 2):
+            for e in range(len(nasbench.EDGES)):
+                for name, k in self.CONVS.items():
+                    key = f"{cell}_{e}_{name}"
+                    self.convs[key] = nn.Sequential(nn.ReLU(), nn.Conv2d(g * c, g * c, k, padding=k // 2, bias=False,
+                                                                         groups=g), nn.BatchNorm2d(g * c))
+        self.head_bn = nn.BatchNorm2d(g * c)
+        self.head_w = nn.Parameter(torch.empty(g, c, n_classes))
+        self.head_b = nn.Parameter(torch.empty(g, n_classes))
+        ops = [nasbench.parse(a) for a in archs]
+        # mask[op][e] : (G,) 1 where network g has operation op on edge e
+        self.register_buffer("mask", torch.tensor([[[float(o[e] == op) for o in ops] for e in range(6)]
+                                                   for op in nasbench.OPS]))
+        self.used = [sorted({o[e] for o in ops} - {"none"}) for e in range(6)]
+        self.alone = [len({o[e] for o in ops}) == 1 for e in range(6)]  # every network has the same op here
+        self._init(seed)
+
+    def _layout(self):
+        """(parameter, fan_in) in the fixed per-network order of the initialisation."""
+        yield self.stem.weight, 9
+        for seq in self.convs.values():
+            yield seq[1].weight, self.c * seq[1].kernel_size[0] ** 2
+        yield self.head_w, self.c
+        yield self.head_b, self.c
+
+    @torch.no_grad()
+    def _init(self, seed: int):
+        # PyTorch's default conv / linear initialisation, uniform(+-1 / sqrt(fan_in)), one network's
+        # worth drawn from the seed and given to every network
+        g = len(self.archs)
+        shapes = [(p.shape[0] // g, *p.shape[1:]) if p.dim() == 4 else tuple(p.shape[1:]) for p, _ in self._layout()]
+        draw = torch.rand(sum(int(np.prod(s)) for s in shapes), generator=torch.Generator().manual_seed(seed))
+        offset = 0
+        for (p, fan_in), shape in zip(self._layout(), shapes):
+            n = int(np.prod(shape))
+            u = ((draw[offset:offset + n] * 2 - 1) / fan_in ** 0.5).reshape(shape)
+            offset += n
+            p.copy_(u.repeat(g, *([1] * (p.dim() - 1))) if p.dim() == 4 else u.expand_as(p))
+
+    def _cell(self, cell: int, x: torch.Tensor) -> torch.Tensor:
+        def scale(t, op, e):  # weight network g's channels by its mask
+            m = self.mask[nasbench.OPS.index(op), e].repeat_interleave(self.c)
+            return t * m.view(1, -1, 1, 1)
+
+        nodes = [x]
+        e = 0
+        for j in (1, 2, 3):
+            out = torch.zeros_like(x)
+            for i in range(j):
+                src = nodes[i]
+                for op in self.used[e]:  # operations no network of the batch has on this edge are skipped
+                    if op == "skip_connect":
+                        y = src
+                    elif op == "avg_pool_3x3":
+                        y = nn.functional.avg_pool2d(src, 3, 1, 1, count_include_pad=False)
+                    else:
+                        y = self.convs[f"{cell}_{e}_{op}"](src)
+                    out = out + (y if self.alone[e] else scale(y, op, e))
+                e += 1
+            nodes.append(out)
+        return nodes[3]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, g = x.shape[:2]
+        x = self._cell(1, self.stem_bn(self.stem(x.reshape(b, g, *x.shape[-2:]))))
+        x = self._cell(2, nn.functional.avg_pool2d(x, 2))
+        x = nn.functional.relu(self.head_bn(x)).mean((2, 3)).view(b, g, self.c)
+        return torch.einsum("bgc,gck->bgk", x, self.head_w) + self.head_b

@@ -32,7 +32,7 @@ from studio.data import nasbench
 
 TASKS = {"all ten": tuple(range(10)), "0-4": (0, 1, 2, 3, 4), "5-9": (5, 6, 7, 8, 9), "even/odd": tuple(range(10))}
 RECIPE = {"channels": 8, "lr": 5e-3, "batch": 32, "epochs": 8, "seed": 0, "val_size": 360}
-FIELDS = ("arch", "task", "val_acc", "test_acc", "params", "flops", "seconds")
+FIELDS = ("arch", "task", "seed", "val_acc", "test_acc", "params", "flops")
 ORDER_SEED = 201
 
 
@@ -71,33 +71,51 @@ def _split(split: str):
     return small(train.images[idx]), train.labels[idx]
 
 
-def train_cell(arch: str, task: str, recipe: dict = RECIPE) -> dict:
-    """Train one cell on one task with the fixed recipe; returns one table row."""
-    from studio.nets.nas_cell import CellNet, count_params, flops
+def train_many(archs: list[str], task: str, recipe: dict = RECIPE, device: str = "cpu", seed: int | None = None,
+               progress=None) -> list[dict]:
+    """Train cells of ``archs`` on ``task`` together (:class:`~studio.nets.nas_cell.CellNets`), one
+    fixed recipe; returns one table row per cell. ``progress(epoch, epochs)`` is called per epoch.
 
-    t0 = time.perf_counter()
-    torch.manual_seed(recipe["seed"])
-    k = n_classes(task)
-    net = CellNet(arch, n_classes=k, c=recipe["channels"])
-    opt = torch.optim.Adam(net.parameters(), lr=recipe["lr"])
-    x, y = task_data(task, "train")
-    gen = torch.Generator().manual_seed(recipe["seed"])
-    net.train()
-    for _ in range(recipe["epochs"]):
-        perm = torch.randperm(len(x), generator=gen)
+    Every network starts from the same seeded draw and sees the same batches in the same order, so
+    a cell's figures do not depend on which cells share its batch (up to floating-point order).
+    """
+    from studio.nets.nas_cell import CellNet, CellNets, count_params, flops
+
+    seed = recipe["seed"] if seed is None else seed
+    k, c = n_classes(task), recipe["channels"]
+    nets = CellNets(archs, n_classes=k, c=c, seed=seed).to(device)
+    g = len(archs)
+    opt = torch.optim.Adam(nets.parameters(), lr=recipe["lr"])
+    x, y = (t.to(device) for t in task_data(task, "train"))
+    gen = torch.Generator().manual_seed(seed)
+    nets.train()
+    for epoch in range(recipe["epochs"]):
+        perm = torch.randperm(len(x), generator=gen).to(device)
         for i in range(0, len(x), recipe["batch"]):
             idx = perm[i:i + recipe["batch"]]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
+            logits = nets(x[idx, None].expand(len(idx), g, *x.shape[1:]))
+            # the sum over networks of each network's mean loss: each gets its own gradient
+            loss = F.cross_entropy(logits.reshape(-1, k), y[idx].repeat_interleave(g), reduction="sum") / len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    net.eval()
+        if progress is not None:
+            progress(epoch + 1, recipe["epochs"])
+    nets.eval()
+    acc = {}
     with torch.no_grad():
-        acc = {s: float((net(xs).argmax(1) == ys).float().mean()) for s, (xs, ys) in
-               (("val", task_data(task, "val")), ("test", task_data(task, "test")))}
-    return {"arch": arch, "task": task, "val_acc": round(acc["val"], 4), "test_acc": round(acc["test"], 4),
-            "params": count_params(net), "flops": flops(arch, recipe["channels"], k),
-            "seconds": round(time.perf_counter() - t0, 2)}
+        for split in ("val", "test"):
+            xs, ys = (t.to(device) for t in task_data(split=split, task=task))
+            pred = nets(xs[:, None].expand(len(xs), g, *xs.shape[1:])).argmax(-1)
+            acc[split] = (pred == ys[:, None]).float().mean(0).cpu().tolist()
+    return [{"arch": a, "task": task, "seed": seed, "val_acc": round(acc["val"][n], 4),
+             "test_acc": round(acc["test"][n], 4), "params": count_params(CellNet(a, n_classes=k, c=c)),
+             "flops": flops(a, c, k)} for n, a in enumerate(archs)]
+
+
+def train_cell(arch: str, task: str, recipe: dict = RECIPE, progress=None) -> dict:
+    """Train one cell on one task with the table's recipe (on the CPU); returns its row."""
+    return train_many([nasbench.to_string(nasbench.parse(arch))], task, recipe, progress=progress)[0]
 
 
 def visit_order() -> list[str]:
@@ -107,37 +125,39 @@ def visit_order() -> list[str]:
     return [reps[i] for i in rng.permutation(len(reps))]
 
 
-def done(path: Path) -> set[tuple[str, str]]:
+def done(path: Path) -> set[tuple[str, str, int]]:
     if not path.exists():
         return set()
     with path.open() as fh:
-        return {(row["arch"], row["task"]) for row in csv.DictReader(fh)}
+        return {(row["arch"], row["task"], int(row["seed"])) for row in csv.DictReader(fh)}
 
 
-def run(path: Path | None = None, limit: int | None = None, progress: bool = True, shard: tuple[int, int] = (0, 1)
-        ) -> Path:
-    """Train what is missing of shard ``(i, n)`` (up to ``limit`` cells), appending rows to ``path``."""
+def run(path: Path | None = None, seeds=(0,), group: int = 64, device: str = "cpu", limit: int | None = None,
+        progress: bool = True, tasks=tuple(TASKS)) -> Path:
+    """Train what is missing (up to ``limit`` cells per seed), ``group`` cells at a time, appending
+    rows to ``path``. Cells go in :func:`visit_order`, every task of a group before the next group,
+    so a partial table is a uniform sample of the space."""
     from tqdm.auto import tqdm
 
     from studio.train.common import RUNS_DIR
 
-    path = path or RUNS_DIR / f"nasbench-digits.{shard[0]}.csv"
+    path = path or RUNS_DIR / "nasbench-digits.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     finished = done(path)
-    mine = visit_order()[shard[0]::shard[1]]
-    todo = [a for a in mine if any((a, t) not in finished for t in TASKS)]
-    if limit is not None:
-        todo = todo[:limit]
+    order = visit_order()[:limit]
     new = not path.exists()
     with path.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         if new:
             writer.writeheader()
-        for arch in tqdm(todo, desc="cells", disable=not progress):
-            for task in TASKS:
-                if (arch, task) not in finished:
-                    writer.writerow(train_cell(arch, task))
-                    fh.flush()
+        for seed in seeds:
+            chunks = [order[i:i + group] for i in range(0, len(order), group)]
+            for chunk in tqdm(chunks, desc=f"seed {seed}: groups of {group} cells", disable=not progress):
+                for task in tasks:
+                    todo = [a for a in chunk if (a, task, seed) not in finished]
+                    if todo:
+                        writer.writerows(train_many(todo, task, device=device, seed=seed))
+                        fh.flush()
     return path
 
 
@@ -145,9 +165,14 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th cell, from the i-th")
+    ap.add_argument("--out", type=Path, default=None, help="the CSV (default runs/nasbench-digits.csv)")
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    ap.add_argument("--group", type=int, default=64, help="cells trained at once")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N cells of the visit order")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
     args = ap.parse_args()
-    i, n = (int(v) for v in args.shard.split("/"))
-    torch.set_num_threads(1)
-    print(run(limit=args.limit, shard=(i, n)))
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    print(run(args.out, tuple(int(s) for s in args.seeds.split(",")), args.group, args.device, args.limit,
+              tasks=tuple(args.tasks.split(","))))
