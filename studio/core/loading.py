@@ -154,7 +154,8 @@ def _diffusers_class(name: str):
     with lazy.hold():
         cls = (getattr(lazy.module("diffusers"), name, None) or getattr(lazy.module("studio.nets.judges"), name, None)
                or getattr(lazy.module("studio.nets.classifiers"), name, None)
-               or getattr(lazy.module("studio.nets.tsdiff"), name, None))
+               or getattr(lazy.module("studio.nets.tsdiff"), name, None)
+               or getattr(lazy.module("studio.nets.nag"), name, None))
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise WeightsError(f"unknown model class {name!r} in config.json")
     return cls
@@ -184,6 +185,11 @@ def _load_entry(folder: Path) -> Any:
     info = entry_info(folder)
     if info.get("kind") == "experts":
         return _load_experts(folder, info)
+    if info.get("kind") == "nag":
+        from studio.methods.nag import NAGModel
+
+        return NAGModel(folder.name, load_module_folder(folder / "score", "ScoreNet"),
+                        load_module_folder(folder / "predictor", "AccuracyPredictor"), info)
     module = load_module_folder(folder / "model", info["model_class"])
     if info["kind"] == "idempotent":
         from studio.nets.idempotent import IdempotentNet

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -135,3 +136,32 @@ def unique_classes() -> dict[str, list[str]]:
     for arch in all_archs():
         classes.setdefault(canonical(arch), []).append(arch)
     return classes
+
+
+TABLE = Path(__file__).with_name("nasbench_digits.csv.gz")  # made by studio.train.nasbench (--ship)
+
+
+@lru_cache(maxsize=4)
+def table(path: str | None = None) -> dict[str, dict[str, dict]]:
+    """The shipped ground truth: task -> cell -> {val_acc, test_acc, params, flops, trained}.
+
+    The file holds one trained cell per functional class (mean over its rows' seeds); every other
+    cell of the class gets the same figures (``trained`` names the cell that was trained). A cell
+    whose class was not trained yet for a task is absent from that task.
+    """
+    import csv
+    import gzip
+
+    rows: dict[tuple[str, str], list[dict]] = {}
+    with gzip.open(path or TABLE, "rt", newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows.setdefault((row["task"], canonical(row["arch"])), []).append(row)
+    classes = unique_classes()
+    out: dict[str, dict[str, dict]] = {}
+    for (task, key), group in rows.items():
+        entry = {"val_acc": float(np.mean([float(r["val_acc"]) for r in group])),
+                 "test_acc": float(np.mean([float(r["test_acc"]) for r in group])),
+                 "params": int(group[0]["params"]), "flops": int(group[0]["flops"]), "trained": group[0]["arch"]}
+        for arch in classes[key]:
+            out.setdefault(task, {})[arch] = entry
+    return out

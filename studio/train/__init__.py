@@ -8,7 +8,8 @@ GUIDE = ("guide-clean", "guide-noisy", "guide-ppap", "guide-experts")
 FORECAST = ("tsdiff-co2", "tsdiff-elnino", "tsdiff-sunspots", "tsdiff-unemployment")
 SIGN = ("sign-digits", "ign-digits")
 FEWSTEP = ("digits-fewstep",)
-ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP
+NAG = ("nag-digits",)
+ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0) -> dict:
@@ -48,4 +49,8 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
             first = round(steps * stages["boot"] / (stages["boot"] + stages["student"]))
             steps_kw = {"boot": first, "student": steps - first}
         return boot.train(name, seed=seed, **steps_kw)
+    if name in NAG:
+        from studio.train import nag
+
+        return nag.train(seed=seed, steps=steps)
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")

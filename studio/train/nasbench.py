@@ -20,7 +20,8 @@ skips what is done: ``python -m studio.train.nasbench [--shard i/n] [--limit N]`
 from __future__ import annotations
 
 import csv
-import time
+import gzip
+import io
 from functools import lru_cache
 from pathlib import Path
 
@@ -161,6 +162,21 @@ def run(path: Path | None = None, seeds=(0,), group: int = 64, device: str = "cp
     return path
 
 
+def ship(sources: list[Path], target: Path | None = None) -> Path:
+    """Merge run CSVs into the shipped table (gzip CSV, rows sorted, duplicates dropped)."""
+    rows = {}
+    for src in sources:
+        with Path(src).open() as fh:
+            for row in csv.DictReader(fh):
+                rows[(row["task"], row["arch"], int(row["seed"]))] = row
+    target = target or nasbench.TABLE
+    with gzip.GzipFile(target, "wb", mtime=0) as raw, io.TextIOWrapper(raw, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows[k] for k in sorted(rows))
+    return target
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -171,7 +187,11 @@ if __name__ == "__main__":
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--limit", type=int, default=None, help="only the first N cells of the visit order")
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
+    ap.add_argument("--ship", nargs="+", type=Path, default=None, metavar="CSV",
+                    help="merge these run CSVs into the shipped table (studio/data/nasbench_digits.csv.gz) and stop")
     args = ap.parse_args()
+    if args.ship:
+        raise SystemExit(print(ship(args.ship)))
     if args.device == "cpu":
         torch.set_num_threads(1)
     print(run(args.out, tuple(int(s) for s in args.seeds.split(",")), args.group, args.device, args.limit,

@@ -1,0 +1,218 @@
+"""Architectures: DiffusionNAG (An et al., ICLR 2024), predictor-guided graph diffusion over cells.
+
+As the official code (CownowAn/DiffusionNAG, NAS-Bench-201 tree) does it:
+
+* **What is diffused.** A NAS-Bench-201 cell as DiffusionNAG's 8-node graph: the 8 x 7 operation
+  one-hot matrix (:func:`studio.data.nasbench.op_matrix`) scaled to [-1, 1]; the adjacency is
+  fixed and only masks the score network's attention.
+* **VE-SDE** (``sde_lib.VESDE``): sigma(t) = sigma_min (sigma_max / sigma_min)^t, sigma 0.1 .. 5.0,
+  N = 1000, t in [1e-5, 1]. Denoising score matching ``|| sigma s(X_t, sigma) + z ||^2``
+  (:func:`dsm_loss`; summed over the matrix, no likelihood weighting).
+* **Predictor** (:func:`predictor_loss`): the accuracy regressor is trained on *noised* cells
+  ``X_t = X_0 + sigma(t) z`` (MSE), conditioned on a set encoding of the task's data.
+* **Guided PC sampler** (:func:`sample`, ``get_pc_conditional_sampler_meta_nas``): from
+  X_1 ~ N(0, sigma_max^2), per step a Langevin corrector (SNR 0.16, one step; step size
+  2 (snr |z| / |g|)^2) then an Euler-Maruyama predictor, both on the total score
+  ``s(X, sigma) + w grad_X f(X, sigma, D)`` (f summed over the batch, ``labels='max'``); the last
+  predictor mean is kept, mapped to [0, 1] and thresholded at 0.5 (``utils.quantize``).
+* **Validity, uniqueness, novelty** (:func:`vun`, ``analysis/arch_functions.py``): valid = one
+  operation per node, input first, output last, no input/output inside; uniqueness = distinct
+  valid strings / valid; novelty = distinct strings not in the score network's training set /
+  distinct.
+
+The guidance scale ``w`` is in the predictor's units (accuracy as a fraction); the official default
+10000 is for its own predictor and is not comparable, so the studio sweeps ``w`` (benchmark).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+
+from studio.core.device import MAX_SEED
+from studio.core.params import spec
+from studio.data import nasbench
+
+SIGMA_MIN, SIGMA_MAX, N_STEPS, EPS, SNR = 0.1, 5.0, 1000, 1e-5, 0.16
+MAX_SCALE = 1000.0
+DEFAULT_SCALE = 50.0
+MAX_CELLS = 1000
+
+
+def sigma(t: torch.Tensor) -> torch.Tensor:
+    return SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** t
+
+
+def g2(t: torch.Tensor) -> torch.Tensor:
+    """Squared diffusion coefficient of the VE-SDE: d sigma^2 / dt."""
+    return sigma(t) ** 2 * 2 * math.log(SIGMA_MAX / SIGMA_MIN)
+
+
+def encode(archs: list[str]) -> torch.Tensor:
+    """Cells -> (B, 8, 7) operation matrices in [-1, 1] (through the strings)."""
+    return torch.from_numpy(np.stack([nasbench.op_matrix(a) for a in archs])) * 2 - 1
+
+
+def decode(x: torch.Tensor) -> list[str | None]:
+    """(B, 8, 7) samples in [-1, 1] -> cells (None where invalid): (x + 1) / 2 thresholded at 0.5."""
+    bits = ((x + 1) / 2 >= 0.5).float().cpu().numpy()
+    return [nasbench.from_op_matrix(b) for b in bits]
+
+
+def noised(x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(X_t, sigma(t), z) with t ~ U(eps, 1) per cell."""
+    t = torch.rand(len(x0), generator=gen) * (1 - EPS) + EPS
+    z = torch.randn(x0.shape, generator=gen)
+    s = sigma(t)
+    return x0 + s[:, None, None] * z, s, z
+
+
+def dsm_loss(score_net, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    x_t, s, z = noised(x0, gen)
+    return ((s[:, None, None] * score_net(x_t, s) + z) ** 2).sum((1, 2)).mean()
+
+
+def predictor_loss(predictor, x0: torch.Tensor, acc: torch.Tensor, task_codes: torch.Tensor,
+                   gen: torch.Generator) -> torch.Tensor:
+    x_t, s, _ = noised(x0, gen)
+    return torch.nn.functional.mse_loss(predictor(x_t, s, task_codes), acc)
+
+
+# ---------------------------------------------------------------- the task's data, set-encoded
+
+N_PER_CLASS = 20
+
+
+def task_sets(task: str, gen: torch.Generator | None = None, n: int = N_PER_CLASS) -> torch.Tensor:
+    """(n_classes, n, 64): ``n`` training images of each of the task's classes, flattened 8 x 8
+    (a fixed draw when ``gen`` is None, as the official sampler's fixed test task)."""
+    from studio.train.nasbench import task_data
+
+    x, y = task_data(task, "train")
+    gen = gen or torch.Generator().manual_seed(0)
+    sets = []
+    for c in range(int(y.max()) + 1):
+        idx = torch.nonzero(y == c)[:, 0]
+        pick = idx[torch.randint(len(idx), (n,), generator=gen)]
+        sets.append(x[pick].flatten(1))
+    return torch.stack(sets)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+Task = Literal["all ten", "0-4", "5-9", "even/odd"]
+
+
+@dataclass
+class GenerateParams:
+    task: Task = field(default="all ten", metadata=spec(
+        "Task", "The digit task the cells are for (the predictor reads a sample of its data)."))
+    scale: float = field(default=DEFAULT_SCALE, metadata=spec(
+        "Guidance scale", "w in s(X) + w grad_X f(X, D); 0 samples the unguided model.", minimum=0.0,
+        maximum=MAX_SCALE))
+    n_cells: int = field(default=100, metadata=spec("Cells", "How many cells to generate.", minimum=1,
+                                                    maximum=MAX_CELLS, step=1))
+    seed: int = field(default=0, metadata=spec("Seed", "Prior draw and sampler noise.", minimum=0,
+                                               maximum=MAX_SEED, step=1))
+    steps: int = field(default=N_STEPS, metadata=spec(
+        "Sampler steps", "Reverse-SDE steps, each a corrector and a predictor step (the official N = 1000).",
+        minimum=10, maximum=N_STEPS, step=1, advanced=True))
+
+
+def guided_score(score_net, predictor=None, task_code: torch.Tensor | None = None, scale: float = 0.0
+                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The total score ``s(X, sigma) + w grad_X sum f(X, sigma, D)`` (``get_classifier_grad_fn``)."""
+
+    def fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            score = score_net(x, s)
+        if predictor is None or scale == 0:
+            return score
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            grad = torch.autograd.grad(predictor(x_in, s, task_code).sum(), x_in)[0]
+        return score + scale * grad
+
+    return fn
+
+
+def pc_sample(score_fn, n: int, gen: torch.Generator, steps: int = N_STEPS, snr: float = SNR,
+              progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """The official PC sampler on the VE-SDE: Langevin corrector then Euler-Maruyama predictor per
+    step, the last predictor mean returned (B, 8, 7)."""
+    shape = (n, nasbench.N_NODES, len(nasbench.VOCAB))
+    x = torch.randn(shape, generator=gen) * SIGMA_MAX
+    ts = torch.linspace(1.0, EPS, steps)
+    x_mean = x
+    for i, t in enumerate(ts):
+        vec_t = torch.full((n,), float(t))
+        s = sigma(vec_t)
+        # corrector (Langevin, alpha = 1 for the VE-SDE)
+        grad = score_fn(x, s)
+        noise = torch.randn(shape, generator=gen)
+        step = 2 * (snr * noise.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()) ** 2
+        x = x + step * grad + torch.sqrt(2 * step) * noise
+        # predictor (Euler-Maruyama on the reverse SDE, dt = -1 / N)
+        grad = score_fn(x, s)
+        x_mean = x + g2(vec_t)[:, None, None] * grad / steps
+        x = x_mean + torch.sqrt(g2(vec_t) / steps)[:, None, None] * torch.randn(shape, generator=gen)
+        if progress is not None:
+            progress(i + 1, steps)
+    return x_mean
+
+
+@dataclass
+class Generated:
+    archs: list[str | None]        # one per sample, None where invalid
+    predicted: list[float | None]  # the predictor's accuracy for each valid cell (clean, sigma_min)
+    params: GenerateParams
+    seconds: float
+
+
+def predict(predictor, archs: list[str], task_code: torch.Tensor) -> np.ndarray:
+    """Predicted accuracy of clean cells (the predictor at sigma_min)."""
+    if not archs:
+        return np.zeros(0)
+    with torch.no_grad():
+        x = encode(archs)
+        return predictor(x, torch.full((len(archs),), SIGMA_MIN), task_code).numpy()
+
+
+def generate(score_net, predictor, p: GenerateParams, progress=None) -> Generated:
+    """Generate ``p.n_cells`` cells for ``p.task`` with guidance scale ``p.scale``."""
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(p.seed)
+    with torch.no_grad():
+        code = predictor.encode_task(task_sets(p.task))
+    x = pc_sample(guided_score(score_net, predictor, code, p.scale), p.n_cells, gen, p.steps, progress=progress)
+    archs = decode(x)
+    valid = [a for a in archs if a is not None]
+    pred = iter(predict(predictor, valid, code).tolist())
+    return Generated(archs, [next(pred) if a is not None else None for a in archs], p, time.perf_counter() - t0)
+
+
+@dataclass
+class NAGModel:
+    """A zoo ``nag`` entry: the score network, the predictor and their studio.json."""
+    name: str
+    score: torch.nn.Module
+    predictor: torch.nn.Module
+    info: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def vun(archs: list[str | None], train_archs: set[str]) -> dict[str, float]:
+    """Validity, uniqueness and novelty exactly as the official ``arch_functions`` define them."""
+    valid = [a for a in archs if a is not None]
+    unique = set(valid)
+    return {"validity": len(valid) / max(len(archs), 1),
+            "uniqueness": len(unique) / max(len(valid), 1),
+            "novelty": len(unique - train_archs) / max(len(unique), 1)}

@@ -1,0 +1,164 @@
+"""DiffusionNAG's networks: the graph score network and the dataset-aware accuracy predictor.
+
+Both follow the official ``models/cate.py`` + ``models/transformer.py`` (CATE's graph encoder):
+
+* node features: the (noised) operation matrix ``X`` (B, 8, 7) through a linear "semantic embedding"
+  scaled by sqrt(d); a sinusoidal node-position encoding; a time embedding (sinusoidal embedding of
+  the VE-SDE's sigma -> Linear(d, 4d) -> SiLU -> Linear(4d, d)) added to every node;
+* a pre-LayerNorm transformer encoder whose attention is masked by the cell's fixed adjacency made
+  transitive (node i attends to the nodes it reaches, ``aug_mask(..., 'floyed')``; a row with no
+  reachable node attends uniformly, as the official ``masked_fill(-1e9)`` does);
+* the layer-normed outputs of every layer concatenated, then a 3-layer ELU MLP.
+
+:class:`ScoreNet` returns the score ``s(X_t, sigma)`` per node and operation, the encoder's output
+divided by sigma (score_sde's ``scale_by_sigma`` for VE models; the official CATE outputs the score
+unscaled and trains 250k iterations, a budget this CPU does not have). :class:`AccuracyPredictor` (``MetaPredictorCATE``) flattens the MLP's
+output through a 2-layer ELU MLP (the architecture code), encodes the task's data with two set
+poolings (intra-class, then inter-class; a Set-Transformer SAB + PMA each, "sabPF") and predicts
+accuracy with Linear -> Tanh -> Linear on the concatenation.
+
+Deviations (stated in the README): 3 transformer layers of width 32 and 4 heads instead of 12 x 64
+x 8 (the space has 8 nodes; sampling 1,000 steps must stay fast on a CPU); the score scaled by 1/sigma; the set encoder reads the task's raw 8 x 8 digits (64 values) rather
+than ResNet-18 features; no dropout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from studio.data import nasbench
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_positions: int = 10000) -> torch.Tensor:
+    """The official ``get_timestep_embedding`` (sinusoidal, as in DDPM's transformer code)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * -(math.log(max_positions) / (half - 1)))
+    emb = t.float()[:, None] * freqs[None]
+    return torch.cat([emb.sin(), emb.cos()], 1)
+
+
+def reach_mask() -> torch.Tensor:
+    """(8, 8) 1 where node j is reachable from node i along the fixed adjacency (Floyd closure)."""
+    r = torch.from_numpy(nasbench.adjacency()).bool()
+    for k in range(len(r)):
+        r = r | (r[:, k:k + 1] & r[k:k + 1, :])
+    return r
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int, heads: int, d_ff: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.ReLU(), nn.Linear(d_ff, d))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, attn_mask=bias, need_weights=False)[0]
+        return x + self.ff(self.norm2(x))
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ELU())
+    return nn.Sequential(*layers)
+
+
+class GraphEncoder(nn.Module):
+    """Operation matrix + time -> per-node features (B, 8, n_vocab), as CATE's encoder + final MLP."""
+
+    def __init__(self, d_model: int = 32, n_layers: int = 3, n_heads: int = 4, d_ff: int = 64):
+        super().__init__()
+        n_vocab, n_nodes = len(nasbench.VOCAB), nasbench.N_NODES
+        self.d = d_model
+        self.embed = nn.Linear(n_vocab, d_model)
+        pos = timestep_embedding(torch.arange(n_nodes), d_model)
+        self.register_buffer("pos", pos)
+        self.time1, self.time2 = nn.Linear(d_model, 4 * d_model), nn.Linear(4 * d_model, d_model)
+        self.blocks = nn.ModuleList(_Block(d_model, n_heads, d_ff) for _ in range(n_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
+        # additive attention bias: 0 where attended, -1e9 elsewhere (a fully masked row goes uniform)
+        self.register_buffer("bias", torch.where(reach_mask(), 0.0, -1e9))
+        self.final = _mlp([n_layers * d_model, 2 * n_layers * d_model, 2 * n_layers * d_model, n_vocab])
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x) * math.sqrt(self.d) + self.pos
+        h = h + self.time2(F.silu(self.time1(timestep_embedding(sigma, self.d))))[:, None]
+        outs = []
+        for block, norm in zip(self.blocks, self.norms):
+            h = block(h, self.bias)
+            outs.append(norm(h))
+        return self.final(torch.cat(outs, -1))
+
+
+class ScoreNet(ModelMixin, ConfigMixin):
+    """s_theta(X_t, sigma): the VE-SDE score of the operation matrix, (B, 8, 7)."""
+
+    @register_to_config
+    def __init__(self, d_model: int = 32, n_layers: int = 3, n_heads: int = 4, d_ff: int = 64):
+        super().__init__()
+        self.encoder = GraphEncoder(d_model, n_layers, n_heads, d_ff)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        # the output divided by sigma (score_sde's ``scale_by_sigma``): the score grows as 1 / sigma
+        return self.encoder(x, sigma) / sigma[:, None, None]
+
+
+class SetPool(nn.Module):
+    """Set Transformer pooling ('sabPF'): a self-attention block over the set, then attention from
+    one learned seed (PMA), then a linear layer. (B, n, d_in) -> (B, d_out)."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, heads: int = 4):
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_hidden)
+        self.sab = nn.MultiheadAttention(d_hidden, heads, batch_first=True)
+        self.ln1, self.ln2 = nn.LayerNorm(d_hidden), nn.LayerNorm(d_hidden)
+        self.ff = nn.Sequential(nn.Linear(d_hidden, d_hidden), nn.ReLU())
+        self.seed = nn.Parameter(torch.randn(1, 1, d_hidden) / math.sqrt(d_hidden))
+        self.pma = nn.MultiheadAttention(d_hidden, heads, batch_first=True)
+        self.out = nn.Linear(d_hidden, d_out)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        h = self.proj(s)
+        h = self.ln1(h + self.sab(h, h, h, need_weights=False)[0])
+        h = self.ln2(h + self.ff(h))
+        pooled = self.pma(self.seed.expand(len(h), -1, -1), h, h, need_weights=False)[0]
+        return self.out(pooled[:, 0])
+
+
+class AccuracyPredictor(ModelMixin, ConfigMixin):
+    """f_phi(X_t, sigma, D): accuracy of a (noised) cell on the task whose data is ``D``.
+
+    ``D`` is (n_classes, n_per_class, 64): a few images of each of the task's classes.
+    """
+
+    @register_to_config
+    def __init__(self, d_model: int = 32, n_layers: int = 3, n_heads: int = 4, d_ff: int = 64, nz: int = 56,
+                 hs: int = 32, d_data: int = 64):
+        super().__init__()
+        self.encoder = GraphEncoder(d_model, n_layers, n_heads, d_ff)
+        rdim = nasbench.N_NODES * len(nasbench.VOCAB)
+        self.arch = _mlp([rdim, 2 * rdim, 2 * rdim])
+        self.intra = SetPool(d_data, nz, nz)
+        self.inter = SetPool(nz, nz, nz)
+        self.head = nn.Sequential(nn.Linear(nz + 2 * rdim, hs), nn.Tanh(), nn.Linear(hs, 1))
+
+    def encode_task(self, data: torch.Tensor) -> torch.Tensor:
+        """(n_classes, n_per_class, d_data) -> (nz,): intra-class pooling, then inter-class."""
+        protos = self.intra(data)
+        return self.inter(protos[None])[0]
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """``task``: (nz,) from :meth:`encode_task` or (B, nz). Returns (B,) predicted accuracy."""
+        a = self.arch(self.encoder(x, sigma).flatten(1))
+        t = task.expand(len(x), -1) if task.dim() == 1 else task
+        return self.head(torch.cat([t, a], 1))[:, 0]
