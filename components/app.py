@@ -17,6 +17,7 @@ from components.generate_tab import build_generate_tab
 from components.forecast_tab import build_forecast_tab
 from components.guide_tab import build_guide_tab
 from components.tune_tab import build_tune_tab
+from components.nag_tab import build_nag_tab
 from components.models_tab import build_models_tab
 
 HEADER = """\
@@ -55,6 +56,8 @@ def build_app(manager: ModelManager | None = None) -> gr.Blocks:
                 build_edit_tab(manager)
             with gr.Tab("Tune", id="tune"):
                 build_tune_tab(manager)
+            with gr.Tab("Architectures", id="architectures"):
+                build_nag_tab(manager)
             with gr.Tab("Models", id="models") as models_tab:
                 build_models_tab(manager, models_tab)
     demo.queue(max_size=64)
@@ -97,6 +100,7 @@ def warm_up() -> None:
             lazy.module("studio.nets.classifiers")
             lazy.module("studio.nets.tsdiff")
             lazy.module("studio.nets.idempotent")
+            lazy.module("studio.nets.nag")
             for name in SCHEDULERS:
                 scheduler_class(name)
     except Exception:  # the first real use reports any problem to the user

@@ -89,3 +89,85 @@ def loss_chart(history: list[dict], total: int, keys: tuple[str, ...], title: st
                       height=height, margin={"l": 50, "r": 10, "t": 40, "b": 30}, xaxis_title="step",
                       legend={"orientation": "h", "y": -0.25})
     return fig
+
+
+OP_COLOURS = {"skip_connect": "#7f7f7f", "nor_conv_1x1": "#1f77b4", "nor_conv_3x3": "#d62728",
+              "avg_pool_3x3": "#2ca02c", "none": "#dddddd"}
+
+
+def cell_figure(archs: list[str], titles: list[str] | None = None, columns: int = 4, height: int | None = None):
+    """NAS-Bench-201 cells drawn as DAGs: nodes 0..3 left to right, each edge an arc coloured by its
+    operation (``none`` edges dotted and faint). One panel per cell."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from studio.data import nasbench
+
+    columns = max(1, min(columns, len(archs)))
+    rows = max(1, -(-len(archs) // columns))
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=titles or None,
+                        horizontal_spacing=0.03, vertical_spacing=0.12 / rows)
+    shown = set()
+    for k, arch in enumerate(archs):
+        r, c = k // columns + 1, k % columns + 1
+        for (j, i), op in zip(nasbench.EDGES, nasbench.parse(arch)):
+            bend = 0.35 * (j - i - 1) * (1 if (i + j) % 2 else -1)  # longer edges arc further
+            t = np.linspace(0, 1, 21)
+            xs = (1 - t) * i + t * j
+            ys = 4 * bend * t * (1 - t)
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines", name=op, legendgroup=op, showlegend=op not in shown,
+                line={"color": OP_COLOURS[op], "width": 1.5 if op == "none" else 3.5,
+                      "dash": "dot" if op == "none" else "solid"},
+                hovertext=f"{op}: node {i} -> node {j}", hoverinfo="text"), row=r, col=c)
+            shown.add(op)
+        fig.add_trace(go.Scatter(x=[0, 1, 2, 3], y=[0, 0, 0, 0], mode="markers+text", text=["in", "1", "2", "out"],
+                                 textposition="bottom center", marker={"size": 14, "color": "white",
+                                                                       "line": {"color": "black", "width": 1.5}},
+                                 showlegend=False, hoverinfo="skip"), row=r, col=c)
+    fig.update_xaxes(visible=False, range=[-0.3, 3.3])
+    fig.update_yaxes(visible=False, range=[-1.3, 1.3])
+    fig.update_layout(height=height or 170 * rows + 60, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.02}, plot_bgcolor="white")
+    return fig
+
+
+def space_histogram(space: np.ndarray, marks: dict[str, np.ndarray], title: str, height: int = 300):
+    """The whole space's accuracies as a histogram, with each named set of cells as a rug of ticks."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Histogram(x=space, nbinsx=60, name="every cell of the space", marker_color="#c7c7c7"))
+    top = np.quantile(space, 0.99)
+    fig.add_vline(x=float(top), line_dash="dash", line_color="black", annotation_text="top 1%",
+                  annotation_position="top left")
+    palette = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd")
+    for k, (name, values) in enumerate(marks.items()):
+        fig.add_trace(go.Scatter(x=values, y=np.full(len(values), -3.0 - 4 * k), mode="markers", name=name,
+                                 marker={"symbol": "line-ns-open", "size": 12, "color": palette[k % len(palette)]}))
+    fig.update_layout(title=title, height=height, xaxis_title="validation accuracy", yaxis_title="cells",
+                      bargap=0.02, margin={"l": 50, "r": 10, "t": 40, "b": 40}, legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+def efficiency_chart(curves: dict[str, tuple], target: float | None = None, title: str = "search efficiency",
+                     height: int = 320):
+    """Best accuracy found vs architectures trained: ``curves[name] = (x, median[, low, high])``."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    palette = ("#d62728", "#ff7f0e", "#1f77b4", "#7f7f7f", "#2ca02c")
+    for k, (name, curve) in enumerate(curves.items()):
+        colour = palette[k % len(palette)]
+        x, y = curve[0], curve[1]
+        if len(curve) == 4:
+            fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([curve[3], curve[2][::-1]]),
+                                     fill="toself", fillcolor=_rgba(colour, 0.15), line={"width": 0},
+                                     hoverinfo="skip", showlegend=False, legendgroup=name))
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line={"color": colour, "width": 2},
+                                 legendgroup=name))
+    if target is not None:
+        fig.add_hline(y=target, line_dash="dash", line_color="black", annotation_text="top 1% of the space")
+    fig.update_layout(title=title, height=height, xaxis_title="architectures trained", xaxis_type="log",
+                      yaxis_title="best validation accuracy so far", margin={"l": 50, "r": 10, "t": 40, "b": 40},
+                      legend={"orientation": "h", "y": -0.3})
+    return fig

@@ -132,3 +132,19 @@ def fewstep_manager(tiny_manager):
     tiny_manager.register("digits-fewstep", lambda: DiffusionModel(
         "digits-fewstep", tiny_digits_unet(), scheduler_config(), "sample", "class", info), info=info)
     return tiny_manager
+
+
+@pytest.fixture
+def nag_manager(tiny_manager):
+    """``tiny_manager`` plus a random one-layer DiffusionNAG pair under 'nag-digits'."""
+    from studio.methods.nag import NAGModel
+    from studio.nets.nag import AccuracyPredictor, ScoreNet
+
+    info = {"kind": "nag", "score_split_seed": 0}
+
+    def load():
+        torch.manual_seed(0)
+        return NAGModel("nag-digits", ScoreNet(n_layers=1).eval(), AccuracyPredictor(n_layers=1).eval(), info)
+
+    tiny_manager.register("nag-digits", load, info=info)
+    return tiny_manager

@@ -216,3 +216,118 @@ def vun(archs: list[str | None], train_archs: set[str]) -> dict[str, float]:
     return {"validity": len(valid) / max(len(archs), 1),
             "uniqueness": len(unique) / max(len(valid), 1),
             "novelty": len(unique - train_archs) / max(len(unique), 1)}
+
+
+# ---------------------------------------------------------------- search efficiency
+
+
+def space_values(task: str, table: dict | None = None) -> dict[str, float]:
+    """cell -> validation accuracy for every cell of the space the ground truth covers on ``task``."""
+    rows = (table or nasbench.table()).get(task, {})
+    return {a: r["val_acc"] for a, r in rows.items()}
+
+
+def best_so_far(order: list[str], values: dict[str, float]) -> np.ndarray:
+    """Best validation accuracy after training the first k distinct cells of ``order`` (k = 1..)."""
+    seen, best, out = set(), -np.inf, []
+    for arch in order:
+        if arch in seen:
+            continue
+        seen.add(arch)
+        best = max(best, values[arch])
+        out.append(best)
+    return np.array(out)
+
+
+def trained_to_reach(curve: np.ndarray, target: float) -> float:
+    """How many cells were trained before one reached ``target`` (inf when none did)."""
+    hit = np.nonzero(curve >= target)[0]
+    return float(hit[0] + 1) if len(hit) else float("inf")
+
+
+def random_search_curves(values: dict[str, float], n_runs: int, length: int, seed: int = 0) -> np.ndarray:
+    """(n_runs, length) best-so-far curves of random search (distinct cells, uniformly)."""
+    cells = sorted(values)
+    acc = np.array([values[a] for a in cells])
+    rng = np.random.default_rng(seed)
+    return np.stack([np.maximum.accumulate(acc[rng.permutation(len(acc))[:length]]) for _ in range(n_runs)])
+
+
+def top_fraction(values: dict[str, float], fraction: float = 0.01) -> float:
+    """The accuracy a cell needs to be in the top ``fraction`` of the space."""
+    return float(np.quantile(np.array(list(values.values())), 1 - fraction))
+
+
+# ---------------------------------------------------------------- the tab's run
+
+
+@dataclass
+class NAGResult:
+    generated: Generated
+    rows: list[dict]                 # one per distinct valid cell, by predicted accuracy
+    vun: dict[str, float]
+    parameters: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def run_generate(p: GenerateParams, manager, model: str = "nag-digits", progress=None) -> NAGResult:
+    """Validate, generate, and look every valid cell up in the ground truth."""
+    from studio.core.params import validate
+
+    validate(p)
+    from studio.train.nag import score_split
+
+    with manager.use(model) as m:
+        g = generate(m.score, m.predictor, p, progress=progress)
+    truth = nasbench.table().get(p.task, {})
+    best: dict[str, float] = {}
+    for arch, pred in zip(g.archs, g.predicted):
+        if arch is not None:
+            best[arch] = pred
+    rows = []
+    for arch, pred in sorted(best.items(), key=lambda kv: -kv[1]):
+        t = truth.get(arch)
+        rows.append({"arch": arch, "predicted_acc": round(pred, 4),
+                     "val_acc": None if t is None else round(t["val_acc"], 4),
+                     "test_acc": None if t is None else round(t["test_acc"], 4),
+                     "params": None if t is None else t["params"], "count": g.archs.count(arch)})
+    scores = vun(g.archs, set(score_split(m.info.get("score_split_seed", 0))))
+    notes = [f"{len(g.archs)} cells in {g.seconds:.1f} s: validity {scores['validity']:.0%}, uniqueness "
+             f"{scores['uniqueness']:.0%}, novelty {scores['novelty']:.0%}"]
+    missing = sum(r["val_acc"] is None for r in rows)
+    if missing:
+        notes.append(f"{missing} cell(s) are not in the ground-truth table yet: train one to see its accuracy")
+    params = {"method": "DiffusionNAG", "model": model, **{k: getattr(p, k) for k in p.__dataclass_fields__}}
+    return NAGResult(g, rows, scores, params, notes)
+
+
+MAX_ARCH_CHARS = 400
+
+
+def train_one(arch: str, task: str, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Train one typed cell on ``task`` with the ground truth's recipe and compare with the table."""
+    from studio.core.params import ParamError
+    from studio.train.nasbench import RECIPE, TASKS, train_cell
+
+    if task not in TASKS:
+        raise ParamError(f"Task must be one of {', '.join(TASKS)}, got {task!r}")
+    if not isinstance(arch, str) or len(arch) > MAX_ARCH_CHARS:
+        raise ParamError(f"an architecture string is at most {MAX_ARCH_CHARS} characters")
+    try:
+        arch = nasbench.to_string(nasbench.parse(arch))
+    except nasbench.ArchError as exc:
+        raise ParamError(f"architecture string: {exc}") from None
+    t0 = time.perf_counter()
+    row = train_cell(arch, task, progress=progress)
+    seconds = time.perf_counter() - t0
+    known = nasbench.table().get(task, {}).get(arch)
+    lines = [f"**{task}**, {RECIPE['epochs']} epochs in {seconds:.1f} s: validation accuracy **{row['val_acc']:.3f}**, "
+             f"test {row['test_acc']:.3f}, {row['params']:,} parameters, {row['flops']:,} multiply-adds."]
+    if known is None:
+        lines.append("The ground-truth table has no row for this cell's class on this task yet.")
+    else:
+        same = "this very cell" if known["trained"] == arch else f"`{known['trained']}` (same function)"
+        lines.append(f"The table ({same}): validation {known['val_acc']:.3f}, test {known['test_acc']:.3f}. "
+                     "Differences of a few points are training noise: the same recipe and seed on another "
+                     "machine or in another batch order of floating-point sums lands elsewhere.")
+    return {"row": row, "table": known, "seconds": seconds, "message": "\n\n".join(lines)}

@@ -1,0 +1,123 @@
+"""Architectures tab (DiffusionNAG): generate NAS-Bench-201 cells for a digits task, guided by the
+accuracy predictor, and see how good they really are.
+
+Left: task, guidance scale, number of cells, seed (sampler steps under Advanced). Right: the best
+generated cells drawn as DAGs (operations as coloured edges), a sortable table (arch string,
+predicted accuracy, the ground truth's validation and test accuracy, parameters), where the cells
+fall in the histogram of the whole space, and the search-efficiency curve (best true accuracy vs
+cells trained, in predicted order, against random search). Below: train one cell (typed or taken
+from the table) with the ground truth's recipe, with a progress bar, and compare with the table.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+
+from studio.core.manager import ModelManager
+from studio.core.params import coerce
+from studio.methods import nag
+from studio.plots import cell_figure, efficiency_chart, space_histogram
+from components.widgets import param_inputs, shows_errors
+
+DRAWN = 8          # cells drawn as DAGs
+RANDOM_RUNS = 200  # random-search runs behind the reference curve
+MODEL = "nag-digits"
+
+
+def table_frame(rows: list[dict]):
+    import pandas as pd
+
+    columns = ["arch", "predicted_acc", "val_acc", "test_acc", "params", "count"]
+    return pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame({"note": ["no valid cell was generated"]})
+
+
+def figures(result: nag.NAGResult):
+    """(DAGs, histogram, efficiency curve) of one generation."""
+    task = result.parameters["task"]
+    rows = result.rows
+    drawn = rows[:DRAWN]
+    titles = [f"pred {r['predicted_acc']:.3f}" + ("" if r["val_acc"] is None else f" / true {r['val_acc']:.3f}")
+              for r in drawn]
+    dags = cell_figure([r["arch"] for r in drawn], titles) if drawn else None
+    values = nag.space_values(task)
+    if not values:
+        return dags, None, None
+    known = [r for r in rows if r["val_acc"] is not None]
+    hist = space_histogram(np.array(list(values.values())), {"generated cells": np.array([r["val_acc"] for r in known])},
+                           f"{task}: the space ({len(values):,} cells with ground truth) and the generated cells")
+    order = [r["arch"] for r in known]  # the official transfer NAG trains generated cells in predicted order
+    curves = {}
+    if order:
+        curve = nag.best_so_far(order, values)
+        curves["DiffusionNAG (this run, predicted order)"] = (np.arange(1, len(curve) + 1), curve)
+    length = max(len(order), 100)
+    rand = nag.random_search_curves(values, RANDOM_RUNS, length)
+    x = np.arange(1, length + 1)
+    curves["random search (median, 25-75%)"] = (x, np.median(rand, 0), np.quantile(rand, 0.25, 0),
+                                               np.quantile(rand, 0.75, 0))
+    eff = efficiency_chart(curves, nag.top_fraction(values), f"{task}: best true accuracy vs cells trained")
+    return dags, hist, eff
+
+
+def build_nag_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=300):
+            inputs = param_inputs(nag.GenerateParams, id_prefix="nag-")
+            gen_btn = gr.Button("Generate cells", variant="primary", elem_id="nag-generate-btn")
+            gr.Markdown("### Train one cell\nPaste an architecture string (NAS-Bench-201 format) or pick a row of "
+                        "the table; it is trained on the chosen task with the ground truth's recipe (a few seconds).")
+            arch_box = gr.Textbox(label="Architecture string", max_lines=1, max_length=400,
+                                  placeholder="|nor_conv_3x3~0|+|none~0|skip_connect~1|+|...~0|...~1|...~2|",
+                                  elem_id="nag-arch")
+            train_btn = gr.Button("Train this cell", elem_id="nag-train-btn")
+            train_info = gr.Markdown(elem_id="nag-train-info")
+        with gr.Column(scale=3, min_width=360):
+            info = gr.Markdown(elem_id="nag-info")
+            dags = gr.Plot(label="The best generated cells (by predicted accuracy)", elem_id="nag-dags")
+            table = gr.Dataframe(label="Generated cells (click a row to train it; sort by any column)",
+                                 headers=["arch", "predicted_acc", "val_acc", "test_acc", "params", "count"],
+                                 interactive=False, elem_id="nag-table")
+            hist = gr.Plot(label="Where they fall in the space", elem_id="nag-hist")
+            eff = gr.Plot(label="Search efficiency", elem_id="nag-eff")
+            params = gr.JSON(label="Parameters", open=False)
+
+    @shows_errors
+    def generate(progress=gr.Progress(), **values):
+        p = coerce(nag.GenerateParams, values)
+        progress((0, p.steps), desc="Loading model")
+
+        def report(i, n):
+            if i % 20 == 0 or i == n:
+                progress((i, n), desc="Sampling (corrector + predictor)", unit="steps")
+
+        result = nag.run_generate(p, manager, MODEL, progress=report)
+        d, h, e = figures(result)
+        first = result.rows[0]["arch"] if result.rows else ""
+        return {info: "; ".join(result.notes), dags: d, table: table_frame(result.rows), hist: h, eff: e,
+                params: result.parameters, arch_box: first}
+
+    gen_btn.click(generate, inputs_kwargs=inputs, outputs=[info, dags, table, hist, eff, params, arch_box],
+                  preprocess=False, api_name="nag_generate", concurrency_id="models", concurrency_limit=1,
+                  show_progress_on=[dags])
+
+    def pick(evt: gr.SelectData, frame):
+        try:
+            return str(frame.iloc[evt.index[0]]["arch"])
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return gr.update()
+
+    table.select(pick, inputs=[table], outputs=[arch_box], queue=False, api_visibility="private")
+
+    @shows_errors
+    def train(arch, task, progress=gr.Progress()):
+        progress((0, 1), desc=f"Training on {task}")
+        out = nag.train_one(arch, task, progress=lambda e, n: progress((e, n), desc=f"Training on {task}",
+                                                                        unit="epochs"))
+        return out["message"]
+
+    train_btn.click(train, inputs=[arch_box, inputs["task"]], outputs=[train_info], api_name="nag_train",
+                    concurrency_id="train-cell", concurrency_limit=1, show_progress_on=[train_info])
+    return {**inputs, "generate": gen_btn, "info": info, "dags": dags, "table": table, "hist": hist, "eff": eff,
+            "arch": arch_box, "train": train_btn, "train_info": train_info}
+
