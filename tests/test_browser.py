@@ -270,3 +270,30 @@ def test_tune_trains_and_shows_the_after_grid_in_a_real_browser(tune_url, browse
     expect(page.locator("#pso-status")).to_contain_text("Saved as")
     assert (tmp_path / "home" / "tuned" / "thick-browser" / "adapter.safetensors").exists()
     page.screenshot(path=str(tmp_path / "tune.png"), full_page=True)
+
+
+def test_architectures_generate_draw_and_train_a_cell_in_a_real_browser(zoo_url, browser, tmp_path):
+    """Generate cells on the embedded DiffusionNAG, see them drawn, tabled, placed in the space and on
+    the efficiency curve; pick one from the table, train it, and get a message for a malformed string."""
+    from playwright.sync_api import expect
+
+    from studio.data import nasbench as nb
+
+    page = open_tab(browser, zoo_url, "Architectures", height=2200)
+    set_number(page, "#nag-param-n_cells", 24)
+    page.get_by_text("Advanced").last.click()
+    set_number(page, "#nag-param-steps", 100)
+    page.locator("#nag-generate-btn").click()
+    expect(page.locator("#nag-info")).to_contain_text("24 cells in", timeout=TIMEOUT_MS)
+    for plot in ("#nag-dags", "#nag-hist", "#nag-eff"):
+        expect(page.locator(f"{plot} .js-plotly-plot")).to_be_visible()
+    first = page.locator("#nag-table tbody tr").first
+    expect(first).to_contain_text("~0|")
+    arch = page.locator("#nag-arch input, #nag-arch textarea").first
+    assert nb.parse(arch.input_value())  # the best generated cell, ready to train
+    page.locator("#nag-train-btn").click()
+    expect(page.locator("#nag-train-info")).to_contain_text("validation accuracy", timeout=TIMEOUT_MS)
+    arch.fill("|nor_conv_3x3~0|+|none~0|+|none~0|none~1|none~2|")
+    page.locator("#nag-train-btn").click()
+    expect(page.get_by_text("2 incoming edge(s)").first).to_be_visible()
+    page.screenshot(path=str(tmp_path / "architectures.png"), full_page=True)

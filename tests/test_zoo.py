@@ -9,6 +9,7 @@ from studio.core import loading, metrics
 from studio.core.loading import DiffusionModel
 from studio.evaluate import sample_batch
 from studio.data import series as S
+from studio.methods.nag import NAGModel
 from studio.nets.classifiers import ExpertBank, GuideNet
 from studio.nets.idempotent import IdempotentNet
 from studio.nets.tsdiff import SeriesDiffusion
@@ -43,6 +44,9 @@ def test_each_entry_passes_its_checksums_and_loads(zoo_manager, name):
         elif MANIFEST[name]["kind"] == "idempotent":
             assert isinstance(obj, IdempotentNet) and obj.info["method"] in ("sign", "ign") and obj.timestep == 999
             assert not any(p.requires_grad for p in obj.parameters())
+        elif MANIFEST[name]["kind"] == "nag":
+            assert isinstance(obj, NAGModel) and obj.info["space"] == "nas-bench-201"
+            assert not any(p.requires_grad for p in [*obj.score.parameters(), *obj.predictor.parameters()])
         elif MANIFEST[name]["kind"] == "classifier":
             assert isinstance(obj, GuideNet) and not any(p.requires_grad for p in obj.parameters())
         else:
@@ -131,3 +135,19 @@ def test_fewstep_student_draws_the_asked_digit_at_1_2_and_4_steps(zoo_manager):
         with torch.no_grad():
             y0 = g(eps, torch.zeros(80, dtype=torch.long), class_labels=torch.tensor(labels)).sample.clamp(-1, 1)
         assert metrics.digits_accuracy(judge, y0, labels).value >= 0.85
+
+
+def test_the_architecture_model_generates_valid_cells_and_guidance_raises_true_accuracy(zoo_manager):
+    """A small live check of ``nag-digits`` (the full figures are in the benchmark): most sampled
+    cells are valid, and guidance moves the generated cells' true accuracy up."""
+    import numpy as np
+
+    from studio.methods import nag
+
+    values = nag.space_values("all ten")
+    with zoo_manager.use("nag-digits") as m:
+        out = {w: nag.generate(m.score, m.predictor, nag.GenerateParams(scale=w, n_cells=60, seed=11, steps=200))
+               for w in (0.0, nag.DEFAULT_SCALE)}
+    assert nag.vun(out[0.0].archs, set())["validity"] >= 0.9
+    mean = {w: np.mean([values[a] for a in g.archs if a in values]) for w, g in out.items()}
+    assert mean[nag.DEFAULT_SCALE] > mean[0.0] + 0.02, mean
