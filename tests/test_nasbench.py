@@ -131,3 +131,33 @@ def test_a_cell_trains_the_same_alone_or_in_a_group(monkeypatch):
     alone = run_nb.train_cell(EXAMPLE, "0-4")
     assert alone == group[0]
     assert alone["params"] == 2 * (9 * 64 + 8 + 8 + 64 + 8 + 8) + (72 + 16) + (16 + 8 * 5 + 5)  # cells, stem, head
+
+
+def test_real_nas_bench_201_figures_convert_through_the_strings(tmp_path):
+    """The NATS-Bench adapter on a stand-in API (the real files are not shipped): every cell keeps its
+    own row, percentages become fractions, and cells are matched by string."""
+
+    class FakeAPI:
+        archs = list(reversed(nb.all_archs()))  # another order than the studio's
+
+        def __len__(self):
+            return len(self.archs)
+
+        def arch(self, i):
+            return self.archs[i]
+
+        def get_more_info(self, i, dataset, hp, is_random):
+            assert hp == "200" and is_random is False
+            return {"valid-accuracy": 50.0 + i % 50, "test-accuracy": 40.0 + i % 50}
+
+        def get_cost_info(self, i, dataset):
+            return {"params": 0.5, "flops": 12.5}
+
+    path = nb.from_nats(FakeAPI(), datasets=("cifar10-valid",), target=tmp_path / "real.csv.gz")
+    t = nb.table(str(path))["cifar10-valid"]
+    assert len(t) == 15625
+    i = FakeAPI.archs.index(EXAMPLE)
+    assert t[EXAMPLE]["val_acc"] == pytest.approx((50 + i % 50) / 100) and t[EXAMPLE]["params"] == 500000
+    same = nb.unique_classes()[nb.canonical(EXAMPLE)]
+    other = next(a for a in same if a != EXAMPLE) if len(same) > 1 else EXAMPLE
+    assert t[other]["trained"] == other  # its own row, not its class's

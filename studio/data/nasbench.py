@@ -143,11 +143,12 @@ TABLE = Path(__file__).with_name("nasbench_digits.csv.gz")  # made by studio.tra
 
 @lru_cache(maxsize=4)
 def table(path: str | None = None) -> dict[str, dict[str, dict]]:
-    """The shipped ground truth: task -> cell -> {val_acc, test_acc, params, flops, trained}.
+    """A ground-truth table: task -> cell -> {val_acc, test_acc, params, flops, trained}.
 
-    The file holds one trained cell per functional class (mean over its rows' seeds); every other
-    cell of the class gets the same figures (``trained`` names the cell that was trained). A cell
-    whose class was not trained yet for a task is absent from that task.
+    The shipped file holds one trained cell per functional class (several rows of a cell: their
+    mean over seeds); every other cell of the class gets the same figures (``trained`` names the
+    cell that was trained). A file with a row for every cell (:func:`from_nats`) keeps each
+    cell's own row. A cell whose class has no row for a task is absent from that task.
     """
     import csv
     import gzip
@@ -155,13 +156,49 @@ def table(path: str | None = None) -> dict[str, dict[str, dict]]:
     rows: dict[tuple[str, str], list[dict]] = {}
     with gzip.open(path or TABLE, "rt", newline="") as fh:
         for row in csv.DictReader(fh):
-            rows.setdefault((row["task"], canonical(row["arch"])), []).append(row)
+            rows.setdefault((row["task"], to_string(parse(row["arch"]))), []).append(row)
+
+    def entry(group):
+        return {"val_acc": float(np.mean([float(r["val_acc"]) for r in group])),
+                "test_acc": float(np.mean([float(r["test_acc"]) for r in group])),
+                "params": int(float(group[0]["params"])), "flops": int(float(group[0]["flops"])),
+                "trained": group[0]["arch"]}
+
+    by_class: dict[tuple[str, str], dict] = {}
+    for (task, arch), group in rows.items():
+        by_class.setdefault((task, canonical(arch)), entry(group))
     classes = unique_classes()
     out: dict[str, dict[str, dict]] = {}
-    for (task, key), group in rows.items():
-        entry = {"val_acc": float(np.mean([float(r["val_acc"]) for r in group])),
-                 "test_acc": float(np.mean([float(r["test_acc"]) for r in group])),
-                 "params": int(group[0]["params"]), "flops": int(group[0]["flops"]), "trained": group[0]["arch"]}
+    for (task, key), e in by_class.items():
         for arch in classes[key]:
-            out.setdefault(task, {})[arch] = entry
+            out.setdefault(task, {})[arch] = entry(rows[(task, arch)]) if (task, arch) in rows else e
     return out
+
+
+def from_nats(api, datasets=("cifar10-valid", "cifar100", "ImageNet16-120"), target: Path | None = None,
+              hp: str = "200") -> Path:
+    """Convert NAS-Bench-201 / NATS-Bench (topology) figures into the studio's table format.
+
+    ``api`` is the user's own ``nats_bench.create(path, "tss", fast_mode=True)`` (or NAS-Bench-201's
+    ``API``): the studio neither ships nor downloads those files. Each cell's string goes through
+    :func:`parse` (never raw indices); accuracies (percent there) become fractions; the mean over the
+    benchmark's seeds is read (``is_random=False``). Load the result with ``table(str(target))``.
+    """
+    import csv
+    import gzip
+    import io
+
+    target = Path(target or "nasbench201-real.csv.gz")
+    with gzip.GzipFile(target, "wb", mtime=0) as raw, io.TextIOWrapper(raw, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=("arch", "task", "seed", "val_acc", "test_acc", "params", "flops"))
+        writer.writeheader()
+        for index in range(len(api)):
+            arch = to_string(parse(api.arch(index)))
+            for dataset in datasets:
+                info = api.get_more_info(index, dataset, hp=hp, is_random=False)
+                cost = api.get_cost_info(index, dataset)
+                val = info.get("valid-accuracy", info.get("valtest-accuracy", info["test-accuracy"]))
+                writer.writerow({"arch": arch, "task": dataset, "seed": 0, "val_acc": val / 100,
+                                 "test_acc": info["test-accuracy"] / 100, "params": round(cost["params"] * 1e6),
+                                 "flops": round(cost["flops"] * 1e6)})
+    return target
