@@ -50,7 +50,7 @@ def figures(result: nag.NAGResult):
     curves = {}
     if order:
         curve = nag.best_so_far(order, values)
-        curves["DiffusionNAG (this run, predicted order)"] = (np.arange(1, len(curve) + 1), curve)
+        curves["DiffusionNAG (this run, predicted order; cells with ground truth)"] = (np.arange(1, len(curve) + 1), curve)
     length = max(len(order), 100)
     rand = nag.random_search_curves(values, RANDOM_RUNS, length)
     x = np.arange(1, length + 1)
