@@ -28,7 +28,7 @@ MODEL = "nag-digits"
 def table_frame(rows: list[dict]):
     import pandas as pd
 
-    columns = ["arch", "predicted_acc", "val_acc", "test_acc", "params", "count"]
+    columns = ["predicted_acc", "val_acc", "test_acc", "params", "count", "arch"]  # the long string last
     return pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame({"note": ["no valid cell was generated"]})
 
 
@@ -76,7 +76,7 @@ def build_nag_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
             info = gr.Markdown(elem_id="nag-info")
             dags = gr.Plot(label="The best generated cells (by predicted accuracy)", elem_id="nag-dags")
             table = gr.Dataframe(label="Generated cells (click a row to train it; sort by any column)",
-                                 headers=["arch", "predicted_acc", "val_acc", "test_acc", "params", "count"],
+                                 headers=["predicted_acc", "val_acc", "test_acc", "params", "count", "arch"],
                                  interactive=False, elem_id="nag-table")
             hist = gr.Plot(label="Where they fall in the space", elem_id="nag-hist")
             eff = gr.Plot(label="Search efficiency", elem_id="nag-eff")

@@ -167,6 +167,8 @@ def efficiency_chart(curves: dict[str, tuple], target: float | None = None, titl
                                  legendgroup=name))
     if target is not None:
         fig.add_hline(y=target, line_dash="dash", line_color="black", annotation_text="top 1% of the space")
+    lowest = min(float(np.min(curve[1])) for curve in curves.values()) if curves else 0.0
+    fig.update_yaxes(range=[lowest - 0.02, 1.0 + 0.005])  # the medians, not a band's tail, set the scale
     fig.update_layout(title=title, height=height, xaxis_title="architectures trained", xaxis_type="log",
                       yaxis_title="best validation accuracy so far", margin={"l": 50, "r": 10, "t": 40, "b": 40},
                       legend={"orientation": "h", "y": -0.3})

@@ -210,6 +210,10 @@ class NAGModel:
     predictor: torch.nn.Module
     info: dict = field(default_factory=dict)
 
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:  # what the manager sizes (as for a pipeline)
+        return {"score": self.score, "predictor": self.predictor}
+
 
 # ---------------------------------------------------------------- metrics
 
