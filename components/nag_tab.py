@@ -45,7 +45,8 @@ def figures(result: nag.NAGResult):
         return dags, None, None
     known = [r for r in rows if r["val_acc"] is not None]
     hist = space_histogram(np.array(list(values.values())), {"generated cells": np.array([r["val_acc"] for r in known])},
-                           f"{task}: the space ({len(values):,} cells with ground truth) and the generated cells")
+                           f"{task}: the space ({len(values):,} cells with ground truth) and the generated cells",
+                           top=nag.top_fraction(values))
     order = [r["arch"] for r in known]  # the official transfer NAG trains generated cells in predicted order
     curves = {}
     if order:

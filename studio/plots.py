@@ -132,14 +132,16 @@ def cell_figure(archs: list[str], titles: list[str] | None = None, columns: int 
     return fig
 
 
-def space_histogram(space: np.ndarray, marks: dict[str, np.ndarray], title: str, height: int = 300):
-    """The whole space's accuracies as a histogram, with each named set of cells as a rug of ticks."""
+def space_histogram(space: np.ndarray, marks: dict[str, np.ndarray], title: str, top: float | None = None,
+                    height: int = 300):
+    """The whole space's accuracies as a histogram, each named set of cells as a rug of ticks, and
+    the top-1% threshold ``top`` as a dashed line."""
     import plotly.graph_objects as go
 
     fig = go.Figure(go.Histogram(x=space, nbinsx=60, name="every cell of the space", marker_color="#c7c7c7"))
-    top = np.quantile(space, 0.99)
-    fig.add_vline(x=float(top), line_dash="dash", line_color="black", annotation_text="top 1%",
-                  annotation_position="top left")
+    if top is not None:
+        fig.add_vline(x=float(top), line_dash="dash", line_color="black", annotation_text="top 1%",
+                      annotation_position="top left")
     palette = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd")
     for k, (name, values) in enumerate(marks.items()):
         fig.add_trace(go.Scatter(x=values, y=np.full(len(values), -3.0 - 4 * k), mode="markers", name=name,

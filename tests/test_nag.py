@@ -107,3 +107,13 @@ def test_score_split_is_half_the_space_and_fixed():
 
     split = score_split()
     assert len(split) == len(nb.all_archs()) // 2 == len(set(split)) and split == score_split()
+
+
+def test_top_one_percent_never_holds_more_than_one_percent_despite_ties():
+    values = {f"c{i}": v for i, v in enumerate([0.5] * 90 + [0.9] * 8 + [0.95, 0.97])}
+    assert nag.top_fraction(values, 0.01) == 0.97
+    assert nag.top_fraction(values, 0.02) == 0.95
+    assert nag.top_fraction(values, 0.10) == 0.9  # 0.9 and up is exactly 10%
+    curve = nag.best_so_far(["c0", "c0", "c98", "c99"], values)
+    assert curve.tolist() == [0.5, 0.95, 0.97] and nag.trained_to_reach(curve, 0.97) == 3
+    assert nag.trained_to_reach(curve, 0.99) == float("inf")
