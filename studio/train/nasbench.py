@@ -9,12 +9,16 @@ its validation and test accuracy, parameters and multiply-accumulates recorded:
   the studio's 1,437 training digits split 1,077 / 360 (train / validation, stratified, seed 0),
   the 360 test digits for test accuracy;
 * recipe: :class:`studio.nets.nas_cell.CellNet` with C = 8, Adam lr 5e-3, batch 32, 8 epochs,
-  seed 0 for every cell (so a cell's figures are reproducible), one CPU thread.
+  seed 0 for every cell (so a cell's figures are reproducible).
 
-Cells are visited in a fixed random order, all tasks of a cell together, so a partial table is a
-uniform sample of the space. Progress is appended line by line to ``runs/nasbench-digits.<i>.csv``
-(shard i of n: every n-th cell of the order, so two processes share the work) and a restarted run
-skips what is done: ``python -m studio.train.nasbench [--shard i/n] [--limit N]``.
+Cells are trained many at once (:class:`studio.nets.nas_cell.CellNets`, ``--group``; on a GPU
+with ``--device cuda``): every network starts from the same seeded draw and sees the same
+batches, so a cell gets the same figures alone or in a group. Cells are visited in a fixed random
+order, every task of a group before the next group, so a partial table is a uniform sample of the
+space. Rows are appended to a CSV (``--out``, default ``runs/nasbench-digits.csv``) and a
+restarted run skips what is done; ``--tasks`` splits the work between processes; ``--ship A.csv
+B.csv`` merges run CSVs into the shipped table ``studio/data/nasbench_digits.csv.gz``:
+``python -m studio.train.nasbench [--tasks ...] [--out ...] [--seeds 0,1] [--limit N]``.
 """
 
 from __future__ import annotations
