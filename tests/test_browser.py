@@ -287,10 +287,13 @@ def test_architectures_generate_draw_and_train_a_cell_in_a_real_browser(zoo_url,
     expect(page.locator("#nag-info")).to_contain_text("24 cells in", timeout=TIMEOUT_MS)
     for plot in ("#nag-dags", "#nag-hist", "#nag-eff"):
         expect(page.locator(f"{plot} .js-plotly-plot")).to_be_visible()
-    first = page.locator("#nag-table tbody tr").first
-    expect(first).to_contain_text("~0|")
+    expect(page.locator('#nag-table [data-testid="cell-0-5"]')).to_contain_text("~0|")  # row 0, the arch column
     arch = page.locator("#nag-arch input, #nag-arch textarea").first
     assert nb.parse(arch.input_value())  # the best generated cell, ready to train
+    second = page.locator('#nag-table [data-testid="cell-1-5"]')
+    picked = second.inner_text().strip()
+    second.click()  # a click on a row puts its cell in the box
+    expect(arch).to_have_value(picked)
     page.locator("#nag-train-btn").click()
     expect(page.locator("#nag-train-info")).to_contain_text("validation accuracy", timeout=TIMEOUT_MS)
     arch.fill("|nor_conv_3x3~0|+|none~0|+|none~0|none~1|none~2|")
