@@ -119,16 +119,13 @@ def ordered_by_prediction(cells: list[str], predictor, code) -> list[str]:
 def search(task: str, score, predictor, truth: Truth, scale: float, seeds: int, steps: int) -> dict:
     values = truth.space(task)
     target = nag.top_fraction(values)
-    with torch.no_grad():
-        code = predictor.encode_task(nag.task_sets(task))
+    code = nag.task_code(predictor, task)
     curves: dict[str, list[np.ndarray]] = {"DiffusionNAG (guided)": [], "unguided": [],
                                            "predictor-filtered random": [], "random search": []}
     space_cells = sorted(values)
     for seed in range(seeds):
         for name, w in (("DiffusionNAG (guided)", scale), ("unguided", 0.0)):
-            g = nag.pc_sample(nag.guided_score(score, predictor, code, w), POOL, torch.Generator().manual_seed(seed),
-                              steps)
-            cells = [a for a in nag.decode(g) if a is not None]
+            cells = [a for a in nag.sample_cells(score, predictor, code, w, POOL, seed, steps) if a is not None]
             order = ordered_by_prediction(cells, predictor, code)
             curve = nag.best_so_far(order, {a: truth.val(task, a) for a in order})
             curves[name].append(curve if len(curve) else np.zeros(1))  # no valid cell: nothing found
@@ -155,12 +152,10 @@ def sweep(score, predictor, truth: Truth, task: str, n: int, steps: int) -> list
     table covers (a uniform random subset of classes, so an unbiased sample of the generated cells)."""
     values = truth.space(task)
     target = nag.top_fraction(values)
-    with torch.no_grad():
-        code = predictor.encode_task(nag.task_sets(task))
+    code = nag.task_code(predictor, task)
     rows = []
     for w in SCALES:
-        cells = nag.decode(nag.pc_sample(nag.guided_score(score, predictor, code, w), n,
-                                         torch.Generator().manual_seed(77), steps))
+        cells = nag.sample_cells(score, predictor, code, w, n, 77, steps)
         valid = [a for a in cells if a is not None]
         acc = np.array([values[a] for a in valid if a in values])
         rows.append({"scale": w, "validity": len(valid) / n, "with_truth": len(acc),
@@ -171,12 +166,11 @@ def sweep(score, predictor, truth: Truth, task: str, n: int, steps: int) -> list
 
 def timing(score, predictor, steps: int) -> dict:
     torch.set_num_threads(2)
-    with torch.no_grad():
-        code = predictor.encode_task(nag.task_sets("all ten"))
+    code = nag.task_code(predictor, "all ten")
     out = {}
     for name, w in (("unguided", 0.0), ("guided", nag.DEFAULT_SCALE)):
         t0 = time.perf_counter()
-        nag.pc_sample(nag.guided_score(score, predictor, code, w), 100, torch.Generator().manual_seed(0), steps)
+        nag.sample_cells(score, predictor, code, w, 100, 0, steps)
         out[name] = time.perf_counter() - t0
     return out
 
@@ -194,11 +188,9 @@ def main(quick: bool = False) -> dict:
                                                                                   (nag.DEFAULT_STEPS, nag.N_STEPS))}
     n_vun = 100 if quick else 1000
     results["vun"] = {}
-    with torch.no_grad():
-        code = zoo.predictor.encode_task(nag.task_sets("all ten"))
+    code = nag.task_code(zoo.predictor, "all ten")
     for name, w in (("unguided", 0.0), ("guided", nag.DEFAULT_SCALE)):
-        cells = nag.decode(nag.pc_sample(nag.guided_score(score, zoo.predictor, code, w), n_vun,
-                                         torch.Generator().manual_seed(1000), steps))
+        cells = nag.sample_cells(score, zoo.predictor, code, w, n_vun, 1000, steps)
         results["vun"][name] = nag.vun(cells, split)
     tasks = [t for t in TASKS if len(truth.space(t)) >= MIN_COVERAGE * len(nasbench.all_archs())]
     results["coverage"] = {t: len(truth.space(t)) for t in TASKS}

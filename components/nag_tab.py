@@ -44,9 +44,10 @@ def figures(result: nag.NAGResult):
     if not values:
         return dags, None, None
     known = [r for r in rows if r["val_acc"] is not None]
+    top = nag.top_fraction(values)
     hist = space_histogram(np.array(list(values.values())), {"generated cells": np.array([r["val_acc"] for r in known])},
                            f"{task}: the space ({len(values):,} cells with ground truth) and the generated cells",
-                           top=nag.top_fraction(values))
+                           top=top)
     order = [r["arch"] for r in known]  # the official transfer NAG trains generated cells in predicted order
     curves = {}
     if order:
@@ -57,7 +58,7 @@ def figures(result: nag.NAGResult):
     x = np.arange(1, length + 1)
     curves["random search (median, 25-75%)"] = (x, np.median(rand, 0), np.quantile(rand, 0.25, 0),
                                                np.quantile(rand, 0.75, 0))
-    eff = efficiency_chart(curves, nag.top_fraction(values), f"{task}: best true accuracy vs cells trained")
+    eff = efficiency_chart(curves, top, f"{task}: best true accuracy vs cells trained")
     return dags, hist, eff
 
 

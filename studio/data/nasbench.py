@@ -175,6 +175,22 @@ def table(path: str | None = None) -> dict[str, dict[str, dict]]:
     return out
 
 
+FIELDS = ("arch", "task", "seed", "val_acc", "test_acc", "params", "flops")  # a table's columns
+
+
+def write_table(rows, target: Path) -> Path:
+    """Write table rows (dicts with :data:`FIELDS`) as a gzip CSV, byte-reproducible (no timestamp)."""
+    import csv
+    import gzip
+    import io
+
+    with gzip.GzipFile(target, "wb", mtime=0) as raw, io.TextIOWrapper(raw, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
 def from_nats(api, datasets=("cifar10-valid", "cifar100", "ImageNet16-120"), target: Path | None = None,
               hp: str = "200") -> Path:
     """Convert NAS-Bench-201 / NATS-Bench (topology) figures into the studio's table format.
@@ -184,21 +200,15 @@ def from_nats(api, datasets=("cifar10-valid", "cifar100", "ImageNet16-120"), tar
     :func:`parse` (never raw indices); accuracies (percent there) become fractions; the mean over the
     benchmark's seeds is read (``is_random=False``). Load the result with ``table(str(target))``.
     """
-    import csv
-    import gzip
-    import io
-
-    target = Path(target or "nasbench201-real.csv.gz")
-    with gzip.GzipFile(target, "wb", mtime=0) as raw, io.TextIOWrapper(raw, newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=("arch", "task", "seed", "val_acc", "test_acc", "params", "flops"))
-        writer.writeheader()
+    def rows():
         for index in range(len(api)):
             arch = to_string(parse(api.arch(index)))
             for dataset in datasets:
                 info = api.get_more_info(index, dataset, hp=hp, is_random=False)
                 cost = api.get_cost_info(index, dataset)
                 val = info.get("valid-accuracy", info.get("valtest-accuracy", info["test-accuracy"]))
-                writer.writerow({"arch": arch, "task": dataset, "seed": 0, "val_acc": val / 100,
-                                 "test_acc": info["test-accuracy"] / 100, "params": round(cost["params"] * 1e6),
-                                 "flops": round(cost["flops"] * 1e6)})
-    return target
+                yield {"arch": arch, "task": dataset, "seed": 0, "val_acc": val / 100,
+                       "test_acc": info["test-accuracy"] / 100, "params": round(cost["params"] * 1e6),
+                       "flops": round(cost["flops"] * 1e6)}
+
+    return write_table(rows(), Path(target or "nasbench201-real.csv.gz"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -189,14 +190,25 @@ def predict(predictor, archs: list[str], task_code: torch.Tensor) -> np.ndarray:
         return predictor(x, torch.full((len(archs),), SIGMA_MIN), task_code).numpy()
 
 
+def task_code(predictor, task: str) -> torch.Tensor:
+    """The predictor's set encoding of ``task``'s fixed draw of images (what guidance conditions on)."""
+    with torch.no_grad():
+        return predictor.encode_task(task_sets(task))
+
+
+def sample_cells(score_net, predictor, code: torch.Tensor | None, scale: float, n: int, seed: int,
+                 steps: int = N_STEPS, progress=None) -> list[str | None]:
+    """``n`` cells (None where invalid) from the guided PC sampler, seeded."""
+    x = pc_sample(guided_score(score_net, predictor, code, scale), n, torch.Generator().manual_seed(seed), steps,
+                  progress=progress)
+    return decode(x)
+
+
 def generate(score_net, predictor, p: GenerateParams, progress=None) -> Generated:
     """Generate ``p.n_cells`` cells for ``p.task`` with guidance scale ``p.scale``."""
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(p.seed)
-    with torch.no_grad():
-        code = predictor.encode_task(task_sets(p.task))
-    x = pc_sample(guided_score(score_net, predictor, code, p.scale), p.n_cells, gen, p.steps, progress=progress)
-    archs = decode(x)
+    code = task_code(predictor, p.task)
+    archs = sample_cells(score_net, predictor, code, p.scale, p.n_cells, p.seed, p.steps, progress)
     valid = [a for a in archs if a is not None]
     pred = iter(predict(predictor, valid, code).tolist())
     return Generated(archs, [next(pred) if a is not None else None for a in archs], p, time.perf_counter() - t0)
@@ -295,17 +307,15 @@ def run_generate(p: GenerateParams, manager, model: str = "nag-digits", progress
     with manager.use(model) as m:
         g = generate(m.score, m.predictor, p, progress=progress)
     truth = nasbench.table().get(p.task, {})
-    best: dict[str, float] = {}
-    for arch, pred in zip(g.archs, g.predicted):
-        if arch is not None:
-            best[arch] = pred
+    best = {arch: pred for arch, pred in zip(g.archs, g.predicted) if arch is not None}
+    counts = Counter(g.archs)
     rows = []
     for arch, pred in sorted(best.items(), key=lambda kv: -kv[1]):
         t = truth.get(arch)
         rows.append({"arch": arch, "predicted_acc": round(pred, 4),
                      "val_acc": None if t is None else round(t["val_acc"], 4),
                      "test_acc": None if t is None else round(t["test_acc"], 4),
-                     "params": None if t is None else t["params"], "count": g.archs.count(arch)})
+                     "params": None if t is None else t["params"], "count": counts[arch]})
     scores = vun(g.archs, set(score_split(m.info.get("score_split_seed", 0))))
     notes = [f"{len(g.archs)} cells in {g.seconds:.1f} s: validity {scores['validity']:.0%}, uniqueness "
              f"{scores['uniqueness']:.0%}, novelty {scores['novelty']:.0%}"]

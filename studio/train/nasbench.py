@@ -24,8 +24,6 @@ B.csv`` merges run CSVs into the shipped table ``studio/data/nasbench_digits.csv
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,7 +35,7 @@ from studio.data import nasbench
 
 TASKS = {"all ten": tuple(range(10)), "0-4": (0, 1, 2, 3, 4), "5-9": (5, 6, 7, 8, 9), "even/odd": tuple(range(10))}
 RECIPE = {"channels": 8, "lr": 5e-3, "batch": 32, "epochs": 8, "seed": 0, "val_size": 360}
-FIELDS = ("arch", "task", "seed", "val_acc", "test_acc", "params", "flops")
+FIELDS = nasbench.FIELDS
 ORDER_SEED = 201
 
 
@@ -173,12 +171,7 @@ def ship(sources: list[Path], target: Path | None = None) -> Path:
         with Path(src).open() as fh:
             for row in csv.DictReader(fh):
                 rows[(row["task"], row["arch"], int(row["seed"]))] = row
-    target = target or nasbench.TABLE
-    with gzip.GzipFile(target, "wb", mtime=0) as raw, io.TextIOWrapper(raw, newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows[k] for k in sorted(rows))
-    return target
+    return nasbench.write_table((rows[k] for k in sorted(rows)), target or nasbench.TABLE)
 
 
 if __name__ == "__main__":
