@@ -108,7 +108,7 @@ def _copy_into(many, g, net):
 
 @torch.no_grad()
 def test_batched_cells_compute_each_cell_network():
-    from studio.nets.nas_cell import CellNet, CellNets
+    from studio.nets.nas_cell import CellNet, CellNets, GroupedConv
 
     archs = [EXAMPLE, "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
              "|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|+|nor_conv_1x1~0|none~1|nor_conv_3x3~2|"]
@@ -117,10 +117,28 @@ def test_batched_cells_compute_each_cell_network():
     for g, net in enumerate(nets):
         _copy_into(many, g, net)
     x = torch.randn(6, 1, 8, 8)
-    for train in (True, False):
-        many.train(train)
-        ref = torch.stack([net.train(train)(x) for net in nets], 1)
-        torch.testing.assert_close(many(x[:, None].expand(6, 3, 1, 8, 8)), ref, atol=1e-5, rtol=1e-5)
+    for matmul in (False, True):  # grouped convolutions, or unfold + batched matmul (the GPU path)
+        for m in many.modules():
+            if isinstance(m, GroupedConv):
+                m.matmul = matmul
+        for train in (True, False):
+            many.train(train)
+            ref = torch.stack([net.train(train)(x) for net in nets], 1)
+            torch.testing.assert_close(many(x[:, None].expand(6, 3, 1, 8, 8)), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_the_matmul_path_has_the_convolutions_gradients():
+    from studio.nets.nas_cell import CellNets
+
+    archs = [EXAMPLE, nb.all_archs()[777], nb.all_archs()[9000]]
+    x = torch.randn(5, 3, 1, 8, 8)
+    grads = []
+    for matmul in (False, True):
+        many = CellNets(archs, n_classes=4, c=8, seed=3, matmul=matmul)
+        many(x).square().sum().backward()
+        grads.append([p.grad for p in many.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_a_cell_trains_the_same_alone_or_in_a_group(monkeypatch):

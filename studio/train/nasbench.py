@@ -18,7 +18,7 @@ order, every task of a group before the next group, so a partial table is a unif
 space. Rows are appended to a CSV (``--out``, default ``runs/nasbench-digits.csv``) and a
 restarted run skips what is done; ``--tasks`` splits the work between processes; ``--ship A.csv
 B.csv`` merges run CSVs into the shipped table ``studio/data/nasbench_digits.csv.gz``:
-``python -m studio.train.nasbench [--tasks ...] [--out ...] [--seeds 0,1] [--limit N]``.
+``python -m studio.train.nasbench [--tasks ...] [--out ...] [--seeds 0,1] [--limit N] [--part 0:1000]``.
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ def _split(split: str):
 
 
 def train_many(archs: list[str], task: str, recipe: dict = RECIPE, device: str = "cpu", seed: int | None = None,
-               progress=None) -> list[dict]:
+               progress=None, matmul: bool | None = None) -> list[dict]:
     """Train cells of ``archs`` on ``task`` together (:class:`~studio.nets.nas_cell.CellNets`), one
     fixed recipe; returns one table row per cell. ``progress(epoch, epochs)`` is called per epoch.
+    ``matmul`` (default: on any device but the CPU) runs the convolutions as batched matmuls.
 
     Every network starts from the same seeded draw and sees the same batches in the same order, so
     a cell's figures do not depend on which cells share its batch (up to floating-point order).
@@ -86,7 +87,8 @@ def train_many(archs: list[str], task: str, recipe: dict = RECIPE, device: str =
 
     seed = recipe["seed"] if seed is None else seed
     k, c = n_classes(task), recipe["channels"]
-    nets = CellNets(archs, n_classes=k, c=c, seed=seed).to(device)
+    matmul = device != "cpu" if matmul is None else matmul
+    nets = CellNets(archs, n_classes=k, c=c, seed=seed, matmul=matmul).to(device)
     g = len(archs)
     opt = torch.optim.Adam(nets.parameters(), lr=recipe["lr"])
     x, y = (t.to(device) for t in task_data(task, "train"))
@@ -136,10 +138,11 @@ def done(path: Path) -> set[tuple[str, str, int]]:
 
 
 def run(path: Path | None = None, seeds=(0,), group: int = 64, device: str = "cpu", limit: int | None = None,
-        progress: bool = True, tasks=tuple(TASKS)) -> Path:
+        progress: bool = True, tasks=tuple(TASKS), part: slice = slice(None)) -> Path:
     """Train what is missing (up to ``limit`` cells per seed), ``group`` cells at a time, appending
     rows to ``path``. Cells go in :func:`visit_order`, every task of a group before the next group,
-    so a partial table is a uniform sample of the space."""
+    so a partial table is a uniform sample of the space. ``part`` (a slice of the visit order, itself
+    a uniform sample) splits the work between processes or machines."""
     from tqdm.auto import tqdm
 
     from studio.train.common import RUNS_DIR
@@ -147,7 +150,7 @@ def run(path: Path | None = None, seeds=(0,), group: int = 64, device: str = "cp
     path = path or RUNS_DIR / "nasbench-digits.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     finished = done(path)
-    order = visit_order()[:limit]
+    order = visit_order()[part][:limit]
     new = not path.exists()
     with path.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
@@ -184,6 +187,7 @@ if __name__ == "__main__":
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--limit", type=int, default=None, help="only the first N cells of the visit order")
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
+    ap.add_argument("--part", default=":", help="a slice START:STOP of the visit order (to split the work)")
     ap.add_argument("--ship", nargs="+", type=Path, default=None, metavar="CSV",
                     help="merge these run CSVs into the shipped table (studio/data/nasbench_digits.csv.gz) and stop")
     args = ap.parse_args()
@@ -192,4 +196,4 @@ if __name__ == "__main__":
     if args.device == "cpu":
         torch.set_num_threads(1)
     print(run(args.out, tuple(int(s) for s in args.seeds.split(",")), args.group, args.device, args.limit,
-              tasks=tuple(args.tasks.split(","))))
+              tasks=tuple(args.tasks.split(",")), part=slice(*(int(v) if v else None for v in args.part.split(":")))))
