@@ -143,7 +143,7 @@ TABLE = Path(__file__).with_name("nasbench_digits.csv.gz")  # made by studio.tra
 
 @lru_cache(maxsize=4)
 def table(path: str | None = None) -> dict[str, dict[str, dict]]:
-    """A ground-truth table: task -> cell -> {val_acc, test_acc, params, flops, trained}.
+    """A ground-truth table: task -> cell -> {val_acc, test_acc, params, flops, trained, seeds}.
 
     The shipped file holds one trained cell per functional class (several rows of a cell: their
     mean over seeds); every other cell of the class gets the same figures (``trained`` names the
@@ -162,7 +162,7 @@ def table(path: str | None = None) -> dict[str, dict[str, dict]]:
         return {"val_acc": float(np.mean([float(r["val_acc"]) for r in group])),
                 "test_acc": float(np.mean([float(r["test_acc"]) for r in group])),
                 "params": int(float(group[0]["params"])), "flops": int(float(group[0]["flops"])),
-                "trained": group[0]["arch"]}
+                "trained": group[0]["arch"], "seeds": len(group)}
 
     by_class: dict[tuple[str, str], dict] = {}
     for (task, arch), group in rows.items():

@@ -352,7 +352,8 @@ def train_one(arch: str, task: str, progress: Callable[[int, int], None] | None 
         lines.append("The ground-truth table has no row for this cell's class on this task yet.")
     else:
         same = "this very cell" if known["trained"] == arch else f"`{known['trained']}` (same function)"
-        lines.append(f"The table ({same}): validation {known['val_acc']:.3f}, test {known['test_acc']:.3f}. "
-                     "Differences of a few points are training noise: the same recipe and seed on another "
-                     "machine or in another batch order of floating-point sums lands elsewhere.")
+        seeds = "one training seed" if known["seeds"] == 1 else f"mean of {known['seeds']} training seeds"
+        lines.append(f"The table ({same}, {seeds}): validation {known['val_acc']:.3f}, test {known['test_acc']:.3f}. "
+                     f"This run used seed {RECIPE['seed']}. Differences of a few points are training noise: the "
+                     "table's two seeds differ by 3-5 points on average, the same seed on another machine by 1.")
     return {"row": row, "table": known, "seconds": seconds, "message": "\n\n".join(lines)}

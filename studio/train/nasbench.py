@@ -9,7 +9,8 @@ its validation and test accuracy, parameters and multiply-accumulates recorded:
   the studio's 1,437 training digits split 1,077 / 360 (train / validation, stratified, seed 0),
   the 360 test digits for test accuracy;
 * recipe: :class:`studio.nets.nas_cell.CellNet` with C = 8, Adam lr 5e-3, batch 32, 8 epochs,
-  seed 0 for every cell (so a cell's figures are reproducible).
+  the same seeds for every cell (so a cell's figures are reproducible); the shipped table holds
+  seeds 0 and 1 (``--seeds 0,1``) and :func:`studio.data.nasbench.table` averages them.
 
 Cells are trained many at once (:class:`studio.nets.nas_cell.CellNets`, ``--group``; on a GPU
 with ``--device cuda``): every network starts from the same seeded draw and sees the same
