@@ -355,5 +355,5 @@ def train_one(arch: str, task: str, progress: Callable[[int, int], None] | None 
         seeds = "one training seed" if known["seeds"] == 1 else f"mean of {known['seeds']} training seeds"
         lines.append(f"The table ({same}, {seeds}): validation {known['val_acc']:.3f}, test {known['test_acc']:.3f}. "
                      f"This run used seed {RECIPE['seed']}. Differences of a few points are training noise: the "
-                     "table's two seeds differ by 3-5 points on average, the same seed on another machine by 1.")
+                     "table's two seeds differ by 3-5 points on average, the same seed on another machine by about 1.")
     return {"row": row, "table": known, "seconds": seconds, "message": "\n\n".join(lines)}
