@@ -39,8 +39,6 @@ Writes ``benchmarks/results/nag.json``, ``nag.md`` and ``nag_search.html`` (the 
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import json
 import time
 from pathlib import Path
@@ -69,9 +67,8 @@ def seed_agreement(path: Path | None = None) -> dict[str, dict]:
     from scipy.stats import spearmanr
 
     acc: dict[tuple[str, int], dict[str, float]] = {}
-    with gzip.open(path or nasbench.TABLE, "rt", newline="") as fh:
-        for row in csv.DictReader(fh):
-            acc.setdefault((row["task"], int(row["seed"])), {})[row["arch"]] = float(row["val_acc"])
+    for row in nasbench.read_rows(path):
+        acc.setdefault((row["task"], int(row["seed"])), {})[row["arch"]] = float(row["val_acc"])
     out = {}
     for task in TASKS:
         a, b = acc.get((task, 0), {}), acc.get((task, 1), {})
@@ -79,8 +76,8 @@ def seed_agreement(path: Path | None = None) -> dict[str, dict]:
         if not both:
             continue
         x, y = ({k: d[k] for k in both} for d in (a, b))
-        top_x = {k for k, v in x.items() if v >= nag.top_fraction(x)}
-        top_y = {k for k, v in y.items() if v >= nag.top_fraction(y)}
+        top_x, top_y = ({k for k, v in d.items() if v >= t} for d, t in ((x, nag.top_fraction(x)),
+                                                                           (y, nag.top_fraction(y))))
         out[task] = {"classes": len(both), "spearman": float(spearmanr([x[k] for k in both], [y[k] for k in both])[0]),
                      "top1_kept": len(top_x & top_y) / max(len(top_x), 1)}
     return out

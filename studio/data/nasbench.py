@@ -141,6 +141,15 @@ def unique_classes() -> dict[str, list[str]]:
 TABLE = Path(__file__).with_name("nasbench_digits.csv.gz")  # made by studio.train.nasbench (--ship)
 
 
+def read_rows(path: str | Path | None = None):
+    """A table file's raw rows (dicts of strings with :data:`FIELDS`), one per cell, task and seed."""
+    import csv
+    import gzip
+
+    with gzip.open(path or TABLE, "rt", newline="") as fh:
+        yield from csv.DictReader(fh)
+
+
 @lru_cache(maxsize=4)
 def table(path: str | None = None) -> dict[str, dict[str, dict]]:
     """A ground-truth table: task -> cell -> {val_acc, test_acc, params, flops, trained, seeds}.
@@ -150,13 +159,9 @@ def table(path: str | None = None) -> dict[str, dict[str, dict]]:
     cell that was trained). A file with a row for every cell (:func:`from_nats`) keeps each
     cell's own row. A cell whose class has no row for a task is absent from that task.
     """
-    import csv
-    import gzip
-
     rows: dict[tuple[str, str], list[dict]] = {}
-    with gzip.open(path or TABLE, "rt", newline="") as fh:
-        for row in csv.DictReader(fh):
-            rows.setdefault((row["task"], to_string(parse(row["arch"]))), []).append(row)
+    for row in read_rows(path):
+        rows.setdefault((row["task"], to_string(parse(row["arch"]))), []).append(row)
 
     def entry(group):
         return {"val_acc": float(np.mean([float(r["val_acc"]) for r in group])),
