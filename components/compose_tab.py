@@ -13,9 +13,8 @@ import gradio as gr
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, coerce
 from studio.core.sampling import SCHEDULER_LABELS, Progress
-from studio.methods import compose
+from studio.methods import compose, method
 from studio.methods.compose import MAX_CONCEPTS, WEIGHT_LIMIT, Concept
-from studio.methods.generate import diffusion_models
 from components.widgets import PngFolder, grid_image, param_inputs, run_panel, shows_errors
 
 OPS = ("AND", "NOT")
@@ -29,7 +28,7 @@ The negative prompt is diffusers' other operator: it replaces `eps_u` by `eps(ne
 
 
 def text_models(manager: ModelManager) -> list[str]:
-    return [k for k in diffusion_models(manager) if manager.info(k).get("conditioning") in ("text", None)]
+    return [k for k in method("compose").models(manager) if manager.info(k).get("conditioning") in ("text", None)]
 
 
 def rows_to_concepts(texts: list[str], weights: list[float], ops: list[str], rows) -> list[Concept]:

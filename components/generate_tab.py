@@ -12,7 +12,7 @@ import gradio as gr
 from studio.core.manager import ModelManager
 from studio.core.params import coerce
 from studio.core.sampling import SCHEDULER_LABELS, Progress
-from studio.methods import generate
+from studio.methods import generate, method
 from components.widgets import PngFolder, grid_image, param_inputs, run_panel, shows_errors
 
 
@@ -25,7 +25,7 @@ def condition_visibility(manager: ModelManager, key: str | None) -> tuple[bool, 
 
 def build_generate_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     """Lay out the tab inside the current Blocks/Tab and wire its events; returns its components."""
-    models = generate.diffusion_models(manager)
+    models = method("generate").models(manager)
     pngs = PngFolder()
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):

@@ -45,7 +45,7 @@ def shared_text_encoder():
 @pytest.fixture
 def tiny_manager():
     """A manager with random-init tiny 'digits-cond' and 'shapes-t2i' (real text encoder)."""
-    from studio.core.loading import DiffusionModel
+    from studio.core.models import DiffusionModel
     from studio.core.manager import ModelManager
     from studio.train.diffusion import noise_scheduler
 
@@ -56,7 +56,7 @@ def tiny_manager():
                info={"kind": "diffusion", "conditioning": "class"})
     m.register("shapes-t2i", lambda: DiffusionModel("shapes-t2i", tiny_shapes_unet(), sched, "epsilon", "text", {}),
                info={"kind": "diffusion", "conditioning": "text"})
-    m.register("text-encoder", shared_text_encoder)
+    m.register("text-encoder", shared_text_encoder, info={"kind": "text-encoder"})
     return m
 
 
@@ -124,7 +124,7 @@ def tiny_sd_folder(tmp_path_factory, request):
 @pytest.fixture
 def fewstep_manager(tiny_manager):
     """``tiny_manager`` plus a random tiny few-step (x0-predicting) model under 'digits-fewstep'."""
-    from studio.core.loading import DiffusionModel
+    from studio.core.models import DiffusionModel
     from studio.train.boot import DISTILLED, scheduler_config
 
     info = {"kind": "diffusion", "conditioning": "class", "null_class": 10, "few_step": list(DISTILLED),
@@ -137,7 +137,7 @@ def fewstep_manager(tiny_manager):
 @pytest.fixture
 def nag_manager(tiny_manager):
     """``tiny_manager`` plus a random one-layer DiffusionNAG pair under 'nag-digits'."""
-    from studio.methods.nag import NAGModel
+    from studio.core.models import NAGModel
     from studio.nets.nag import AccuracyPredictor, ScoreNet
 
     info = {"kind": "nag", "score_split_seed": 0}

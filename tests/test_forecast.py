@@ -15,7 +15,8 @@ from studio.core.params import ParamError
 from studio.core.sampling import make_scheduler
 from studio.data import series as S
 from studio.methods import forecast as F
-from studio.nets.tsdiff import BidirectionalS4D, SeriesDiffusion, TSDiffNet, tsdiff_scheduler_config
+from studio.core.models import SeriesDiffusion
+from studio.nets.tsdiff import BidirectionalS4D, TSDiffNet, tsdiff_scheduler_config
 
 
 def tiny_model(series: S.Series, seed: int = 0, train_end: int | None = None) -> SeriesDiffusion:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from studio.core.loading import DiffusionModel
+from studio.core.models import DiffusionModel
 from studio.core.sampling import make_scheduler, run_to_end, sample
 from studio.train import sign
 from studio.train.diffusion import noise_scheduler

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tests.conftest import tiny_digits_unet
 
-from studio.core.loading import DiffusionModel
+from studio.core.models import DiffusionModel
 from studio.core.params import ParamError
 from studio.data import digits
 from studio.methods import tune

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from studio.core import loading, metrics
-from studio.core.loading import DiffusionModel
+from studio.core.models import DiffusionModel
 from studio.evaluate import sample_batch
 from studio.data import series as S
-from studio.methods.nag import NAGModel
+from studio.core.models import NAGModel
 from studio.nets.classifiers import ExpertBank, GuideNet
 from studio.nets.idempotent import IdempotentNet
-from studio.nets.tsdiff import SeriesDiffusion
+from studio.core.models import SeriesDiffusion
 from studio.train import ALL
 
 MANIFEST = loading.read_manifest()

@@ -3,7 +3,7 @@
 A *condition* is the dict of UNet keyword tensors that :mod:`studio.core.guidance` stacks and
 batches: ``{"class_labels": (B,)}`` for class models; for text models either the zoo form
 (MiniLM tokens + mask + pooled, from the manager's ``text-encoder``) or a real pipeline's own
-CLIP encoding (:class:`studio.core.pipelines.LatentDiffusionModel`).
+CLIP encoding (:class:`studio.core.models.LatentDiffusionModel`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from studio.core.loading import DiffusionModel
+from studio.core.models import DiffusionModel
 from studio.data import text
 
 

@@ -14,14 +14,14 @@ import json
 import os
 import re
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 import torch
 
 from studio.core import lazy
+from studio.core.models import DiffusionModel, NAGModel, SeriesDiffusion
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -48,40 +48,6 @@ class WeightsError(RuntimeError):
 
 class ModelNotFound(LookupError):
     """A model source that is neither a zoo entry, a local folder, nor a reachable hub id."""
-
-
-@dataclass
-class DiffusionModel:
-    """A denoiser with what the engine needs to drive it.
-
-    ``model_fn(x_t, t, cond)`` returns the network's prediction (``prediction_type``);
-    ``cond`` holds the UNet's keyword arguments (``class_labels``; ``encoder_hidden_states``,
-    ``encoder_attention_mask``), batched.
-    """
-
-    name: str
-    unet: torch.nn.Module
-    scheduler_config: dict
-    prediction_type: str = "epsilon"
-    conditioning: Literal["none", "class", "text"] = "none"
-    info: dict = field(default_factory=dict)
-
-    def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.unet(x, t, **cond).sample
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space -> images in [-1, 1]: the identity for pixel-space models (latent ones override)."""
-        return x
-
-    @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        cfg = self.unet.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        return (cfg.in_channels, size, size)
-
-    @property
-    def modules(self) -> list[torch.nn.Module]:
-        return [self.unet]
 
 
 def entry_info(folder: Path) -> dict:
@@ -149,13 +115,22 @@ def verify_zoo_entry(name: str, zoo: Path = ZOO_DIR) -> Path:
     return folder
 
 
-def _diffusers_class(name: str):
-    """A diffusers model class, or one of the studio's own nets (judges, guiding classifiers), by class name."""
+# The studio's own network classes a zoo config.json may name, by module (diffusers' classes are
+# found in diffusers). The loader and the app's warm-up both read this one map.
+NET_MODULES: dict[str, tuple[str, ...]] = {
+    "studio.nets.judges": ("DigitsNet", "ShapesGridNet"),
+    "studio.nets.classifiers": ("GuideNet",),
+    "studio.nets.tsdiff": ("TSDiffNet",),
+    "studio.nets.nag": ("ScoreNet", "AccuracyPredictor"),
+}
+NET_CLASSES: dict[str, str] = {cls: mod for mod, names in NET_MODULES.items() for cls in names}
+
+
+def model_class(name: str):
+    """A diffusers model class, or one of the studio's own nets (:data:`NET_CLASSES`), by class name."""
     with lazy.hold():
-        cls = (getattr(lazy.module("diffusers"), name, None) or getattr(lazy.module("studio.nets.judges"), name, None)
-               or getattr(lazy.module("studio.nets.classifiers"), name, None)
-               or getattr(lazy.module("studio.nets.tsdiff"), name, None)
-               or getattr(lazy.module("studio.nets.nag"), name, None))
+        module = NET_CLASSES.get(name)
+        cls = getattr(lazy.module(module), name, None) if module else getattr(lazy.module("diffusers"), name, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise WeightsError(f"unknown model class {name!r} in config.json")
     return cls
@@ -167,7 +142,7 @@ def load_module_folder(folder: Path, class_name: str | None = None) -> torch.nn.
     if class_name is None:
         cfg = json.loads((folder / "config.json").read_text())
         class_name = cfg.get("_class_name")
-    cls = _diffusers_class(class_name)
+    cls = model_class(class_name)
     try:
         module = cls.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -183,35 +158,45 @@ def load_zoo(name: str, zoo: Path = ZOO_DIR) -> Any:
 def _load_entry(folder: Path) -> Any:
     """A zoo-layout folder (studio.json, model/, scheduler/), checked or not against a MANIFEST."""
     info = entry_info(folder)
-    if info.get("kind") == "experts":
-        return _load_experts(folder, info)
-    if info.get("kind") == "nag":
-        from studio.methods.nag import NAGModel
+    kind = info.get("kind", "diffusion")
+    loader = LOADERS.get(kind)
+    if loader is None:
+        raise WeightsError(f"{folder.name}: unknown model kind {kind!r} in studio.json "
+                           f"(known: {', '.join(sorted(LOADERS))})")
+    return loader(folder, info)
 
-        return NAGModel(folder.name, load_module_folder(folder / "score", "ScoreNet"),
-                        load_module_folder(folder / "predictor", "AccuracyPredictor"), info)
+
+def _load_module(folder: Path, info: dict) -> torch.nn.Module:
+    """Judges and guiding classifiers: the network itself."""
+    return load_module_folder(folder / "model", info["model_class"])
+
+
+def _load_diffusion(folder: Path, info: dict) -> DiffusionModel:
     module = load_module_folder(folder / "model", info["model_class"])
-    if info["kind"] == "idempotent":
-        from studio.nets.idempotent import IdempotentNet
-
-        return IdempotentNet(module, info.get("timestep", 999), info.get("class_label"), folder.name, info).eval()
-    if info["kind"] != "diffusion":
-        return module
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     if info.get("domain") == "series":
-        from studio.nets.tsdiff import SeriesDiffusion
-
         return SeriesDiffusion(name=folder.name, unet=module, scheduler_config=sched, info=info)
     return DiffusionModel(name=folder.name, unet=module, scheduler_config=sched,
                           prediction_type=info.get("prediction_type", "epsilon"),
                           conditioning=info.get("conditioning", "none"), info=info)
 
 
+def _load_idempotent(folder: Path, info: dict) -> torch.nn.Module:
+    module = load_module_folder(folder / "model", info["model_class"])
+    IdempotentNet = lazy.module("studio.nets.idempotent").IdempotentNet
+    return IdempotentNet(module, info.get("timestep", 999), info.get("class_label"), folder.name, info).eval()
+
+
+def _load_nag(folder: Path, info: dict) -> NAGModel:
+    return NAGModel(folder.name, load_module_folder(folder / "score", "ScoreNet"),
+                    load_module_folder(folder / "predictor", "AccuracyPredictor"), info)
+
+
 def _load_experts(folder: Path, info: dict) -> Any:
     """PPAP-style expert bank: the base classifier entry (a sibling folder) plus each expert's state."""
     from safetensors.torch import load_file
 
-    from studio.nets.classifiers import build_experts
+    build_experts = lazy.module("studio.nets.classifiers").build_experts
 
     base_name = info.get("base", "")
     if not re.fullmatch(r"[A-Za-z0-9][\w-]*", str(base_name)) or not (folder.parent / base_name).is_dir():
@@ -227,6 +212,17 @@ def _load_experts(folder: Path, info: dict) -> Any:
                              info.get("num_train_timesteps", 1000))
     except (ValueError, RuntimeError) as exc:
         raise WeightsError(f"could not build the experts of {folder}: {exc}") from exc
+
+
+# studio.json ``kind`` -> loader(folder, info): the one table a new kind of model is added to
+LOADERS: dict[str, Callable[[Path, dict], Any]] = {
+    "diffusion": _load_diffusion,
+    "judge": _load_module,
+    "classifier": _load_module,
+    "experts": _load_experts,
+    "idempotent": _load_idempotent,
+    "nag": _load_nag,
+}
 
 
 def load_folder(path: Path) -> Any:

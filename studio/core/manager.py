@@ -25,6 +25,7 @@ import torch
 
 from studio.core import loading
 from studio.core.device import pick_device
+from studio.core.models import model_kind
 
 DEFAULT_RAM_BUDGET = 2 * 1024**3
 
@@ -95,14 +96,15 @@ class ModelManager:
         if "text-encoder" not in self._entries:
             from studio.data.text import load_text_encoder
 
-            self.register("text-encoder", load_text_encoder)
+            self.register("text-encoder", load_text_encoder, info={"kind": "text-encoder"})
         return names
 
     def add_source(self, source: str, key: str | None = None) -> str:
         """Register a zoo name, local diffusers folder or hub id; it loads on first use."""
         key = key or source
         if key not in self._entries:
-            self.register(key, lambda: loading.resolve(source), info=loading.entry_info(Path(source)))
+            info = loading.entry_info(Path(source)) or {"kind": "diffusion"}  # a pipeline folder or hub id
+            self.register(key, lambda: loading.resolve(source), info=info)
         return key
 
     def info(self, key: str) -> dict:
@@ -111,9 +113,17 @@ class ModelManager:
             e = self._entries.get(key)
             return dict(e.info) if e is not None else {}
 
-    def keys(self) -> list[str]:
+    def keys(self, kinds: tuple[str, ...] | None = None) -> list[str]:
+        """Registered keys, in registration order; with ``kinds``, only models of those kinds
+        (:func:`studio.core.models.model_kind` of what was registered, read without loading)."""
         with self._lock:
-            return list(self._entries)
+            if kinds is None:
+                return list(self._entries)
+            return [k for k, e in self._entries.items() if model_kind(e.info) in kinds]
+
+    def kind(self, key: str) -> str:
+        """:func:`~studio.core.models.model_kind` of ``key`` (without loading it)."""
+        return model_kind(self.info(key))
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries

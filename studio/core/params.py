@@ -12,8 +12,10 @@ import math
 import typing
 from typing import Any, Literal, get_args, get_origin
 
+from studio.errors import UserError
 
-class ParamError(ValueError):
+
+class ParamError(UserError):
     """User input out of range or of the wrong kind; the message is meant for the user."""
 
 

@@ -14,42 +14,13 @@ a hub id already in the cache).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from studio.core.loading import DiffusionModel
+from studio.core.models import LatentDiffusionModel
 
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-@dataclass
-class LatentDiffusionModel(DiffusionModel):
-    vae: Any = None
-    text_encoder: Any = None
-    tokenizer: Any = None
-
-    def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.unet(x, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
-
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """CLIP token embeddings (B, model_max_length, D); long prompts are cut as diffusers cuts them."""
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        device = next(self.text_encoder.parameters()).device
-        return {"encoder_hidden_states": self.text_encoder(ids.to(device))[0]}
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, 4, h, w) latents -> (B, 3, 8h, 8w) images in [-1, 1]."""
-        image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return image.clamp(-1, 1)
-
-    @property
-    def modules(self) -> list[torch.nn.Module]:
-        return [self.unet, self.vae, self.text_encoder]
 
 
 def is_text_to_image(pipe: Any) -> bool:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 PNG_KEY = "parameters"
+DISPLAY_SIZE = 128  # pixels; small models are upscaled (nearest) to about this for display
 
 
 def to_pil(images: torch.Tensor, upscale: int = 1) -> list[Image.Image]:

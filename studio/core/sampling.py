@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Literal, get_args
 
 import torch
 
+from studio.errors import UserError
 from studio.core import lazy
 from studio.core.device import make_generator
 
@@ -46,7 +47,7 @@ SCHEDULER_LABELS = {
 FLOW_SCHEDULERS = ("flow-euler", "dpm++", "unipc")  # those that can run a flow-matching model
 
 
-class SchedulerError(ValueError):
+class SchedulerError(UserError):
     """A scheduler name or scheduler / model combination that cannot work."""
 
 
@@ -80,9 +81,10 @@ def make_scheduler(name: str, base_config: dict, prediction_type: str = "epsilon
 
 @dataclass
 class Progress:
+    """One step of a run: a sampling step, or a training step (``info``: loss, ...)."""
     step: int  # 1-based
     total: int
-    timestep: float
+    timestep: float | None = None  # the diffusion timestep of a sampling step
     preview: torch.Tensor | None = None  # (B, C, H, W) predicted x0, model range
     info: dict | None = None  # what a method adds for its GUI (e.g. a guidance trace)
 

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from studio.errors import UserError
 from studio.data.digits import IMAGE_SIZE
 
 MAX_BYTES = 5 * 1024 * 1024  # upload size the tab and this parser accept
@@ -23,7 +24,7 @@ MIN_INK = 0.08  # brightness range (0..1) below which a drawing counts as blank
 MARGIN = 0.12  # share of the side left empty around the ink (sklearn digits fill ~3/4 of their box)
 
 
-class DrawingError(ValueError):
+class DrawingError(UserError):
     """An input that cannot become a digit; the message is meant for the user."""
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from studio.errors import UserError
+
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")  # NAS-Bench-201's names
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), in the string's order
 # DiffusionNAG's operation vocabulary (rows of the one-hot matrix) and fixed 8-node adjacency
@@ -32,7 +34,7 @@ ADJACENCY = ((0, 1), (0, 2), (0, 3), (1, 4), (1, 5), (2, 6), (3, 7), (4, 6), (5,
 N_NODES = 8
 
 
-class ArchError(ValueError):
+class ArchError(UserError):
     """A malformed architecture string or matrix; the message says what is wrong."""
 
 

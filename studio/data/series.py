@@ -32,13 +32,15 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from studio.errors import UserError
+
 MAX_CSV_BYTES = 2 * 1024 * 1024
 MAX_POINTS = 20_000
 MAX_MISSING = 0.2
 SEASON_OF_FREQ = {"H": 24, "D": 7, "B": 5, "W": 52, "M": 12, "Q": 4, "Y": 1}
 
 
-class SeriesError(ValueError):
+class SeriesError(UserError):
     """A series or CSV that cannot be used; the message is meant for the user."""
 
 

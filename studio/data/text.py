@@ -12,12 +12,14 @@ import os
 
 import torch
 
+from studio.errors import UserError
+
 MAX_TOKENS = 24  # word pieces incl. [CLS] and [SEP]; shapes captions use at most 10
 MAX_PROMPT_CHARS = 200
 EMBED_DIM = 384
 
 
-class PromptError(ValueError):
+class PromptError(UserError):
     """A prompt the text encoder cannot take (too long)."""
 
 

@@ -1,1 +1,79 @@
-"""One self-contained file per method: typed ``Params`` + ``run(params, manager)`` generator."""
+"""One file per method (typed ``Params`` + ``run`` generator) and :data:`METHODS`, their registry.
+
+The contract every ``studio/methods/<name>.py`` keeps::
+
+    @dataclass
+    class Params: ...                        # defaults, limits and help in field metadata
+
+    def run(p: Params, manager, **inputs) -> Iterator[Progress | Result]:
+        ...                                  # validates, leases models inside, yields progress, then one result
+
+``inputs`` are what a person uploads or draws (a drawing, a mask, a CSV's series); a method
+whose run trains (Tune) also takes ``stop``, a callable polled between steps: when it answers
+True the run ends early and still yields its result (what was trained so far).
+
+The registry is plain data: importing it imports no method (habit 6), so a tab, a notebook, the
+CLI or a test loads only the method it uses. A new method costs one method file, one tab file,
+one test file and one line below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable
+
+from studio.core.models import ModelKind
+
+
+@dataclass(frozen=True)
+class Method:
+    id: str                       # registry id, also the tab's id and the docs page docs/<id>.md
+    title: str                    # the tab's title
+    kinds: tuple[ModelKind, ...]  # the model kinds its model dropdown lists (ModelManager.keys(kinds=...))
+    tab: str                      # its tab builder, "components.<module>.<function>(manager) -> dict"
+    summary: str = ""             # one line for the README and the app's header
+
+    @property
+    def module(self) -> ModuleType:
+        """``studio.methods.<id>`` (imported on first use)."""
+        return importlib.import_module(f"{__name__}.{self.id}")
+
+    @property
+    def Params(self) -> type:
+        return self.module.Params
+
+    @property
+    def run(self) -> Callable[..., Any]:
+        return self.module.run
+
+    def models(self, manager) -> list[str]:
+        """The manager's keys this method can drive."""
+        return manager.keys(kinds=self.kinds)
+
+
+METHODS: tuple[Method, ...] = (
+    Method("generate", "Generate", ("image",), "components.generate_tab.build_generate_tab",
+           "plain and classifier-free guided sampling with any diffusers scheduler"),
+    Method("compose", "Compose", ("image",), "components.compose_tab.build_compose_tab",
+           "Composable Diffusion: AND / NOT of concepts, each with its weight"),
+    Method("guide", "Guide", ("image",), "components.guide_tab.build_guide_tab",
+           "classifier guidance: noise-aware, EluCD (clean classifier), PPAP experts"),
+    Method("forecast", "Forecast", ("series",), "components.forecast_tab.build_forecast_tab",
+           "TSDiff: one unconditional series model, forecasts by observation self-guidance"),
+    Method("edit", "Edit", ("idempotent",), "components.edit_tab.build_edit_tab",
+           "SIGN: a one-step idempotent generator, projecting corrupted digits"),
+    Method("tune", "Tune", ("image",), "components.tune_tab.build_tune_tab",
+           "PSO: preference tuning of a BOOT-distilled few-step student"),
+    Method("nag", "Architectures", ("nag",), "components.nag_tab.build_nag_tab",
+           "DiffusionNAG: dataset-guided generation of NAS-Bench-201 cells"),
+)
+
+
+def method(method_id: str) -> Method:
+    """The registry entry ``method_id``; KeyError naming the known ones otherwise."""
+    for m in METHODS:
+        if m.id == method_id:
+            return m
+    raise KeyError(f"unknown method {method_id!r}; known: {', '.join(m.id for m in METHODS)}")

@@ -39,14 +39,14 @@ from studio import __version__
 from studio.core import guidance as G
 from studio.core.conditioning import repeat, text_conditions
 from studio.core.device import MAX_SEED, random_seed
-from studio.core.loading import DiffusionModel
+from studio.core.models import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
-from studio.core.results import ImageResult, to_pil
+from studio.core.results import DISPLAY_SIZE, ImageResult, to_pil
 from studio.core.sampling import Progress, SchedulerError, SchedulerName, make_scheduler, sample_images
 from studio.data import shapes
 from studio.data.text import MAX_PROMPT_CHARS, PromptError
-from studio.methods.generate import DISPLAY_SIZE, diffusion_models
+from studio.methods import method
 
 MAX_CONCEPTS = 8
 WEIGHT_LIMIT = 20.0
@@ -154,7 +154,7 @@ def check(p: Params, manager: ModelManager) -> list[Concept]:
     """Validate ``p``; return its concepts. Raises :class:`ParamError` with what to do."""
     validate(p)
     concepts = parse_concepts(p.prompt, p.weights, p.guidance)
-    models = diffusion_models(manager)
+    models = method("compose").models(manager)
     if p.model not in models:
         raise ParamError(f"unknown model {p.model!r}; choose one of {', '.join(models) or 'none (build one with `studio train shapes-t2i`)'}")
     if manager.info(p.model).get("conditioning") not in ("text", None):

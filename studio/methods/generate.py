@@ -18,15 +18,15 @@ from studio import __version__
 from studio.core import guidance as G
 from studio.core.conditioning import repeat, text_conditions
 from studio.core.device import MAX_SEED, random_seed
-from studio.core.loading import DiffusionModel
+from studio.core.models import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
-from studio.core.results import ImageResult, to_pil
+from studio.core.results import DISPLAY_SIZE, ImageResult, to_pil
 from studio.core.sampling import Progress, SchedulerError, SchedulerName, make_scheduler, sample_images
 from studio.data.text import MAX_PROMPT_CHARS, PromptError
+from studio.methods import method
 
 MODEL_KEYS = ("digits-cond", "shapes-t2i", "text-encoder")
-DISPLAY_SIZE = 128  # pixels; small models are upscaled (nearest) for display
 
 
 @dataclass
@@ -64,18 +64,11 @@ def _conditions(dm: DiffusionModel, p: Params, manager: ModelManager, n: int) ->
 def check(p: Params, manager: ModelManager) -> None:
     """Raise :class:`ParamError` for anything the run cannot do."""
     validate(p)
-    models = diffusion_models(manager)
+    models = method("generate").models(manager)
     if not models:
         raise ParamError("no diffusion model is registered; build one with `studio train digits-cond`")
     if p.model not in models:
         raise ParamError(f"unknown model {p.model!r}; choose one of {', '.join(models)}")
-
-
-def diffusion_models(manager: ModelManager) -> list[str]:
-    """The manager's keys this method can drive (not the text encoder, not the judges)."""
-    return [k for k in manager.keys()
-            if k != "text-encoder" and manager.info(k).get("kind", "diffusion") == "diffusion"
-            and not k.startswith(("judge-", "fd-"))]
 
 
 def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:

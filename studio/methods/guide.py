@@ -46,12 +46,11 @@ import torch
 from studio import __version__
 from studio.core import guidance as G
 from studio.core.device import MAX_SEED, random_seed
-from studio.core.loading import DiffusionModel
+from studio.core.models import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
-from studio.core.results import ImageResult, to_pil
+from studio.core.results import DISPLAY_SIZE, ImageResult, to_pil
 from studio.core.sampling import Denoiser, Progress, make_scheduler, sample_images
-from studio.methods.generate import DISPLAY_SIZE
 
 Method = Literal["elucd", "noise-aware", "naive", "ppap", "experts", "cfg"]
 Sampler = Literal["ddpm", "ddim"]

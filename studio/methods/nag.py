@@ -214,19 +214,6 @@ def generate(score_net, predictor, p: GenerateParams, progress=None) -> Generate
     return Generated(archs, [next(pred) if a is not None else None for a in archs], p, time.perf_counter() - t0)
 
 
-@dataclass
-class NAGModel:
-    """A zoo ``nag`` entry: the score network, the predictor and their studio.json."""
-    name: str
-    score: torch.nn.Module
-    predictor: torch.nn.Module
-    info: dict = field(default_factory=dict)
-
-    @property
-    def components(self) -> dict[str, torch.nn.Module]:  # what the manager sizes (as for a pipeline)
-        return {"score": self.score, "predictor": self.predictor}
-
-
 # ---------------------------------------------------------------- metrics
 
 

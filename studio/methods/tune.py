@@ -30,7 +30,7 @@ loss (which pulls a few-step model towards blurry conditional means).
 Only LoRA factors train (peft, on the UNet's convolutions, or on ``to_q/to_k/to_v/to_out.0`` for
 attention UNets as in the official scripts); the base model is deep-copied first, so the
 manager's model is never touched, and the tuned model is a new manager key. The same code drives
-a diffusers few-step pipeline (SD-Turbo) through :class:`~studio.core.pipelines.LatentDiffusionModel`
+a diffusers few-step pipeline (SD-Turbo) through :class:`~studio.core.models.LatentDiffusionModel`
 (targets encoded by its VAE, conditions from its text encoder); the tests run it on tiny random
 components.
 
@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from studio import __version__
 from studio.core.device import MAX_SEED, make_generator
-from studio.core.loading import DiffusionModel
+from studio.core.models import DiffusionModel
 from studio.core.params import ParamError, spec, validate
 from studio.core.sampling import make_scheduler, run_to_end, sample
 

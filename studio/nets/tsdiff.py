@@ -27,7 +27,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from studio.core.loading import DiffusionModel
 
 
 def step_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -116,21 +115,6 @@ class TSDiffNet(ModelMixin, ConfigMixin):
             skips = skips + skip
         out = self.out_linear(skips.transpose(1, 2))
         return out + x if self.config.init_skip else out
-
-
-class SeriesDiffusion(DiffusionModel):
-    """A loaded TSDiff model: the net, its diffusers scheduler config, and its window set-up in
-    ``info`` (window, horizon, lags, freq, season, tau, train_end, series)."""
-
-    def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
-        return self.unet(x, t)
-
-    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t)
-
-    @property
-    def sample_shape(self) -> tuple[int, int]:
-        return (int(self.info["window"]), self.unet.config.channels)
 
 
 def tsdiff_scheduler_config(steps: int = 100, beta_start: float = 1e-4, beta_end: float = 0.1) -> dict:

@@ -117,3 +117,52 @@ class Timer:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.start
+
+
+class LossLog:
+    """Losses of a training loop, one float per step: ``mean(last=n)`` for progress bars and logs."""
+
+    def __init__(self):
+        self.values: list[float] = []
+
+    def append(self, value: float) -> None:
+        self.values.append(float(value))
+
+    def mean(self, last: int | None = None) -> float:
+        tail = self.values[-last:] if last else self.values
+        return float(sum(tail) / len(tail)) if tail else float("nan")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters=None, *,
+                   clip: float | None = 1.0, accelerator=None, ema=None, log: LossLog | None = None,
+                   scheduler=None) -> float:
+    """One training step after a forward pass: backward, clip the gradient norm of ``parameters``
+    to ``clip`` (None: no clipping), step the optimizer (and the lr ``scheduler``), zero the
+    gradients, step ``ema`` (diffusers ``EMAModel``) on ``parameters``, and log the loss.
+
+    With an ``accelerate.Accelerator`` the backward and the clipping go through it (mixed
+    precision, several processes). Returns the loss as a float.
+    """
+    parameters = list(parameters) if parameters is not None else [
+        p for group in optimizer.param_groups for p in group["params"]]
+    if accelerator is not None:
+        accelerator.backward(loss)
+        if clip is not None:
+            accelerator.clip_grad_norm_(parameters, clip)
+    else:
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.step(parameters)
+    value = float(loss.detach())
+    if log is not None:
+        log.append(value)
+    return value

@@ -26,7 +26,8 @@ import torch
 from studio.core.device import make_generator
 from studio.core.loading import ZOO_DIR
 from studio.data import series as S
-from studio.nets.tsdiff import SeriesDiffusion, TSDiffNet, tsdiff_scheduler_config
+from studio.core.models import SeriesDiffusion
+from studio.nets.tsdiff import TSDiffNet, tsdiff_scheduler_config
 from studio.train.common import Checkpoint, Timer, machine_description, write_manifest_entry
 
 ZOO_STEPS = {"co2": 4000, "elnino": 4000, "sunspots": 2500, "unemployment": 2500}  # fewer windows, fewer steps

@@ -1,0 +1,137 @@
+"""The model types the manager lends, kept together (as k-diffusion keeps its model adapters).
+
+Each wraps trained networks with what the engine needs to drive them; none of them trains or
+loads anything (that is :mod:`studio.core.loading`). Networks themselves live in
+:mod:`studio.nets` or come from diffusers.
+
+* :class:`DiffusionModel`: an image denoiser ``model_fn(x_t, t, cond)`` with its scheduler config;
+* :class:`LatentDiffusionModel`: a Stable-Diffusion-style pipeline adapted at the edge (VAE, CLIP);
+* :class:`SeriesDiffusion`: a TSDiff series denoiser on windows ``(B, L, C)``;
+* :class:`NAGModel`: DiffusionNAG's score network and dataset-aware accuracy predictor.
+
+:func:`model_kind` names what a registered entry is, from what is known without loading it
+(a zoo entry's ``studio.json``): the registry's methods list only the kinds they can drive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+ModelKind = Literal["image", "series", "idempotent", "nag", "judge", "classifier", "experts", "text-encoder",
+                    "other"]
+
+
+def model_kind(info: dict) -> ModelKind:
+    """What kind of model a registry entry with ``info`` (its studio.json, or what a loader said) is.
+
+    ``image``: a diffusion model over images (zoo, diffusers folder, latent pipeline, tuned adapter);
+    ``series``: a TSDiff model; the other names are the zoo's ``kind`` field as it is; ``other``
+    when ``info`` names no kind (a bare network, say).
+    """
+    kind = info.get("kind")
+    if kind == "diffusion":
+        return "series" if info.get("domain") == "series" else "image"
+    return kind if kind in ("idempotent", "nag", "judge", "classifier", "experts", "text-encoder") else "other"
+
+
+@dataclass
+class DiffusionModel:
+    """A denoiser with what the engine needs to drive it.
+
+    ``model_fn(x_t, t, cond)`` returns the network's prediction (``prediction_type``);
+    ``cond`` holds the UNet's keyword arguments (``class_labels``; ``encoder_hidden_states``,
+    ``encoder_attention_mask``), batched.
+    """
+
+    name: str
+    unet: torch.nn.Module
+    scheduler_config: dict
+    prediction_type: str = "epsilon"
+    conditioning: Literal["none", "class", "text"] = "none"
+    info: dict = field(default_factory=dict)
+
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.unet(x, t, **cond).sample
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> images in [-1, 1]: the identity for pixel-space models (latent ones override)."""
+        return x
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        cfg = self.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        return (cfg.in_channels, size, size)
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.unet]
+
+
+@dataclass
+class LatentDiffusionModel(DiffusionModel):
+    """A Stable-Diffusion-style pipeline (SD 1.x / 2.x, SD-Turbo) with the zoo models' ``model_fn``,
+    plus what a latent text model adds:
+
+    * ``encode_prompts(prompts)`` -> ``{"encoder_hidden_states": (B, 77, D)}``, as the pipeline's own
+      ``encode_prompt`` does it (CLIP tokenizer padded to ``model_max_length``, last hidden state);
+    * ``decode(latents)`` -> images (B, 3, H, W) in [-1, 1] through the VAE (latents / scaling_factor).
+    """
+
+    vae: Any = None
+    text_encoder: Any = None
+    tokenizer: Any = None
+
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.unet(x, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """CLIP token embeddings (B, model_max_length, D); long prompts are cut as diffusers cuts them."""
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        device = next(self.text_encoder.parameters()).device
+        return {"encoder_hidden_states": self.text_encoder(ids.to(device))[0]}
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h, w) latents -> (B, 3, 8h, 8w) images in [-1, 1]."""
+        image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return image.clamp(-1, 1)
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.unet, self.vae, self.text_encoder]
+
+
+@dataclass
+class SeriesDiffusion(DiffusionModel):
+    """A loaded TSDiff model: the net, its diffusers scheduler config, and its window set-up in
+    ``info`` (window, horizon, lags, freq, season, tau, train_end, series). Windows are (B, L, C)."""
+
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
+        return self.unet(x, t)
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t)
+
+    @property
+    def sample_shape(self) -> tuple[int, int]:
+        return (int(self.info["window"]), self.unet.config.channels)
+
+
+@dataclass
+class NAGModel:
+    """A zoo ``nag`` entry: the score network, the predictor and their studio.json."""
+
+    name: str
+    score: torch.nn.Module
+    predictor: torch.nn.Module
+    info: dict = field(default_factory=dict)
+
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:  # what the manager sizes (as for a pipeline)
+        return {"score": self.score, "predictor": self.predictor}
