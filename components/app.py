@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -11,14 +12,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 import gradio as gr
 
 from studio.core.manager import ModelManager, default_manager
-from components.compose_tab import build_compose_tab
-from components.edit_tab import build_edit_tab
-from components.generate_tab import build_generate_tab
-from components.forecast_tab import build_forecast_tab
-from components.guide_tab import build_guide_tab
-from components.tune_tab import build_tune_tab
-from components.nag_tab import build_nag_tab
+from studio.methods import METHODS
+from components.jobs import build_job_banner
 from components.models_tab import build_models_tab
+from components.warm import ensure_warm
 
 HEADER = """\
 # Diffusion Studio
@@ -34,30 +31,27 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
 
 
+def tab_builder(dotted: str):
+    """The function named ``"components.<module>.<function>"`` (a registry entry's ``tab``)."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def build_app(manager: ModelManager | None = None) -> gr.Blocks:
-    """The studio's Blocks (no model is loaded here; they load on first use)."""
+    """The studio's Blocks: one tab per registered method (:data:`studio.methods.METHODS`), in
+    registry order, then the Models panel. No model is loaded here; they load on first use."""
     if manager is None:
-        from studio.methods.tune import register_saved
+        from studio.core.adapters import register_saved
 
         manager = default_manager()
         register_saved(manager)  # tuned models saved in earlier sessions
     with gr.Blocks(title="Diffusion Studio", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown(HEADER)
+        build_job_banner(manager)
         with gr.Tabs():
-            with gr.Tab("Generate", id="generate"):
-                build_generate_tab(manager)
-            with gr.Tab("Compose", id="compose"):
-                build_compose_tab(manager)
-            with gr.Tab("Guide", id="guide"):
-                build_guide_tab(manager)
-            with gr.Tab("Forecast", id="forecast"):
-                build_forecast_tab(manager)
-            with gr.Tab("Edit", id="edit"):
-                build_edit_tab(manager)
-            with gr.Tab("Tune", id="tune"):
-                build_tune_tab(manager)
-            with gr.Tab("Architectures", id="architectures"):
-                build_nag_tab(manager)
+            for method in METHODS:
+                with gr.Tab(method.title, id=method.id):
+                    tab_builder(method.tab)(manager)
             with gr.Tab("Models", id="models") as models_tab:
                 build_models_tab(manager, models_tab)
     demo.queue(max_size=64)
@@ -88,28 +82,13 @@ def launch(manager: ModelManager | None = None, **kw) -> gr.Blocks:
 
 def warm_up() -> None:
     """Import the engine's heavy half (diffusers: seconds on a small CPU) once the page is up, so
-    the first request is answered at once and the first Generate does not pay for the import."""
-    try:
-        from studio.core import lazy
-        from studio.core.sampling import SCHEDULERS, scheduler_class
-
-        with lazy.hold():  # one step: a model load waits until the whole warm-up is done
-            for name in ("UNet2DModel", "UNet2DConditionModel", "ModelMixin"):
-                lazy.diffusers_attr(name)
-            lazy.module("studio.nets.judges")
-            lazy.module("studio.nets.classifiers")
-            lazy.module("studio.nets.tsdiff")
-            lazy.module("studio.nets.idempotent")
-            lazy.module("studio.nets.nag")
-            for name in SCHEDULERS:
-                scheduler_class(name)
-    except Exception:  # the first real use reports any problem to the user
-        log.exception("warm-up import failed")
+    the first request is answered at once; requests meanwhile wait for it (:func:`ensure_warm`)."""
+    ensure_warm()
 
 
-def start_studio_process(port: int) -> tuple["subprocess.Popen", str]:
+def start_studio_process(port: int):
     """`studio launch` in a fresh process on 127.0.0.1:``port`` (for tests and benchmarks);
-    returns the process and the page URL. Its output is discarded."""
+    returns the process (``subprocess.Popen``) and the page URL. Its output is discarded."""
     import subprocess
     import sys
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.core.manager import ModelManager
-from studio.core.params import ParamError, coerce
-from studio.core.sampling import SCHEDULER_LABELS, Progress
+from studio.core.params import ParamError
+from studio.core.sampling import SCHEDULER_LABELS
 from studio.methods import compose, method
 from studio.methods.compose import MAX_CONCEPTS, WEIGHT_LIMIT, Concept
-from components.widgets import PngFolder, grid_image, param_inputs, run_panel, shows_errors
+from components.widgets import PngFolder, grid_image, param_inputs, run_panel, stream
 
 OPS = ("AND", "NOT")
 INTRO = """\
@@ -150,28 +150,20 @@ def build_compose_tab(manager: ModelManager) -> dict[str, gr.components.Componen
         btn.click(lambda prompt=prompt, w=w: fill(compose.parse_concepts(prompt, w)), outputs=fill_outputs,
                   queue=False, api_visibility="private")
 
-    @shows_errors
-    def compose_images(progress=gr.Progress(), **values):
-        params = coerce(compose.Params, values)
-        yield {info: ""}  # before any model work, so a cancel can find this generator
-        progress((0, params.steps), desc="Loading model")
-        for item in compose.run(params, manager):
-            if isinstance(item, Progress):
-                progress((item.step, item.total), desc="Composing", unit="steps")
-                if item.preview is not None:
-                    yield {preview: grid_image(item.preview)}
-                continue
-            seed = item.parameters["seed"]
-            k = len(item.concepts)
-            yield {
-                preview: grid_image(item.tensors),
-                gallery: pngs.write(item),
-                verdicts: verdict_table(item),
-                seed_used: seed,
-                parameters: item.parameters,
-                info: f"{len(item.images)} image(s), {k} concept(s) ({k + 1} predictions per step, "
-                      f"{params.evaluation}) in {item.seconds:.1f} s",
-            }
+    def done(item, params):
+        k = len(item.concepts)
+        return {
+            preview: grid_image(item.tensors),
+            gallery: pngs.write(item),
+            verdicts: verdict_table(item),
+            seed_used: item.parameters["seed"],
+            parameters: item.parameters,
+            info: f"{len(item.images)} image(s), {k} concept(s) ({k + 1} predictions per step, "
+                  f"{params.evaluation}) in {item.seconds:.1f} s",
+        }
+
+    compose_images = stream(compose.run, compose.Params, manager, preview=preview, first=info, done=done,
+                            desc="Composing")
 
     run_event = run_btn.click(compose_images, inputs_kwargs=inputs,
                               outputs=[preview, gallery, verdicts, seed_used, parameters, info], preprocess=False,

@@ -22,7 +22,8 @@ from studio.core.manager import ModelManager
 from studio.core.params import ParamError, coerce
 from studio.core.results import to_grid
 from studio.data.drawings import MAX_BYTES, DrawingError, open_image, to_digit
-from studio.methods import edit
+from studio.core.sampling import Progress
+from studio.methods import edit, method
 from components.widgets import PngFolder, param_inputs, shows_errors
 
 CANVAS = (256, 256)
@@ -51,13 +52,14 @@ def ink(sketch) -> bool:
 
 
 def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
-    models = edit.generators(manager)
+    models = method("edit").models(manager)
     pngs = PngFolder()
     with gr.Tabs():
         with gr.Tab("Generate: f(z), f(f(z)), ...", id="sign-generate"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, min_width=300):
-                    gen_inputs = param_inputs(edit.GenerateParams, choices={"model": models}, id_prefix="sign-gen-")
+                    gen_inputs = param_inputs(edit.Params, choices={"model": models}, id_prefix="sign-gen-",
+                                              names=edit.GENERATE_FIELDS)
                     gen_btn = gr.Button("Generate", variant="primary", elem_id="sign-generate-btn")
                 with gr.Column(scale=3, min_width=320):
                     gen_grid = gr.Image(label="Rows: one noise each. Columns: z, f(z), f(f(z)), ...", type="pil",
@@ -72,7 +74,7 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
         with gr.Tab("Project: edit a corrupted digit", id="sign-project"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, min_width=300):
-                    edit_inputs = param_inputs(edit.EditParams, choices={"model": models}, id_prefix="sign-edit-",
+                    edit_inputs = param_inputs(edit.Params, choices={"model": models}, id_prefix="sign-edit-",
                                                names=("model", "source", "test_index"))
                     sketch = gr.Sketchpad(label="Draw a digit (source: drawing); a drawing wins over an upload",
                                           type="numpy", image_mode="RGBA", canvas_size=CANVAS, height=300,
@@ -81,14 +83,14 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                     upload = gr.File(label=f"...or upload an image (any size, up to {MAX_BYTES // 2**20} MB)",
                                      file_types=["image"], type="filepath", height=90, elem_id="sign-upload")
                     edit_inputs.update(param_inputs(
-                        edit.EditParams, id_prefix="sign-edit-", labels={"corruption": CORRUPTION_LABELS},
+                        edit.Params, id_prefix="sign-edit-", labels={"corruption": CORRUPTION_LABELS},
                         names=("corruption", "strength")))
                     mask_pad = gr.Sketchpad(label="Paint the part to hide (corruption: painted mask)", type="numpy",
                                             image_mode="RGBA", canvas_size=CANVAS, height=300, visible=False,
                                             layers=False, transforms=(), placeholder="Pick the brush, then paint",
                                             brush=gr.Brush(colors=["#ff0000"], default_size=40), elem_id="sign-mask")
                     edit_inputs.update(param_inputs(
-                        edit.EditParams, id_prefix="sign-edit-",
+                        edit.Params, id_prefix="sign-edit-",
                         names=("k", "compare_sdedit", "sdedit_strength", "seed")))
                     project_btn = gr.Button("Project", variant="primary", elem_id="sign-project-btn")
                 with gr.Column(scale=3, min_width=320):
@@ -104,10 +106,17 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     upload_state = gr.State(None)
     mask_state = gr.State(None)
 
+    def run(mode: str, values: dict, progress: gr.Progress, **inputs) -> edit.EditResult:
+        p = coerce(edit.Params, {**values, "mode": mode})
+        for item in edit.run(p, manager, **inputs):
+            if isinstance(item, Progress):
+                progress((item.step, item.total), desc="Applying f", unit="applications")
+            else:
+                return item
+
     @shows_errors
-    def generate(**values):
-        p = coerce(edit.GenerateParams, values)
-        result = edit.run_generate(p, manager)
+    def generate(progress=gr.Progress(), **values):
+        result = run("generate", values, progress)
         return {gen_grid: to_grid(result.tensors, GRID_PIXELS // result.tensors.shape[-1]),
                 gen_gallery: pngs.write(result),
                 gen_info: "; ".join(result.notes), gen_table: table_frame(result.table), gen_params: result.parameters}
@@ -126,11 +135,8 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
         size = Path(path).stat().st_size
         if size > MAX_BYTES:
             raise ParamError(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_BYTES // 2**20} MB")
-        try:
-            image, _ = open_image(Path(path).read_bytes())
-            _, notes = to_digit(image)  # checked now, converted again (same notes) when projected
-        except DrawingError as exc:
-            raise ParamError(str(exc)) from None
+        image, _ = open_image(Path(path).read_bytes())
+        _, notes = to_digit(image)  # checked now, converted again (same notes) when projected
         return image, "Upload read: " + ("; ".join(notes) if notes else "already a 16 x 16 digit") + \
             ". Pick *drawing* as the source to project it (clear the canvas first)."
 
@@ -146,11 +152,10 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
         return image, mask
 
     @shows_errors
-    def project(image, mask, **values):
-        p = coerce(edit.EditParams, values)
-        result = edit.run_edit(p, manager, drawing=image, mask=mask)
+    def project(image, mask, progress=gr.Progress(), **values):
+        result = run("project", values, progress, drawing=image, mask=mask)
         notes = list(result.notes)
-        notes.append(f"{len(result.images) - 2 - int(p.compare_sdedit)} application(s) of f in "
+        notes.append(f"{len(result.images) - 2 - int(result.parameters['compare_sdedit'])} application(s) of f in "
                      f"{1000 * result.seconds:.0f} ms")
         return {edit_gallery: pngs.write(result),
                 edit_info: "; ".join(notes), edit_table: table_frame(result.table), edit_params: result.parameters}

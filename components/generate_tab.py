@@ -10,10 +10,9 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.core.manager import ModelManager
-from studio.core.params import coerce
-from studio.core.sampling import SCHEDULER_LABELS, Progress
+from studio.core.sampling import SCHEDULER_LABELS
 from studio.methods import generate, method
-from components.widgets import PngFolder, grid_image, param_inputs, run_panel, shows_errors
+from components.widgets import PngFolder, grid_image, param_inputs, run_panel, stream
 
 
 def condition_visibility(manager: ModelManager, key: str | None) -> tuple[bool, bool]:
@@ -53,27 +52,17 @@ def build_generate_tab(manager: ModelManager) -> dict[str, gr.components.Compone
                                     inputs["guidance"]],
                            api_name="model_fields", queue=False)
 
-    @shows_errors
-    def generate_images(progress=gr.Progress(), **values):
-        params = coerce(generate.Params, values)
-        # Yield before any model work: Gradio registers a generator for cancellation only after
-        # its first item, and a run cancelled before that would keep its model lease.
-        yield {info: ""}
-        progress((0, params.steps), desc="Loading model")
-        for item in generate.run(params, manager):
-            if isinstance(item, Progress):
-                progress((item.step, item.total), desc="Sampling", unit="steps")
-                if item.preview is not None:
-                    yield {preview: grid_image(item.preview)}
-                continue
-            seed = item.parameters["seed"]
-            yield {
-                preview: grid_image(item.tensors) if item.tensors is not None else None,
-                gallery: pngs.write(item),
-                seed_used: seed,
-                parameters: item.parameters,
-                info: f"{len(item.images)} image(s) in {item.seconds:.1f} s (image *i* uses seed {seed} + *i*)",
-            }
+    def done(item, params):
+        seed = item.parameters["seed"]
+        return {
+            preview: grid_image(item.tensors) if item.tensors is not None else None,
+            gallery: pngs.write(item),
+            seed_used: seed,
+            parameters: item.parameters,
+            info: f"{len(item.images)} image(s) in {item.seconds:.1f} s (image *i* uses seed {seed} + *i*)",
+        }
+
+    generate_images = stream(generate.run, generate.Params, manager, preview=preview, first=info, done=done)
 
     # preprocess=False: the raw values go to ``coerce``/``generate.check``, whose messages name the
     # input and say what to do (Gradio's own checks say "Value 0 is less than minimum value 1.").

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from components.widgets import PngFolder, grid_image, param_inputs, run_panel, shows_errors
+from components.widgets import PngFolder, grid_image, param_inputs, run_panel, stream
 from studio.core.manager import ModelManager
-from studio.core.params import coerce
-from studio.core.sampling import Progress
 from studio.methods import guide
 
 PREFIX = "guide-"
@@ -90,26 +88,21 @@ def build_guide_tab(manager: ModelManager) -> dict[str, gr.components.Component]
     inputs["recipe"].change(on_method, inputs=[inputs["recipe"]], outputs=[inputs["scale"], tricks_box],
                             queue=False, api_visibility="private")
 
-    @shows_errors
-    def guide_images(progress=gr.Progress(), **values):
-        params = coerce(guide.Params, values)
-        yield {info: ""}  # before any model work, so a cancel can find this generator
-        progress((0, params.steps), desc="Loading models")
-        for item in guide.run(params, manager):
-            if isinstance(item, Progress):
-                progress((item.step, item.total), desc="Guiding", unit="steps")
-                if item.preview is not None:
-                    yield {preview: grid_image(item.preview),
-                           plot: trace_figure(item.info["trace"], params.target, params.steps)}
-                continue
-            yield {
-                preview: grid_image(item.tensors),
-                gallery: pngs.write(item),
-                plot: trace_figure(item.trace, item.target, params.steps),
-                seed_used: item.parameters["seed"],
-                parameters: item.parameters,
-                info: summary(item, params),
-            }
+    def done(item, params):
+        return {
+            preview: grid_image(item.tensors),
+            gallery: pngs.write(item),
+            plot: trace_figure(item.trace, item.target, params.steps),
+            seed_used: item.parameters["seed"],
+            parameters: item.parameters,
+            info: summary(item, params),
+        }
+
+    def on_preview(item, params):
+        return {plot: trace_figure(item.info["trace"], params.target, params.steps)}
+
+    guide_images = stream(guide.run, guide.Params, manager, preview=preview, first=info, done=done,
+                          on_preview=on_preview, desc="Guiding", loading="Loading models")
 
     run_event = run_btn.click(guide_images, inputs_kwargs=inputs,
                               outputs=[preview, gallery, plot, seed_used, parameters, info], preprocess=False,

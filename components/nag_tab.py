@@ -15,14 +15,16 @@ import gradio as gr
 import numpy as np
 
 from studio.core.manager import ModelManager
+from studio.core.nas_metrics import best_so_far, random_search_curves
 from studio.core.params import coerce
-from studio.methods import nag
+from studio.core.sampling import Progress
+from studio.data.nasbench import space_values, top_fraction
+from studio.methods import method, nag
 from studio.plots import cell_figure, efficiency_chart, space_histogram
 from components.widgets import param_inputs, shows_errors
 
 DRAWN = 8          # cells drawn as DAGs
 RANDOM_RUNS = 200  # random-search runs behind the reference curve
-MODEL = "nag-digits"
 
 
 def table_frame(rows: list[dict]):
@@ -40,21 +42,21 @@ def figures(result: nag.NAGResult):
     titles = [f"pred {r['predicted_acc']:.3f}" + ("" if r["val_acc"] is None else f" / true {r['val_acc']:.3f}")
               for r in drawn]
     dags = cell_figure([r["arch"] for r in drawn], titles) if drawn else None
-    values = nag.space_values(task)
+    values = space_values(task)
     if not values:
         return dags, None, None
     known = [r for r in rows if r["val_acc"] is not None]
-    top = nag.top_fraction(values)
+    top = top_fraction(values)
     hist = space_histogram(np.array(list(values.values())), {"generated cells": np.array([r["val_acc"] for r in known])},
                            f"{task}: the space ({len(values):,} cells with ground truth) and the generated cells",
                            top=top)
     order = [r["arch"] for r in known]  # the official transfer NAG trains generated cells in predicted order
     curves = {}
     if order:
-        curve = nag.best_so_far(order, values)
+        curve = best_so_far(order, values)
         curves["DiffusionNAG (this run, predicted order; cells with ground truth)"] = (np.arange(1, len(curve) + 1), curve)
     length = max(len(order), 100)
-    rand = nag.random_search_curves(values, RANDOM_RUNS, length)
+    rand = random_search_curves(values, RANDOM_RUNS, length)
     x = np.arange(1, length + 1)
     curves["random search (median, 25-75%)"] = (x, np.median(rand, 0), np.quantile(rand, 0.25, 0),
                                                np.quantile(rand, 0.75, 0))
@@ -65,7 +67,7 @@ def figures(result: nag.NAGResult):
 def build_nag_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=300):
-            inputs = param_inputs(nag.GenerateParams, id_prefix="nag-")
+            inputs = param_inputs(nag.Params, choices={"model": method("nag").models(manager)}, id_prefix="nag-")
             gen_btn = gr.Button("Generate cells", variant="primary", elem_id="nag-generate-btn")
             gr.Markdown("### Train one cell\nPaste an architecture string (NAS-Bench-201 format) or pick a row of "
                         "the table; it is trained on the chosen task with the ground truth's recipe (a few seconds).")
@@ -86,14 +88,11 @@ def build_nag_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
 
     @shows_errors
     def generate(progress=gr.Progress(), **values):
-        p = coerce(nag.GenerateParams, values)
+        p = coerce(nag.Params, values)
         progress((0, p.steps), desc="Loading model")
-
-        def report(i, n):
-            if i % 20 == 0 or i == n:
-                progress((i, n), desc="Sampling (corrector + predictor)", unit="steps")
-
-        result = nag.run_generate(p, manager, MODEL, progress=report)
+        for result in nag.run(p, manager):
+            if isinstance(result, Progress) and (result.step % 20 == 0 or result.step == result.total):
+                progress((result.step, result.total), desc="Sampling (corrector + predictor)", unit="steps")
         d, h, e = figures(result)
         first = result.rows[0]["arch"] if result.rows else ""
         return {info: "; ".join(result.notes), dags: d, table: table_frame(result.rows), hist: h, eff: e,
@@ -114,9 +113,10 @@ def build_nag_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     @shows_errors
     def train(arch, task, progress=gr.Progress()):
         progress((0, 1), desc=f"Training on {task}")
-        out = nag.train_one(arch, task, progress=lambda e, n: progress((e, n), desc=f"Training on {task}",
-                                                                        unit="epochs"))
-        return out["message"]
+        for out in nag.train_cell(coerce(nag.TrainParams, {"arch": arch, "task": task})):
+            if isinstance(out, Progress):
+                progress((out.step, out.total), desc=f"Training on {task}", unit="steps")
+        return out.message
 
     train_btn.click(train, inputs=[arch_box, inputs["task"]], outputs=[train_info], api_name="nag_train",
                     concurrency_id="train-cell", concurrency_limit=1, show_progress_on=[train_info])

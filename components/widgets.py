@@ -24,8 +24,11 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from studio.core.params import ParamError, choices_of, field_types
+from studio.core.params import choices_of, coerce, field_types
 from studio.core.results import ImageResult, to_pil
+from studio.core.sampling import Progress
+from studio.errors import UserError
+from components.warm import ensure_warm
 
 log = logging.getLogger(__name__)
 
@@ -159,17 +162,20 @@ class PngFolder:
 # errors --------------------------------------------------------------------------------------
 
 def user_message(exc: BaseException) -> str:
-    """A short message for the UI: the text of a ParamError, else 'Type: text' truncated."""
-    text = str(exc) if isinstance(exc, ParamError) else f"{type(exc).__name__}: {exc}"
+    """A short message for the UI: the text of a :class:`~studio.errors.UserError` as it is, else
+    'Type: text', truncated either way."""
+    text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def shows_errors(fn: Callable) -> Callable:
     """Wrap an event handler (function or generator) so every failure reaches the user as a
-    ``gr.Error`` with a short message; unexpected ones are also logged with their traceback."""
+    ``gr.Error`` with a short message; unexpected ones are also logged with their traceback.
+    The handler first waits for the app's warm-up imports (:func:`~components.warm.ensure_warm`),
+    so no request imports diffusers while another thread is half-way through it."""
 
     def convert(exc: Exception) -> gr.Error:
-        if not isinstance(exc, ParamError):
+        if not isinstance(exc, UserError):
             log.exception("%s failed", fn.__name__)
         return gr.Error(user_message(exc), print_exception=False)
 
@@ -177,6 +183,7 @@ def shows_errors(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:
+                ensure_warm()
                 yield from fn(*args, **kwargs)
             except gr.Error:
                 raise
@@ -187,9 +194,46 @@ def shows_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            ensure_warm()
             return fn(*args, **kwargs)
         except gr.Error:
             raise
         except Exception as exc:
             raise convert(exc) from exc
     return wrapper
+
+
+# streaming a method's run ------------------------------------------------------------------------
+
+def stream(run: Callable, params_cls: type, manager, *, preview: gr.components.Component,
+           first: gr.components.Component, done: Callable[[Any, Any], dict],
+           on_preview: Callable[[Progress, Any], dict] | None = None, desc: str = "Sampling",
+           loading: str = "Loading model") -> Callable:
+    """The one event handler for a tab that streams a method's ``run(p, manager)`` generator.
+
+    It builds ``params_cls`` from the inputs by name (:func:`~studio.core.params.coerce`), yields
+    ``{first: ""}`` before any model work (Gradio registers a generator for cancellation only after
+    its first item; a run cancelled before that would keep its model lease), moves the progress bar
+    on every :class:`~studio.core.sampling.Progress`, shows each preview grid in ``preview`` (plus
+    what ``on_preview(item, params)`` adds), and finally yields ``done(result, params)``: a dict
+    from output components to values. Errors reach the user through :func:`shows_errors`.
+
+    Wire it with ``inputs_kwargs=`` the tab's Params inputs and ``preprocess=False``, so that raw
+    values reach ``coerce`` and out-of-range ones get the studio's messages, which name the input.
+    """
+
+    @shows_errors
+    def handler(progress=gr.Progress(), **values):
+        params = coerce(params_cls, values)
+        yield {first: ""}
+        progress((0, getattr(params, "steps", 1)), desc=loading)
+        for item in run(params, manager):
+            if isinstance(item, Progress):
+                progress((item.step, item.total), desc=desc, unit="steps")
+                if item.preview is not None:
+                    yield {preview: grid_image(item.preview), **(on_preview(item, params) if on_preview else {})}
+                continue
+            yield done(item, params)
+
+    handler.__name__ = f"{getattr(run, '__module__', 'run').rsplit('.', 1)[-1]}_stream"
+    return handler

@@ -9,6 +9,7 @@ import torch
 
 from studio.core import guidance as G
 from studio.core.params import ParamError
+from studio.errors import UserError
 from studio.core.results import read_png_parameters
 from studio.core.sampling import Progress
 from studio.methods import compose, generate
@@ -131,7 +132,7 @@ def test_negative_prompt_changes_the_images(tiny_manager):
     ({"prompt": "a | " + " ".join("abcdefghijklmnopqrstuvwxyz")}, "word pieces"),
 ])
 def test_bad_input_changes_nothing(tiny_manager, kw, message):
-    with pytest.raises(ParamError, match=message):
+    with pytest.raises(UserError, match=message):
         run(tiny_manager, **kw)
     assert all(r["in use"] == 0 for r in tiny_manager.status())
 

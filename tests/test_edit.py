@@ -11,6 +11,8 @@ from PIL import Image
 
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError
+from studio.core.sampling import Progress
+from studio.errors import UserError
 from studio.data import digits
 from studio.data.drawings import DrawingError, to_digit, to_mask
 from studio.methods import edit
@@ -124,9 +126,17 @@ def test_sdedit_spends_exactly_the_asked_evaluations_from_the_asked_level(tiny_m
         dm.unet = counting.unet
 
 
+def result_of(p: edit.Params, manager, **inputs) -> edit.EditResult:
+    """Run ``edit.run`` to its end; checks that a Progress per application of f comes first."""
+    *progress, result = edit.run(p, manager, **inputs)
+    assert [item.step for item in progress] == list(range(1, p.k + 1))
+    assert all(isinstance(item, Progress) for item in progress)
+    return result
+
+
 def test_generate_pane_rows_are_z_then_each_application_and_reproducible(sign_manager):
-    p = edit.GenerateParams(k=3, n_images=2, seed=5)
-    r = edit.run_generate(p, sign_manager)
+    p = edit.Params(k=3, n_images=2, seed=5)
+    r = result_of(p, sign_manager)
     assert len(r.images) == 2 and r.tensors.shape == (2, 4, 1, 16, 16) and r.seeds == [5, 6]
     assert r.images[0].size == (4 * 96 + 3 * 2, 96) and r.captions[1].startswith("seed 6: z, f(z), f(f(z)) ... f^3(z)")
     with sign_manager.use("sign-digits") as f:
@@ -134,31 +144,31 @@ def test_generate_pane_rows_are_z_then_each_application_and_reproducible(sign_ma
         torch.testing.assert_close(r.tensors[:, 0], z)
         torch.testing.assert_close(r.tensors[:, 1], f(z))
         torch.testing.assert_close(r.tensors[:, 3], f(f(f(z))), rtol=1e-4, atol=1e-4)
-    again = edit.run_generate(edit.GenerateParams(k=1, n_images=1, seed=6), sign_manager)  # row 2 alone
+    again = result_of(edit.Params(k=1, n_images=1, seed=6), sign_manager)  # row 2 alone
     torch.testing.assert_close(again.tensors[0, 1], r.tensors[1, 1])
     assert r.parameters["method"] == "edit/generate" and r.parameters["seed"] == 5 and "ms per image" in r.notes[0]
     with pytest.raises(ParamError, match="unknown generator"):
-        edit.run_generate(edit.GenerateParams(model="digits-cond"), sign_manager)
+        result_of(edit.Params(model="digits-cond"), sign_manager)
     with pytest.raises(ParamError, match="Applications"):
-        edit.run_generate(edit.GenerateParams(k=0), sign_manager)
+        result_of(edit.Params(k=0), sign_manager)
 
 
 def test_generate_without_any_generator_says_how_to_build_one():
     with pytest.raises(ParamError, match="studio train sign-digits"):
-        edit.run_generate(edit.GenerateParams(), ModelManager(device="cpu"))
+        result_of(edit.Params(), ModelManager(device="cpu"))
 
 
 def test_edit_pane_shows_input_corrupted_each_projection_and_sdedit(sign_manager):
-    p = edit.EditParams(test_index=7, corruption="noise", strength=0.5, k=2, seed=3)
-    r = edit.run_edit(p, sign_manager)
+    p = edit.Params(mode="project", test_index=7, corruption="noise", strength=0.5, k=2, seed=3)
+    r = result_of(p, sign_manager)
     assert [row["image"] for row in r.table][1:] == ["corrupted", "f(x_c)", "f^2(x_c)", "SDEdit, 2 evals"]
     assert r.table[0]["image"] == f"test digit {digits.load('test').labels[7]}"
     assert all("PSNR to input (dB)" in row for row in r.table[1:])
     assert r.parameters["true_class"] == int(digits.load("test").labels[7])
-    again = edit.run_edit(p, sign_manager)
+    again = result_of(p, sign_manager)
     torch.testing.assert_close(again.tensors, r.tensors)  # the seed fixes the corruption and SDEdit's noise
     canvas, _ = _drawn(0)
-    drawn = edit.run_edit(edit.EditParams(source="drawing", corruption="none", k=1, compare_sdedit=False),
+    drawn = result_of(edit.Params(mode="project", source="drawing", corruption="none", k=1, compare_sdedit=False),
                           sign_manager, drawing=canvas)
     assert len(drawn.images) == 3 and any("inverted" in n for n in drawn.notes) and "test_index" not in drawn.parameters
 
@@ -174,8 +184,8 @@ def test_edit_pane_shows_input_corrupted_each_projection_and_sdedit(sign_manager
     ({"strength": float("nan")}, None, None, "finite"),
 ])
 def test_bad_edit_inputs_get_clear_messages(sign_manager, kwargs, drawing, mask, message):
-    with pytest.raises(ParamError, match=message):
-        edit.run_edit(edit.EditParams(**kwargs), sign_manager, drawing=drawing, mask=mask)
+    with pytest.raises(UserError, match=message):
+        result_of(edit.Params(mode="project", **kwargs), sign_manager, drawing=drawing, mask=mask)
 
 
 def test_training_loop_runs_both_phases_and_the_export_loads_back(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import torch
 from studio.core.params import ParamError, coerce
 from studio.core.results import ImageResult, read_png_parameters
 from studio.core.sampling import Progress
+from studio.errors import UserError
 from studio.methods import generate
 
 
@@ -61,7 +62,7 @@ def test_random_seed_is_reported(tiny_manager):
     ({"digit": 12}, "Digit must be between 0 and 9"),
 ])
 def test_bad_input_gets_a_clear_message(tiny_manager, kw, message):
-    with pytest.raises(ParamError, match=message):
+    with pytest.raises(UserError, match=message):
         run(tiny_manager, **{"model": "digits-cond", **kw})
     assert all(r["in use"] == 0 for r in tiny_manager.status())  # nothing left leased
 

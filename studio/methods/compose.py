@@ -43,9 +43,9 @@ from studio.core.models import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import DISPLAY_SIZE, ImageResult, to_pil
-from studio.core.sampling import Progress, SchedulerError, SchedulerName, make_scheduler, sample_images
+from studio.core.sampling import Progress, SchedulerName, make_scheduler, sample_images
 from studio.data import shapes
-from studio.data.text import MAX_PROMPT_CHARS, PromptError
+from studio.data.text import MAX_PROMPT_CHARS
 from studio.methods import method
 
 MAX_CONCEPTS = 8
@@ -203,11 +203,8 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ComposeResult]:
     with manager.use(p.model) as dm:
         if not isinstance(dm, DiffusionModel) or dm.conditioning != "text":
             raise ParamError(f"{p.model!r} is not a text-to-image diffusion model; Compose needs one")
-        try:
-            scheduler = make_scheduler(p.scheduler, dm.scheduler_config, dm.prediction_type)
-            denoise = composed_denoiser(dm, manager, concepts, p.n_images, p.negative_prompt, p.evaluation)
-        except (SchedulerError, PromptError) as exc:
-            raise ParamError(str(exc)) from None
+        scheduler = make_scheduler(p.scheduler, dm.scheduler_config, dm.prediction_type)
+        denoise = composed_denoiser(dm, manager, concepts, p.n_images, p.negative_prompt, p.evaluation)
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(p.n_images)]
         for item in sample_images(dm, denoise, scheduler, seeds, num_inference_steps=p.steps,
                                   preview_every=p.preview_every):

@@ -15,8 +15,8 @@ drawn mask; hidden pixels are set to 0 (mid-grey, "unknown": neither stroke nor 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -26,9 +26,10 @@ from studio.core.device import MAX_SEED, make_generator, random_seed
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import ImageResult, to_pil, to_strip
-from studio.core.sampling import make_scheduler, run_to_end, sample, start_timestep
+from studio.core.sampling import Progress, make_scheduler, run_to_end, sample, start_timestep
 from studio.data import digits
 from studio.data.drawings import DrawingError, to_digit, to_mask
+from studio.methods import method
 
 TEACHER = "digits-cond"
 JUDGE = "judge-digits"
@@ -38,25 +39,26 @@ Corruption = Literal["none", "noise", "box", "mask"]
 Source = Literal["test digit", "drawing"]
 
 
-def generators(manager: ModelManager) -> list[str]:
-    """The manager's idempotent generators."""
-    return [k for k in manager.keys() if manager.info(k).get("kind") == "idempotent"]
+Mode = Literal["generate", "project"]
+GENERATE_FIELDS = ("model", "k", "n_images", "seed", "randomize_seed")
+PROJECT_FIELDS = ("model", "source", "test_index", "corruption", "strength", "k", "compare_sdedit", "sdedit_strength",
+                  "seed")
 
 
 @dataclass
-class GenerateParams:
+class Params:
+    """One run of either pane: ``mode="generate"`` reads GENERATE_FIELDS, ``"project"`` PROJECT_FIELDS."""
+
+    mode: Mode = field(default="generate", metadata=spec(
+        "Mode", "generate: f^k(z) from noises z; project: f^k(x_c) of a corrupted digit x_c."))
     model: str = field(default="sign-digits", metadata=spec("Generator", "An idempotent generator f (SIGN, or plain IGN)."))
-    k: int = field(default=3, metadata=spec("Applications k", "Show f(z), f(f(z)), ... up to f^k(z).",
-                                            minimum=1, maximum=8, step=1))
+    k: int = field(default=3, metadata=spec("Applications k", "Apply f up to k times: f(z), f(f(z)), ... f^k(z) "
+                                            "(generate) or f(x_c), ... f^k(x_c) (project).", minimum=1, maximum=8, step=1))
     n_images: int = field(default=8, metadata=spec("Images", "How many noises z (image i uses seed + i).",
                                                    minimum=1, maximum=32, step=1))
-    seed: int = field(default=0, metadata=spec("Seed", "Noise z_i from seed + i.", minimum=0, maximum=MAX_SEED, step=1))
+    seed: int = field(default=0, metadata=spec("Seed", "generate: noise z_i from seed + i; project: seeds the "
+                                               "corruption and SDEdit's noise.", minimum=0, maximum=MAX_SEED, step=1))
     randomize_seed: bool = field(default=False, metadata=spec("Random seed", "Draw a fresh seed (shown with the result)."))
-
-
-@dataclass
-class EditParams:
-    model: str = field(default="sign-digits", metadata=spec("Generator", "An idempotent generator f (SIGN, or plain IGN)."))
     source: Source = field(default="test digit", metadata=spec(
         "Source", "A held-out test digit (its true class is known), or your drawing / upload."))
     test_index: int = field(default=0, metadata=spec("Test digit", "Index into the 360 held-out test digits.",
@@ -67,15 +69,16 @@ class EditParams:
     strength: float = field(default=0.5, metadata=spec(
         "Strength", "noise: sigma (images span -1..1); box: share of the image hidden.", minimum=0.0, maximum=2.0,
         step=0.05))
-    k: int = field(default=3, metadata=spec("Applications k", "Project with f, f^2, ... f^k.", minimum=1, maximum=8,
-                                            step=1))
     compare_sdedit: bool = field(default=True, metadata=spec(
         "Compare with SDEdit", "Also edit with the teacher by SDEdit, using k network evaluations."))
     sdedit_strength: float = field(default=0.1, metadata=spec(
         "SDEdit strength", "How far SDEdit noises the input before denoising (share of the schedule); 0.1 was "
         "SDEdit's best on the benchmark's corrupted digits.", minimum=0.05, maximum=1.0, step=0.05, advanced=True))
-    seed: int = field(default=0, metadata=spec("Seed", "Seeds the corruption and SDEdit's noise.", minimum=0,
-                                               maximum=MAX_SEED, step=1))
+
+    def used(self) -> dict:
+        """The fields this mode reads (what its result's parameters record), with the mode."""
+        names = GENERATE_FIELDS if self.mode == "generate" else PROJECT_FIELDS
+        return {"mode": self.mode, **{n: getattr(self, n) for n in names}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,24 +195,48 @@ class EditResult(ImageResult):
         return self.captions[i] if self.captions else super().caption(i)
 
 
-def _check_model(p, manager: ModelManager) -> None:
+def check(p: Params, manager: ModelManager) -> None:
+    """Raise :class:`ParamError` for anything the run cannot do."""
     validate(p)
-    models = generators(manager)
+    models = method("edit").models(manager)
     if not models:
         raise ParamError("no idempotent generator is registered; build one with `studio train sign-digits`")
     if p.model not in models:
         raise ParamError(f"unknown generator {p.model!r}; choose one of {', '.join(models)}")
+    if p.mode == "project" and p.corruption == "box" and p.strength > 0.9:
+        raise ParamError("a box can hide at most 90% of the image (strength <= 0.9 for box)")
 
 
-def run_generate(p: GenerateParams, manager: ModelManager) -> EditResult:
+def run(p: Params, manager: ModelManager, drawing=None, mask=None) -> Iterator[Progress | EditResult]:
+    """Yield a Progress per application of f, then the :class:`EditResult` of the pane ``p.mode``.
+    ``drawing`` (an image array) is the input when ``p.source == "drawing"``; ``mask`` (RGBA array)
+    marks the hidden pixels when ``p.corruption == "mask"``."""
+    check(p, manager)
+    if p.mode == "generate":
+        return (yield from _generate(p, manager))
+    return (yield from _project(p, manager, drawing, mask))
+
+
+def _apply(f, x: torch.Tensor, k: int) -> Iterator[Progress | list[torch.Tensor]]:
+    """Progress per application, then ``[f(x), ..., f^k(x)]`` on the CPU (as :func:`apply`)."""
+    x, out = x.to(device_of(f)), []
+    for j in range(k):
+        with torch.no_grad():
+            x = f(x)
+        out.append(x.cpu())
+        yield Progress(j + 1, k)
+    yield out
+
+
+def _generate(p: Params, manager: ModelManager) -> Iterator[Progress | EditResult]:
     """Noise z_i and f(z_i), ..., f^k(z_i) for each i, one strip image per noise."""
-    _check_model(p, manager)
     seed = random_seed() if p.randomize_seed else p.seed
     with manager.use(p.model) as f:
         z = noises(seed, p.n_images, f.sample_shape)
         t0 = time.perf_counter()
-        steps = apply(f, z, p.k)
+        *progress, steps = _apply(f, z, p.k)
         seconds = time.perf_counter() - t0
+    yield from progress
     judge_rows = []
     if JUDGE in manager:
         with manager.use(JUDGE) as judge:
@@ -222,49 +249,49 @@ def run_generate(p: GenerateParams, manager: ModelManager) -> EditResult:
                 for s in seeds]
     if judge_rows:
         captions = [c + f" · judge on f^{p.k}: {judge_rows[i][f'f^{p.k}']}" for i, c in enumerate(captions)]
-    parameters = {"method": "edit/generate", **asdict(p), "seed": seed, "randomize_seed": False,
+    parameters = {"method": "edit/generate", **p.used(), "seed": seed, "randomize_seed": False,
                   "studio_version": __version__}
-    return EditResult(images=[to_strip(r, DISPLAY_SIZE // r.shape[-1]) for r in rows], parameters=parameters,
-                      seeds=seeds, tensors=rows, seconds=seconds, captions=captions, table=judge_rows,
-                      notes=[f"{1000 * seconds / (p.n_images * p.k):.1f} ms per image per application of f "
-                             f"({p.n_images} x {p.k} evaluations in {seconds:.2f} s)"])
+    yield EditResult(images=[to_strip(r, DISPLAY_SIZE // r.shape[-1]) for r in rows], parameters=parameters,
+                     seeds=seeds, tensors=rows, seconds=seconds, captions=captions, table=judge_rows,
+                     notes=[f"{1000 * seconds / (p.n_images * p.k):.1f} ms per image per application of f "
+                            f"({p.n_images} x {p.k} evaluations in {seconds:.2f} s)"])
 
 
-def prepare_input(p: EditParams, drawing=None) -> tuple[torch.Tensor, int | None, list[str]]:
-    """(image (1, 1, 16, 16), true class or None, notes)."""
+def prepare_input(p: Params, drawing=None) -> tuple[torch.Tensor, int | None, list[str]]:
+    """(image (1, 1, 16, 16), true class or None, notes). Raises DrawingError for an unusable drawing."""
     if p.source == "test digit":
         test = digits.load("test")
         return torch.from_numpy(test.images[p.test_index: p.test_index + 1]), int(test.labels[p.test_index]), []
     if drawing is None:
         raise ParamError("draw a digit on the canvas or upload an image (or pick a test digit as the source)")
-    try:
-        arr, notes = to_digit(drawing)
-    except DrawingError as exc:
-        raise ParamError(str(exc)) from None
+    arr, notes = to_digit(drawing)
     return torch.from_numpy(arr)[None], None, notes
 
 
-def run_edit(p: EditParams, manager: ModelManager, drawing=None, mask=None) -> EditResult:
+def hidden_pixels(p: Params, mask) -> torch.Tensor | None:
+    """The painted mask as (H, W) bool when the corruption is ``mask``; None otherwise."""
+    if p.corruption != "mask":
+        return None
+    try:
+        m = to_mask(mask) if mask is not None else None
+    except DrawingError as exc:
+        raise DrawingError(f"mask: {exc}") from None
+    if m is None:
+        raise ParamError("the mask is blank: paint over the part of the digit to hide")
+    return torch.from_numpy(m)
+
+
+def _project(p: Params, manager: ModelManager, drawing=None, mask=None) -> Iterator[Progress | EditResult]:
     """Input, corrupted input, f(x_c) .. f^k(x_c), and SDEdit with k evaluations, with the judge's readings."""
-    _check_model(p, manager)
-    if p.corruption == "box" and p.strength > 0.9:
-        raise ParamError("a box can hide at most 90% of the image (strength <= 0.9 for box)")
     x, label, notes = prepare_input(p, drawing)
-    hidden = None
-    if p.corruption == "mask":
-        try:
-            m = to_mask(mask) if mask is not None else None
-        except DrawingError as exc:
-            raise ParamError(f"mask: {exc}") from None
-        if m is None:
-            raise ParamError("the mask is blank: paint over the part of the digit to hide")
-        hidden = torch.from_numpy(m)
+    hidden = hidden_pixels(p, mask)
     gen = make_generator(p.seed)
     x_c = corrupt(x, p.corruption, p.strength, gen, hidden)
     t0 = time.perf_counter()
     with manager.use(p.model) as f:
-        steps = apply(f, x_c, p.k)
+        *progress, steps = _apply(f, x_c, p.k)
     seconds = time.perf_counter() - t0
+    yield from progress
     shown = [("input" if label is None else f"test digit {label}", x), ("corrupted", x_c)]
     shown += [("f(x_c)" if j == 0 else f"f^{j + 1}(x_c)", s) for j, s in enumerate(steps)]
     if p.compare_sdedit:
@@ -274,11 +301,23 @@ def run_edit(p: EditParams, manager: ModelManager, drawing=None, mask=None) -> E
             with manager.use(TEACHER) as dm:
                 shown.append((f"SDEdit, {p.k} evals", sdedit(dm, x_c, p.k, p.sdedit_strength, gen)))
     images = torch.cat([im for _, im in shown])
-    table = []
+    table = judge_table(manager, shown, x)
+    captions = [row["image"] + (f" · judge: {row['judge reads']} ({row['probability']:.2f})"
+                                if "judge reads" in row else "") for row in table]
+    parameters = {"method": "edit/project", **p.used(), "true_class": label, "studio_version": __version__}
+    if p.source != "test digit":
+        parameters.pop("test_index")
+    yield EditResult(images=to_pil(images, DISPLAY_SIZE // images.shape[-1]), parameters=parameters,
+                     tensors=images, seconds=seconds, captions=captions, table=table, notes=notes)
+
+
+def judge_table(manager: ModelManager, shown: list[tuple[str, torch.Tensor]], x: torch.Tensor) -> list[dict]:
+    """One row per shown image: what the judge reads (when registered) and the PSNR to the input ``x``."""
     readings = None
     if JUDGE in manager:
         with manager.use(JUDGE) as judge:
-            readings = judge_reading(judge, images)
+            readings = judge_reading(judge, torch.cat([im for _, im in shown]))
+    table = []
     for i, (name, im) in enumerate(shown):
         row = {"image": name}
         if readings is not None:
@@ -287,15 +326,4 @@ def run_edit(p: EditParams, manager: ModelManager, drawing=None, mask=None) -> E
         if i > 0:
             row["PSNR to input (dB)"] = round(float(psnr(im, x)[0]), 2)
         table.append(row)
-    captions = []
-    for row in table:
-        cap = row["image"]
-        if "judge reads" in row:
-            cap += f" · judge: {row['judge reads']} ({row['probability']:.2f})"
-        captions.append(cap)
-    parameters = {"method": "edit/project", **asdict(p), "true_class": label, "studio_version": __version__}
-    if p.source != "test digit":
-        parameters.pop("test_index")
-    return EditResult(images=to_pil(images, DISPLAY_SIZE // images.shape[-1]), parameters=parameters,
-                      tensors=images, seconds=seconds, captions=captions, table=table,
-                      notes=notes)
+    return table

@@ -23,7 +23,7 @@ from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import DISPLAY_SIZE, ImageResult, to_pil
 from studio.core.sampling import Progress, SchedulerError, SchedulerName, make_scheduler, sample_images
-from studio.data.text import MAX_PROMPT_CHARS, PromptError
+from studio.data.text import MAX_PROMPT_CHARS
 from studio.methods import method
 
 MODEL_KEYS = ("digits-cond", "shapes-t2i", "text-encoder")
@@ -81,18 +81,15 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:
             raise ParamError(f"{p.model!r} is not a diffusion model the Generate tab can drive")
         if dm.conditioning == "text" and not p.prompt.strip():
             raise ParamError("the prompt is empty; describe one object, e.g. 'a red circle at the top left'")
-        try:
-            scheduler = make_scheduler(p.scheduler, dm.scheduler_config, dm.prediction_type)
-            most = scheduler.config.get("original_inference_steps") if p.scheduler == "lcm" else None
-            if most is not None and p.steps > most:
-                raise SchedulerError(f"LCM on {p.model!r} takes at most {most} steps; got {p.steps}")
-            few = dm.info.get("few_step")  # a distilled model knows only its own timesteps
-            if few and len(few) % p.steps:
-                counts = ", ".join(str(n) for n in range(1, len(few) + 1) if len(few) % n == 0)
-                raise SchedulerError(f"{p.model!r} is a {len(few)}-step model (timesteps {few}); use {counts} steps")
-            cond, uncond = _conditions(dm, p, manager, p.n_images)
-        except (SchedulerError, PromptError) as exc:
-            raise ParamError(str(exc)) from None
+        scheduler = make_scheduler(p.scheduler, dm.scheduler_config, dm.prediction_type)
+        most = scheduler.config.get("original_inference_steps") if p.scheduler == "lcm" else None
+        if most is not None and p.steps > most:
+            raise SchedulerError(f"LCM on {p.model!r} takes at most {most} steps; got {p.steps}")
+        few = dm.info.get("few_step")  # a distilled model knows only its own timesteps
+        if few and len(few) % p.steps:
+            counts = ", ".join(str(n) for n in range(1, len(few) + 1) if len(few) % n == 0)
+            raise SchedulerError(f"{p.model!r} is a {len(few)}-step model (timesteps {few}); use {counts} steps")
+        cond, uncond = _conditions(dm, p, manager, p.n_images)
         if cond is None:
             denoise = G.bind(dm.model_fn, {})
         elif p.guidance == 1.0:
