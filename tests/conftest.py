@@ -148,3 +148,54 @@ def nag_manager(tiny_manager):
 
     tiny_manager.register("nag-digits", load, info=info)
     return tiny_manager
+
+
+@pytest.fixture
+def guide_manager(tiny_manager):
+    """``tiny_manager`` plus tiny random guiding classifiers, expert banks and a tiny judge."""
+    from studio.nets.classifiers import ExpertBank, GuideNet
+    from studio.nets.judges import DigitsNet
+
+    def tiny(seed: int, **kw):
+        torch.manual_seed(seed)
+        return GuideNet(width=8, **kw).eval().requires_grad_(False)
+
+    tiny_manager.register("guide-clean", lambda: tiny(1), info={"kind": "classifier"})
+    tiny_manager.register("guide-noisy", lambda: tiny(2, time_conditional=True), info={"kind": "classifier"})
+    for key in ("guide-ppap", "guide-experts"):
+        tiny_manager.register(key, lambda: ExpertBank([tiny(10 + i) for i in range(5)]), info={"kind": "experts"})
+    tiny_manager.register("judge-digits", lambda: DigitsNet(width=4).eval(), info={"kind": "judge"})
+    return tiny_manager
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_manager(tiny_manager):
+    """The manager :func:`app_client` builds the app on; a test module overrides it (e.g. with
+    ``sign_manager``), as diffusers' pipeline tests supply only their own dummy components."""
+    return tiny_manager
+
+
+@pytest.fixture
+def app_client(app_manager, tmp_path):
+    """The whole studio built on ``app_manager`` and launched in-process on a free port; yields
+    ``(gradio_client.Client, manager)``. Building the app must not load any model."""
+    from gradio_client import Client
+
+    from components import build_app
+
+    demo = build_app(app_manager)
+    assert all(row["where"] == "not loaded" for row in app_manager.status()), "building the app loaded a model"
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), ssr_mode=False,
+                quiet=True)
+    try:
+        yield Client(demo.local_url, verbose=False, download_files=str(tmp_path)), app_manager
+    finally:
+        demo.close()

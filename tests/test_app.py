@@ -6,7 +6,6 @@ Each test launches the app in-process on a free port, built on the ``tiny_manage
 
 from __future__ import annotations
 
-import socket
 import time
 
 import gradio as gr
@@ -16,29 +15,17 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from components import build_app, launch
+from components import launch
 from studio.core.results import read_png_parameters
 from studio.methods.generate import Params
-
-FAST = {"steps": 2, "n_images": 2, "preview_every": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 @pytest.fixture
-def app(tiny_manager, tmp_path):
-    demo = build_app(tiny_manager)
-    assert all(row["where"] == "not loaded" for row in tiny_manager.status()), "building the app loaded a model"
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), ssr_mode=False,
-                quiet=True)
-    try:
-        yield Client(demo.local_url, verbose=False, download_files=str(tmp_path)), tiny_manager
-    finally:
-        demo.close()
+def app(app_client):  # TEMPORARY alias while the forecast app tests move to app_client
+    return app_client
+
+FAST = {"steps": 2, "n_images": 2, "preview_every": 1}
 
 
 def generate(client: Client, **kw):
@@ -50,8 +37,8 @@ def pixels(path: str) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
-def test_generate_returns_pngs_that_carry_their_parameters(app):
-    client, _ = app
+def test_generate_returns_pngs_that_carry_their_parameters(app_client):
+    client, _ = app_client
     out = generate(client, model="shapes-t2i", prompt="a blue square at the bottom right", seed=7, **FAST)
     assert out["seed"] == 7 and out["parameters"]["seed"] == 7
     assert out["preview"] is not None
@@ -67,8 +54,8 @@ def test_generate_returns_pngs_that_carry_their_parameters(app):
         assert pixels(path).shape == (128, 128, 3)
 
 
-def test_same_seed_same_pixels_and_random_seed_is_reported(app):
-    client, _ = app
+def test_same_seed_same_pixels_and_random_seed_is_reported(app_client):
+    client, _ = app_client
     a = generate(client, model="digits-cond", digit=5, seed=123, **FAST)
     b = generate(client, model="digits-cond", digit=5, seed=123, **FAST)
     for x, y in zip(a["gallery"], b["gallery"]):
@@ -95,8 +82,8 @@ BAD_INPUTS = [  # (what the caller sends, what the error must say)
 ]
 
 
-def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(app):
-    client, manager = app
+def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(app_client):
+    client, manager = app_client
     for bad, message in BAD_INPUTS:
         with pytest.raises(AppError) as err:
             generate(client, **{"model": "digits-cond", **FAST, **bad})
@@ -105,8 +92,8 @@ def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(app):
     assert len(generate(client, model="digits-cond", **FAST)["gallery"]) == 2
 
 
-def test_models_panel_status_and_evict(app):
-    client, _ = app
+def test_models_panel_status_and_evict(app_client):
+    client, _ = app_client
     table = client.predict(api_name="/models_status")
     assert table["headers"][:2] == ["model", "where"]
     assert {row[0] for row in table["data"]} == {"digits-cond", "shapes-t2i", "text-encoder"}
@@ -124,8 +111,8 @@ def test_models_panel_status_and_evict(app):
         client.predict(model="nope", api_name="/evict")
 
 
-def test_cancel_stops_between_steps_and_releases_the_model(app):
-    client, manager = app
+def test_cancel_stops_between_steps_and_releases_the_model(app_client):
+    client, manager = app_client
     job = client.submit(model="shapes-t2i", steps=200, n_images=16, preview_every=1, api_name="/generate")
     deadline = time.time() + 30
     while not any(row["in use"] for row in manager.status()):

@@ -14,6 +14,7 @@ from studio.core.results import read_png_parameters
 from studio.core.sampling import Progress
 from studio.methods import compose, generate
 from studio.methods.compose import Concept, parse_concepts
+from tests.contract import MethodContract
 from tests.conftest import tiny_digits_unet
 
 
@@ -188,3 +189,15 @@ def test_generate_drives_the_same_stable_diffusion_folder(sd_manager):
     *_, result = generate.run(generate.Params(model="tiny-sd", prompt="a castle", steps=2, n_images=1,
                                               preview_every=0), sd_manager)
     assert result.tensors.shape == (1, 3, 16, 16) and torch.isfinite(result.tensors).all()
+
+
+class TestComposeContract(MethodContract):
+    method_id = "compose"
+    bad = [({"prompt": ""}, "no concepts"), ({"model": "digits-cond"}, "text-to-image"), ({"steps": 0}, "Steps")]
+
+    @pytest.fixture
+    def manager(self, tiny_manager):
+        return tiny_manager
+
+    def params(self):
+        return compose.Params(steps=2, n_images=2, preview_every=1, seed=3)

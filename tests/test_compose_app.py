@@ -8,7 +8,6 @@ from gradio_client.exceptions import AppError
 from components.compose_tab import rows_to_syntax, verdict_table
 from studio.core.results import read_png_parameters
 from studio.methods.compose import ComposeResult, Concept
-from tests.test_app import app, free_port  # noqa: F401  (the app fixture)
 
 FAST = {"steps": 2, "n_images": 2, "preview_every": 1}
 
@@ -18,8 +17,8 @@ def compose(client, **kw):
     return {"gallery": gallery, "verdicts": verdicts, "seed": seed, "parameters": parameters, "info": info}
 
 
-def test_compose_returns_pngs_with_every_concept_and_weight(app):
-    client, manager = app
+def test_compose_returns_pngs_with_every_concept_and_weight(app_client):
+    client, manager = app_client
     out = compose(client, prompt="a red circle | a blue square | a green shape", weights="2 | 2 | -1.5", seed=9, **FAST)
     assert len(out["gallery"]) == 2 and out["seed"] == 9
     meta = read_png_parameters(out["gallery"][1]["image"])
@@ -36,8 +35,8 @@ def test_compose_returns_pngs_with_every_concept_and_weight(app):
     ({"prompt": "a | " + "x" * 300}, "characters"),
     ({"model": "digits-cond"}, "not a text-to-image model"),
 ])
-def test_bad_compositions_are_clear_errors_and_the_server_keeps_serving(app, bad, message):
-    client, manager = app
+def test_bad_compositions_are_clear_errors_and_the_server_keeps_serving(app_client, bad, message):
+    client, manager = app_client
     with pytest.raises(AppError) as err:
         compose(client, **{"prompt": "a | b", **FAST, **bad})
     assert message in str(err.value)

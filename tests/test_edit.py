@@ -17,6 +17,7 @@ from studio.data import digits
 from studio.data.drawings import DrawingError, to_digit, to_mask
 from studio.methods import edit
 from studio.nets.idempotent import IdempotentNet
+from tests.contract import MethodContract
 
 
 def _png(img: Image.Image) -> bytes:
@@ -208,3 +209,16 @@ def test_training_loop_runs_both_phases_and_the_export_loads_back(tmp_path, monk
     assert isinstance(loaded, IdempotentNet) and loaded.info["method"] == "sign"
     z = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(loaded(z), f(z), atol=2e-2, rtol=1e-2)  # fp16 on disk
+
+
+class TestEditContract(MethodContract):
+    method_id = "edit"
+    bad = [({"k": 0}, "Applications"), ({"model": "digits-cond"}, "unknown generator"),
+           ({"mode": "project", "corruption": "box", "strength": 1.5}, "at most 90%")]
+
+    @pytest.fixture
+    def manager(self, sign_manager):
+        return sign_manager
+
+    def params(self):
+        return edit.Params(mode="project", k=2, seed=3)

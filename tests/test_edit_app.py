@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from studio.core.results import read_png_parameters
-from tests.test_app import free_port
 
 
 @pytest.fixture
-def edit_app(sign_manager, tmp_path):
-    from components import build_app
-
-    demo = build_app(sign_manager)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), ssr_mode=False, quiet=True)
-    try:
-        yield Client(demo.local_url, verbose=False, download_files=str(tmp_path)), sign_manager
-    finally:
-        demo.close()
+def app_manager(sign_manager):
+    return sign_manager
 
 
 def _sketch(tmp_path, blank=False) -> dict:
@@ -34,8 +26,8 @@ def _sketch(tmp_path, blank=False) -> dict:
     return {"background": None, "layers": [], "composite": handle_file(str(path))}
 
 
-def test_generate_pane_returns_rows_of_pngs_with_parameters(edit_app):
-    client, manager = edit_app
+def test_generate_pane_returns_rows_of_pngs_with_parameters(app_client):
+    client, manager = app_client
     grid, gallery, info, table, parameters = client.predict(model="sign-digits", k=2, n_images=3, seed=11,
                                                             api_name="/sign_generate")
     assert Image.open(grid).size == (3 * 64 + 2 * 2, 3 * 64 + 2 * 2)  # 3 rows (noises) x 3 columns (z, f, f^2)
@@ -46,8 +38,8 @@ def test_generate_pane_returns_rows_of_pngs_with_parameters(edit_app):
     assert all(row["in use"] == 0 for row in manager.status())
 
 
-def test_draw_then_project_with_noise(edit_app, tmp_path):
-    client, _ = edit_app
+def test_draw_then_project_with_noise(app_client, tmp_path):
+    client, _ = app_client
     client.predict(_sketch(tmp_path), _sketch(tmp_path, blank=True), api_name="/sign_read")
     gallery, info, table, parameters = client.predict(source="drawing", corruption="noise", strength=0.3, k=2,
                                                       compare_sdedit=True, api_name="/sign_project")
@@ -56,8 +48,8 @@ def test_draw_then_project_with_noise(edit_app, tmp_path):
     assert "inverted" in info and parameters["source"] == "drawing" and parameters["corruption"] == "noise"
 
 
-def test_bad_inputs_get_messages_and_the_server_keeps_serving(edit_app, tmp_path):
-    client, _ = edit_app
+def test_bad_inputs_get_messages_and_the_server_keeps_serving(app_client, tmp_path):
+    client, _ = app_client
     client.predict(_sketch(tmp_path, blank=True), _sketch(tmp_path, blank=True), api_name="/sign_read")
     with pytest.raises(AppError, match="draw a digit"):
         client.predict(source="drawing", api_name="/sign_project")
@@ -73,8 +65,8 @@ def test_bad_inputs_get_messages_and_the_server_keeps_serving(edit_app, tmp_path
     assert len(gallery) == 3
 
 
-def test_an_upload_of_any_size_is_resized_and_projected(edit_app, tmp_path):
-    client, _ = edit_app
+def test_an_upload_of_any_size_is_resized_and_projected(app_client, tmp_path):
+    client, _ = app_client
     img = np.full((300, 500, 3), 255, np.uint8)
     img[50:250, 230:270] = 0
     path = tmp_path / "photo.jpg"

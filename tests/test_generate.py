@@ -12,6 +12,7 @@ from studio.core.results import ImageResult, read_png_parameters
 from studio.core.sampling import Progress
 from studio.errors import UserError
 from studio.methods import generate
+from tests.contract import MethodContract
 
 
 def run(manager, **kw):
@@ -78,3 +79,15 @@ def test_gui_values_are_coerced_by_name():
         coerce(generate.Params, {"stepz": 3})
     for f in dataclasses.fields(generate.Params):
         assert f.metadata["label"], f.name  # every field declares its label for the GUI
+
+
+class TestGenerateContract(MethodContract):
+    method_id = "generate"
+    bad = [({"steps": 0}, "Steps"), ({"model": "nope"}, "unknown model"), ({"scheduler": "flow-euler"}, "flow")]
+
+    @pytest.fixture
+    def manager(self, tiny_manager):
+        return tiny_manager
+
+    def params(self):
+        return generate.Params(model="digits-cond", steps=2, n_images=2, preview_every=1, seed=3)

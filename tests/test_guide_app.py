@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from gradio_client.exceptions import AppError
 
 from components.guide_tab import summary, trace_figure
@@ -11,27 +10,13 @@ from studio.core.manager import ModelManager
 from studio.core.params import ParamError
 from studio.core.results import read_png_parameters
 from studio.methods import guide
-from studio.nets.classifiers import ExpertBank, GuideNet
-from studio.nets.judges import DigitsNet
-from tests.test_app import app, free_port  # noqa: F401  (the app fixture)
 
 FAST = {"steps": 3, "n_images": 2, "preview_every": 1}
 
 
-def _tiny(seed: int, **kw):
-    torch.manual_seed(seed)
-    return GuideNet(width=8, **kw).eval().requires_grad_(False)
-
-
 @pytest.fixture
-def tiny_manager(tiny_manager):
-    """The conftest's tiny models plus tiny random guiding classifiers and a tiny judge."""
-    tiny_manager.register("guide-clean", lambda: _tiny(1), info={"kind": "classifier"})
-    tiny_manager.register("guide-noisy", lambda: _tiny(2, time_conditional=True), info={"kind": "classifier"})
-    for key in ("guide-ppap", "guide-experts"):
-        tiny_manager.register(key, lambda: ExpertBank([_tiny(10 + i) for i in range(5)]), info={"kind": "experts"})
-    tiny_manager.register("judge-digits", lambda: DigitsNet(width=4).eval(), info={"kind": "judge"})
-    return tiny_manager
+def app_manager(guide_manager):
+    return guide_manager
 
 
 def run_guide(client, **kw):
@@ -40,8 +25,8 @@ def run_guide(client, **kw):
 
 
 @pytest.mark.parametrize("method", guide.METHODS)
-def test_every_method_returns_pngs_with_its_parameters_and_a_trace(app, method):
-    client, manager = app
+def test_every_method_returns_pngs_with_its_parameters_and_a_trace(app_client, method):
+    client, manager = app_client
     out = run_guide(client, recipe=method, target=4, scale=3.0, seed=5, sampler="ddim" if method == "ppap" else "ddpm",
                     **FAST)
     assert len(out["gallery"]) == 2 and out["seed"] == 5
@@ -59,8 +44,8 @@ def test_every_method_returns_pngs_with_its_parameters_and_a_trace(app, method):
     ({"recipe": "magic"}, "Method"),
     ({"sampler": "euler"}, "Sampler"),
 ])
-def test_bad_inputs_are_clear_errors_and_the_server_keeps_serving(app, bad, message):
-    client, manager = app
+def test_bad_inputs_are_clear_errors_and_the_server_keeps_serving(app_client, bad, message):
+    client, manager = app_client
     with pytest.raises(AppError) as err:
         run_guide(client, **{**FAST, **bad})
     assert message in str(err.value)
