@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -183,19 +184,26 @@ def app_manager(tiny_manager):
     return tiny_manager
 
 
-@pytest.fixture
-def app_client(app_manager, tmp_path):
-    """The whole studio built on ``app_manager`` and launched in-process on a free port; yields
-    ``(gradio_client.Client, manager)``. Building the app must not load any model."""
-    from gradio_client import Client
-
+@contextlib.contextmanager
+def serving(manager):
+    """The whole studio built on ``manager``, launched in-process at a free local port; yields the Blocks."""
     from components import build_app
 
-    demo = build_app(app_manager)
-    assert all(row["where"] == "not loaded" for row in app_manager.status()), "building the app loaded a model"
+    demo = build_app(manager)
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), ssr_mode=False,
                 quiet=True)
     try:
-        yield Client(demo.local_url, verbose=False, download_files=str(tmp_path)), app_manager
+        yield demo
     finally:
         demo.close()
+
+
+@pytest.fixture
+def app_client(app_manager, tmp_path):
+    """The studio on ``app_manager`` (:func:`serving`); yields ``(gradio_client.Client, manager)``.
+    Building the app must not load any model."""
+    from gradio_client import Client
+
+    with serving(app_manager) as demo:
+        assert all(row["where"] == "not loaded" for row in app_manager.status()), "building the app loaded a model"
+        yield Client(demo.local_url, verbose=False, download_files=str(tmp_path)), app_manager

@@ -7,12 +7,12 @@ Uses the Debian chromium (CI installs it); never ``playwright install``.
 from __future__ import annotations
 
 import contextlib
-import socket
 from pathlib import Path
 
 import pytest
 
 from studio.core.results import read_png_parameters
+from tests.conftest import serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -20,35 +20,21 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 TIMEOUT_MS = 60_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def serving(manager):
-    """The app on ``manager`` at a free local port; yields its URL."""
-    from components import build_app
-
-    demo = build_app(manager)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), ssr_mode=False,
-                quiet=True)
-    try:
+def serving_url(manager):
+    with serving(manager) as demo:
         yield demo.local_url
-    finally:
-        demo.close()
 
 
 @pytest.fixture
 def studio_url(tiny_manager):
-    with serving(tiny_manager) as url:
+    with serving_url(tiny_manager) as url:
         yield url
 
 
 @pytest.fixture
 def zoo_url(zoo_manager):
-    with serving(zoo_manager) as url:
+    with serving_url(zoo_manager) as url:
         yield url
 
 
@@ -209,7 +195,7 @@ def test_forecast_an_uploaded_csv_in_a_real_browser(zoo_url, browser, tmp_path, 
 
 @pytest.fixture
 def sign_url(sign_manager):
-    with serving(sign_manager) as url:
+    with serving_url(sign_manager) as url:
         yield url
 
 
@@ -248,7 +234,7 @@ def test_draw_corrupt_and_project_in_a_real_browser(sign_url, browser, tmp_path)
 @pytest.fixture
 def tune_url(fewstep_manager, tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
-    with serving(fewstep_manager) as url:
+    with serving_url(fewstep_manager) as url:
         yield url
 
 
