@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 
-.PHONY: studio test bench install install-dev clean
+.PHONY: studio test bench notebooks install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,19 @@ test: install-dev
 
 bench: install-dev
 	$(PY) -m studio.cli bench
+
+# JupyterLab on notebooks/ from the venv, so its default "python3" kernel is the venv's python (the notebooks'
+# kernelspec). Offline: no browser opened, no news or update checks, no extension manager on PyPI.
+$(VENV)/.installed-notebooks: $(VENV)/.installed
+	$(PIP) install -q -e ".[notebooks]"
+	$(VENV)/bin/jupyter labextension disable --level=sys_prefix "@jupyterlab/apputils-extension:announcements"
+	touch $@
+
+NOTEBOOK_ARGS ?=
+notebooks: $(VENV)/.installed-notebooks
+	$(PY) -m jupyterlab --notebook-dir=notebooks --no-browser --LabApp.news_url=None \
+		--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate --LabApp.extension_manager=readonly \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(NOTEBOOK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
