@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from studio.core.sampling import run_to_end, sample
 from studio.methods import guide
 from studio.nets.classifiers import (ExpertBank, GuideNet, build_experts, expert_index, expert_state, lora_config,
                                      lora_targets, make_lora, parameter_count, smoothed)
+from tests.contract import MethodContract
 
 
 def _eps(x, t):
@@ -219,6 +221,47 @@ def test_clean_classifier_reads_x0_hat_far_better_than_x_t(zoo_manager):
     assert row["clean_on_x0_hat"] >= row["clean_on_x_t"] + 0.3, row
 
 
+class OracleNoise(torch.nn.Module):
+    """An epsilon 'UNet' that returns the true noise: accuracy_by_noise's draws, replayed from its seed."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def forward(self, x, t, class_labels=None):
+        return types.SimpleNamespace(sample=torch.randn(x.shape, generator=self.gen))
+
+
+class ExactLookup(torch.nn.Module):
+    """A 'classifier' that knows the test digits: the label of the test image x equals (max abs
+    difference under 1e-4), else a wrong class."""
+
+    def __init__(self):
+        super().__init__()
+        from studio.data import digits
+
+        test = digits.load("test")
+        self.images, self.labels = torch.from_numpy(test.images).flatten(1), torch.from_numpy(test.labels).long()
+
+    def forward(self, x, t=None):
+        dist, idx = torch.cdist(x.flatten(1), self.images, p=float("inf")).min(1)
+        label = torch.where(dist < 1e-4, self.labels[idx], (self.labels[idx] + 1) % 10)
+        return torch.nn.functional.one_hot(label, 10).float()
+
+
+def test_accuracy_by_noise_noises_and_denoises_with_the_models_own_schedule():
+    """With the true noise as the model's prediction, x0_hat is x0 exactly, whatever schedule the
+    model was trained with (here a cosine one, not the digits recipe's linear one). The old code
+    noised with the recipe's schedule and denoised with the model's, so x0_hat was wrong."""
+    from studio.core.models import DiffusionModel
+
+    cosine = dict(DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").config)
+    dm = DiffusionModel("cosine-oracle", OracleNoise(seed=3), cosine, "epsilon", "class", {"null_class": 10})
+    rows = guide.accuracy_by_noise(dm, ExactLookup(), levels=(100, 500, 800), seed=3)
+    assert [r["clean_on_x0_hat"] for r in rows] == [1.0, 1.0, 1.0], rows
+    assert all(r["clean_on_x_t"] < 0.2 for r in rows), rows  # x_t itself is not a test digit
+
+
 def test_recorded_expert_accuracies_show_why_experts_help():
     """From the recipes' MANIFEST figures: on noised test digits, every PPAP expert beats the clean
     classifier in bins 1-2 (where the clean one is lost), without a single label."""
@@ -230,3 +273,15 @@ def test_recorded_expert_accuracies_show_why_experts_help():
     assert m["guide-clean"]["quality"]["clean_test_accuracy"] >= 0.95
     assert all(ppap[i] >= clean[i] + 0.15 for i in (1, 2)), (ppap, clean)
     assert m["guide-ppap"]["trainable_params"] < 0.2 * m["guide-experts"]["trainable_params"]
+
+
+class TestGuideContract(MethodContract):
+    method_id = "guide"
+    bad = [({"steps": 1}, "Steps"), ({"scale": float("nan")}, "finite"), ({"target": 10}, "Target")]
+
+    @pytest.fixture
+    def manager(self, guide_manager):
+        return guide_manager
+
+    def params(self):
+        return guide.Params(steps=2, n_images=2, preview_every=1, seed=3)

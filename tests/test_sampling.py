@@ -7,7 +7,8 @@ import pytest
 import torch
 from diffusers import DDIMPipeline, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from studio.core.sampling import SCHEDULER_NAMES, Progress, SchedulerError, make_scheduler, run_to_end, sample
+from studio.core.sampling import (SCHEDULER_NAMES, Progress, SchedulerError, make_scheduler, predicted_x0, run_to_end,
+                                   sample)
 
 BASE = dict(DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False).config)
 
@@ -101,3 +102,29 @@ def test_same_seed_same_sample_and_per_image_generators():
         a = run([torch.Generator().manual_seed(s) for s in (3, 4)], 2)
         b = run([torch.Generator().manual_seed(4)], 1)
     assert torch.allclose(a[1:], b, atol=1e-5)  # image i of a batch is reproducible alone from its seed
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample", "flow"])
+def test_predicted_x0_takes_one_timestep_per_sample(prediction_type):
+    """A (B,) timestep tensor gives, image by image, what the scalar call gives (the loop's form)."""
+    sched = make_scheduler("flow-euler", {"num_train_timesteps": 1000}, prediction_type="flow") \
+        if prediction_type == "flow" else make_scheduler("ddpm", BASE)
+    x, pred = torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4)
+    t = torch.tensor([0, 250, 600, 999])
+    batched = predicted_x0(sched, pred, x, t, prediction_type)
+    for i in range(4):
+        torch.testing.assert_close(batched[i:i + 1], predicted_x0(sched, pred[i:i + 1], x[i:i + 1], t[i], prediction_type),
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(batched[i:i + 1], predicted_x0(sched, pred[i:i + 1], x[i:i + 1], int(t[i]), prediction_type),
+                                   rtol=0, atol=0)
+
+
+def test_predicted_x0_inverts_the_schedulers_add_noise():
+    """x_t = add_noise(x0, eps, t): the epsilon and v forms read x0 back from the true eps / v."""
+    sched = make_scheduler("ddpm", BASE)
+    x0, eps = torch.rand(5, 1, 4, 4) * 2 - 1, torch.randn(5, 1, 4, 4)
+    t = torch.tensor([1, 100, 400, 700, 950])
+    x_t = sched.add_noise(x0, eps, t)
+    torch.testing.assert_close(predicted_x0(sched, eps, x_t, t, "epsilon"), x0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(predicted_x0(sched, sched.get_velocity(x0, eps, t), x_t, t, "v_prediction"), x0,
+                               atol=1e-5, rtol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from diffusers import DDPMScheduler
 
 from studio.core.models import DiffusionModel
 from studio.core.sampling import make_scheduler, run_to_end, sample
@@ -68,11 +69,12 @@ def test_ign_losses_route_their_gradients_as_the_paper_does():
 
 
 def test_dmd_gradient_is_the_normalised_score_difference_and_vanishes_when_the_scores_agree():
-    alphas = torch.linspace(0.999, 0.01, 100)
+    scheduler = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
+    alphas = scheduler.alphas_cumprod
     x = torch.randn(4, 1, 8, 8, requires_grad=True)
     real = lambda a, t: 0.3 * a  # noqa: E731  (two different closed-form 'scores')
     fake = lambda a, t: -0.2 * a  # noqa: E731
-    loss = sign.dmd_loss(x, real, fake, alphas, torch.Generator().manual_seed(0))
+    loss = sign.dmd_loss(x, real, fake, scheduler, torch.Generator().manual_seed(0))
     (g,) = torch.autograd.grad(loss, x)
     gen = torch.Generator().manual_seed(0)  # the same t and noise, by hand
     t = torch.randint(2, 98, (4,), generator=gen)
@@ -83,5 +85,19 @@ def test_dmd_gradient_is_the_normalised_score_difference_and_vanishes_when_the_s
     x0f = (xt - (1 - ab).sqrt() * -0.2 * xt) / ab.sqrt()
     w = 1 / (x.detach() - x0r).abs().flatten(1).mean(1).view(-1, 1, 1, 1)
     torch.testing.assert_close(g, (x0f - x0r) * w / 4)
-    same = sign.dmd_loss(x, real, real, alphas, torch.Generator().manual_seed(0))
+    same = sign.dmd_loss(x, real, real, scheduler, torch.Generator().manual_seed(0))
     assert float(torch.autograd.grad(same, x)[0].abs().max()) == 0.0
+
+
+def test_denoising_loss_is_the_epsilon_mse_of_the_schedulers_forward_process():
+    """The fake score's objective, by hand: x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, loss |eps_hat - eps|^2."""
+    scheduler = DDPMScheduler(num_train_timesteps=50, beta_schedule="scaled_linear")
+    x0 = torch.randn(5, 1, 8, 8)
+    eps_fn = lambda a, t: 0.5 * a + 0.01 * t.view(-1, 1, 1, 1)  # noqa: E731
+    loss = sign.denoising_loss(eps_fn, x0, scheduler, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 50, (5,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    ab = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    want = ((eps_fn(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t) - noise) ** 2).mean()
+    torch.testing.assert_close(loss, want)

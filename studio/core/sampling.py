@@ -89,12 +89,20 @@ class Progress:
     info: dict | None = None  # what a method adds for its GUI (e.g. a guidance trace)
 
 
-def predicted_x0(scheduler, pred: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """x0 estimate from one model output (Eq. 15 of DDPM for epsilon; x - sigma * v for flow)."""
+def predicted_x0(scheduler, pred: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor | int,
+                 prediction_type: str) -> torch.Tensor:
+    """x0 estimate from one model output (Eq. 15 of DDPM for epsilon; x - sigma * v for flow).
+
+    ``t``: one timestep for the whole batch (an int or a 0-d tensor), or one per sample, (B,).
+    """
+    batched = torch.is_tensor(t) and t.dim() > 0
+    per_sample = (-1, *[1] * (x_in.dim() - 1))  # (B,) -> (B, 1, ..., 1)
     if prediction_type == "flow":
-        sigma = float(t) / scheduler.config.num_train_timesteps
+        T = scheduler.config.num_train_timesteps
+        sigma = t.to(x_in).view(per_sample) / T if batched else float(t) / T
         return x_in - sigma * pred
-    a = scheduler.alphas_cumprod.to(x_in.device)[int(t)].to(x_in.dtype)
+    abar = scheduler.alphas_cumprod.to(x_in.device)
+    a = (abar[t.to(x_in.device).long()].view(per_sample) if batched else abar[int(t)]).to(x_in.dtype)
     if prediction_type == "epsilon":
         return (x_in - (1 - a).sqrt() * pred) / a.sqrt()
     if prediction_type == "v_prediction":

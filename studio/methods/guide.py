@@ -50,7 +50,7 @@ from studio.core.models import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import DISPLAY_SIZE, ImageResult, to_pil
-from studio.core.sampling import Denoiser, Progress, make_scheduler, sample_images
+from studio.core.sampling import Denoiser, Progress, make_scheduler, predicted_x0, sample_images
 
 Method = Literal["elucd", "noise-aware", "naive", "ppap", "experts", "cfg"]
 Sampler = Literal["ddpm", "ddim"]
@@ -255,21 +255,20 @@ def accuracy_by_noise(dm: DiffusionModel, clean: torch.nn.Module, noisy: torch.n
                       levels=NOISE_LEVELS, seed: int = 3) -> list[dict]:
     """EluCD's calibration argument, measured: the 360 test digits noised to each t; the clean
     classifier's accuracy on x_t and on x0_hat (``dm``'s unconditional prediction, clipped), and
-    the noise-aware classifier's on x_t."""
+    the noise-aware classifier's on x_t. Noising and denoising both use ``dm``'s own schedule."""
     from studio.data import digits
-    from studio.train.guide import q_sample
 
     test = digits.load("test")
     x0, y = torch.from_numpy(test.images), torch.from_numpy(test.labels)
     gen = torch.Generator().manual_seed(seed)
-    abar = make_guided_scheduler(dm, "ddpm").alphas_cumprod
+    scheduler = make_guided_scheduler(dm, "ddpm")
     uncond = {"class_labels": torch.full((len(y),), dm.info.get("null_class", 10))}
     rows = []
     for t in levels:
         tt = torch.full((len(y),), t)
-        xt = q_sample(x0, tt, gen)
+        xt = scheduler.add_noise(x0, torch.randn(x0.shape, generator=gen), tt)  # q(x_t | x_0)
         eps = dm.model_fn(xt, tt, uncond)
-        x0_hat = ((xt - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()).clamp(-1, 1)
+        x0_hat = predicted_x0(scheduler, eps, xt, tt, dm.prediction_type).clamp(-1, 1)
         row = {"t": t, "clean_on_x_t": _accuracy(clean, xt, tt, y), "clean_on_x0_hat": _accuracy(clean, x0_hat, tt, y)}
         if noisy is not None:
             row["noise_aware_on_x_t"] = _accuracy(noisy, xt, tt, y)

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from studio.data import digits, shapes
 from studio.nets import unets
-from studio.train.common import ZOO_DIR, Checkpoint, Timer, machine_description, write_manifest_entry
+from studio.train.common import (ZOO_DIR, Checkpoint, LossLog, Timer, machine_description, optimizer_step,
+                                 write_manifest_entry)
 
 COND_DROPOUT = 0.1
 PARTIAL_CAPTION = 0.2  # share of captions with one attribute left out ("a red shape at the top")
@@ -131,15 +132,14 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
     warmup = 200
     lr_at = lambda s: recipe.lr * min(1.0, (s + 1) / warmup) * (0.5 * (1 + np.cos(np.pi * min(s / recipe.steps, 1.0))) * 0.9 + 0.1)
     bar = tqdm(total=recipe.steps, initial=step, desc=recipe.name, disable=not accelerator.is_main_process)
-    alphas = sched.alphas_cumprod.to(accelerator.device)
-    losses: list[float] = []
+    losses = LossLog()
 
     def save():
         if accelerator.is_main_process:
             holder = recipe.make_model()
             ema.copy_to(holder.parameters())
             ckpt.save(step, timer.seconds, {"model": accelerator.unwrap_model(model), "ema": holder}, opt,
-                      {"loss": float(np.mean(losses[-100:])) if losses else None})
+                      {"loss": losses.mean(last=100) if losses else None})
 
     while step < recipe.steps and (minutes is None or timer.seconds < minutes * 60):
         rng = np.random.default_rng([seed, accelerator.process_index, step])
@@ -149,26 +149,21 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         noise = torch.randn(x0.shape, generator=gen).to(accelerator.device)
         t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(accelerator.device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0)
+        x_t = sched.add_noise(x0, noise, t)  # q(x_t | x_0)
         for g in opt.param_groups:
             g["lr"] = float(lr_at(step))
         pred = model(x_t, t, **cond).sample
         loss = F.mse_loss(pred, noise)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.step(accelerator.unwrap_model(model).parameters())
+        optimizer_step(loss, opt, accelerator.unwrap_model(model).parameters(), clip=1.0,
+                       accelerator=accelerator, ema=ema, log=losses)
         step += 1
-        losses.append(loss.item())
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        bar.set_postfix(loss=f"{losses.mean(last=50):.4f}")
         if step % checkpoint_every == 0:
             save()
     save()
     bar.close()
-    result = {"step": step, "seconds": round(timer.seconds, 1), "loss": float(np.mean(losses[-100:])) if losses else None}
+    result = {"step": step, "seconds": round(timer.seconds, 1), "loss": losses.mean(last=100) if losses else None}
     if export and accelerator.is_main_process:
         holder = recipe.make_model()
         ema.copy_to(holder.parameters())

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from studio.data import digits
 from studio.nets.classifiers import GuideNet, expert_state, lora_config, make_lora, parameter_count
-from studio.train.common import RUNS_DIR, ZOO_DIR, Timer, random_shift, machine_description, write_manifest_entry
+from studio.train.common import (RUNS_DIR, ZOO_DIR, Timer, machine_description, optimizer_step, random_shift,
+                                 write_manifest_entry)
 
 N_EXPERTS = 5
 T_TRAIN = 1000
@@ -61,16 +62,16 @@ def labelled_batch(gen: torch.Generator, n: int = 128) -> tuple[torch.Tensor, to
 
 
 @functools.lru_cache(maxsize=1)
-def alphas_cumprod() -> torch.Tensor:
+def training_scheduler():
     """``digits-cond``'s training schedule (its recipe's scheduler: linear betas 1e-4..0.02, 1000 steps)."""
     from studio.train.diffusion import noise_scheduler
 
-    return noise_scheduler().alphas_cumprod
+    return noise_scheduler()
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    abar = alphas_cumprod()[t].view(-1, 1, 1, 1)
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn(x0.shape, generator=gen)
+    """``x_t ~ q(x_t | x_0)`` at timesteps ``t`` (B,) of ``digits-cond``'s training schedule."""
+    return training_scheduler().add_noise(x0, torch.randn(x0.shape, generator=gen), t)
 
 
 def bin_timesteps(i: int, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -157,10 +158,7 @@ def train_single(name: str, seed: int, steps: int) -> dict:
         x, y = labelled_batch(gen)
         t = torch.randint(0, T_TRAIN, (len(y),), generator=gen)
         loss = F.cross_entropy(net(q_sample(x, t, gen), t) if noisy else net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, clip=None, scheduler=sched)
     seconds = timer.seconds
     net.eval()
     clean_acc = evaluate_clean(net)
@@ -207,10 +205,7 @@ def train_experts(name: str, seed: int, steps: int) -> dict:
                 x0, y = labelled_batch(gen)
                 t = bin_timesteps(i, len(y), gen)
                 loss = F.cross_entropy(student(q_sample(x0, t, gen)), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            optimizer_step(loss, opt, clip=None, scheduler=sched)
         student.eval()
         files[f"experts/expert_{i}.safetensors"] = expert_state(student, lora)
         by_bin.append(accuracy_by_bin(student))

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from studio.data import digits, shapes
 from studio.nets.judges import DigitsNet, ShapesGridNet
-from studio.train.common import ZOO_DIR, Timer, machine_description, random_shift, write_manifest_entry
+from studio.train.common import ZOO_DIR, Timer, machine_description, optimizer_step, random_shift, write_manifest_entry
 
 SPECS = {
     #  name            net class       config                                   seed  steps
@@ -100,10 +100,7 @@ def train(name: str, seed: int | None = None, steps: int | None = None) -> dict:
             loss = F.cross_entropy(net(x), y)
         else:
             loss = shapes_loss(net, *_shapes_batch(rng, gen))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, clip=None, scheduler=sched)
     seconds = timer.seconds
     net.eval()
     quality = ({"test_accuracy": evaluate_digits(net), "test_images": 360} if data is not None

@@ -38,8 +38,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from studio.core.device import make_generator
-from studio.core.sampling import make_scheduler, run_to_end, sample
-from studio.train.common import RUNS_DIR
+from studio.core.sampling import make_scheduler, predicted_x0, run_to_end, sample
+from studio.train.common import RUNS_DIR, LossLog, optimizer_step
 
 TIGHT_CLAMP = 1.5  # a in tanh(L / (a L_ref)) a L_ref
 PAIR_STEPS = 25  # DDIM steps of the teacher's deterministic (eta 0) sample
@@ -81,30 +81,27 @@ def idem_tight(f: Callable, f_copy: Callable, z: torch.Tensor, fz: torch.Tensor,
     return {"idem": distance(f_fz, fz).mean(), "tight": tight.mean()}
 
 
-def dmd_loss(x: torch.Tensor, real_eps: Callable, fake_eps: Callable, alphas_cumprod: torch.Tensor,
+def dmd_loss(x: torch.Tensor, real_eps: Callable, fake_eps: Callable, scheduler,
              generator: torch.Generator, t_range: tuple[float, float] = (0.02, 0.98)) -> torch.Tensor:
-    """Distribution-matching loss on generated images ``x`` (gradient flows into x only)."""
-    T = len(alphas_cumprod)
+    """Distribution-matching loss on generated images ``x`` (gradient flows into x only); ``scheduler``:
+    the teacher's training scheduler (diffusers), which noises x and reads x0 from the two epsilons."""
+    T = scheduler.config.num_train_timesteps
     t = torch.randint(int(t_range[0] * T), int(t_range[1] * T), (x.shape[0],), generator=generator)
-    abar = alphas_cumprod[t].view(-1, *([1] * (x.dim() - 1))).to(x)
     noise = torch.randn(x.shape, generator=generator).to(x)
     with torch.no_grad():
-        xt = abar.sqrt() * x + (1 - abar).sqrt() * noise
-        x0_real = (xt - (1 - abar).sqrt() * real_eps(xt, t)) / abar.sqrt()
-        x0_fake = (xt - (1 - abar).sqrt() * fake_eps(xt, t)) / abar.sqrt()
-        weight = 1.0 / (x - x0_real).abs().flatten(1).mean(1).clamp_min(1e-5).view_as(abar)
-        grad = (x0_fake - x0_real) * weight
+        xt = scheduler.add_noise(x, noise, t)
+        x0_real = predicted_x0(scheduler, real_eps(xt, t), xt, t, "epsilon")
+        x0_fake = predicted_x0(scheduler, fake_eps(xt, t), xt, t, "epsilon")
+        weight = 1.0 / (x - x0_real).abs().flatten(1).mean(1).clamp_min(1e-5)
+        grad = (x0_fake - x0_real) * weight.view(-1, *([1] * (x.dim() - 1)))
     return 0.5 * ((x - (x - grad).detach()) ** 2).flatten(1).sum(1).mean()
 
 
-def denoising_loss(eps_fn: Callable, x0: torch.Tensor, alphas_cumprod: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
-    """Epsilon-MSE at a random step: trains the fake score on samples of f (``x0`` detached)."""
-    T = len(alphas_cumprod)
-    t = torch.randint(0, T, (x0.shape[0],), generator=generator)
-    abar = alphas_cumprod[t].view(-1, *([1] * (x0.dim() - 1))).to(x0)
+def denoising_loss(eps_fn: Callable, x0: torch.Tensor, scheduler, generator: torch.Generator) -> torch.Tensor:
+    """Epsilon-MSE at a random step of ``scheduler``: trains the fake score on samples of f (``x0`` detached)."""
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
-    return ((eps_fn(abar.sqrt() * x0.detach() + (1 - abar).sqrt() * noise, t) - noise) ** 2).mean()
+    return ((eps_fn(scheduler.add_noise(x0.detach(), noise, t), t) - noise) ** 2).mean()
 
 
 def pair_noise(k0: int, k1: int, shape: tuple[int, ...], seed: int = PAIR_SEED) -> torch.Tensor:
@@ -195,7 +192,7 @@ def build_fake_score(teacher: torch.nn.Module | None = None):
     return copy.deepcopy(teacher if teacher is not None else teacher_unet()).float().train().requires_grad_(True)
 
 
-def sign_step(f, f_copy, fake, teacher, batch: dict, alphas_cumprod, gen, *, joint: bool) -> dict[str, torch.Tensor]:
+def sign_step(f, f_copy, fake, teacher, batch: dict, scheduler, gen, *, joint: bool) -> dict[str, torch.Tensor]:
     """One SIGN objective: ``reg`` (noise -> teacher DDIM sample) and ``rec`` always; in the joint
     phase also IGN's ``idem`` and ``tight`` on the same noises and the DMD term on f(z)."""
     x, z, target = batch["x"], batch["z"], batch["target"]
@@ -207,7 +204,7 @@ def sign_step(f, f_copy, fake, teacher, batch: dict, alphas_cumprod, gen, *, joi
         terms.update(idem_tight(f, f_copy, z, fz))
         null = torch.full((b,), 10)
         terms["dmd"] = dmd_loss(fz, lambda xt, t: teacher(xt, t, class_labels=null).sample,
-                                lambda xt, t: fake(xt, t, class_labels=null).sample, alphas_cumprod, gen)
+                                lambda xt, t: fake(xt, t, class_labels=null).sample, scheduler, gen)
     return terms
 
 
@@ -263,12 +260,12 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
                    power=3 / 4)
     ema.optimization_step = step
     f_copy = frozen_copy(f)
-    alphas = noise_scheduler().alphas_cumprod
+    scheduler = noise_scheduler()
     data = torch.from_numpy(digits.load("train").images)
     pairs = teacher_pairs(n_pairs, root=root) if method == "sign" else None
     timer = Timer(seconds)
     bar = tqdm(total=total, initial=step, desc=run_name, disable=not progress)
-    recent: dict[str, list[float]] = {}
+    recent: dict[str, LossLog] = {}
 
     def save():
         ema.copy_to(ema_holder.parameters())
@@ -284,32 +281,26 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
             batch = {"x": x, "z": pairs[0][idx], "target": pairs[1][idx]}
             if joint_phase:
                 sync(f_copy, f)
-            terms = sign_step(f, f_copy, fake, teacher, batch, alphas, gen, joint=joint_phase)
+            terms = sign_step(f, f_copy, fake, teacher, batch, scheduler, gen, joint=joint_phase)
         else:
             batch = {"x": x, "z": torch.randn(x.shape, generator=gen)}
             sync(f_copy, f)
             terms = ign_step(f, f_copy, batch)
         loss = sum(LAMBDA[k] * v for k, v in terms.items())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(f.parameters(), 1.0)
-        opt.step()
-        ema.step(f.parameters())
+        optimizer_step(loss, opt, f.parameters(), clip=1.0, ema=ema)
         if method == "sign" and joint_phase:  # fake score: DSM on the current samples of f, one update per f update
             with torch.no_grad():
                 fz = f(batch["z"])
             null = torch.full((BATCH,), 10)
-            fake_loss = denoising_loss(lambda xt, t: fake(xt, t, class_labels=null).sample, fz, alphas, gen)
-            fake_opt.zero_grad(set_to_none=True)
-            fake_loss.backward()
-            fake_opt.step()
+            fake_loss = denoising_loss(lambda xt, t: fake(xt, t, class_labels=null).sample, fz, scheduler, gen)
+            optimizer_step(fake_loss, fake_opt, clip=None)
             terms["fake_dsm"] = fake_loss
         for k, v in terms.items():
-            recent.setdefault(k, []).append(float(v.detach()))
+            recent.setdefault(k, LossLog()).append(float(v.detach()))
         step += 1
         bar.update(1)
         if step % 25 == 0:
-            means = {k: round(float(np.mean(v)), 5) for k, v in recent.items()}
+            means = {k: round(v.mean(), 5) for k, v in recent.items()}
             history.append({"step": step, "seconds": round(timer.seconds, 1), **means})
             bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()})
             recent = {}
