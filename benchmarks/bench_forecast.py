@@ -40,7 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from studio.core import baselines as B
 from studio.core import metrics as M
+from studio.core import series_sampling as SS
 from studio.core.loading import load_zoo, read_manifest
 from studio.core.manager import ModelManager
 from studio.data import series as S
@@ -81,10 +83,10 @@ def scores(truths, quantiles, histories, season) -> dict:
 
 def tsdiff_forecasts(model, windows, guidance, scale, sampler, steps, seed, samples=SAMPLES):
     t0 = time.perf_counter()
-    *_, x = F.observation_guidance(model, windows, num_samples=samples, guidance=guidance, scale=scale,
+    *_, x = SS.observation_guidance(model, windows, num_samples=samples, guidance=guidance, scale=scale,
                                    sampler=sampler, steps=steps, seed=seed)
     seconds = (time.perf_counter() - t0) / len(windows)
-    samples = F._window_samples(x, windows, windows[0].horizon)
+    samples = S.forecast_samples(x, windows, windows[0].horizon)
     return np.stack([M.sample_quantiles(s) for s in samples]), seconds
 
 
@@ -97,7 +99,7 @@ def bench_series(name: str, quick: bool) -> dict:
     model = load_zoo(key)
     H, L, lags = series.horizon, int(model.info["window"]), tuple(model.info["lags"])
     origins = series.origin_positions()
-    windows = [F.make_window(series.values, o, L, H, lags) for o in origins]
+    windows = [S.make_window(series.values, o, L, H, lags) for o in origins]
     truths = [series.values[o:o + H] for o in origins]
     histories = [series.values[:o] for o in origins]
     seeds = SEEDS[:1] if quick else SEEDS
@@ -108,9 +110,9 @@ def bench_series(name: str, quick: bool) -> dict:
 
     # baselines (deterministic)
     def baselines():
-        rows = [F.baseline_forecasts(h, H, series.season) for h in histories]
+        rows = [B.baseline_forecasts(h, H, series.season) for h in histories]
         return {b: {"quantiles": [r[b]["quantiles"].tolist() for r in rows],
-                    "seconds": float(np.mean([r[b]["seconds"] for r in rows]))} for b in F.BASELINES}
+                    "seconds": float(np.mean([r[b]["seconds"] for r in rows]))} for b in B.BASELINES}
 
     base = cache.get("baselines", baselines)
     for b, v in base.items():
@@ -119,7 +121,7 @@ def bench_series(name: str, quick: bool) -> dict:
 
     # guidance scale on validation origins (inside the training split)
     val_origins = [series.train_end - 2 * H, series.train_end - H]
-    val_windows = [F.make_window(series.values, o, L, H, lags) for o in val_origins]
+    val_windows = [S.make_window(series.values, o, L, H, lags) for o in val_origins]
     val_truths = [series.values[o:o + H] for o in val_origins]
     val_hist = [series.values[:o] for o in val_origins]
     chosen, sweep = {}, {}
@@ -157,20 +159,20 @@ def bench_series(name: str, quick: bool) -> dict:
         return {**scores(truths, q, histories, series.season), "seconds": sec}
     sampled(f"TSDiff-Q (DDIM {DDIM_STEPS})", run_ddim)
 
-    init = np.stack([F.gaussian_samples(np.array(q), SAMPLES) for q in base["SeasonalNaive"]["quantiles"]])
+    init = np.stack([B.gaussian_samples(np.array(q), SAMPLES) for q in base["SeasonalNaive"]["quantiles"]])
     for refiner in ("ml", "lmc"):
         def run_refine(seed, refiner=refiner):
             t0 = time.perf_counter()
-            x = F.refine(model, windows, init, refiner=refiner, iterations=20, seed=seed)
+            x = SS.refine(model, windows, init, refiner=refiner, iterations=20, seed=seed)
             sec = (time.perf_counter() - t0) / len(windows) + base["SeasonalNaive"]["seconds"]
-            samples = F._window_samples(x, windows, H)
+            samples = S.forecast_samples(x, windows, H)
             q = np.stack([M.sample_quantiles(s) for s in samples])
             return {**scores(truths, q, histories, series.season), "seconds": sec}
         sampled(f"SeasonalNaive + {F.REFINER_LABELS[refiner]}", run_refine)
 
     def lps():
         n = 100 if quick else SYNTHETIC
-        *_, x = F.synthesize(model, n, seed=0)
+        *_, x = SS.synthesize(model, n, seed=0)
         return F.synthesis_scores(series, model.info, x[..., 0].numpy().astype(np.float64))
 
     out["lps"] = cache.get("lps", lps)
@@ -184,8 +186,8 @@ def tab_seconds(name: str) -> float:
     params = F.Params(series=name)
     for _ in range(2):
         t0 = time.perf_counter()
-        for item in F.run(params, manager):
-            if isinstance(item, F.ForecastResult):
+        for item in F.run(params, manager):  # the fan chart: the partial result, before the baselines
+            if isinstance(item, F.ForecastResult) or "partial" in (getattr(item, "info", None) or {}):
                 seconds = time.perf_counter() - t0
                 break
     return seconds

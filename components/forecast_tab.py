@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from components import jobs
 from components.widgets import PngFolder, param_inputs, shows_errors
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, coerce
@@ -77,7 +78,8 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
     results = PngFolder()  # the quantile CSVs, pruned after an hour like the other tabs' PNGs
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
-            inputs = param_inputs(forecast.Params, names=("series",), id_prefix=PREFIX, labels={"series": SERIES_LABELS})
+            inputs = param_inputs(forecast.Params, names=("series",), id_prefix=PREFIX, labels={"series": SERIES_LABELS},
+                                  choices={"series": forecast.series_choices(manager)})
             inputs["mode"] = gr.Radio([(label, m) for m, label in MODE_LABELS.items()], value="forecast", label="Mode",
                                       elem_id=f"{PREFIX}param-mode")
             with gr.Accordion("Your series (CSV: a timestamp column and a value column)", open=False):
@@ -85,6 +87,7 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
                                    type="filepath", elem_id=f"{PREFIX}csv")
                 upload_info = gr.Markdown(elem_id=f"{PREFIX}upload-info")
                 train_btn = gr.Button("Train on my series", elem_id=f"{PREFIX}train-btn")
+                train_status = gr.Markdown(elem_id=f"{PREFIX}train-status")
                 train_plot = gr.Plot(label="Training", elem_id=f"{PREFIX}train-plot")
             with gr.Group(visible=True) as guidance_box:
                 inputs.update(param_inputs(forecast.Params, names=("guidance", "scale"), id_prefix=PREFIX,
@@ -123,48 +126,60 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
         size = Path(path).stat().st_size
         if size > S.MAX_CSV_BYTES:
             raise ParamError(f"the file is {size / 1e6:.1f} MB; the limit is {S.MAX_CSV_BYTES / 1e6:.0f} MB")
-        try:
-            series = S.parse_csv(Path(path).read_bytes())
-        except S.SeriesError as exc:
-            raise ParamError(str(exc)) from None
+        series = S.parse_csv(Path(path).read_bytes())
         return series, describe_upload(series, manager), "upload"
 
     csv_file.upload(read_csv, inputs=[csv_file, upload_state], outputs=[upload_state, upload_info, inputs["series"]],
                     api_name="forecast_upload", concurrency_limit=4)
 
+    job = jobs.runner(manager, "forecast-train", "Forecast: training TSDiff on an uploaded series")
+    jobs.job_api(job, "forecast_job")
+
     @shows_errors
-    def train_upload(state, horizon, context, progress=gr.Progress()):
+    def start_training(state, horizon, context, request: gr.Request):
+        """Start *Train on my series* as a background job; the timer below shows its progress."""
         if state is None:
             raise ParamError("upload a CSV first (a timestamp column and a value column)")
-        series = upload_setup(state, int(horizon or 0), int(context or 0))
+        p = forecast.Params(series="upload", horizon=int(horizon or 0), context=int(context or 0))
+        series = forecast.upload_setup(state, p.horizon, p.context)
         key = forecast.upload_key(series)
-        from studio.train import forecast as trainer
 
+        def training(stop):
+            for item in forecast.train(p, manager, stop=stop, upload=state):
+                if isinstance(item, Progress) and item.step % SNAPSHOT_EVERY == 0 and item.step < item.total:
+                    from studio.train.forecast import snapshot  # imported by forecast.train already
+
+                    register(manager, key, snapshot(item.model), partial=item.step)  # Stop keeps it
+                yield item
+
+        def trained(item) -> str:
+            log = item.log
+            register(manager, item.key, item.model, partial=log["steps"] if item.stopped else None)
+            return (f"{log['windows']} windows, final loss {log['final_loss']:.4f}, tau {log['tau']}. Choose *My CSV* "
+                    "and press Forecast.")
+
+        job.start(jobs.session(request), training, params={"series": series.name, "model": key}, on_result=trained,
+                  message=f"training on {series.train_end} points (the last horizon is held out for the backtest)")
         # the state carries the set-up being trained from the start, so a Stop leaves a usable model
-        yield {upload_info: f"Training on {series.train_end} points (the last horizon is held out for the "
-                            "backtest) ...", upload_state: series}
-        losses: list[float] = []
-        for item in trainer.train_steps(series, steps=trainer.UPLOAD_STEPS, train_end=series.train_end,
-                                        report_every=10):
-            if isinstance(item, trainer.TrainProgress):
-                losses.append(item.loss)
-                progress((item.step, item.total), desc="Training TSDiff", unit="steps")
-                update = {train_plot: training_chart(losses, item.total)}
-                if item.step % SNAPSHOT_EVERY == 0 and item.step < item.total:
-                    register(manager, key, trainer.snapshot(item.model), partial=item.step)
-                    update[upload_info] = (f"Step {item.step}/{item.total}: the model so far is registered; "
-                                           "Stop keeps it.")
-                yield update
-            else:
-                model, log = item
-                register(manager, key, model)
-                yield {upload_info: f"Trained in {log['seconds']:.0f} s ({log['windows']} windows, final loss "
-                                    f"{log['final_loss']:.4f}, tau {log['tau']}). Choose *My CSV* and press "
-                                    "Forecast.", inputs["series"]: "upload"}
+        return {upload_info: "Training started; its progress shows below (and on every page).", upload_state: series}
 
-    train_event = train_btn.click(train_upload, inputs=[upload_state, inputs["horizon"], inputs["context"]],
-                                  outputs=[upload_info, train_plot, inputs["series"], upload_state],
-                                  api_name="forecast_train", concurrency_id="models", concurrency_limit=1)
+    train_event = train_btn.click(start_training, inputs=[upload_state, inputs["horizon"], inputs["context"]],
+                                  outputs=[upload_info, upload_state], api_name="forecast_train", concurrency_limit=4)
+
+    seen = gr.State(-1)
+
+    def poll(last_seen, request: gr.Request):
+        s = job.snapshot()
+        if s.version == last_seen:
+            return [gr.skip()] * 4
+        losses = [h["loss"] for h in s.history if "loss" in h]
+        mine = s.finished and s.owner == jobs.session(request)
+        return [s.version, jobs.describe(s, jobs.session(request)),
+                training_chart(losses, s.total) if losses else gr.skip(),
+                "upload" if mine else gr.skip()]
+
+    gr.Timer(jobs.POLL_SECONDS).tick(poll, inputs=[seen], outputs=[seen, train_status, train_plot, inputs["series"]],
+                                     api_visibility="private", concurrency_limit=None, show_progress="hidden")
 
     @shows_errors
     def run_forecast(progress=gr.Progress(), **values):
@@ -174,11 +189,13 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
         yield {info: ""}
         progress((0, 1), desc="Loading model")
         for item in forecast.run(params, manager, upload=upload):
-            if isinstance(item, Progress):
+            partial = (item.info or {}).get("partial") if isinstance(item, Progress) else None
+            if isinstance(item, Progress) and partial is None:
                 progress((item.step, item.total), desc="Sampling" if params.mode != "refine" else "Refining",
                          unit="steps")
                 continue
-            if item.partial:
+            if partial is not None:
+                item = partial
                 progress((0, 1), desc="Fitting SeasonalNaive, AutoETS, AutoARIMA")
                 yield {plot: fan_chart(item), table: metrics_rows(item), seed_used: item.parameters["seed"],
                        info: summary(item) + "\n\n_Fitting the statsforecast baselines on the same history "
@@ -193,23 +210,17 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
                               outputs=[plot, table, info, download, seed_used, parameters], preprocess=False,
                               api_name="forecast", concurrency_id="models", concurrency_limit=1,
                               show_progress_on=[plot])
-    stop_btn.click(None, cancels=[run_event, train_event], api_name="forecast_stop", queue=False)
+    def stop(request: gr.Request):
+        """Stop the forecast being sampled, and the training job if this session started it."""
+        s = job.snapshot()
+        if s.running and s.owner == jobs.session(request):
+            return job.stop(jobs.session(request))
+        return gr.skip()
+
+    stop_btn.click(stop, outputs=[train_status], cancels=[run_event], api_name="forecast_stop", queue=False)
     return {**inputs, "forecast": run_btn, "stop": stop_btn, "plot": plot, "table": table, "info": info,
             "download": download, "parameters": parameters, "csv": csv_file, "train": train_btn,
-            "upload_info": upload_info, "guidance_box": guidance_box, "refine_box": refine_box}
-
-
-def upload_setup(series: S.Series, horizon: int, context: int) -> S.Series:
-    """The uploaded series with the asked horizon / context (0 = its defaults), the last horizon
-    held out as the backtest; refused when the series is too short for them."""
-    horizon = horizon or series.horizon
-    context = context or series.context
-    s = series.with_setup(context=context, horizon=horizon, origins=1)
-    need = s.window + s.history + s.horizon
-    if len(s.values) < need:
-        raise ParamError(f"the series has {len(s.values)} points; context {context} + horizon {horizon} + "
-                         f"{s.history} points of lag history + {horizon} held out need at least {need}")
-    return s
+            "upload_info": upload_info, "train_status": train_status, "train_event": train_event, "guidance_box": guidance_box, "refine_box": refine_box}
 
 
 def register(manager: ModelManager, key: str, model, partial: int | None = None) -> None:

@@ -188,3 +188,24 @@ def build_job_banner(manager) -> gr.Markdown:
     timer.tick(poll, outputs=[banner], api_visibility="private", concurrency_limit=None, show_progress="hidden",
                queue=False)
     return banner
+
+
+def job_status(s: JobState, me: str) -> dict:
+    """The state as plain data for the API: what a script polls until ``finished``."""
+    return {"kind": s.kind, "status": s.status, "yours": s.owner == me, "step": s.step, "total": s.total,
+            "seconds": round(s.seconds, 1), "message": s.message, "note": s.note, "text": describe(s, me),
+            "last": s.history[-1] if s.history else {}}
+
+
+def job_api(job: JobRunner, api_name: str) -> None:
+    """An API endpoint ``api_name`` answering :func:`job_status` for the caller's session (inside Blocks)."""
+    def status(request: gr.Request) -> dict:
+        return job_status(job.snapshot(), request.session_hash or "")
+
+    status.__doc__ = f"The state of the {job.state.title} job: status, step / total, whose run, message."
+    gr.api(status, api_name=api_name, queue=False)
+
+
+def session(request: gr.Request | None) -> str:
+    """The caller's session id (the owner of the jobs it starts)."""
+    return (request.session_hash if request is not None else "") or ""

@@ -8,22 +8,25 @@ import numpy as np
 import pytest
 import torch
 
+from studio.core import baselines as B
 from studio.core import metrics as M
+from studio.core import series_sampling as SS
 from studio.core.device import make_generator
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError
-from studio.core.sampling import make_scheduler
+from studio.core.sampling import Progress, make_scheduler
 from studio.data import series as S
 from studio.methods import forecast as F
 from studio.core.models import SeriesDiffusion
+from studio.errors import UserError
+from studio.train import forecast as TF
+from tests.contract import MethodContract
 from studio.nets.tsdiff import BidirectionalS4D, TSDiffNet, tsdiff_scheduler_config
 
 
 def tiny_model(series: S.Series, seed: int = 0, train_end: int | None = None) -> SeriesDiffusion:
-    from studio.train.forecast import build
-
     torch.manual_seed(seed)
-    model = build(series, series.train_end if train_end is None else train_end, seed)
+    model = TF.build(series, series.train_end if train_end is None else train_end, seed)
     model.unet = TSDiffNet(channels=1 + len(series.lags), hidden=8, blocks=1, step_emb=16, d_state=4)
     model.unet.eval().requires_grad_(False)
     model.info["tau"] = 20
@@ -159,7 +162,7 @@ def test_csv_round_trip_of_a_bundled_series():
 def test_window_reads_lags_scales_by_the_context_and_masks_the_future_and_gaps():
     values = np.arange(100, dtype=np.float64) + 1.0
     values[70] = np.nan
-    w = F.make_window(values, origin=80, window=24, horizon=6, lags=(6, 12))
+    w = S.make_window(values, origin=80, window=24, horizon=6, lags=(6, 12))
     assert w.start == 62 and w.x.shape == (24, 3)
     ctx = values[62:80]
     assert w.scale == pytest.approx(np.nanmean(np.abs(ctx)))
@@ -168,13 +171,13 @@ def test_window_reads_lags_scales_by_the_context_and_masks_the_future_and_gaps()
     assert w.mask[:, 0].tolist() == [1.0] * 8 + [0.0] + [1.0] * 9 + [0.0] * 6
     assert w.mask[:, 1:].sum() == 2 * 24 - 2 and w.mask[76 - 62, 1] == 0 and w.mask[82 - 62, 2] == 0
     assert w.x[0, 1] * w.scale == pytest.approx(values[62 - 6]) and w.x[5, 2] * w.scale == pytest.approx(values[67 - 12])
-    short = F.make_window(values, origin=80, window=24, horizon=6, lags=(6, 12), context=4)
+    short = S.make_window(values, origin=80, window=24, horizon=6, lags=(6, 12), context=4)
     assert short.mask[:, 0].sum() == 4 and short.mask[:14, 0].sum() == 0
 
 
 def test_training_windows_are_mean_scaled_and_never_read_past_the_end():
     values = np.arange(60, dtype=np.float64) + 1.0
-    w = F.training_windows(values, end=40, window=10, lags=(2, 4), context=8)
+    w = S.training_windows(values, end=40, window=10, lags=(2, 4), context=8)
     assert w.shape == (40 - 10 - 4 + 1, 10, 3)
     assert w[:, :8, 0].abs().mean(1).numpy() == pytest.approx(np.ones(len(w)), rel=1e-5)
     last = w[-1, :, 0] * torch.tensor(values[30:38]).mean().float()
@@ -207,18 +210,18 @@ def _reference_ddpm_guidance(model, w, n, guidance, scale, seed):
 @pytest.mark.parametrize("guidance", ["mse", "quantile"])
 def test_ddpm_self_guidance_is_the_official_update(guidance):
     values = 10 + np.sin(np.arange(80) / 3)
-    w = F.make_window(values, origin=76, window=16, horizon=4, lags=(4, 8))
+    w = S.make_window(values, origin=76, window=16, horizon=4, lags=(4, 8))
     model = zero_model(16, (4, 8))
-    *_, x = F.observation_guidance(model, [w], num_samples=5, guidance=guidance, scale=2.0, seed=3)
+    *_, x = SS.observation_guidance(model, [w], num_samples=5, guidance=guidance, scale=2.0, seed=3)
     want = _reference_ddpm_guidance(model, w, 5, guidance, 2.0, 3)
     torch.testing.assert_close(x[0], want, rtol=1e-4, atol=1e-4)
 
 
 def test_ddim_self_guidance_shifts_epsilon_by_s_sqrt_one_minus_abar_grad():
     values = 10 + np.sin(np.arange(80) / 3)
-    w = F.make_window(values, origin=76, window=16, horizon=4, lags=(4, 8))
+    w = S.make_window(values, origin=76, window=16, horizon=4, lags=(4, 8))
     model = zero_model(16, (4, 8))
-    sched = F.make_schedulers(model)["ddim"]
+    sched = SS.make_schedulers(model)["ddim"]
     sched.set_timesteps(10)
     gen = make_generator(1)
     x = torch.randn((3, *w.x.shape), generator=gen)
@@ -228,7 +231,7 @@ def test_ddim_self_guidance_shifts_epsilon_by_s_sqrt_one_minus_abar_grad():
         t = int(t)
         grad = -2 * (w.x - x / abar[t].sqrt()) * w.mask / abar[t].sqrt()
         x = sched.step(1.5 * (1 - abar[t]).sqrt() * grad, t, x, eta=0.0).prev_sample
-    *_, got = F.observation_guidance(model, [w], num_samples=3, guidance="mse", scale=1.5, sampler="ddim", steps=10,
+    *_, got = SS.observation_guidance(model, [w], num_samples=3, guidance="mse", scale=1.5, sampler="ddim", steps=10,
                                      seed=1)
     torch.testing.assert_close(got[0], x, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(start, x)
@@ -237,22 +240,33 @@ def test_ddim_self_guidance_shifts_epsilon_by_s_sqrt_one_minus_abar_grad():
 def test_ml_refinement_lowers_the_energy_and_keeps_shapes():
     s = S.bundled("elnino")
     model = tiny_model(s)
-    w = F.make_window(s.values, s.origin_positions()[-1], s.window, s.horizon, s.lags)
-    init = F.gaussian_samples(F.baseline_forecasts(s.values[:w.origin], s.horizon, 12, ("SeasonalNaive",))
+    w = S.make_window(s.values, s.origin_positions()[-1], s.window, s.horizon, s.lags)
+    init = B.gaussian_samples(B.baseline_forecasts(s.values[:w.origin], s.horizon, 12, ("SeasonalNaive",))
                               ["SeasonalNaive"]["quantiles"], 8)
     trace: list[float] = []
-    x = F.refine(model, [w], init[None], refiner="ml", iterations=15, lr=0.01, trace=trace)
+    x = SS.refine(model, [w], init[None], refiner="ml", iterations=15, lr=0.01, trace=trace)
     assert x.shape == (1, 8, s.window, 3) and np.mean(trace[-3:]) < trace[0]
-    y = F.refine(model, [w], init[None], refiner="lmc", iterations=3, seed=1)
+    y = SS.refine(model, [w], init[None], refiner="lmc", iterations=3, seed=1)
     assert y.shape == x.shape and torch.isfinite(y).all()
 
 
 def test_best_diffusion_step_is_a_valid_step():
     s = S.bundled("sunspots")
     model = tiny_model(s)
-    windows = F.training_windows(s.values, s.train_end, s.window, s.lags, s.context)[:16]
-    tau = F.best_diffusion_step(model, windows, repeats=1)
+    windows = S.training_windows(s.values, s.train_end, s.window, s.lags, s.context)[:16]
+    tau = TF.best_diffusion_step(model, windows, repeats=1)
     assert 0 <= tau < 100
+
+
+def test_denoising_loss_noises_x_with_the_schedule_and_sums_the_squared_epsilon_error():
+    """With an 'identity' denoiser eps(x_t) = x_t the loss is sum((sqrt(abar) x + (sqrt(1 - abar) - 1) n)^2)."""
+    model = zero_model(8)
+    model.unet.w.data.fill_(1.0)
+    x = torch.randn(3, 8, 3, generator=make_generator(5))
+    abar = SS.model_scheduler(model, "ddpm").alphas_cumprod[30]
+    noise = torch.randn(x.shape, generator=make_generator(1))
+    want = ((abar.sqrt() * x + ((1 - abar).sqrt() - 1) * noise) ** 2).sum()
+    torch.testing.assert_close(SS.denoising_loss(model, x, 30, make_generator(1)), want)
 
 
 def test_s4d_kernel_cache_matches_a_fresh_kernel():
@@ -275,23 +289,13 @@ def test_s4d_kernel_cache_matches_a_fresh_kernel():
 def test_baselines_give_ordered_quantiles_and_seasonal_naive_repeats_the_last_season():
     s = S.bundled("unemployment")
     history = s.values[:150]
-    out = F.baseline_forecasts(history, 8, 4)
+    out = B.baseline_forecasts(history, 8, 4)
     for name, b in out.items():
         assert b["quantiles"].shape == (9, 8) and np.all(np.diff(b["quantiles"], axis=0) >= -1e-9), name
     np.testing.assert_allclose(out["SeasonalNaive"]["point"], np.tile(history[-4:], 2))
-    samples = F.gaussian_samples(out["AutoETS"]["quantiles"], 99)
+    samples = B.gaussian_samples(out["AutoETS"]["quantiles"], 99)
     assert np.all(np.diff(samples, axis=0) >= 0)
     np.testing.assert_allclose(samples[49], out["AutoETS"]["quantiles"][4], rtol=1e-6)
-
-
-def test_linear_predictive_score_of_a_clean_sine_is_near_zero():
-    t = np.arange(400)
-    v = 5 + np.sin(2 * np.pi * t / 12)
-    windows = np.stack([v[i:i + 24] for i in range(300)])
-    scale = np.abs(windows[:, :18]).mean(1, keepdims=True)
-    assert F.linear_predictive_score(windows / scale, windows[250:], 18, alpha=1e-6) < 1e-3
-    noise = np.random.default_rng(0).normal(size=(300, 24))
-    assert F.linear_predictive_score(noise, windows[250:], 18) > 0.1
 
 
 # --------------------------------------------------------------------------------- the method
@@ -315,13 +319,33 @@ def test_run_every_mode_returns_a_result_with_its_parameters(fm, mode):
     if mode == "synthesize":
         assert r.synthetic.shape == (8, 55) and r.lps["synthetic"] > 0 and r.lps["real"] > 0
         return
-    assert len(results) == 2 and results[0].partial  # the fan chart comes before the baselines
+    partial = [i.info["partial"] for i in items if isinstance(i, Progress) and "partial" in (i.info or {})]
+    assert len(results) == 1 and len(partial) == 1 and partial[0].partial  # the fan chart before the baselines
+    assert items.index(results[0]) == len(items) - 1
     methods = [row["method"] for row in r.metrics]
-    assert set(F.BASELINES) <= set(methods) and all(np.isfinite(row["CRPS"]) for row in r.metrics)
+    assert set(B.BASELINES) <= set(methods) and all(np.isfinite(row["CRPS"]) for row in r.metrics)
     assert r.samples.shape == (8, 11)
     csv = r.quantiles_csv()
     assert csv.startswith("# {") and '"seed": 7' in csv.splitlines()[0]
     assert len(csv.splitlines()) == 2 + 11 * len(r.quantiles)
+
+
+class TestForecastContract(MethodContract):
+    """The method contract on tiny random models (baselines off: statsforecast takes seconds)."""
+
+    method_id = "forecast"
+    bad = [({"horizon": 40}, "Horizon must be at most"), ({"series": "upload"}, "upload a CSV"),
+           ({"holdout": 9}, "Forecast origin")]
+
+    @pytest.fixture
+    def manager(self):
+        return tiny_forecast_manager()
+
+    def params(self):
+        return F.Params(series="sunspots", seed=5, baselines=False, **FAST)
+
+    def output(self, result):
+        return result.samples, result.quantiles, [row["CRPS"] for row in result.metrics]
 
 
 def test_run_forecasts_the_real_future_without_scores(fm):
@@ -363,7 +387,6 @@ def test_an_uploaded_series_needs_its_own_trained_model(fm):
 
 def test_training_yields_progress_and_a_model_that_round_trips_through_the_zoo_layout(tmp_path, monkeypatch):
     from studio.core.loading import load_folder
-    from studio.train import forecast as TF
 
     monkeypatch.setattr(TF, "ARCH", {**TF.ARCH, "hidden": 8, "blocks": 1, "d_state": 4})
     s = S.parse_csv(_csv(_monthly(150))).with_setup(origins=1)
@@ -390,4 +413,59 @@ def test_missing_values_in_the_context_are_imputed_by_tsdiff_and_interpolated_fo
     manager.register(F.upload_key(s), lambda: model, info=dict(model.info))
     *_, r = F.run(F.Params(series="upload", **FAST), manager, upload=s)
     assert np.isfinite(r.samples).all() and any("imputes them" in n for n in r.notes)
-    assert {row["method"] for row in r.metrics} >= set(F.BASELINES) and all(np.isfinite(row["CRPS"]) for row in r.metrics)
+    assert {row["method"] for row in r.metrics} >= set(B.BASELINES) and all(np.isfinite(row["CRPS"]) for row in r.metrics)
+
+
+def test_a_window_before_enough_history_is_a_series_error_the_tabs_show_as_is():
+    with pytest.raises(S.SeriesError, match="points of history") as info:
+        S.make_window(np.arange(30.0), origin=20, window=24, horizon=6, lags=(6, 12))
+    assert isinstance(info.value, UserError)
+
+
+def test_series_choices_list_the_bundled_series_whose_model_is_registered():
+    manager = ModelManager(device="cpu")
+    s = S.bundled("co2")
+    manager.register(F.model_key("co2"), lambda: tiny_model(s), info=dict(tiny_model(s).info))
+    manager.register("tsdiff-unrelated", lambda: None, info={"kind": "diffusion", "domain": "image"})
+    assert F.series_choices(manager) == ["co2", "upload"]
+    assert F.series_choices(tiny_forecast_manager()) == [*S.BUNDLED, "upload"]
+
+
+@pytest.fixture
+def tiny_arch(monkeypatch):
+    monkeypatch.setattr(TF, "ARCH", {**TF.ARCH, "hidden": 8, "blocks": 1, "d_state": 4})
+    monkeypatch.setattr(TF, "UPLOAD_STEPS", 30)
+
+
+def test_train_on_my_series_yields_progress_then_the_model_and_registers_nothing(tiny_arch):
+    manager = ModelManager(device="cpu")
+    upload = S.parse_csv(_csv(_monthly(150)))
+    items = list(F.train(F.Params(series="upload"), manager, upload=upload))
+    *progress, result = items
+    assert [p.step for p in progress] == [10, 20, 30] and all(p.total == 30 for p in progress)
+    assert all(np.isfinite(p.loss) and p.info["loss"] == p.loss for p in progress)
+    assert isinstance(result, F.TrainedSeries) and not result.stopped and result.log["steps"] == 30
+    assert result.key == F.upload_key(result.series) and result.series.origins == 1
+    assert result.parameters["steps"] == 30 and manager.keys() == []
+    assert not any(p.requires_grad for p in result.model.unet.parameters())
+
+
+def test_stop_ends_training_early_and_still_yields_the_model_so_far(tiny_arch):
+    upload = S.parse_csv(_csv(_monthly(150)))
+    items: list = []
+    for item in F.train(F.Params(series="upload", horizon=6), ModelManager(device="cpu"), upload=upload,
+                        stop=lambda: len(items) >= 1):  # Stop pressed once the first progress is in
+        items.append(item)
+    *progress, result = items
+    assert len(progress) == 1 and result.stopped and result.log["steps"] == 10
+    assert result.model.info["tau"] == TF.DEFAULT_TAU == SS.DEFAULT_TAU and result.series.horizon == 6
+    x, t = torch.randn(2, result.series.window, 3), torch.tensor([3, 50])
+    assert torch.isfinite(result.model.eps(x, t)).all()
+
+
+def test_train_on_my_series_refuses_a_missing_upload_and_a_too_short_series():
+    with pytest.raises(ParamError, match="upload a CSV first"):
+        list(F.train(F.Params(series="upload"), ModelManager(device="cpu")))
+    with pytest.raises(ParamError, match="need at least"):
+        list(F.train(F.Params(series="upload", horizon=40), ModelManager(device="cpu"),
+                     upload=S.parse_csv(_csv(_monthly(150)))))

@@ -47,3 +47,13 @@ def test_the_digits_judge_meets_its_bar_on_the_test_split(zoo_manager):
     with zoo_manager.use("judge-digits") as judge:
         acc = metrics.digits_accuracy(judge, torch.from_numpy(test.images), test.labels)
     assert acc.value >= 0.97, acc
+
+
+def test_linear_predictive_score_of_a_clean_sine_is_near_zero():
+    t = np.arange(400)
+    v = 5 + np.sin(2 * np.pi * t / 12)
+    windows = np.stack([v[i:i + 24] for i in range(300)])
+    scale = np.abs(windows[:, :18]).mean(1, keepdims=True)
+    assert metrics.linear_predictive_score(windows / scale, windows[250:], 18, alpha=1e-6) < 1e-3
+    noise = np.random.default_rng(0).normal(size=(300, 24))
+    assert metrics.linear_predictive_score(noise, windows[250:], 18) > 0.1

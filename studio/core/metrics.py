@@ -170,3 +170,20 @@ def mase(y, point_forecasts: dict[str, np.ndarray], history, season: int) -> dic
 def sample_quantiles(samples: np.ndarray) -> np.ndarray:
     """``(9, H)`` quantiles at :data:`QUANTILES` of ``(N, H)`` forecast samples (as GluonTS reads them)."""
     return np.quantile(np.asarray(samples, dtype=np.float64), QUANTILES, axis=0)
+
+
+def linear_predictive_score(train_windows: np.ndarray, test_windows: np.ndarray, context: int,
+                            alpha: float = 1.0) -> float:
+    """LPS (the TSDiff paper's synthetic-data score): a ridge model from context to horizon fit on
+    ``train_windows`` ``(M, L)`` (model space, e.g. synthetic), scored by mean wQuantileLoss of its
+    point forecast on real ``test_windows`` ``(K, L)`` in series units, each scaled by its own
+    context mean before the ridge model sees it."""
+    from sklearn.linear_model import Ridge
+
+    ridge = Ridge(alpha=alpha).fit(train_windows[:, :context], train_windows[:, context:])
+    scale = np.abs(test_windows[:, :context]).mean(1, keepdims=True)
+    scale = np.where(scale > 1e-10, scale, 1.0)
+    pred = ridge.predict(test_windows[:, :context] / scale) * scale
+    y = test_windows[:, context:]
+    point = np.repeat(pred[:, None, :], len(QUANTILES), axis=1)  # a point forecast: every quantile equal
+    return mean_weighted_quantile_loss(y, {"lps": point})["lps"]

@@ -21,6 +21,11 @@ series is put on its inferred frequency and the holes are kept as NaN. TSDiff tr
 unobserved (its guidance simply leaves them out, so it imputes them); the statsforecast
 baselines, which need complete data, get them linearly interpolated. More than 20% missing is
 refused.
+
+Forecast windows (:func:`make_window`, :func:`training_windows`, :func:`real_windows`): a
+window is ``context + horizon`` points; channel 0 is the series, channels 1.. its seasonal lags
+(``x[p, 1 + j] = y[p - lag_j]``), all divided by the mean absolute observed value of the context
+(GluonTS ``MeanScaler``), as the official TSDiff code builds its model space.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+import torch
 
 from studio.errors import UserError
 
@@ -269,3 +275,84 @@ def to_csv(series: Series) -> str:
     stamps = [p.to_timestamp().strftime("%Y-%m-%d") if hasattr(p, "to_timestamp") else str(p) for p in series.index]
     vals = ["" if np.isnan(v) else repr(float(v)) for v in series.values]
     return "timestamp,value\n" + "\n".join(f"{t},{v}" for t, v in zip(stamps, vals)) + "\n"
+
+
+# ------------------------------------------------------------------------------------ windows
+
+
+@dataclass
+class Window:
+    """One forecast problem in model space: observation, mask, scale, and where it sits."""
+
+    x: torch.Tensor  # (L, C) scaled values, 0 where unobserved
+    mask: torch.Tensor  # (L, C) 1 = observed
+    scale: float
+    start: int  # series position of the window's first point
+    origin: int  # series position of the first forecast point
+    context: int
+    horizon: int
+
+
+def lag_positions(start: int, length: int, lags: tuple[int, ...]) -> np.ndarray:
+    """``(L, C)`` series positions each model-space entry reads: the point itself, then its lags."""
+    pos = np.arange(start, start + length)
+    return np.stack([pos, *[pos - lag for lag in lags]], axis=1)
+
+
+def mean_scale(values: np.ndarray) -> float:
+    """GluonTS MeanScaler: mean absolute observed value (1 when all are zero)."""
+    v = np.abs(values[~np.isnan(values)])
+    s = float(v.mean()) if v.size else 0.0
+    return s if s > 1e-10 else 1.0
+
+
+def make_window(values: np.ndarray, origin: int, window: int, horizon: int, lags: tuple[int, ...],
+                context: int | None = None) -> Window:
+    """The window ending ``horizon`` points after ``origin``; entries whose source lies in
+    ``[origin - lookback, origin)`` and is not NaN are observed, where the lookback is the full
+    window context plus the lag history, or only ``context`` points when a shorter context is asked."""
+    full = window - horizon
+    context = full if context is None else context
+    start = origin - full
+    if start - max(lags, default=0) < 0:
+        raise SeriesError(f"the forecast origin needs {full + max(lags, default=0)} points of history before it")
+    pos = lag_positions(start, window, lags)
+    lookback = full + max(lags, default=0) if context == full else context
+    padded = np.concatenate([values, np.full(max(0, origin + horizon - len(values)), np.nan)])
+    raw = padded[pos]
+    observed = (pos >= origin - lookback) & (pos < origin) & ~np.isnan(raw)
+    scale = mean_scale(np.where(observed[:, 0], raw[:, 0], np.nan)[:full])
+    x = np.where(observed, raw / scale, 0.0)
+    return Window(torch.tensor(x, dtype=torch.float32), torch.tensor(observed, dtype=torch.float32), scale, start,
+                  origin, context, horizon)
+
+
+def forecast_samples(x: torch.Tensor, windows: list[Window], horizon: int) -> np.ndarray:
+    """``(B, N, H)`` forecasts in series units from model-space samples ``(B, N, L, C)`` of ``windows``."""
+    scales = torch.tensor([w.scale for w in windows])[:, None, None]
+    return (x[..., -horizon:, 0] * scales).numpy().astype(np.float64)
+
+
+def training_windows(values: np.ndarray, end: int, window: int, lags: tuple[int, ...], context: int) -> torch.Tensor:
+    """Every window (with its lag history) inside ``values[:end]``, gaps interpolated, each mean-scaled
+    over its context: ``(M, L, C)``."""
+    v = interpolate(values[:end])
+    first = max(lags, default=0)
+    starts = np.arange(first, end - window + 1)
+    if len(starts) < 1:
+        raise SeriesError(f"the training part has {end} points; a window of {window} plus {first} of lag history "
+                          "does not fit")
+    pos = np.stack([lag_positions(s, window, lags) for s in starts])
+    raw = v[pos]
+    scale = np.abs(raw[:, :context, 0]).mean(1)
+    scale = np.where(scale > 1e-10, scale, 1.0)
+    return torch.tensor(raw / scale[:, None, None], dtype=torch.float32)
+
+
+def real_windows(series: Series, info: dict, end: int | None = None, start: int = 0) -> np.ndarray:
+    """Real ``(K, L)`` windows of channel 0 (series units) starting in ``[start, end - L]``, gaps
+    interpolated; ``info`` is the model's (its ``window``)."""
+    L = int(info["window"])
+    v = interpolate(series.values)
+    end = len(v) if end is None else end
+    return np.stack([v[s:s + L] for s in range(start, end - L + 1)]) if end - start >= L else np.zeros((0, L))

@@ -7,7 +7,7 @@ clipping 0.5, batch 64. **Deviation:** the official runs train for 1000 epochs x
 large datasets; the bundled series are a few hundred points, so a recipe runs
 :data:`ZOO_STEPS` steps over every window of the training split (everything before the first
 backtest origin: the model never sees a backtest target). The refiners' fixed step tau is
-chosen at the end as the official ``get_best_diffusion_step`` does.
+chosen at the end as the official ``get_best_diffusion_step`` does (:func:`best_diffusion_step`).
 """
 
 from __future__ import annotations
@@ -21,14 +21,18 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from studio.core.device import make_generator
 from studio.core.loading import ZOO_DIR
-from studio.data import series as S
 from studio.core.models import SeriesDiffusion
+from studio.core.sampling import Progress
+from studio.core.series_sampling import DEFAULT_TAU, denoising_loss, model_scheduler
+from studio.data import series as S
 from studio.nets.tsdiff import TSDiffNet, tsdiff_scheduler_config
-from studio.train.common import Checkpoint, Timer, machine_description, write_manifest_entry
+from studio.train.common import (Checkpoint, LossLog, Timer, machine_description, optimizer_step,
+                                 write_manifest_entry)
 
 ZOO_STEPS = {"co2": 4000, "elnino": 4000, "sunspots": 2500, "unemployment": 2500}  # fewer windows, fewer steps
 UPLOAD_STEPS = 1500
@@ -49,56 +53,63 @@ def build(series: S.Series, train_end: int, seed: int = 0) -> SeriesDiffusion:
                            info=info)
 
 
+def best_diffusion_step(model: SeriesDiffusion, windows: torch.Tensor, seed: int = 0, repeats: int = 2) -> int:
+    """The step whose mean denoising loss over ``windows`` is nearest the mean over all steps
+    (the official ``get_best_diffusion_step``): the refiners' fixed tau."""
+    gen = make_generator(seed)
+    sched = model_scheduler(model, "ddpm")
+    with torch.no_grad():
+        losses = np.array([np.mean([float(denoising_loss(model, windows, t, gen, sched)) for _ in range(repeats)])
+                           for t in range(sched.config.num_train_timesteps)])
+    return int(np.argmin(np.abs(losses - losses.mean())))
+
+
 @dataclass
-class TrainProgress:
-    step: int
-    total: int
-    loss: float
-    seconds: float
+class TrainProgress(Progress):
+    """A training step: ``step`` of ``total``, the mean loss since the last report, and the model."""
+
+    loss: float = math.nan
+    seconds: float = 0.0
     model: SeriesDiffusion | None = None  # the model being trained (live; snapshot() it to keep it)
 
 
 def train_steps(series: S.Series, *, steps: int, seed: int = 0, train_end: int | None = None,
-                checkpoint: Checkpoint | None = None, every: int = 500, report_every: int = 10
-                ) -> Iterator[TrainProgress | tuple[SeriesDiffusion, dict]]:
+                checkpoint: Checkpoint | None = None, every: int = 500, report_every: int = 10,
+                stop: Callable[[], bool] = lambda: False) -> Iterator[TrainProgress | tuple[SeriesDiffusion, dict]]:
     """Train a TSDiff model on ``series.values[:train_end]``: yields a :class:`TrainProgress`
-    every ``report_every`` steps, then ``(model, log)``. A consumer that stops iterating stops
-    training between steps; a ``checkpoint`` makes it resumable."""
-    from studio.methods.forecast import alphas_cumprod, best_diffusion_step, training_windows
-
+    every ``report_every`` steps, then ``(model, log)``. ``stop`` is polled before every step:
+    when it answers True training ends there and the model so far still comes out (its tau
+    :data:`DEFAULT_TAU`, ``log["stopped"]`` True). A ``checkpoint`` makes it resumable."""
     train_end = series.train_end if train_end is None else train_end
     model = build(series, train_end, seed)
     net = model.unet.train()
-    windows = training_windows(series.values, train_end, series.window, series.lags, series.context)
+    windows = S.training_windows(series.values, train_end, series.window, series.lags, series.context)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
-    abar = alphas_cumprod(model)
-    T = len(abar)
+    sched = model_scheduler(model, "ddpm")  # the training noise schedule: add_noise
     gen = make_generator(seed)
-    start, timer, losses = 0, Timer(), []
+    done, timer, losses = 0, Timer(), LossLog()
     if checkpoint is not None and checkpoint.exists():
         state = checkpoint.load({"model": net}, opt)
-        start, timer = state["step"], Timer(state["seconds"])
-    for step in range(start, steps):
+        done, timer = state["step"], Timer(state["seconds"])
+    while done < steps and not stop():
         idx = torch.randint(0, len(windows), (min(BATCH, len(windows) * 4),), generator=gen)
         x0 = windows[idx]
-        t = torch.randint(0, T, (len(idx),), generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
-        a = abar[t][:, None, None]
-        loss = ((net(a.sqrt() * x0 + (1 - a).sqrt() * noise, t) - noise) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
-        opt.step()
-        losses.append(loss.item())
-        if checkpoint is not None and (step + 1) % every == 0:
-            checkpoint.save(step + 1, timer.seconds, {"model": net}, opt)
-        if (step + 1) % report_every == 0:
-            yield TrainProgress(step + 1, steps, sum(losses[-report_every:]) / report_every, timer.seconds, model)
+        loss = ((net(sched.add_noise(x0, noise, t), t) - noise) ** 2).mean()  # the official p_losses, mean
+        optimizer_step(loss, opt, net.parameters(), clip=GRAD_CLIP, log=losses)
+        done += 1
+        if checkpoint is not None and done % every == 0:
+            checkpoint.save(done, timer.seconds, {"model": net}, opt)
+        if done % report_every == 0:
+            mean = losses.mean(last=report_every)
+            yield TrainProgress(done, steps, info={"loss": mean}, loss=mean, seconds=timer.seconds, model=model)
     net.eval().requires_grad_(False)
-    model.info["tau"] = best_diffusion_step(model, windows[: min(len(windows), 128)], seed=seed)
-    tail = losses[-200:] or [math.nan]
-    log = {"steps": steps, "seconds": round(timer.seconds, 1), "windows": len(windows),
-           "final_loss": sum(tail) / len(tail), "tau": model.info["tau"]}
+    stopped = done < steps
+    model.info["tau"] = DEFAULT_TAU if stopped else best_diffusion_step(model, windows[: min(len(windows), 128)],
+                                                                        seed=seed)
+    log = {"steps": done, "seconds": round(timer.seconds, 1), "windows": len(windows),
+           "final_loss": losses.mean(last=200), "tau": model.info["tau"], **({"stopped": True} if stopped else {})}
     model.info["training"] = log
     yield model, log
 
@@ -107,7 +118,7 @@ def snapshot(model: SeriesDiffusion) -> SeriesDiffusion:
     """A frozen eval-mode copy of a model in training (what the tab registers when Stop is pressed)."""
     net = copy.deepcopy(model.unet).eval().requires_grad_(False)
     return SeriesDiffusion(name=model.name, unet=net, scheduler_config=dict(model.scheduler_config),
-                           info={**model.info, "tau": model.info.get("tau", 20)})
+                           info={**model.info, "tau": model.info.get("tau", DEFAULT_TAU)})
 
 
 def fit(series: S.Series, *, steps: int, seed: int = 0, train_end: int | None = None,
