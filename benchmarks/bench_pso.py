@@ -5,7 +5,7 @@ Models: ``digits-fewstep`` (the few-step denoiser D distilled without data from 
 Judges: ``fd-digits`` and ``judge-digits``, which no method here trains or reads while training.
 
 * **The style measure, validated on real digits**: the share of the 360 test digits that
-  :func:`studio.methods.tune.on_style` calls thick (expected about 20%: the threshold is the
+  :func:`studio.data.digits.on_style` calls thick (expected about 20%: the threshold is the
   training digits' 80th percentile), thin, and the share once every test digit is dilated by one
   pixel (should be nearly all thick).
 * **The student**: ``N_PER_CLASS`` samples per digit (sample i from seed 9000 + i) at 1, 2 and 4
@@ -45,6 +45,7 @@ from studio.core.sampling import make_scheduler, run_to_end, sample
 from studio.data import digits
 from studio.methods import tune
 from studio.train import boot
+from studio.train.pso import run_online
 from studio.train.common import machine_description
 
 ROOT = Path(__file__).resolve().parent
@@ -53,7 +54,7 @@ N_PER_CLASS = 100
 N_EVAL_PER_CLASS = 50
 STEPS = (1, 2, 4)
 TEACHER_STEPS = (4, 50)
-TUNE = tune.TuneParams(steps=150)  # the tab's defaults
+TUNE = tune.Params(steps=150)  # the tab's defaults
 METHODS = {"PSO, DPO form": "dpo", "PSO, hinge form": "hinge", "plain diffusion loss": "plain"}
 ONLINE_ITERATIONS = 40
 CHUNK = 500
@@ -64,7 +65,7 @@ def labels_and_seeds(per_class: int) -> tuple[list[int], list[int]]:
     return labels, [SEED + i for i in range(len(labels))]
 
 
-def fewstep_samples(fs: tune.FewStep, per_class: int, steps: int) -> torch.Tensor:
+def fewstep_samples(fs: boot.FewStep, per_class: int, steps: int) -> torch.Tensor:
     labels, seeds = labels_and_seeds(per_class)
     return torch.cat([fs.sample(labels[i:i + CHUNK], seeds[i:i + CHUNK], steps) for i in range(0, len(labels), CHUNK)])
 
@@ -116,10 +117,10 @@ def quality(fd_net, judge, x: torch.Tensor, labels: list[int], reference: torch.
 
 
 def style_row(fd_net, judge, x: torch.Tensor, labels: list[int], untuned: torch.Tensor | None) -> dict:
-    rate = metrics.bootstrap_mean(tune.on_style(x, "thick").astype(float))
+    rate = metrics.bootstrap_mean(digits.on_style(x, "thick").astype(float))
     acc = metrics.digits_accuracy(judge, x, labels)
     row = {"style_rate": [rate.value, rate.low, rate.high], "judge_acc": [acc.value, acc.low, acc.high],
-           "thickness": float(np.mean(tune.thickness(x)))}
+           "thickness": float(np.mean(digits.thickness(x)))}
     if untuned is not None:
         fd = metrics.frechet(fd_net, x, untuned)
         row["fd_to_untuned"] = [fd.value, fd.low, fd.high]
@@ -135,15 +136,15 @@ def main(quick: bool = False) -> dict:
     out: dict = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "quick": quick}
 
     out["style_measure"] = {
-        "threshold_thick": tune.style_threshold("thick"), "threshold_thin": tune.style_threshold("thin"),
-        "test_thick": float(tune.on_style(test_x, "thick").mean()),
-        "test_thin": float(tune.on_style(test_x, "thin").mean()),
-        "test_dilated_thick": float(tune.on_style(tune.dilate(test_x), "thick").mean()),
-        "targets_thick": float(tune.on_style(tune.style_set("thick")[0], "thick").mean()),
+        "threshold_thick": digits.style_threshold("thick"), "threshold_thin": digits.style_threshold("thin"),
+        "test_thick": float(digits.on_style(test_x, "thick").mean()),
+        "test_thin": float(digits.on_style(test_x, "thin").mean()),
+        "test_dilated_thick": float(digits.on_style(digits.dilate(test_x), "thick").mean()),
+        "targets_thick": float(digits.on_style(digits.style_set("thick")[0], "thick").mean()),
     }
 
     dm = load_zoo("digits-fewstep")
-    fs = tune.FewStep(dm)
+    fs = boot.FewStep(dm)
     labels, _ = labels_and_seeds(per_class)
     student = {}
     for steps in STEPS:
@@ -163,21 +164,21 @@ def main(quick: bool = False) -> dict:
 
     eval_labels, _ = labels_and_seeds(eval_per_class)
     untuned = {s: fewstep_samples(fs, eval_per_class, s) for s in STEPS}
-    targets, target_labels = tune.style_set("thick")
+    targets, target_labels = digits.style_set("thick")
     rows = {"untuned": {s: style_row(fd_net, judge, untuned[s], eval_labels, None) for s in STEPS}}
     seconds = {"untuned": 0.0}
     p = replace(TUNE, steps=30) if quick else TUNE
     for name, loss in METHODS.items():
         tuned = tune.run_tune(dm, targets, target_labels, replace(p, loss=loss))
         seconds[name] = tuned.seconds
-        tfs = tune.FewStep(dm, tuned.unet)
+        tfs = boot.FewStep(dm, tuned.unet)
         rows[name] = {s: style_row(fd_net, judge, fewstep_samples(tfs, eval_per_class, s), eval_labels, untuned[s])
                       for s in STEPS}
     t0 = time.perf_counter()
-    unet, history = tune.run_online(dm, list(range(10)), tune.thickness,
-                                    iterations=10 if quick else ONLINE_ITERATIONS, seed=0)
+    unet, history = run_online(dm, list(range(10)), digits.thickness,
+                               iterations=10 if quick else ONLINE_ITERATIONS, seed=0)
     seconds["online PSO"] = time.perf_counter() - t0
-    rows["online PSO"] = {4: style_row(fd_net, judge, fewstep_samples(tune.FewStep(dm, unet), eval_per_class, 4),
+    rows["online PSO"] = {4: style_row(fd_net, judge, fewstep_samples(boot.FewStep(dm, unet), eval_per_class, 4),
                                        eval_labels, untuned[4])}
     out["pso"] = {name: {str(s): r for s, r in by_steps.items()} for name, by_steps in rows.items()}
     out["pso_seconds"] = seconds

@@ -25,7 +25,9 @@ import torch
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, coerce, validate
 from studio.core.results import png_bytes, to_grid
+from studio.data.digits import style_set
 from studio.data.drawings import MAX_BYTES, DrawingError, open_image, to_digit
+from studio.errors import UserError
 from studio.methods import tune
 from studio.plots import loss_chart
 from components.widgets import PngFolder, param_inputs, shows_errors
@@ -64,7 +66,6 @@ class TrainingJob:
         self._stop = threading.Event()
         self.state = JobState()
         self.tuned: tune.Tuned | None = None
-        self.base = None
 
     def snapshot(self) -> JobState:
         with self._lock:
@@ -76,7 +77,7 @@ class TrainingJob:
                 setattr(self.state, k, v)
             self.state.version += 1
 
-    def start(self, owner: str, p: tune.TuneParams, images: torch.Tensor, labels: list) -> None:
+    def start(self, owner: str, p: tune.Params, images: torch.Tensor, labels: list) -> None:
         with self._lock:
             if self.state.status == "running":
                 s = self.state
@@ -96,27 +97,23 @@ class TrainingJob:
         self._stop.set()
         return "stopping after this step; the adapter trained so far is kept"
 
-    def _run(self, p: tune.TuneParams, images: torch.Tensor, labels: list) -> None:
+    def _run(self, p: tune.Params, images: torch.Tensor, labels: list) -> None:
         try:
-            with self.manager.use(p.base) as dm:
-                base = dm
-                for item in tune.tune(dm, images, labels, p, stop=self._stop.is_set):
-                    if isinstance(item, tune.TrainProgress):
-                        changes = {"step": item.step, "message": ""}
-                        if item.losses:
-                            changes["history"] = self.state.history + [{"step": item.step, **item.losses}]
-                        if item.grid is not None:
-                            changes.update(grid=item.grid, grid_step=item.step)
-                            if item.step == 0:
-                                changes["first_grid"] = item.grid
-                        self._update(**changes)
-                    else:
-                        self.tuned, self.base = item, base
+            for item in tune.run(p, self.manager, stop=self._stop.is_set, images=images, labels=labels):
+                if isinstance(item, tune.TrainProgress):
+                    changes = {"step": item.step, "message": ""}
+                    if item.losses:
+                        changes["history"] = self.state.history + [{"step": item.step, **item.losses}]
+                    if item.grid is not None:
+                        changes.update(grid=item.grid, grid_step=item.step)
+                        if item.step == 0:
+                            changes["first_grid"] = item.grid
+                    self._update(**changes)
+                else:
+                    self.tuned = item
             key = f"{p.base}-tuned"
-            model = self.tuned.model(self.base, key)
             try:
-                self.manager.register(key, lambda: model, replace=True,
-                                      info={**self.manager.info(p.base), "tuned_from": p.base})
+                tune.register(self.tuned, self.manager, key, replace=True)
                 note = f"registered as {key!r} (try it in the Generate tab); Save keeps it across sessions"
             except RuntimeError as exc:  # the previous tuned model is being used right now
                 key, note = "", f"not registered: {exc}"
@@ -125,9 +122,9 @@ class TrainingJob:
                          message=f"{'stopped' if stopped else 'finished'} after {self.tuned.params['trained_steps']} "
                                  f"steps in {self.tuned.seconds:.0f} s; {note}")
         except Exception as exc:  # the page shows it; the server keeps serving
-            if not isinstance(exc, ParamError):
+            if not isinstance(exc, UserError):
                 log.exception("PSO training failed")
-            self._update(status="failed", message=str(exc) if isinstance(exc, ParamError) else
+            self._update(status="failed", message=str(exc) if isinstance(exc, UserError) else
                          f"{type(exc).__name__}: {exc}")
 
 
@@ -176,12 +173,12 @@ def custom_targets(uploaded: list, drawings: list, digit: int) -> tuple[torch.Te
 
 
 def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
-    bases = [k for k in manager.keys() if manager.info(k).get("few_step")] or [tune.BASE]
+    bases = tune.bases(manager) or [tune.BASE]
     job = TrainingJob(manager)
     pngs = PngFolder()
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=300):
-            inputs = param_inputs(tune.TuneParams, choices={"base": bases}, id_prefix="pso-",
+            inputs = param_inputs(tune.Params, choices={"base": bases}, id_prefix="pso-",
                                   labels={"style": STYLE_LABELS, "loss": LOSS_LABELS})
             with gr.Group(visible=False) as custom_box:
                 digit = gr.Number(value=4, precision=0, minimum=0, maximum=9, label="Digit shown in your targets",
@@ -229,10 +226,7 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
         comp = sketch_value.get("composite") if isinstance(sketch_value, dict) else None
         if comp is None:
             raise ParamError("draw a digit first (pick the brush on the left of the canvas)")
-        try:
-            arr, _ = to_digit(comp)
-        except DrawingError as exc:
-            raise ParamError(str(exc)) from None
+        arr, _ = to_digit(comp)
         if len(current) >= tune.MAX_TARGETS:
             raise ParamError(f"at most {tune.MAX_TARGETS} targets")
         current = [*current, arr]
@@ -249,7 +243,7 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     @shows_errors
     def start(request: gr.Request, **values):
         digit_value, upload_arrays, drawn = values.pop("digit"), values.pop("uploaded"), values.pop("drawings")
-        p = coerce(tune.TuneParams, values)
+        p = coerce(tune.Params, values)
         validate(p)
         if p.base not in bases:
             raise ParamError(f"unknown base model {p.base!r}; choose one of {', '.join(bases)}")
@@ -262,7 +256,7 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                 raise ParamError("the digit shown in your targets must be 0 to 9")
             images, labels = custom_targets(upload_arrays, drawn, d)
         else:
-            images, labels = tune.style_set(p.style)
+            images, labels = style_set(p.style)
         job.start(request.session_hash or "", p, images, labels)
         return describe(job.snapshot(), request.session_hash or ""), to_grid(images.unsqueeze(0), TILE // images.shape[-1])
 
@@ -301,13 +295,8 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
         s = job.snapshot()
         if s.status not in ("done", "stopped") or job.tuned is None:
             raise ParamError("train a model first (or wait for the run to finish)")
-        name = tune.check_name(name)
-        if name in manager:
-            raise ParamError(f"a model named {name!r} already exists; choose another name")
-        folder = tune.save_tuned(job.tuned, name)
-        model = job.tuned.model(job.base, name)
-        manager.register(name, lambda: model, info={**manager.info(s.params["base"]), "tuned_from": s.params["base"]})
-        return f"Saved as **{name}** ({folder / 'adapter.safetensors'}); it is in the model lists now."
+        name = tune.save(job.tuned, name, manager)
+        return f"Saved as **{name}**; it is in the model lists now."
 
     save_btn.click(save, inputs=[save_name], outputs=[status], api_name="pso_save")
     return {**inputs, "train": train_btn, "stop": stop_btn, "status": status, "plot": plot, "val_grid": val_grid,

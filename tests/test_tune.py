@@ -1,8 +1,10 @@
 """Tune (PSO) and the few-step student (BOOT): the losses by hand, LoRA never touching the base, the
-style measure on real digits, bad inputs, saving, the data-free distillation, the real SD path."""
+style measure on real digits, bad inputs, saving, the method's run through a manager, the data-free
+distillation, the real SD path."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,11 +12,14 @@ import pytest
 import torch
 from tests.conftest import tiny_digits_unet
 
+from studio.core import adapters
 from studio.core.models import DiffusionModel
 from studio.core.params import ParamError
+from studio.core.sampling import Progress
 from studio.data import digits
 from studio.methods import tune
-from studio.train import boot
+from studio.nets import lora
+from studio.train import boot, pso
 
 
 def tiny_fewstep(name="digits-fewstep"):
@@ -32,24 +37,24 @@ def test_thickness_of_a_bar_by_hand():
     x = -torch.ones(2, 1, 16, 16)
     x[0, 0, 5:7, 3:7] = 1  # 2 x 4 bar: area 8, perimeter 12
     x[1, 0, 2:5, 2:5] = 1  # 3 x 3 block: area 9, perimeter 12
-    assert tune.thickness(x) == pytest.approx([2 * 8 / 12, 2 * 9 / 12])
+    assert digits.thickness(x) == pytest.approx([2 * 8 / 12, 2 * 9 / 12])
 
 
 def test_style_measure_on_real_digits():
     test = digits.load("test").images
     for style in ("thick", "thin"):
-        assert 0.1 <= tune.on_style(test, style).mean() <= 0.3  # the training percentile holds on held-out digits
+        assert 0.1 <= digits.on_style(test, style).mean() <= 0.3  # the training percentile holds on held-out digits
     thick = torch.from_numpy(test)
-    assert tune.on_style(tune.dilate(thick), "thick").mean() >= 0.9  # thicker strokes are called on-style
-    assert tune.on_style(tune.dilate(thick), "thin").mean() <= 0.02
+    assert digits.on_style(digits.dilate(thick), "thick").mean() >= 0.9  # thicker strokes are called on-style
+    assert digits.on_style(digits.dilate(thick), "thin").mean() <= 0.02
 
 
 @pytest.mark.parametrize("style", ["thick", "thin"])
 def test_style_sets_are_on_style_and_spread_over_classes(style):
-    x, labels = tune.style_set(style)
+    x, labels = digits.style_set(style)
     assert x.shape == (16, 1, 16, 16) and len(labels) == 16
     assert max(labels.count(c) for c in set(labels)) <= 2
-    assert tune.on_style(x, style).all()
+    assert digits.on_style(x, style).all()
 
 
 # --- the losses ---------------------------------------------------------------------------------
@@ -82,11 +87,11 @@ def test_dpo_form_pushes_targets_up_and_references_down():
 def test_online_loss_clips_the_ratio():
     pref = torch.tensor([1.0, -1.0])
     big = torch.tensor([0.5, 0.5])  # exp(0.5) = 1.65 -> clipped to 1.1
-    loss = tune.online_pso_loss(big, torch.zeros(2), pref, beta=50.0)
+    loss = pso.online_pso_loss(big, torch.zeros(2), pref, beta=50.0)
     expected = -np.log(1 / (1 + np.exp(-50 * np.array([1, -1]) * np.log(1.1)))).mean()
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     log_r = torch.tensor([0.5, 0.05], requires_grad=True)
-    tune.online_pso_loss(log_r, torch.zeros(2), pref).backward()
+    pso.online_pso_loss(log_r, torch.zeros(2), pref).backward()
     assert log_r.grad[0] == 0 and log_r.grad[1] != 0  # outside the clip range there is no gradient
 
 
@@ -95,54 +100,55 @@ def test_online_loss_clips_the_ratio():
 def test_lora_starts_as_the_base_and_never_touches_it():
     dm = tiny_fewstep()
     before = state(dm.unet)
-    net = tune.with_lora(dm.unet, rank=4)
+    net = lora.with_lora(dm.unet, rank=4)
     x, t, c = torch.randn(2, 1, 16, 16), torch.tensor([999, 249]), torch.tensor([1, 2])
     with torch.no_grad():
         assert torch.allclose(net(x, t, class_labels=c).sample, dm.unet(x, t, class_labels=c).sample, atol=1e-6)
-        for p in tune.trainable(net):
+        for p in lora.trainable(net):
             p.add_(0.1)
         changed = net(x, t, class_labels=c).sample
-        with tune.adapter_off(net):
+        with lora.adapter_off(net):
             off = net(x, t, class_labels=c).sample
     assert not torch.allclose(changed, off)
     assert torch.allclose(off, dm.unet(x, t, class_labels=c).sample, atol=1e-6)
     assert all(torch.equal(v, state(dm.unet)[k]) for k, v in before.items())
-    assert set(tune.lora_targets(dm.unet)) == {"conv1", "conv2"}
+    assert set(lora.lora_targets(dm.unet)) == {"conv1", "conv2"}
 
 
 def test_tune_runs_yields_grids_and_keeps_the_base(tmp_path):
     dm = tiny_fewstep()
     before = state(dm.unet)
-    x, labels = tune.style_set("thick", n=4)
-    p = tune.TuneParams(steps=3, validate_every=2, lora_rank=2, n_refs=2)
+    x, labels = digits.style_set("thick", n=4)
+    p = tune.Params(steps=3, validate_every=2, lora_rank=2, n_refs=2)
     items = list(tune.tune(dm, x, labels, p))
     progress, tuned = items[:-1], items[-1]
-    assert [i.step for i in progress] == [0, 1, 2, 3]
+    assert [i.step for i in progress] == [0, 1, 2, 3] and all(isinstance(i, Progress) for i in progress)
     assert [i.grid is not None for i in progress] == [True, False, True, True]
     assert progress[0].grid.shape == (len(set(labels)), 3, 1, 16, 16)
     assert isinstance(tuned, tune.Tuned) and len(tuned.history) == 3
     assert all(math.isfinite(h["loss"]) for h in tuned.history)
     assert progress[1].losses["pair"] == pytest.approx(math.log(2), rel=1e-5)  # model == reference at step 1
     assert all(torch.equal(v, dm.unet.state_dict()[k]) for k, v in before.items())
-    model = tuned.model(dm, "digits-fewstep-thick")
+    model = tuned.model("digits-fewstep-thick")
     assert model.unet is not dm.unet and model.info["pso"]["loss"] == "dpo"
+    assert tuned.parameters is tuned.params and tuned.parameters["trained_steps"] == 3
     # saved and loaded back: the same outputs, from safetensors
-    folder = tune.save_tuned(tuned, "thick-1", root=tmp_path)
+    folder = adapters.save_tuned(lora.lora_state(tuned.unet), tuned.params, "thick-1", root=tmp_path)
     assert (folder / "adapter.safetensors").exists()
-    loaded = tune.load_tuned(folder, dm)
+    loaded = adapters.load_tuned(folder, dm)
     xt, t, c = torch.randn(2, 1, 16, 16), torch.tensor([999, 499]), torch.tensor([3, 4])
     with torch.no_grad():
         assert torch.allclose(loaded.unet(xt, t, class_labels=c).sample, model.unet(xt, t, class_labels=c).sample,
                               atol=1e-5)
     with pytest.raises(ParamError, match="already exists"):
-        tune.save_tuned(tuned, "thick-1", root=tmp_path)
+        adapters.save_tuned(lora.lora_state(tuned.unet), tuned.params, "thick-1", root=tmp_path)
 
 
 @pytest.mark.parametrize("loss", ["hinge", "plain"])
 def test_other_loss_forms_train(loss):
     dm = tiny_fewstep()
-    x, labels = tune.style_set("thin", n=2)
-    tuned = tune.run_tune(dm, x, labels, tune.TuneParams(steps=2, loss=loss, lora_rank=2, n_refs=1))
+    x, labels = digits.style_set("thin", n=2)
+    tuned = tune.run_tune(dm, x, labels, tune.Params(steps=2, loss=loss, lora_rank=2, n_refs=1))
     assert len(tuned.history) == 2 and all(math.isfinite(h["loss"]) for h in tuned.history)
     changed = [n for n, p in tuned.unet.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
     assert changed  # the adapter moved from its zero start
@@ -150,12 +156,90 @@ def test_other_loss_forms_train(loss):
 
 def test_stop_keeps_the_adapter_trained_so_far():
     dm = tiny_fewstep()
-    x, labels = tune.style_set("thick", n=2)
+    x, labels = digits.style_set("thick", n=2)
     calls = []
-    items = list(tune.tune(dm, x, labels, tune.TuneParams(steps=50, lora_rank=2, n_refs=1),
+    items = list(tune.tune(dm, x, labels, tune.Params(steps=50, lora_rank=2, n_refs=1),
                            stop=lambda: calls.append(1) or len(calls) >= 2))
     assert items[-2].step == 2 and items[-2].grid is not None
     assert items[-1].params["trained_steps"] == 2 and len(items[-1].history) == 2
+
+
+# --- the method's run, through a manager ------------------------------------------------------
+
+def test_run_leases_the_base_inside_and_yields_progress_then_the_tuned_model(fewstep_manager):
+    m = fewstep_manager
+    with m.use("digits-fewstep") as dm:
+        before = state(dm.unet)
+    items = list(tune.run(tune.Params(steps=2, lora_rank=2, n_refs=1, validate_every=5), m))
+    progress, tuned = items[:-1], items[-1]
+    assert all(isinstance(i, tune.TrainProgress) for i in progress) and isinstance(tuned, tune.Tuned)
+    assert [i.step for i in progress] == [0, 1, 2] and progress[1].info == progress[1].losses
+    assert tuned.labels == digits.style_set("thick")[1]  # the bundled style set unless images are given
+    assert all(row["in use"] == 0 for row in m.status())
+    with m.use("digits-fewstep") as dm:
+        assert all(torch.equal(v, dm.unet.state_dict()[k]) for k, v in before.items())
+    tune.register(tuned, m, "digits-fewstep-tuned")
+    assert "digits-fewstep-tuned" in m.keys(kinds=("image",))
+
+
+def test_run_stops_early_and_still_yields_what_was_trained(fewstep_manager):
+    x, labels = digits.style_set("thin", n=2)
+    items = list(tune.run(tune.Params(style="custom", steps=50, lora_rank=2, n_refs=1), fewstep_manager,
+                          stop=lambda: True, images=x, labels=labels))
+    assert [i.step for i in items[:-1]] == [0, 1] and items[-1].params["trained_steps"] == 1
+    assert items[-1].labels == labels
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(style="custom"), "draw or upload"), (dict(base="nope"), "unknown base model"), (dict(steps=0), "steps"),
+])
+def test_run_refuses_bad_requests_with_a_message(fewstep_manager, params, match):
+    with pytest.raises(ParamError, match=match):
+        next(tune.run(tune.Params(**params), fewstep_manager))
+
+
+def test_saved_models_are_registered_as_image_models_by_name(fewstep_manager, tmp_path):
+    from studio.core.manager import ModelManager
+
+    x, labels = digits.style_set("thick", n=2)
+    with fewstep_manager.use("digits-fewstep") as dm:
+        tuned = tune.run_tune(dm, x, labels, tune.Params(steps=1, lora_rank=2, n_refs=1))
+    assert tune.save(tuned, "thick-2", fewstep_manager, root=tmp_path) == "thick-2"
+    assert "thick-2" in fewstep_manager.keys(kinds=("image",))
+    with pytest.raises(ParamError, match="already exists"):
+        tune.save(tuned, "thick-2", fewstep_manager, root=tmp_path)
+    assert json.loads((tmp_path / "thick-2" / "tuned.json").read_text())["seconds"] >= 0
+    for zoo in (True, False):  # a later session finds it, with or without the zoo registered first
+        later = ModelManager(device="cpu")
+        if zoo:
+            later.register_zoo()
+        assert adapters.register_saved(later, root=tmp_path) == ["thick-2"]
+        assert "thick-2" in later.keys(kinds=("image",))
+        assert later.info("thick-2")["tuned_from"] == "digits-fewstep"
+
+
+def test_merged_lora_experts_equal_the_adapter_and_old_peft_keys_still_load():
+    """PPAP's experts go through the one LoRA implementation; the shipped ``guide-ppap`` files name
+    their tensors as peft's ``PeftModel`` wrapper did (``base_model.model.``...)."""
+    from studio.nets.classifiers import GuideNet, build_experts, expert_state, lora_config, make_lora
+
+    torch.manual_seed(0)
+    base = GuideNet(width=8).eval()
+    model = make_lora(base, lora_config())
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    model.eval()
+    x = torch.randn(3, 1, 16, 16)
+    kept = expert_state(model, lora=True)
+    legacy = {"base_model.model." + k: v for k, v in kept.items()}
+    with torch.no_grad():
+        want = model(x)
+        for stored in (kept, legacy):
+            expert = build_experts(base, [stored], "lora").experts[0]
+            assert not any("lora_" in n for n, _ in expert.named_modules())  # merged into plain convolutions
+            assert torch.allclose(expert(x), want, atol=1e-5)
 
 
 @pytest.mark.parametrize("case, match", [
@@ -163,7 +247,7 @@ def test_stop_keeps_the_adapter_trained_so_far():
 ])
 def test_bad_targets_get_a_message(case, match):
     dm = tiny_fewstep()
-    x, labels = tune.style_set("thick", n=4)
+    x, labels = digits.style_set("thick", n=4)
     if case == "one":
         x, labels = x[:1], labels[:1]
     elif case == "seventeen":
@@ -176,13 +260,13 @@ def test_bad_targets_get_a_message(case, match):
     else:
         labels = labels[:3]
     with pytest.raises(ParamError, match=match):
-        next(tune.tune(dm, x, labels, tune.TuneParams(steps=1)))
+        next(tune.tune(dm, x, labels, tune.Params(steps=1)))
 
 
 @pytest.mark.parametrize("name", ["", "../etc", "A", "x" * 41, "a b"])
 def test_tuned_names_never_become_paths(name, tmp_path):
     with pytest.raises(ParamError):
-        tune.check_name(name)
+        adapters.check_name(name)
 
 
 def test_a_non_safetensors_adapter_is_refused(tmp_path):
@@ -192,27 +276,27 @@ def test_a_non_safetensors_adapter_is_refused(tmp_path):
     (folder / "adapter.safetensors").write_bytes(b"not a safetensors file")
     (folder / "tuned.json").write_text('{"base": "digits-fewstep", "lora_rank": 2}')
     with pytest.raises(Exception):
-        tune.load_tuned(folder, dm)
+        adapters.load_tuned(folder, dm)
 
 
 def test_online_pso_starts_at_log_two_and_trains_the_adapter():
     dm = tiny_fewstep()
-    unet = tune.with_lora(dm.unet, 2)
-    fs = tune.FewStep(dm, unet)
-    params = tune.trainable(unet)
-    terms = tune.online_step(fs, [1, 2, 3], tune.thickness, torch.Generator().manual_seed(0), steps=4)
+    unet = lora.with_lora(dm.unet, 2)
+    fs = boot.FewStep(dm, unet)
+    params = lora.trainable(unet)
+    terms = pso.online_step(fs, [1, 2, 3], digits.thickness, torch.Generator().manual_seed(0), steps=4)
     assert float(terms["loss"].detach()) == pytest.approx(math.log(2), abs=1e-5)  # adapter-on == adapter-off
     for p in params:  # move the adapter; the loss now depends on it
         p.data.add_(0.05 * torch.randn_like(p))
-    terms = tune.online_step(fs, [1, 2, 3], tune.thickness, torch.Generator().manual_seed(0), steps=4)
+    terms = pso.online_step(fs, [1, 2, 3], digits.thickness, torch.Generator().manual_seed(0), steps=4)
     terms["loss"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    unet2, history = tune.run_online(dm, [0, 1], tune.thickness, iterations=2, rank=2)
+    unet2, history = pso.run_online(dm, [0, 1], digits.thickness, iterations=2, rank=2)
     assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
 
 
 def test_fewstep_samples_at_the_distilled_timesteps():
-    fs = tune.FewStep(tiny_fewstep())
+    fs = boot.FewStep(tiny_fewstep())
     assert fs.timesteps.tolist() == list(boot.DISTILLED)
     for steps in (1, 2, 4):
         assert fs.sample([1, 2], [0, 1], steps).shape == (2, 1, 16, 16)
@@ -231,11 +315,11 @@ def test_pso_drives_a_stable_diffusion_pipeline(tiny_sd_folder):
     before = state(dm.unet)
     images = torch.rand(2, 3, 16, 16) * 2 - 1  # the tiny VAE's image size
     prompts = ["a photo of sks dog", "a photo of sks dog"]
-    tuned = tune.run_tune(dm, images, prompts, tune.TuneParams(base="tiny-sd", steps=2, lora_rank=2, n_refs=1))
-    assert set(tune.lora_targets(dm.unet)) == {"to_q", "to_k", "to_v", "to_out.0"}
+    tuned = tune.run_tune(dm, images, prompts, tune.Params(base="tiny-sd", steps=2, lora_rank=2, n_refs=1))
+    assert set(lora.lora_targets(dm.unet)) == {"to_q", "to_k", "to_v", "to_out.0"}
     assert len(tuned.history) == 2 and all(math.isfinite(h["loss"]) for h in tuned.history)
     assert all(torch.equal(v, dm.unet.state_dict()[k]) for k, v in before.items())
-    assert tune.FewStep(tuned.model(dm, "tuned"), tuned.unet).sample(prompts[:1], [0], 2).shape == (1, 3, 16, 16)
+    assert boot.FewStep(tuned.model("tuned"), tuned.unet).sample(prompts[:1], [0], 2).shape == (1, 3, 16, 16)
 
 
 # --- BOOT -------------------------------------------------------------------------------------
@@ -277,5 +361,5 @@ def test_student_exports_as_a_few_step_zoo_entry(tmp_path, monkeypatch):
                                                                "history": [{"step": 1, "x0": 0.1}]}, zoo)
     dm = _load_entry(zoo / "digits-fewstep")
     assert dm.prediction_type == "sample" and dm.info["default_scheduler"] == "ddim"
-    assert tune.FewStep(dm).timesteps.tolist() == [999, 749, 499, 249]
+    assert boot.FewStep(dm).timesteps.tolist() == [999, 749, 499, 249]
     assert json.loads((zoo / "MANIFEST.json").read_text())["digits-fewstep"]["recipe"] == "studio train digits-fewstep"

@@ -3,7 +3,9 @@ background that registers the tuned model, one run at a time, Stop, Save, and ba
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +68,27 @@ def test_train_registers_the_tuned_model_and_save_keeps_it(tune_app):
     with pytest.raises(AppError, match="already exists"):
         me.predict("thick-1", api_name="/pso_save")
     assert all(row["in use"] == 0 for row in manager.status())
+
+
+def test_save_answers_with_the_model_name_never_a_server_path(tune_app):
+    url, manager, tmp_path = tune_app
+    me = client(url, tmp_path)
+    train(me, style="thin", steps=1, lora_rank=2, n_refs=1)
+    answers = []
+
+    def save():  # the run registers its model a moment before it reports "done"
+        try:
+            answers.append(me.predict("thin-1", api_name="/pso_save"))
+        except AppError as exc:
+            assert "train a model first" in str(exc)
+        return answers
+
+    assert wait_for(save)
+    saved = answers[0]
+    assert "thin-1" in saved and (tmp_path / "home" / "tuned" / "thin-1" / "adapter.safetensors").exists()
+    for server_path in (str(tmp_path), str(Path.home()), "STUDIO_HOME", "safetensors"):
+        assert server_path not in saved
+    assert not re.search(r"(^|[\s(`'\"])(/|~|[A-Za-z]:\\)", saved), saved  # no absolute path at all
 
 
 def test_one_run_at_a_time_and_only_its_owner_stops_it(tune_app):

@@ -25,6 +25,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 
+from studio.nets.lora import merged, with_lora
+
 
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int, emb_dim: int | None):
@@ -81,7 +83,7 @@ class GuideNet(ModelMixin, ConfigMixin):
 
 def lora_targets(net: nn.Module) -> list[str]:
     """PPAP's LoRA sites in a ResNet: the stem convolution and ``conv1`` / ``conv2`` of every block
-    (not the shortcut convolutions, not the head)."""
+    (not the shortcut convolutions, not the head). (A diffusion UNet's: :func:`studio.nets.lora.lora_targets`.)"""
     return [name for name, m in net.named_modules()
             if isinstance(m, nn.Conv2d) and (name == "stem.0" or name.endswith((".conv1", ".conv2")))]
 
@@ -137,16 +139,14 @@ def lora_config(rank: int = LORA_RANK, alpha: int = LORA_ALPHA) -> dict:
 
 
 def make_lora(base: nn.Module, config: dict) -> nn.Module:
-    """A copy of ``base`` wrapped by peft LoRA on :func:`lora_targets`, with every BatchNorm also
-    trainable (PPAP trains all norms and biases except the head's; the convolutions carry no bias).
+    """A copy of ``base`` with LoRA (:func:`studio.nets.lora.with_lora`, peft's default init) on
+    :func:`lora_targets`, every BatchNorm also trainable (PPAP trains all norms and biases except
+    the head's; the convolutions carry no bias).
 
     peft's Conv2d LoRA (``A``: a k x k conv to r channels, ``B``: a 1 x 1 conv back) stands in for
     PPAP's hand-written conv LoRA (``B @ A`` reshaped to the kernel); same rank, fewer factors.
     """
-    from peft import LoraConfig, get_peft_model
-
-    net = copy.deepcopy(base).requires_grad_(False)
-    model = get_peft_model(net, LoraConfig(target_modules=lora_targets(net), **config))
+    model = with_lora(base, config["r"], seed=None, alpha=config["lora_alpha"], targets=lora_targets(base), init=True)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.requires_grad_(True)
@@ -166,6 +166,15 @@ def expert_state(model: nn.Module, lora: bool) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in state.items() if "lora_" in k or k.startswith(norms)}
 
 
+PEFT_WRAPPER = "base_model.model."
+
+
+def _unwrapped_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Expert states saved before the one LoRA implementation (the shipped ``guide-ppap``) come from
+    a peft ``PeftModel`` wrapper: their keys start ``base_model.model.``; the network's own keys do not."""
+    return {k.removeprefix(PEFT_WRAPPER): v for k, v in state.items()}
+
+
 def build_experts(base: nn.Module, states: list[dict[str, torch.Tensor]], adapter: str,
                   config: dict | None = None, num_train_timesteps: int = 1000) -> ExpertBank:
     """An :class:`ExpertBank` from ``base`` and each expert's stored state; LoRA experts are merged
@@ -175,12 +184,12 @@ def build_experts(base: nn.Module, states: list[dict[str, torch.Tensor]], adapte
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         if adapter == "lora":
             model = make_lora(base, config or lora_config())
-            result = model.load_state_dict(state, strict=False)
+            result = model.load_state_dict(_unwrapped_keys(state), strict=False)
             missing = [k for k in result.missing_keys if "lora_" in k or k.startswith(_norm_prefixes(model))]
             if result.unexpected_keys or missing:
                 raise ValueError(f"expert state does not fit the LoRA layout: unexpected "
                                  f"{result.unexpected_keys[:3]}, missing {missing[:3]}")
-            model = model.merge_and_unload()
+            model = merged(model)
         elif adapter == "full":
             model = copy.deepcopy(base)
             model.load_state_dict(state)

@@ -24,6 +24,9 @@ trained on; LCM's stochastic re-noising (fresh noise each step) measured worse (
 at 4 steps) and serves online PSO, which needs a Gaussian step. This stage is the studio's own, not
 BOOT's; it adds no teacher call (g alone gives input and target).
 
+**Driving a few-step model** (:class:`FewStep`, Tune's PSO uses it): D, or any distilled
+pipeline (SD-Turbo), samples with deterministic DDIM on the distilled timesteps.
+
 Deviations: a 1.05 M-parameter digits UNet for g and D (both start from the teacher's weights),
 a 32-interval time grid (BOOT's finite-difference step delta = 1000/32), batch 64.
 """
@@ -33,6 +36,11 @@ from __future__ import annotations
 import copy
 
 import torch
+
+from studio.core.device import make_generator
+from studio.core.models import DiffusionModel
+from studio.core.params import ParamError
+from studio.core.sampling import make_scheduler, predicted_x0, run_to_end, sample
 
 K = 32  # bootstrap grid: t = round(999 k / K); s is the previous grid time
 CFG = 1.5  # the teacher's guidance scale inside BOOT's targets
@@ -177,6 +185,73 @@ def scheduler_config() -> dict:
     from studio.train.diffusion import noise_scheduler
 
     return {**dict(noise_scheduler().config), "prediction_type": "sample"}
+
+
+class FewStep:
+    """A distilled model as it is driven (PSO, the benchmark, the zoo test): x0 predictions at any
+    timesteps, noising, and few-step sampling.
+
+    ``dm`` is a zoo :class:`DiffusionModel` (``digits-fewstep``: x0 prediction) or a latent text
+    model (SD-Turbo: epsilon); ``unet`` is the network to run (a LoRA-wrapped copy of ``dm.unet``).
+    Sampling is deterministic DDIM on the distilled timesteps (trailing spacing: 999, 749, 499, 249
+    at 4 steps; 999, 499 at 2; 999 at 1), so only step counts that divide ``steps`` land on them.
+    """
+
+    def __init__(self, dm: DiffusionModel, unet: torch.nn.Module | None = None, steps: int = 4):
+        self.dm, self.unet = dm, unet if unet is not None else dm.unet
+        self.max_steps = steps
+        self.step_counts = tuple(n for n in range(1, steps + 1) if steps % n == 0)
+        self.scheduler = self.make_scheduler()
+        self.scheduler.set_timesteps(steps)
+        self.timesteps = self.scheduler.timesteps.clone().long()
+        self.clip = bool(self.scheduler.config.get("clip_sample", False))  # the sampler clips x0 to [-1, 1]
+        abar = self.scheduler.alphas_cumprod.float()
+        self.alpha, self.sigma = abar.sqrt(), (1 - abar).sqrt()  # x_t = alpha_t x0 + sigma_t eps
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def condition(self, labels: list) -> dict[str, torch.Tensor]:
+        """UNet keyword arguments for per-image conditions: class ints, or prompts for text models."""
+        if self.dm.conditioning == "text":
+            return {k: v.to(self.device) for k, v in self.dm.encode_prompts([str(p) for p in labels]).items()}
+        if self.dm.conditioning == "class":
+            return {"class_labels": torch.as_tensor([int(c) for c in labels], device=self.device)}
+        return {}
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> model space (a latent model's VAE mean, scaled; else the identity)."""
+        vae = getattr(self.dm, "vae", None)
+        if vae is None:
+            return images.to(self.device)
+        with torch.no_grad():
+            return vae.encode(images.to(self.device)).latent_dist.mean * vae.config.scaling_factor
+
+    def x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        """The network's x0 prediction at per-sample timesteps ``t`` (B,)."""
+        return predicted_x0(self.scheduler, self.unet(x_t, t, **cond).sample, x_t, t, self.dm.prediction_type)
+
+    def noised(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``alpha_t x0 + sigma_t noise`` at per-sample timesteps ``t`` (B,)."""
+        return self.scheduler.add_noise(x0, noise, t)
+
+    def make_scheduler(self):
+        return make_scheduler("ddim", self.dm.scheduler_config, self.dm.prediction_type, timestep_spacing="trailing",
+                              steps_offset=0)
+
+    @torch.no_grad()
+    def sample(self, labels: list, seeds: list[int], steps: int, decode: bool = True) -> torch.Tensor:
+        """Few-step samples (one per label, image i from ``seeds[i]``), on the CPU."""
+        if steps not in self.step_counts:
+            raise ParamError(f"a {self.max_steps}-step model samples at {', '.join(map(str, self.step_counts))} "
+                             f"steps (its distilled timesteps), got {steps}")
+        cond = self.condition(labels)
+        shape = (len(labels), *self.dm.sample_shape)
+        x = run_to_end(sample(lambda x_t, t: self.unet(x_t, t, **cond).sample, self.make_scheduler(), shape,
+                              num_inference_steps=steps, generator=[make_generator(s) for s in seeds],
+                              device=self.device, prediction_type=self.dm.prediction_type))
+        return (self.dm.decode(x) if decode else x).cpu()
 
 
 def export_student(name: str, d: torch.nn.Module, result: dict, zoo=None, g: torch.nn.Module | None = None) -> None:

@@ -1,0 +1,110 @@
+"""Online PSO (Miao et al., ICLR 2025): tune a few-step model with a reward instead of targets.
+
+Two stochastic few-step trajectories per condition from the current model are ranked by a reward;
+per step the Gaussian log-density of the step taken under the model and under the adapter-off
+model gives a ratio, clipped to [1 - 0.1, 1 + 0.1] (:data:`RATIO_CLIP`); the loss is
+``-log sigmoid(beta sum_i pref_i log r_i)``, beta 50. The trajectories take LCM's stochastic
+steps (x0, then re-noise: ``x_next ~ N(alpha_next x0_hat(x), sigma_next^2 I)``; the official
+DMD2 script's scheduler), so the step density is exactly Gaussian. Only the LoRA factors train
+(:mod:`studio.nets.lora`). The Tune tab runs offline PSO (:mod:`studio.methods.tune`); this
+variant is measured by ``benchmarks/bench_pso.py`` with :func:`studio.data.digits.thickness`
+as the reward.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from studio.core.models import DiffusionModel
+from studio.nets.lora import adapter_off, trainable, with_lora
+from studio.train.boot import FewStep
+from studio.train.common import optimizer_step
+
+RATIO_CLIP = 0.1  # online PSO's epsilon
+
+
+def trajectories(fs: FewStep, labels: list, gen: torch.Generator, steps: int) -> dict[str, torch.Tensor]:
+    """Stochastic LCM trajectories of the current model: states x_k, next states x_{k+1}, timesteps
+    (the last, deterministic step is not a Gaussian step and is returned only as the sample)."""
+    fs.scheduler.set_timesteps(steps)
+    ts = fs.scheduler.timesteps.long().tolist()
+    cond = fs.condition(labels)
+    x = torch.randn(len(labels), *fs.dm.sample_shape, generator=gen).to(fs.device)
+    states, nexts, times = [], [], []
+    with torch.no_grad():
+        for i, t in enumerate(ts):
+            tt = torch.full((len(labels),), t, device=fs.device)
+            x0 = fs.x0(x, tt, cond)
+            x0 = x0.clamp(-1, 1) if fs.clip else x0
+            if i + 1 == len(ts):
+                break
+            noise = torch.randn(x.shape, generator=gen).to(fs.device)
+            x_next = fs.noised(x0, torch.full_like(tt, ts[i + 1]), noise)  # re-noise to the next timestep
+            states.append(x), nexts.append(x_next), times.append(tt)
+            x = x_next
+    return {"states": torch.stack(states) if states else None, "nexts": torch.stack(nexts) if nexts else None,
+            "times": torch.stack(times) if times else None, "sample": x0, "timesteps": ts}
+
+
+def step_log_ratio(fs: FewStep, x: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, t_next: int,
+                   cond: dict) -> torch.Tensor:
+    """log p_theta(x_next | x) - log p_ref(x_next | x) of one LCM step (mean over dimensions, as the
+    official code averages the Gaussian log-density)."""
+    def mean(x0):
+        x0 = x0.clamp(-1, 1) if fs.clip else x0
+        return fs.alpha[t_next] * x0
+
+    mu = mean(fs.x0(x, t, cond))
+    with torch.no_grad(), adapter_off(fs.unet):
+        mu_ref = mean(fs.x0(x, t, cond))
+    var = fs.sigma[t_next] ** 2
+    return (-(x_next - mu) ** 2 + (x_next - mu_ref) ** 2).flatten(1).mean(1) / (2 * var)
+
+
+def online_pso_loss(log_r1: torch.Tensor, log_r2: torch.Tensor, pref: torch.Tensor, beta: float = 50.0,
+                    clip: float = RATIO_CLIP) -> torch.Tensor:
+    """``-log sigmoid(beta (pref_1 log r_1 + pref_2 log r_2))`` with ``r`` clipped to [1 - clip, 1 + clip];
+    ``pref`` is +1 where trajectory 1 won (then trajectory 2 gets -1)."""
+    r1 = log_r1.exp().clamp(1 - clip, 1 + clip).log()
+    r2 = log_r2.exp().clamp(1 - clip, 1 + clip).log()
+    return -F.logsigmoid(beta * (pref * r1 - pref * r2)).mean()
+
+
+
+def online_step(fs: FewStep, labels: list, reward: Callable[[torch.Tensor], np.ndarray], gen: torch.Generator,
+                steps: int = 4, beta: float = 50.0) -> dict[str, torch.Tensor]:
+    """One online-PSO objective: two trajectories per condition from the current model, ranked by
+    ``reward`` (higher wins; a tie counts the first as the loser, as the official code does)."""
+    a, b = trajectories(fs, labels, gen, steps), trajectories(fs, labels, gen, steps)
+    r_a, r_b = reward(fs.dm.decode(a["sample"])), reward(fs.dm.decode(b["sample"]))
+    pref = torch.as_tensor(np.where(r_a > r_b, 1.0, -1.0), dtype=torch.float32, device=fs.device)
+    cond = fs.condition(labels)
+    losses = []
+    for k in range(len(a["timesteps"]) - 1):
+        t_next = a["timesteps"][k + 1]
+        lr_a = step_log_ratio(fs, a["states"][k], a["nexts"][k], a["times"][k], t_next, cond)
+        lr_b = step_log_ratio(fs, b["states"][k], b["nexts"][k], b["times"][k], t_next, cond)
+        losses.append(online_pso_loss(lr_a, lr_b, pref, beta))
+    loss = torch.stack(losses).mean() if losses else torch.zeros((), requires_grad=True)
+    return {"loss": loss, "reward_gap": torch.as_tensor(np.abs(r_a - r_b).mean())}
+
+
+def run_online(dm: DiffusionModel, labels: list, reward: Callable[[torch.Tensor], np.ndarray], *, iterations: int,
+               rank: int = 8, lr: float = 1e-4, steps: int = 4, beta: float = 50.0, seed: int = 0):
+    """Online PSO for ``iterations`` updates (each: fresh trajectory pairs for ``labels``); returns
+    (the LoRA-wrapped UNet, per-iteration losses)."""
+    unet = with_lora(dm.unet, rank, seed)
+    fs = FewStep(dm, unet)
+    params = trainable(unet)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-6)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    for _ in range(iterations):
+        terms = online_step(fs, labels, reward, gen, steps, beta)
+        optimizer_step(terms["loss"], opt, params, clip=1.0)
+        history.append({k: float(v.detach()) for k, v in terms.items()})
+    return unet.eval(), history
