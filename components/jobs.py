@@ -44,8 +44,9 @@ class JobState:
     message: str = ""
     params: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)  # {"step": k, **progress.info} per record with numbers
-    first: Progress | None = None  # the first progress record with a preview (a "before" picture)
-    last: Progress | None = None   # the latest progress record
+    first: Progress | None = None    # the first progress record with a preview (a "before" picture)
+    pictured: Progress | None = None  # the latest progress record with a preview
+    last: Progress | None = None      # the latest progress record
     result: Any = None             # what the job yielded last (its result)
     note: str = ""                 # what on_result said (e.g. under which key the model was registered)
     version: int = 0               # bumped on every change, so pages redraw only when something moved
@@ -136,8 +137,10 @@ class JobRunner:
         numbers = {k: v for k, v in (item.info or {}).items() if isinstance(v, (int, float))}
         if numbers:
             changes["history"] = (self.state.history + [{"step": item.step, **numbers}])[-HISTORY_LIMIT:]
-        if self.state.first is None and item.preview is not None:
-            changes["first"] = item
+        if item.preview is not None:
+            changes["pictured"] = item
+            if self.state.first is None:
+                changes["first"] = item
         self._update(**changes)
 
 
@@ -162,7 +165,7 @@ def describe(s: JobState, me: str) -> str:
     if s.running:
         loss = s.history[-1] if s.history else {}
         extra = "; ".join(f"{k} {v:.4g}" for k, v in loss.items() if k != "step")
-        return (f"**{s.title}** ({who}): step {s.step} / {s.total}, {s.seconds:.0f} s"
+        return (f"**{s.title}** ({who}): running, step {s.step} / {s.total}, {s.seconds:.0f} s"
                 + (f"; {extra}" if extra else "") + (f". {s.message}" if s.message else ""))
     if s.status == "failed":
         return f"**{s.title}** ({who}) failed: {s.message}"

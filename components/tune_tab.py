@@ -12,10 +12,6 @@ named model (safetensors) that later sessions find again.
 
 from __future__ import annotations
 
-import copy
-import logging
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -27,12 +23,11 @@ from studio.core.params import ParamError, coerce, validate
 from studio.core.results import png_bytes, to_grid
 from studio.data.digits import style_set
 from studio.data.drawings import MAX_BYTES, DrawingError, open_image, to_digit
-from studio.errors import UserError
 from studio.methods import tune
 from studio.plots import loss_chart
+from components import jobs
 from components.widgets import PngFolder, param_inputs, shows_errors
 
-log = logging.getLogger(__name__)
 TILE = 48  # pixels per digit in the grids
 LOSS_KEYS = ("loss", "pair", "L_w", "L_l")
 STYLE_LABELS = {"thick": "thick strokes (16 real digits)", "thin": "thin strokes (16 real digits)",
@@ -41,102 +36,9 @@ LOSS_LABELS = {"dpo": "PSO, DPO form (reference: adapter off)", "hinge": "PSO, h
                "plain": "plain diffusion loss (baseline)"}
 
 
-@dataclass
-class JobState:
-    status: str = "idle"  # idle | running | done | stopped | failed
-    owner: str = ""
-    step: int = 0
-    total: int = 0
-    history: list = field(default_factory=list)
-    first_grid: torch.Tensor | None = None
-    grid: torch.Tensor | None = None
-    grid_step: int = 0
-    message: str = ""
-    params: dict = field(default_factory=dict)
-    key: str = ""
-    version: int = 0
-
-
-class TrainingJob:
-    """The app's one tuning run, in a background thread; :meth:`snapshot` is what pages poll."""
-
-    def __init__(self, manager: ModelManager):
-        self.manager = manager
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.state = JobState()
-        self.tuned: tune.Tuned | None = None
-
-    def snapshot(self) -> JobState:
-        with self._lock:
-            return copy.copy(self.state)
-
-    def _update(self, **changes) -> None:
-        with self._lock:
-            for k, v in changes.items():
-                setattr(self.state, k, v)
-            self.state.version += 1
-
-    def start(self, owner: str, p: tune.Params, images: torch.Tensor, labels: list) -> None:
-        with self._lock:
-            if self.state.status == "running":
-                s = self.state
-                raise ParamError(f"busy: another session is training ({s.params.get('style')} targets, step "
-                                 f"{s.step} / {s.total}); its progress shows here, try again when it finishes")
-            self._stop.clear()
-            self.state = JobState(status="running", owner=owner, total=p.steps, params=vars(p).copy(),
-                                  version=self.state.version + 1, message="sampling the reference images...")
-        threading.Thread(target=self._run, args=(p, images, labels), daemon=True, name="pso-training").start()
-
-    def stop(self, owner: str) -> str:
-        s = self.snapshot()
-        if s.status != "running":
-            return "nothing is training"
-        if s.owner != owner:
-            raise ParamError("this run belongs to another session; only the session that started it can stop it")
-        self._stop.set()
-        return "stopping after this step; the adapter trained so far is kept"
-
-    def _run(self, p: tune.Params, images: torch.Tensor, labels: list) -> None:
-        try:
-            for item in tune.run(p, self.manager, stop=self._stop.is_set, images=images, labels=labels):
-                if isinstance(item, tune.TrainProgress):
-                    changes = {"step": item.step, "message": ""}
-                    if item.losses:
-                        changes["history"] = self.state.history + [{"step": item.step, **item.losses}]
-                    if item.grid is not None:
-                        changes.update(grid=item.grid, grid_step=item.step)
-                        if item.step == 0:
-                            changes["first_grid"] = item.grid
-                    self._update(**changes)
-                else:
-                    self.tuned = item
-            key = f"{p.base}-tuned"
-            try:
-                tune.register(self.tuned, self.manager, key, replace=True)
-                note = f"registered as {key!r} (try it in the Generate tab); Save keeps it across sessions"
-            except RuntimeError as exc:  # the previous tuned model is being used right now
-                key, note = "", f"not registered: {exc}"
-            stopped = self._stop.is_set()
-            self._update(status="stopped" if stopped else "done", key=key, params=self.tuned.params,
-                         message=f"{'stopped' if stopped else 'finished'} after {self.tuned.params['trained_steps']} "
-                                 f"steps in {self.tuned.seconds:.0f} s; {note}")
-        except Exception as exc:  # the page shows it; the server keeps serving
-            if not isinstance(exc, UserError):
-                log.exception("PSO training failed")
-            self._update(status="failed", message=str(exc) if isinstance(exc, UserError) else
-                         f"{type(exc).__name__}: {exc}")
-
-
-def describe(s: JobState, me: str) -> str:
-    who = "your run" if s.owner == me else "another session's run"
-    if s.status == "idle":
-        return "No training yet. Choose targets and press **Train**."
-    if s.status == "running":
-        return f"**Training** ({who}): step {s.step} / {s.total}. {s.message}"
-    if s.status == "failed":
-        return f"**Training failed** ({who}): {s.message}"
-    return f"**{s.status.capitalize()}** ({who}): {s.message}"
+def describe(s: jobs.JobState, me: str) -> str:
+    """The tab's status line: the shared job description, or what to do when nothing ran yet."""
+    return jobs.describe(s, me) or "No training yet. Choose targets and press **Train**."
 
 
 def read_uploads(paths) -> tuple[list, str]:
@@ -174,7 +76,7 @@ def custom_targets(uploaded: list, drawings: list, digit: int) -> tuple[torch.Te
 
 def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     bases = tune.bases(manager) or [tune.BASE]
-    job = TrainingJob(manager)
+    job = jobs.runner(manager, "tune", "Tune (PSO)")
     pngs = PngFolder()
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=300):
@@ -216,7 +118,8 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     drawings = gr.State([])
     uploaded = gr.State([])
     seen = gr.State(-1)
-    timer = gr.Timer(1.0)
+    timer = gr.Timer(jobs.POLL_SECONDS)
+    jobs.job_api(job, "pso_job")
 
     inputs["style"].change(lambda s: gr.update(visible=s == "custom"), inputs=[inputs["style"]], outputs=[custom_box],
                            queue=False, api_visibility="private")
@@ -257,8 +160,19 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
             images, labels = custom_targets(upload_arrays, drawn, d)
         else:
             images, labels = style_set(p.style)
-        job.start(request.session_hash or "", p, images, labels)
-        return describe(job.snapshot(), request.session_hash or ""), to_grid(images.unsqueeze(0), TILE // images.shape[-1])
+        key = f"{p.base}-tuned"
+
+        def registered(tuned: tune.Tuned) -> str:
+            try:
+                tune.register(tuned, manager, key, replace=True)
+            except RuntimeError as exc:  # the previous tuned model is being used right now
+                return f"not registered: {exc}"
+            return f"registered as {key!r} (try it in the Generate tab); Save keeps it across sessions"
+
+        me = jobs.session(request)
+        job.start(me, lambda stop: tune.run(p, manager, stop=stop, images=images, labels=labels), total=p.steps,
+                  params=vars(p).copy(), on_result=registered, message="sampling the reference images...")
+        return describe(job.snapshot(), me), to_grid(images.unsqueeze(0), TILE // images.shape[-1])
 
     # plain values (preprocess=False): out-of-range numbers get the studio's messages, which name the input
     train_btn.click(start, inputs_kwargs={**inputs, "digit": digit, "uploaded": uploaded, "drawings": drawings},
@@ -266,7 +180,7 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
 
     @shows_errors
     def stop(request: gr.Request):
-        return job.stop(request.session_hash or "")
+        return job.stop(jobs.session(request))
 
     stop_btn.click(stop, outputs=[status], api_name="pso_stop", queue=False)
 
@@ -274,17 +188,17 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
         s = job.snapshot()
         if s.version == last_seen:
             return [gr.skip()] * 7
-        me = request.session_hash or ""
-        out = [s.version, describe(s, me),
+        grid = s.pictured.preview if s.pictured is not None else None
+        out = [s.version, describe(s, jobs.session(request)),
                loss_chart(s.history, s.total, LOSS_KEYS, "PSO loss") if s.history else gr.skip(),
-               to_grid(s.grid, TILE // s.grid.shape[-1]) if s.grid is not None else gr.skip(),
+               to_grid(grid, TILE // grid.shape[-1]) if grid is not None else gr.skip(),
                gr.skip(), gr.skip(), gr.skip()]
-        if s.status in ("done", "stopped") and s.first_grid is not None and s.grid is not None:
-            both = torch.cat([s.first_grid, s.grid], 1)
+        if s.finished and s.first is not None and grid is not None:
+            both = torch.cat([s.first.preview, grid], 1)
             image = to_grid(both, TILE // both.shape[-1])
             out[4] = image
-            out[5] = pngs.write_file("pso-before-after.png", png_bytes(image, s.params))
-            out[6] = s.params
+            out[5] = pngs.write_file("pso-before-after.png", png_bytes(image, s.result.params))
+            out[6] = s.result.params
         return out
 
     timer.tick(poll, inputs=[seen], outputs=[seen, status, plot, val_grid, compare, download, params_json],
@@ -293,9 +207,9 @@ def build_tune_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     @shows_errors
     def save(name):
         s = job.snapshot()
-        if s.status not in ("done", "stopped") or job.tuned is None:
+        if not s.finished or s.result is None:
             raise ParamError("train a model first (or wait for the run to finish)")
-        name = tune.save(job.tuned, name, manager)
+        name = tune.save(s.result, name, manager)
         return f"Saved as **{name}**; it is in the model lists now."
 
     save_btn.click(save, inputs=[save_name], outputs=[status], api_name="pso_save")

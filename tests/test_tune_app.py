@@ -13,20 +13,19 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.test_app import free_port
 
 
 @pytest.fixture
-def tune_app(fewstep_manager, tmp_path, monkeypatch):
-    from components import build_app
+def app_manager(fewstep_manager):
+    return fewstep_manager
 
+
+@pytest.fixture
+def tune_app(app_client, tmp_path, monkeypatch):
+    """(url, manager, tmp_path) of the studio on a tiny few-step model; saved adapters go to tmp_path."""
     monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
-    demo = build_app(fewstep_manager)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), ssr_mode=False, quiet=True)
-    try:
-        yield demo.local_url, fewstep_manager, tmp_path
-    finally:
-        demo.close()
+    first, manager = app_client
+    return first.src, manager, tmp_path
 
 
 def client(url, tmp_path):
@@ -56,7 +55,7 @@ def test_train_registers_the_tuned_model_and_save_keeps_it(tune_app):
     with pytest.raises(AppError, match="train a model first"):
         me.predict("thick-1", api_name="/pso_save")
     status = train(me, style="thick", loss="dpo", steps=3, lora_rank=2, n_refs=1, validate_every=2, seed=1)
-    assert "Training" in status
+    assert "running, step 0 /" in status
     assert wait_for(lambda: "digits-fewstep-tuned" in manager)
     with manager.use("digits-fewstep-tuned") as dm:
         assert dm.info["pso"]["trained_steps"] == 3 and dm.info["pso"]["loss"] == "dpo"
@@ -95,7 +94,7 @@ def test_one_run_at_a_time_and_only_its_owner_stops_it(tune_app):
     url, manager, tmp_path = tune_app
     first, second = client(url, tmp_path), client(url, tmp_path)
     train(first, style="thin", steps=2000, lora_rank=2, n_refs=1)
-    with pytest.raises(AppError, match="busy: another session is training"):
+    with pytest.raises(AppError, match="busy: Tune \(PSO\) is already running"):
         train(second, style="thick", steps=2)
     with pytest.raises(AppError, match="another session"):
         second.predict(api_name="/pso_stop")
@@ -135,7 +134,7 @@ def test_bad_targets_get_messages(tune_app):
     status = train(me, style="custom", digit=1, uploads=[_image(tmp_path, "a.png", (32, 32)),
                                                           _image(tmp_path, "c.png", (32, 32))],
                         steps=2, lora_rank=2, n_refs=1)
-    assert "Training" in status
+    assert "running, step 0 /" in status
     assert wait_for(lambda: "digits-fewstep-tuned" in manager)
 
 

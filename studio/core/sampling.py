@@ -85,7 +85,8 @@ class Progress:
     step: int  # 1-based
     total: int
     timestep: float | None = None  # the diffusion timestep of a sampling step
-    preview: torch.Tensor | None = None  # (B, C, H, W) predicted x0, model range
+    preview: torch.Tensor | None = None  # a picture of the run so far: sampling, (B, C, H, W) predicted x0
+    # in model range; training, what the method draws (e.g. Tune's validation grid)
     info: dict | None = None  # what a method adds for its GUI (e.g. a guidance trace)
 
 

@@ -145,10 +145,12 @@ class Params:
 
 @dataclass
 class TrainProgress(Progress):
-    """One training step (step 0: before training): ``info`` holds its losses; ``grid`` the
-    validation samples when drawn, (classes, len(VALIDATION_STEPS), C, H, W)."""
+    """One training step (step 0: before training): ``info`` holds its losses; ``preview`` (also
+    ``grid``) the validation samples when drawn, (classes, len(VALIDATION_STEPS), C, H, W)."""
 
-    grid: torch.Tensor | None = None
+    @property
+    def grid(self) -> torch.Tensor | None:
+        return self.preview
 
     @property
     def losses(self) -> dict[str, float]:
@@ -253,7 +255,7 @@ def tune(dm: DiffusionModel, images: torch.Tensor, labels: list, p: Params, *,
         return rows  # (classes, steps, C, H, W)
 
     history = []
-    yield TrainProgress(0, p.steps, info={}, grid=grid())
+    yield TrainProgress(0, p.steps, info={}, preview=grid())
     step = 0
     for step in range(1, p.steps + 1):
         unet.train()
@@ -264,7 +266,7 @@ def tune(dm: DiffusionModel, images: torch.Tensor, labels: list, p: Params, *,
             raise ParamError(f"training diverged at step {step} (loss {losses['loss']}); lower the learning rate or beta")
         history.append({"step": step, "seconds": round(time.perf_counter() - t0, 2), **losses})
         last = step == p.steps or stop()
-        yield TrainProgress(step, p.steps, info=losses, grid=grid() if last or step % p.validate_every == 0 else None)
+        yield TrainProgress(step, p.steps, info=losses, preview=grid() if last or step % p.validate_every == 0 else None)
         if last:
             break
     parameters = {"method": "pso", **asdict(p), "trained_steps": step, "targets": [str(c) for c in labels],
