@@ -125,7 +125,7 @@ def run(name: str, write: bool = True, **kw) -> dict:
 
 
 def summary_table(quality: dict, name: str) -> str:
-    """The sweep as a markdown table (for the README and the notes)."""
+    """The sweep as a markdown table (for docs/generate.md and the notes)."""
     if name == "digits-cond":
         lines = ["| guidance | judge accuracy [95% CI] | FD-digits [95% CI] |", "|---|---|---|"]
         for r in quality["sweep"]:

@@ -20,11 +20,6 @@ from studio.core.results import read_png_parameters
 from studio.methods.generate import Params
 from tests.conftest import free_port
 
-
-@pytest.fixture
-def app(app_client):  # TEMPORARY alias while the forecast app tests move to app_client
-    return app_client
-
 FAST = {"steps": 2, "n_images": 2, "preview_every": 1}
 
 

@@ -33,7 +33,6 @@ class Method:
     title: str                    # the tab's title
     kinds: tuple[ModelKind, ...]  # the model kinds its model dropdown lists (ModelManager.keys(kinds=...))
     tab: str                      # its tab builder, "components.<module>.<function>(manager) -> dict"
-    summary: str = ""             # one line for the README and the app's header
 
     @property
     def module(self) -> ModuleType:
@@ -54,20 +53,13 @@ class Method:
 
 
 METHODS: tuple[Method, ...] = (
-    Method("generate", "Generate", ("image",), "components.generate_tab.build_generate_tab",
-           "plain and classifier-free guided sampling with any diffusers scheduler"),
-    Method("compose", "Compose", ("image",), "components.compose_tab.build_compose_tab",
-           "Composable Diffusion: AND / NOT of concepts, each with its weight"),
-    Method("guide", "Guide", ("image",), "components.guide_tab.build_guide_tab",
-           "classifier guidance: noise-aware, EluCD (clean classifier), PPAP experts"),
-    Method("forecast", "Forecast", ("series",), "components.forecast_tab.build_forecast_tab",
-           "TSDiff: one unconditional series model, forecasts by observation self-guidance"),
-    Method("edit", "Edit", ("idempotent",), "components.edit_tab.build_edit_tab",
-           "SIGN: a one-step idempotent generator, projecting corrupted digits"),
-    Method("tune", "Tune", ("image",), "components.tune_tab.build_tune_tab",
-           "PSO: preference tuning of a BOOT-distilled few-step student"),
-    Method("nag", "Architectures", ("nag",), "components.nag_tab.build_nag_tab",
-           "DiffusionNAG: dataset-guided generation of NAS-Bench-201 cells"),
+    Method("generate", "Generate", ("image",), "components.generate_tab.build_generate_tab"),
+    Method("compose", "Compose", ("image",), "components.compose_tab.build_compose_tab"),
+    Method("guide", "Guide", ("image",), "components.guide_tab.build_guide_tab"),
+    Method("forecast", "Forecast", ("series",), "components.forecast_tab.build_forecast_tab"),
+    Method("edit", "Edit", ("idempotent",), "components.edit_tab.build_edit_tab"),
+    Method("tune", "Tune", ("image",), "components.tune_tab.build_tune_tab"),
+    Method("nag", "Architectures", ("nag",), "components.nag_tab.build_nag_tab"),
 )
 
 

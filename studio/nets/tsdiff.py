@@ -6,7 +6,7 @@ an MLP (SiLU); ``n`` residual blocks, each ``x + Linear(t_emb)`` -> pre-LayerNor
 layer (+ residual) -> gated ``tanh * sigmoid`` -> two 1x1 convolutions (residual out, skip
 out); the skips summed -> MLP head -> epsilon for every channel; optional ``init_skip``.
 
-**Deviation (documented in the README).** The official sequence layer is a bidirectional S4
+**Deviation (documented in docs/forecast.md).** The official sequence layer is a bidirectional S4
 with a DPLR (HiPPO) state matrix and ``d_state = 128``. Here it is its diagonal sibling, a
 bidirectional **S4D** layer (Gu et al. 2022, "On the parameterization and initialization of
 diagonal state space models"; S4D-Lin initialisation, ``d_state = 32``): the same convolution
