@@ -207,3 +207,23 @@ def app_client(app_manager, tmp_path):
     with serving(app_manager) as demo:
         assert all(row["where"] == "not loaded" for row in app_manager.status()), "building the app loaded a model"
         yield Client(demo.local_url, verbose=False, download_files=str(tmp_path)), app_manager
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium (CI installs it); never `playwright install`
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian chromium driven by playwright; the test is skipped where it is not installed."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); CI installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -7,16 +7,12 @@ Uses the Debian chromium (CI installs it); never ``playwright install``.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import pytest
 
 from studio.core.results import read_png_parameters
 from tests.conftest import serving
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 60_000
 
 
@@ -36,20 +32,6 @@ def studio_url(tiny_manager):
 def zoo_url(zoo_manager):
     with serving_url(zoo_manager) as url:
         yield url
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); CI installs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def set_number(page, selector: str, value: int) -> None:

@@ -23,9 +23,6 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 90_000  # JupyterLab's first page load takes 10-40 s on 2 busy cores
 START_TIMEOUT_S = 90
 
@@ -97,19 +94,11 @@ def jupyterlab(root: Path):
 
 
 @pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); CI installs it")
+def lab_browser(browser):
+    """The conftest's chromium, where the notebooks extra (JupyterLab, ipywidgets) is installed."""
     pytest.importorskip("jupyterlab", reason="the notebooks extra is not installed (make notebooks installs it)")
     pytest.importorskip("ipywidgets", reason="the notebooks extra is not installed (make notebooks installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    return browser
 
 
 def kernel_ready(page) -> str:
@@ -123,12 +112,12 @@ def kernel_ready(page) -> str:
     }""")
 
 
-def test_jupyterlab_runs_a_notebook_with_the_project_kernel_and_renders_widgets_and_plotly(browser, tmp_path):
+def test_jupyterlab_runs_a_notebook_with_the_project_kernel_and_renders_widgets_and_plotly(lab_browser, tmp_path):
     from playwright.sync_api import expect
 
     write_notebook(tmp_path / "check.ipynb")
     with jupyterlab(tmp_path) as (base, token):
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = lab_browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(f"{base}/lab/tree/check.ipynb?token={token}", wait_until="domcontentloaded")
         assert kernel_ready(page) == "python3"  # the notebooks' kernelspec, resolved to this interpreter
