@@ -27,7 +27,7 @@ Sampling uses the tab's 200 steps unless stated.
   predictor's rank correlation with the truth on the task it never saw.
 
 "The space" is all 15,625 cells; random search and the predictor-filtered pool draw from it, and
-its top 1% (:func:`studio.methods.nag.top_fraction`) is the target.
+its top 1% (:func:`studio.data.nasbench.top_fraction`) is the target.
 
 The space's accuracies are the ground truth's; the paper's figures (NAS-Bench-201 on CIFAR and
 other image sets, ResNet-18 task features) are context only, not comparable.
@@ -47,11 +47,13 @@ import numpy as np
 import torch
 
 from studio.core.loading import load_module_folder, load_zoo
+from studio.core.nas_metrics import best_so_far, random_search_curves, trained_to_reach, vun
+from studio.core.sampling import run_to_end
 from studio.data import nasbench
+from studio.data.nasbench import TASKS, space_values, top_fraction
 from studio.methods import nag
 from studio.train import nag as train_nag
 from studio.train.common import RUNS_DIR, machine_description
-from studio.train.nasbench import TASKS
 
 ROOT = Path(__file__).resolve().parent
 CACHE = RUNS_DIR / "nag-bench"
@@ -76,8 +78,7 @@ def seed_agreement(path: Path | None = None) -> dict[str, dict]:
         if not both:
             continue
         x, y = ({k: d[k] for k in both} for d in (a, b))
-        top_x, top_y = ({k for k, v in d.items() if v >= t} for d, t in ((x, nag.top_fraction(x)),
-                                                                           (y, nag.top_fraction(y))))
+        top_x, top_y = ({k for k, v in d.items() if v >= t} for d, t in ((x, top_fraction(x)), (y, top_fraction(y))))
         out[task] = {"classes": len(both), "spearman": float(spearmanr([x[k] for k in both], [y[k] for k in both])[0]),
                      "top1_kept": len(top_x & top_y) / max(len(top_x), 1)}
     return out
@@ -105,28 +106,28 @@ def ordered_by_prediction(cells: list[str], predictor, code) -> list[str]:
 def search(task: str, score, predictor, values: dict[str, float], scale: float, seeds: int, steps: int) -> dict:
     from scipy.stats import spearmanr
 
-    target = nag.top_fraction(values)
+    target = top_fraction(values)
     code = nag.task_code(predictor, task)
     curves: dict[str, list[np.ndarray]] = {"DiffusionNAG (guided)": [], "unguided": [],
                                            "predictor-filtered random": [], "random search": []}
     space_cells = sorted(values)
     for seed in range(seeds):
         for name, w in (("DiffusionNAG (guided)", scale), ("unguided", 0.0)):
-            cells = [a for a in nag.sample_cells(score, predictor, code, w, POOL, seed, steps) if a is not None]
+            cells = run_to_end(nag.sample_cells(score, predictor, code, w, POOL, seed, steps))
+            cells = [a for a in cells if a is not None]
             order = ordered_by_prediction(cells, predictor, code)
-            curve = nag.best_so_far(order, values)
+            curve = best_so_far(order, values)
             curves[name].append(curve if len(curve) else np.zeros(1))  # no valid cell: nothing found
         rng = np.random.default_rng(seed)
         pool = [space_cells[i] for i in rng.choice(len(space_cells), POOL, replace=False)]
-        curves["predictor-filtered random"].append(nag.best_so_far(ordered_by_prediction(pool, predictor, code),
-                                                                   values))
-    rand = nag.random_search_curves(values, 1000, len(values), seed=1)
+        curves["predictor-filtered random"].append(best_so_far(ordered_by_prediction(pool, predictor, code), values))
+    rand = random_search_curves(values, 1000, len(values), seed=1)
     curves["random search"] = list(rand)
     pred = nag.predict(predictor, space_cells, code)
     out = {"task": task, "space_cells": len(values), "top1_threshold": target, "methods": {},
            "predictor_spearman": float(spearmanr(pred, [values[a] for a in space_cells])[0])}
     for name, runs in curves.items():
-        reach = [nag.trained_to_reach(c, target) for c in runs]
+        reach = [trained_to_reach(c, target) for c in runs]
         out["methods"][name] = {
             "runs": len(runs), "median_trained_to_top1": float(np.median(reach)),
             "trained_to_top1_per_run": [float(v) for v in reach] if name != "random search" else None,
@@ -139,11 +140,11 @@ def search(task: str, score, predictor, values: dict[str, float], scale: float, 
 
 def sweep(score, predictor, values: dict[str, float], task: str, n: int, steps: int) -> list[dict]:
     """Validity, mean true accuracy and top-1% share of generated cells vs scale."""
-    target = nag.top_fraction(values)
+    target = top_fraction(values)
     code = nag.task_code(predictor, task)
     rows = []
     for w in SCALES:
-        cells = nag.sample_cells(score, predictor, code, w, n, 77, steps)
+        cells = run_to_end(nag.sample_cells(score, predictor, code, w, n, 77, steps))
         valid = [a for a in cells if a is not None]
         acc = np.array([values[a] for a in valid])
         rows.append({"scale": w, "validity": len(valid) / n, "distinct": len(set(valid)),
@@ -160,7 +161,7 @@ def timing(score, predictor, steps: int) -> dict:
         runs = []
         for _ in range(2 if steps <= nag.DEFAULT_STEPS else 1):  # the best of two where it is cheap
             t0 = time.perf_counter()
-            nag.sample_cells(score, predictor, code, w, 100, 0, steps)
+            run_to_end(nag.sample_cells(score, predictor, code, w, 100, 0, steps))
             runs.append(time.perf_counter() - t0)
         out[name] = min(runs)
     return out
@@ -172,7 +173,7 @@ def main(quick: bool = False) -> dict:
     zoo = load_zoo("nag-digits")
     score = zoo.score
     steps = 50 if quick else nag.DEFAULT_STEPS
-    split = set(train_nag.score_split(zoo.info.get("score_split_seed", 0)))
+    split = set(nasbench.score_split(zoo.info.get("score_split_seed", 0)))
     results: dict = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "steps": steps,
                      "pool": POOL, "seeds": 2 if quick else SEEDS, "default_scale": nag.DEFAULT_SCALE}
     results["timing_100_cells_s"] = {n: timing(score, zoo.predictor, n) for n in ((50,) if quick else
@@ -181,12 +182,12 @@ def main(quick: bool = False) -> dict:
     results["vun"] = {}
     code = nag.task_code(zoo.predictor, "all ten")
     for name, w in (("unguided", 0.0), ("guided", nag.DEFAULT_SCALE)):
-        cells = nag.sample_cells(score, zoo.predictor, code, w, n_vun, 1000, steps)
-        results["vun"][name] = nag.vun(cells, split)
+        cells = run_to_end(nag.sample_cells(score, zoo.predictor, code, w, n_vun, 1000, steps))
+        results["vun"][name] = vun(cells, split)
     results["seed_agreement"] = seed_agreement()
     results["search"], results["sweep"] = [], {}
     for task in tuple(TASKS)[:1] if quick else TASKS:
-        values = nag.space_values(task, table)
+        values = space_values(task, table)
         predictor = transfer_predictor(task, quick)
         results["search"].append(search(task, score, predictor, values, nag.DEFAULT_SCALE, results["seeds"], steps))
         results["sweep"][task] = sweep(score, predictor, values, task, 50 if quick else 200, steps)
@@ -250,14 +251,14 @@ def plot(r: dict, table: dict, path: Path) -> None:
 
     parts = []
     for s in r["search"]:
-        values = nag.space_values(s["task"], table)
+        values = space_values(s["task"], table)
         curves = {}
         for name, m in s["methods"].items():
             if name != "random search":
                 k = _log_points(len(m["curve_median"]))
                 curves[name] = (k + 1, np.array(m["curve_median"])[k])
         k = _log_points(1000)
-        rand = nag.random_search_curves(values, 1000, 1000, seed=1)[:, k]
+        rand = random_search_curves(values, 1000, 1000, seed=1)[:, k]
         curves["random search"] = (k + 1, *np.percentile(rand, [50, 25, 75], axis=0))
         fig = efficiency_chart(curves, s["top1_threshold"], f"{s['task']}: best true accuracy vs cells trained "
                                f"(median of {r['seeds']} seeds; random search: median and IQR)", height=380)

@@ -1,32 +1,39 @@
-"""DiffusionNAG: encoding, the VE-SDE loss and sampler against exact scores, guidance, masks, metrics."""
+"""DiffusionNAG: encoding, the VE-SDE loss and sampler against exact scores, guidance, masks, metrics,
+and the method's contract: run and train_cell as generators of progress, then one result."""
 
 from __future__ import annotations
+
+from typing import get_args
 
 import pytest
 import torch
 
+from studio.core import nas_metrics
 from studio.core.params import ParamError, validate
+from studio.core.sampling import Progress, run_to_end
 from studio.data import nasbench as nb
-from studio.methods import nag
+from studio.methods import method, nag
+from studio.train import nag as train_nag
+from tests.contract import MethodContract
 
 A = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 B = "|avg_pool_3x3~0|+|none~0|skip_connect~1|+|none~0|none~1|avg_pool_3x3~2|"
 
 
 def test_cells_encode_to_signed_one_hots_and_decode_back():
-    x = nag.encode([A, B])
+    x = nb.encode([A, B])
     assert x.shape == (2, 8, 7) and set(x.unique().tolist()) == {-1.0, 1.0}
-    assert nag.decode(x) == [A, B]
-    assert nag.decode(x + 0.9 * torch.sign(-x).clamp(max=0)) == [A, B]  # thresholded at 0 in [-1, 1]
+    assert nb.decode(x) == [A, B]
+    assert nb.decode(x + 0.9 * torch.sign(-x).clamp(max=0)) == [A, B]  # thresholded at 0 in [-1, 1]
     two_ops = x.clone()
     two_ops[0, 3] = 1  # a second operation on node 3
-    assert nag.decode(two_ops) == [None, B]
+    assert nb.decode(two_ops) == [None, B]
 
 
 def test_validity_uniqueness_novelty_follow_the_official_definitions():
-    out = nag.vun([A, A, B, None], train_archs={A})
+    out = nas_metrics.vun([A, A, B, None], train_archs={A})
     assert out == {"validity": 0.75, "uniqueness": 2 / 3, "novelty": 0.5}
-    assert nag.vun([None, None], set()) == {"validity": 0.0, "uniqueness": 0.0, "novelty": 0.0}
+    assert nas_metrics.vun([None, None], set()) == {"validity": 0.0, "uniqueness": 0.0, "novelty": 0.0}
 
 
 class ExactScore(torch.nn.Module):
@@ -34,7 +41,7 @@ class ExactScore(torch.nn.Module):
 
     def __init__(self, archs):
         super().__init__()
-        self.points = nag.encode(archs)
+        self.points = nb.encode(archs)
 
     def forward(self, x, s):
         s2 = s ** 2
@@ -44,24 +51,24 @@ class ExactScore(torch.nn.Module):
 
 
 def test_dsm_loss_vanishes_for_the_exact_score_of_one_cell():
-    x0 = nag.encode([A] * 64)
+    x0 = nb.encode([A] * 64)
     gen = torch.Generator().manual_seed(0)
-    assert nag.dsm_loss(ExactScore([A]), x0, gen) < 1e-8
-    assert nag.dsm_loss(lambda x, s: torch.zeros_like(x), x0, gen) > 10
+    assert train_nag.dsm_loss(ExactScore([A]), x0, gen) < 1e-8
+    assert train_nag.dsm_loss(lambda x, s: torch.zeros_like(x), x0, gen) > 10
 
 
 def test_the_pc_sampler_lands_on_the_data_and_guidance_moves_it():
     gen = torch.Generator().manual_seed(0)
     fn = nag.guided_score(ExactScore([A, B]))
-    cells = nag.decode(nag.pc_sample(fn, 200, gen, steps=100))
+    cells = nb.decode(run_to_end(nag.pc_sample(fn, 200, gen, steps=100)))
     assert set(cells) == {A, B} and 0.3 < cells.count(B) / 200 < 0.7
 
     class TowardsB(torch.nn.Module):  # a "predictor" that rises towards B
         def forward(self, x, s, task):
-            return -((x - nag.encode([B])) ** 2).sum((1, 2))
+            return -((x - nb.encode([B])) ** 2).sum((1, 2))
 
     guided = nag.guided_score(ExactScore([A, B]), TowardsB(), torch.zeros(1), scale=1.0)
-    cells = nag.decode(nag.pc_sample(guided, 200, torch.Generator().manual_seed(0), steps=100))
+    cells = nb.decode(run_to_end(nag.pc_sample(guided, 200, torch.Generator().manual_seed(0), steps=100)))
     assert cells.count(B) / 200 > 0.95
 
 
@@ -71,7 +78,7 @@ def test_attention_follows_the_cell_reachability():
     r = reach_mask()
     assert r[0, 1:].all() and not r[7].any() and r[1, 4] and r[1, 6] and not r[1, 2] and not r[6, 1] and not r.diagonal().any()
     net = ScoreNet(n_layers=1).eval()  # one layer: deeper, node 7's uniform row (nothing reachable) mixes all
-    x = nag.encode([A])
+    x = nb.encode([A])
     y = x.clone()
     y[0, 1] = -y[0, 1]  # change node 1: node 6 cannot reach it, node 0 can
     s = torch.tensor([1.0])
@@ -82,38 +89,119 @@ def test_attention_follows_the_cell_reachability():
 
 
 def test_predictor_reads_the_task_and_learns_the_table():
-    from studio.train import nag as train_nag
-
     table = {"all ten": {A: {"val_acc": 0.9}, B: {"val_acc": 0.2}}, "even/odd": {A: {"val_acc": 0.95}}}
     net, history = train_nag.train_predictor(("all ten", "even/odd"), steps=60, progress=False, table=table)
     assert sum(history[-10:]) < sum(history[:10])
-    codes = {t: net.encode_task(nag.task_sets(t)) for t in ("all ten", "even/odd")}
+    codes = {t: net.encode_task(nb.task_sets(t)) for t in ("all ten", "even/odd")}
     assert codes["all ten"].shape == (56,) and not torch.allclose(codes["all ten"], codes["even/odd"])
     pred = nag.predict(net, [A, B], codes["all ten"])
     assert pred[0] > pred[1] + 0.3
-    assert nag.task_sets("even/odd").shape == (2, nag.N_PER_CLASS, 64)
-    assert nag.task_sets("0-4").shape == (5, nag.N_PER_CLASS, 64)
+    assert nb.task_sets("even/odd").shape == (2, nb.N_PER_CLASS, 64)
+    assert nb.task_sets("0-4").shape == (5, nb.N_PER_CLASS, 64)
 
 
 @pytest.mark.parametrize("bad", [{"scale": -1.0}, {"scale": nag.MAX_SCALE + 1}, {"n_cells": 0},
                                  {"task": "cifar"}, {"steps": 5}])
 def test_out_of_range_generation_parameters_are_refused(bad):
     with pytest.raises(ParamError):
-        validate(nag.GenerateParams(**bad))
+        validate(nag.Params(**bad))
+
+
+def test_the_tasks_a_person_can_pick_are_the_tasks_with_data():
+    assert get_args(nag.Task) == tuple(nb.TASKS) == train_nag.TASKS
 
 
 def test_score_split_is_half_the_space_and_fixed():
-    from studio.train.nag import score_split
-
-    split = score_split()
-    assert len(split) == len(nb.all_archs()) // 2 == len(set(split)) and split == score_split()
+    split = nb.score_split()
+    assert len(split) == len(nb.all_archs()) // 2 == len(set(split)) and split == nb.score_split()
 
 
 def test_top_one_percent_never_holds_more_than_one_percent_despite_ties():
     values = {f"c{i}": v for i, v in enumerate([0.5] * 90 + [0.9] * 8 + [0.95, 0.97])}
-    assert nag.top_fraction(values, 0.01) == 0.97
-    assert nag.top_fraction(values, 0.02) == 0.95
-    assert nag.top_fraction(values, 0.10) == 0.9  # 0.9 and up is exactly 10%
-    curve = nag.best_so_far(["c0", "c0", "c98", "c99"], values)
-    assert curve.tolist() == [0.5, 0.95, 0.97] and nag.trained_to_reach(curve, 0.97) == 3
-    assert nag.trained_to_reach(curve, 0.99) == float("inf")
+    assert nb.top_fraction(values, 0.01) == 0.97
+    assert nb.top_fraction(values, 0.02) == 0.95
+    assert nb.top_fraction(values, 0.10) == 0.9  # 0.9 and up is exactly 10%
+    curve = nas_metrics.best_so_far(["c0", "c0", "c98", "c99"], values)
+    assert curve.tolist() == [0.5, 0.95, 0.97] and nas_metrics.trained_to_reach(curve, 0.97) == 3
+    assert nas_metrics.trained_to_reach(curve, 0.99) == float("inf")
+
+
+class TestNagContract(MethodContract):
+    method_id = "nag"
+    bad = [({"scale": -1.0}, "Guidance scale"), ({"steps": 5}, "Sampler steps"), ({"task": "cifar"}, "Task"),
+           ({"model": "digits-cond"}, "unknown model")]
+
+    @pytest.fixture
+    def manager(self, nag_manager):
+        return nag_manager
+
+    def params(self):
+        return nag.Params(task="even/odd", scale=10.0, n_cells=6, seed=3, steps=10)
+
+    def output(self, result):
+        return result.generated.archs, result.generated.predicted, result.rows
+
+
+def test_run_yields_a_sampler_step_per_step_then_one_result(nag_manager):
+    p = nag.Params(task="even/odd", scale=10.0, n_cells=6, seed=3, steps=12)
+    *steps, result = nag.run(p, nag_manager)
+    assert [s.step for s in steps] == list(range(1, 13)) and all(isinstance(s, nag.PCStep) for s in steps)
+    assert steps[-1].total == 12 and steps[-1].x_mean.shape == (6, 8, 7)
+    assert isinstance(result, nag.NAGResult) and len(result.generated.archs) == 6
+    assert result.parameters == {"method": "DiffusionNAG", "model": "nag-digits", "task": "even/odd", "scale": 10.0,
+                                 "n_cells": 6, "seed": 3, "steps": 12}
+
+
+def test_run_cells_are_the_sampler_cells_of_the_same_seed(nag_manager):
+    p = nag.Params(task="0-4", scale=5.0, n_cells=5, seed=2, steps=10)
+    with nag_manager.use("nag-digits") as m:
+        code = nag.task_code(m.predictor, "0-4")
+        cells = run_to_end(nag.sample_cells(m.score, m.predictor, code, 5.0, 5, 2, 10))
+    assert run_to_end(nag.run(p, nag_manager)).generated.archs == cells
+
+
+def test_run_refuses_a_model_it_cannot_drive(nag_manager):
+    with pytest.raises(ParamError, match="unknown model"):
+        next(nag.run(nag.Params(model="digits-cond", n_cells=2, steps=10), nag_manager))
+    assert method("nag").models(nag_manager) == [nag.Params().model] == ["nag-digits"]
+
+
+EXAMPLE = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_1x1~1|none~2|"
+
+
+def test_training_a_cell_yields_its_steps_then_the_comparison(monkeypatch):
+    from studio.train import nasbench as run_nb
+
+    monkeypatch.setitem(run_nb.RECIPE, "epochs", 1)
+    *steps, result = nag.train_cell(nag.TrainParams(arch=EXAMPLE, task="0-4"))
+    assert all(isinstance(s, Progress) and "loss" in s.info for s in steps)
+    assert [s.step for s in steps] == list(range(1, steps[-1].total + 1))
+    assert isinstance(result, nag.TrainResult) and not result.stopped
+    assert result.row == run_nb.train_many([EXAMPLE], "0-4")[0]
+    assert "validation accuracy" in result.message and "1 epochs" in result.message
+    assert result.parameters["arch"] == EXAMPLE and result.parameters["task"] == "0-4"
+
+
+def test_a_stopped_training_still_yields_what_it_measured(monkeypatch):
+    from studio.train import nasbench as run_nb
+
+    monkeypatch.setitem(run_nb.RECIPE, "epochs", 2)
+    seen = []
+    items = []
+    for item in nag.train_cell(nag.TrainParams(arch=EXAMPLE, task="even/odd"), stop=lambda: len(seen) >= 5):
+        items.append(item)
+        if isinstance(item, Progress):
+            seen.append(item)
+    *steps, result = items
+    assert len(steps) == 5 and result.stopped and "stopped after 5 of" in result.message
+    assert 0 <= result.row["val_acc"] <= 1
+
+
+@pytest.mark.parametrize("arch, error, match", [
+    ("|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|", nb.ArchError, "unknown operation"),
+    ("", nb.ArchError, "empty"), ("x" * 500, ParamError, "at most")])
+def test_bad_cells_are_refused_before_any_training(arch, error, match):
+    with pytest.raises(error, match=match):
+        next(nag.train_cell(nag.TrainParams(arch=arch)))
+    with pytest.raises(ParamError, match="Task"):
+        next(nag.train_cell(nag.TrainParams(task="cifar")))

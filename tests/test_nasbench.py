@@ -83,9 +83,9 @@ def test_ground_truth_rows_are_resumable(tmp_path, monkeypatch):
     run_nb.run(path, group=2, limit=2, progress=False)
     again = list(csv.DictReader(path.open()))
     assert [(r["arch"], r["task"]) for r in again] == [(r["arch"], r["task"]) for r in rows]  # only the missing row
-    x, y = run_nb.task_data("even/odd", "test")
+    x, y = nb.task_data("even/odd", "test")
     assert x.shape[1:] == (1, 8, 8) and set(y.tolist()) == {0, 1}
-    assert len(run_nb.task_data("0-4", "val")[0]) + len(run_nb.task_data("5-9", "val")[0]) == 360
+    assert len(nb.task_data("0-4", "val")[0]) + len(nb.task_data("5-9", "val")[0]) == 360
 
 
 def _copy_into(many, g, net):
@@ -141,12 +141,29 @@ def test_the_matmul_path_has_the_convolutions_gradients():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_training_stops_between_steps_and_still_measures_the_cells(monkeypatch):
+    from studio.core.sampling import Progress
+    from studio.train import nasbench as run_nb
+
+    monkeypatch.setitem(run_nb.RECIPE, "epochs", 1)
+    steps = []
+    items = run_nb.train_group([EXAMPLE], "0-4", stop=lambda: len(steps) >= 3)
+    for item in items:
+        if not isinstance(item, Progress):
+            break
+        steps.append(item)
+    batches = -(-len(nb.task_data("0-4", "train")[0]) // run_nb.RECIPE["batch"])
+    assert [s.step for s in steps] == [1, 2, 3] and steps[0].total == batches and steps[0].info["epochs"] == 1
+    assert item[0]["arch"] == EXAMPLE and 0 <= item[0]["val_acc"] <= 1
+    assert next(items, None) is None  # nothing after the rows
+
+
 def test_a_cell_trains_the_same_alone_or_in_a_group(monkeypatch):
     from studio.train import nasbench as run_nb
 
     monkeypatch.setitem(run_nb.RECIPE, "epochs", 1)
     group = run_nb.train_many([EXAMPLE, nb.all_archs()[1234]], "0-4")
-    alone = run_nb.train_cell(EXAMPLE, "0-4")
+    alone = run_nb.train_many([EXAMPLE], "0-4")[0]
     assert alone == group[0]
     assert alone["params"] == 2 * (9 * 64 + 8 + 8 + 64 + 8 + 8) + (72 + 16) + (16 + 8 * 5 + 5)  # cells, stem, head
 
@@ -182,10 +199,8 @@ def test_real_nas_bench_201_figures_convert_through_the_strings(tmp_path):
 
 
 def test_the_shipped_table_covers_every_cell_on_every_task_with_two_seeds():
-    from studio.train import nasbench as run_nb
-
     t = nb.table()
-    assert set(t) == set(run_nb.TASKS) and all(len(cells) == 15625 for cells in t.values())
+    assert set(t) == set(nb.TASKS) and all(len(cells) == 15625 for cells in t.values())
     assert all(e["seeds"] == 2 and 0 <= e["val_acc"] <= 1 for cells in t.values() for e in cells.values())
     arch = nb.all_archs()[4321]
     trained = t["5-9"][arch]["trained"]

@@ -75,17 +75,17 @@ def test_self_guidance_turns_the_series_model_into_a_forecaster(zoo_manager):
     particular phase (the full comparison is in the benchmark)."""
     import numpy as np
 
-    from studio.methods import forecast as F
+    from studio.core.series_sampling import observation_guidance
 
     s = S.bundled("elnino")
     origins = s.origin_positions()
     crps = {}
     with zoo_manager.use("tsdiff-elnino") as model:
-        windows = [F.make_window(s.values, o, s.window, s.horizon, s.lags) for o in origins]
+        windows = [S.make_window(s.values, o, s.window, s.horizon, s.lags) for o in origins]
         for scale in (0.0, 4.0):
-            *_, x = F.observation_guidance(model, windows, num_samples=32, guidance="quantile", scale=scale,
-                                           sampler="ddim", steps=20, seed=0)
-            samples = F._window_samples(x, windows, s.horizon)
+            *_, x = observation_guidance(model, windows, num_samples=32, guidance="quantile", scale=scale,
+                                         sampler="ddim", steps=20, seed=0)
+            samples = S.forecast_samples(x, windows, s.horizon)
             crps[scale] = np.mean([metrics.mean_weighted_quantile_loss(s.values[o:o + s.horizon],
                                                                        {"q": metrics.sample_quantiles(q)})["q"]
                                    for o, q in zip(origins, samples)])
@@ -142,12 +142,14 @@ def test_the_architecture_model_generates_valid_cells_and_guidance_raises_true_a
     cells are valid, and guidance moves the generated cells' true accuracy up."""
     import numpy as np
 
+    from studio.core.nas_metrics import vun
+    from studio.core.sampling import run_to_end
+    from studio.data.nasbench import space_values
     from studio.methods import nag
 
-    values = nag.space_values("all ten")
-    with zoo_manager.use("nag-digits") as m:
-        out = {w: nag.generate(m.score, m.predictor, nag.GenerateParams(scale=w, n_cells=40, seed=11, steps=100))
-               for w in (0.0, nag.DEFAULT_SCALE)}
-    assert nag.vun(out[0.0].archs, set())["validity"] >= 0.9
+    values = space_values("all ten")
+    out = {w: run_to_end(nag.run(nag.Params(scale=w, n_cells=40, seed=11, steps=100), zoo_manager)).generated
+           for w in (0.0, nag.DEFAULT_SCALE)}
+    assert vun(out[0.0].archs, set())["validity"] >= 0.9
     mean = {w: np.mean([values[a] for a in g.archs if a in values]) for w, g in out.items()}
     assert mean[nag.DEFAULT_SCALE] > mean[0.0] + 0.02, mean

@@ -203,7 +203,10 @@ def sample_images(model, denoise: Denoiser, scheduler, seeds: list[int], *, num_
                 yield model.decode(item).cpu()
 
 
-def run_to_end(gen: Iterator) -> torch.Tensor:
-    """Exhaust a sampling generator and return its last item (the notebook's way)."""
-    *_, last = gen
+def run_to_end(gen: Iterator):
+    """Exhaust a generator of progress records and return its last item (the result), keeping
+    only one item at a time in memory."""
+    last = None
+    for last in gen:
+        pass
     return last

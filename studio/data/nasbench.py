@@ -9,11 +9,17 @@ through raw operation indices, because libraries order the operations differentl
 DiffusionNAG's graph view (official ``datasets_nas.py``): an 8-node DAG with the operations on
 the nodes (input, the 6 edge operations, output) and a fixed adjacency; the operation one-hot
 matrix (8 x 7 over input, output and the 5 operations) is what is diffused (:func:`op_matrix`,
-:func:`from_op_matrix`, :func:`is_valid`, with the official validity rule).
+:func:`from_op_matrix`, :func:`is_valid`, with the official validity rule; :func:`encode` and
+:func:`decode` for batches in [-1, 1]); the score network trains on a fixed half of the space
+(:func:`score_split`).
 
 Functionally equal cells (a ``none`` edge removes a path, a node that cannot reach the output
 does nothing, sums commute) share a :func:`canonical` key; the digits benchmark trains one cell
 per key and maps the rest onto it.
+
+The digit tasks (:data:`TASKS`, :func:`task_data`, :func:`task_sets`: the images the accuracy
+predictor reads) and the ground-truth table (:func:`table`, :func:`space_values`,
+:func:`top_fraction`) live here too; :mod:`studio.train.nasbench` made the table.
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ from __future__ import annotations
 import itertools
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from studio.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")  # NAS-Bench-201's names
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), in the string's order
@@ -132,6 +142,20 @@ def from_op_matrix(x: np.ndarray) -> str | None:
     return to_string(VOCAB[i] for i in np.asarray(x)[1:-1].argmax(1))
 
 
+def encode(archs: list[str]) -> torch.Tensor:
+    """Cells -> (B, 8, 7) operation matrices in [-1, 1] (through the strings): what DiffusionNAG diffuses."""
+    import torch
+
+    return torch.from_numpy(np.stack([op_matrix(a) for a in archs])) * 2 - 1
+
+
+def decode(x: torch.Tensor) -> list[str | None]:
+    """(B, 8, 7) samples in [-1, 1] -> cells (None where invalid): (x + 1) / 2 thresholded at 0.5
+    (the official ``utils.quantize``)."""
+    bits = ((x + 1) / 2 >= 0.5).float().cpu().numpy()
+    return [from_op_matrix(b) for b in bits]
+
+
 def unique_classes() -> dict[str, list[str]]:
     """Canonical key -> every cell with that key (the first is the one the benchmark trains)."""
     classes: dict[str, list[str]] = {}
@@ -139,6 +163,80 @@ def unique_classes() -> dict[str, list[str]]:
         classes.setdefault(canonical(arch), []).append(arch)
     return classes
 
+
+def score_split(seed: int = 0) -> list[str]:
+    """DiffusionNAG's score network's training cells: a fixed random half of the space (novelty is
+    measured against it)."""
+    archs = all_archs()
+    rng = np.random.default_rng(seed)
+    return sorted(archs[i] for i in rng.permutation(len(archs))[:len(archs) // 2])
+
+
+# ---------------------------------------------------------------- the digit tasks
+
+# task -> the digits it uses (even/odd: two classes over all ten digits)
+TASKS = {"all ten": tuple(range(10)), "0-4": (0, 1, 2, 3, 4), "5-9": (5, 6, 7, 8, 9), "even/odd": tuple(range(10))}
+VAL_SIZE = 360    # validation digits split off the studio's 1,437 training digits (stratified, seed 0)
+N_PER_CLASS = 20  # images per class in a task's set (what the accuracy predictor reads)
+
+
+def task_data(task: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 1, 8, 8), targets (N,)) of ``task`` on ``split`` ('train', 'val' or 'test')."""
+    import torch
+
+    x, y = _split(split)
+    keep = np.isin(y, TASKS[task])
+    x, y = x[keep], y[keep]
+    if task == "even/odd":
+        targets = y % 2
+    else:
+        targets = np.searchsorted(np.array(TASKS[task]), y)
+    return torch.from_numpy(x), torch.from_numpy(targets).long()
+
+
+def n_classes(task: str) -> int:
+    return 2 if task == "even/odd" else len(TASKS[task])
+
+
+@lru_cache(maxsize=None)
+def _split(split: str):
+    """scikit-learn digits at their native 8 x 8 (the studio's 16 x 16 images average-pooled), split
+    1,077 / 360 / 360 (train / validation / test)."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.model_selection import train_test_split
+
+    from studio.data import digits
+
+    def small(images):
+        return F.avg_pool2d(torch.from_numpy(images), 2).numpy()
+
+    if split == "test":
+        test = digits.load("test")
+        return small(test.images), test.labels
+    train = digits.load("train")
+    idx_train, idx_val = train_test_split(np.arange(len(train.labels)), test_size=VAL_SIZE,
+                                          random_state=0, stratify=train.labels)
+    idx = idx_train if split == "train" else idx_val
+    return small(train.images[idx]), train.labels[idx]
+
+
+def task_sets(task: str, gen: torch.Generator | None = None, n: int = N_PER_CLASS) -> torch.Tensor:
+    """(n_classes, n, 64): ``n`` training images of each of the task's classes, flattened 8 x 8
+    (a fixed draw when ``gen`` is None, as the official sampler's fixed test task)."""
+    import torch
+
+    x, y = task_data(task, "train")
+    gen = gen or torch.Generator().manual_seed(0)
+    sets = []
+    for c in range(int(y.max()) + 1):
+        idx = torch.nonzero(y == c)[:, 0]
+        pick = idx[torch.randint(len(idx), (n,), generator=gen)]
+        sets.append(x[pick].flatten(1))
+    return torch.stack(sets)
+
+
+# ---------------------------------------------------------------- the ground truth
 
 TABLE = Path(__file__).with_name("nasbench_digits.csv.gz")  # made by studio.train.nasbench (--ship)
 
@@ -180,6 +278,24 @@ def table(path: str | None = None) -> dict[str, dict[str, dict]]:
         for arch in classes[key]:
             out.setdefault(task, {})[arch] = entry(rows[(task, arch)]) if (task, arch) in rows else e
     return out
+
+
+def space_values(task: str, truth: dict | None = None) -> dict[str, float]:
+    """cell -> validation accuracy for every cell of the space the ground truth (``truth``, a
+    :func:`table`; default the shipped one) covers on ``task``."""
+    rows = (truth or table()).get(task, {})
+    return {a: r["val_acc"] for a, r in rows.items()}
+
+
+def top_fraction(values: dict[str, float], fraction: float = 0.01) -> float:
+    """The lowest accuracy ``a`` such that at most ``fraction`` of the space reaches ``a``: the top
+    1% strictly (accuracies on 360 validation digits tie often; a plain quantile would let the
+    tied cells at the boundary push the "top 1%" to 2%)."""
+    acc = np.sort(np.array(list(values.values())))
+    levels = np.unique(acc)
+    at_least = len(acc) - np.searchsorted(acc, levels, side="left")
+    ok = levels[at_least <= fraction * len(acc)]
+    return float(ok.min()) if len(ok) else float(levels[-1])
 
 
 FIELDS = ("arch", "task", "seed", "val_acc", "test_acc", "params", "flops")  # a table's columns

@@ -3,116 +3,64 @@
 As the official code (CownowAn/DiffusionNAG, NAS-Bench-201 tree) does it:
 
 * **What is diffused.** A NAS-Bench-201 cell as DiffusionNAG's 8-node graph: the 8 x 7 operation
-  one-hot matrix (:func:`studio.data.nasbench.op_matrix`) scaled to [-1, 1]; the adjacency is
-  fixed and only masks the score network's attention.
-* **VE-SDE** (``sde_lib.VESDE``): sigma(t) = sigma_min (sigma_max / sigma_min)^t, sigma 0.1 .. 5.0,
-  N = 1000, t in [1e-5, 1]. Denoising score matching ``|| sigma s(X_t, sigma) + z ||^2``
-  (:func:`dsm_loss`; summed over the matrix, no likelihood weighting).
-* **Predictor** (:func:`predictor_loss`): the accuracy regressor is trained on *noised* cells
-  ``X_t = X_0 + sigma(t) z`` (MSE), conditioned on a set encoding of the task's data.
-* **Guided PC sampler** (:func:`sample`, ``get_pc_conditional_sampler_meta_nas``): from
+  one-hot matrix (:func:`studio.data.nasbench.op_matrix`) scaled to [-1, 1]
+  (:func:`studio.data.nasbench.encode`); the adjacency is fixed and only masks the score
+  network's attention.
+* **VE-SDE** (``sde_lib.VESDE``, :mod:`studio.nets.ve_sde`): sigma(t) = sigma_min (sigma_max /
+  sigma_min)^t, sigma 0.1 .. 5.0, N = 1000, t in [1e-5, 1]. Denoising score matching and the
+  predictor's loss on noised cells: :mod:`studio.train.nag`.
+* **Guided PC sampler** (:func:`pc_sample`, ``get_pc_conditional_sampler_meta_nas``): from
   X_1 ~ N(0, sigma_max^2), per step a Langevin corrector (SNR 0.16, one step; step size
   2 (snr |z| / |g|)^2) then an Euler-Maruyama predictor, both on the total score
   ``s(X, sigma) + w grad_X f(X, sigma, D)`` (f summed over the batch, ``labels='max'``); the last
-  predictor mean is kept, mapped to [0, 1] and thresholded at 0.5 (``utils.quantize``).
-* **Validity, uniqueness, novelty** (:func:`vun`, ``analysis/arch_functions.py``): valid = one
-  operation per node, input first, output last, no input/output inside; uniqueness = distinct
-  valid strings / valid; novelty = distinct strings not in the score network's training set /
-  distinct.
+  predictor mean is kept, mapped to [0, 1] and thresholded at 0.5 (``utils.quantize``,
+  :func:`studio.data.nasbench.decode`).
+* **Validity, uniqueness, novelty** (:func:`studio.core.nas_metrics.vun`,
+  ``analysis/arch_functions.py``) of what :func:`run` generates, novelty against the score
+  network's training half (:func:`studio.data.nasbench.score_split`).
 
 The guidance scale ``w`` is in the predictor's units (accuracy as a fraction); the official default
 10000 is for its own predictor and is not comparable, so the studio sweeps ``w`` (benchmark).
+
+:func:`run` generates (a :class:`PCStep` per sampler step, then a :class:`NAGResult`);
+:func:`train_cell` trains one cell with the ground truth's recipe (a Progress per optimizer
+step, then a :class:`TrainResult`), stoppable between steps.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Callable, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
 
 from studio.core.device import MAX_SEED
-from studio.core.params import spec
+from studio.core.nas_metrics import vun
+from studio.core.params import ParamError, spec, validate
+from studio.core.sampling import Progress
 from studio.data import nasbench
+from studio.methods import method
+from studio.nets.ve_sde import EPS, N_STEPS, SIGMA_MAX, SIGMA_MIN, g2, sigma
 
-SIGMA_MIN, SIGMA_MAX, N_STEPS, EPS, SNR = 0.1, 5.0, 1000, 1e-5, 0.16
+SNR = 0.16  # the Langevin corrector's signal-to-noise ratio (official)
 MAX_SCALE = 1000.0
 DEFAULT_SCALE = 50.0
 DEFAULT_STEPS = 200
 MAX_CELLS = 1000
-
-
-def sigma(t: torch.Tensor) -> torch.Tensor:
-    return SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** t
-
-
-def g2(t: torch.Tensor) -> torch.Tensor:
-    """Squared diffusion coefficient of the VE-SDE: d sigma^2 / dt."""
-    return sigma(t) ** 2 * 2 * math.log(SIGMA_MAX / SIGMA_MIN)
-
-
-def encode(archs: list[str]) -> torch.Tensor:
-    """Cells -> (B, 8, 7) operation matrices in [-1, 1] (through the strings)."""
-    return torch.from_numpy(np.stack([nasbench.op_matrix(a) for a in archs])) * 2 - 1
-
-
-def decode(x: torch.Tensor) -> list[str | None]:
-    """(B, 8, 7) samples in [-1, 1] -> cells (None where invalid): (x + 1) / 2 thresholded at 0.5."""
-    bits = ((x + 1) / 2 >= 0.5).float().cpu().numpy()
-    return [nasbench.from_op_matrix(b) for b in bits]
-
-
-def noised(x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(X_t, sigma(t), z) with t ~ U(eps, 1) per cell."""
-    t = torch.rand(len(x0), generator=gen) * (1 - EPS) + EPS
-    z = torch.randn(x0.shape, generator=gen)
-    s = sigma(t)
-    return x0 + s[:, None, None] * z, s, z
-
-
-def dsm_loss(score_net, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    x_t, s, z = noised(x0, gen)
-    return ((s[:, None, None] * score_net(x_t, s) + z) ** 2).sum((1, 2)).mean()
-
-
-def predictor_loss(predictor, x0: torch.Tensor, acc: torch.Tensor, task_codes: torch.Tensor,
-                   gen: torch.Generator) -> torch.Tensor:
-    x_t, s, _ = noised(x0, gen)
-    return torch.nn.functional.mse_loss(predictor(x_t, s, task_codes), acc)
-
-
-# ---------------------------------------------------------------- the task's data, set-encoded
-
-N_PER_CLASS = 20
-
-
-def task_sets(task: str, gen: torch.Generator | None = None, n: int = N_PER_CLASS) -> torch.Tensor:
-    """(n_classes, n, 64): ``n`` training images of each of the task's classes, flattened 8 x 8
-    (a fixed draw when ``gen`` is None, as the official sampler's fixed test task)."""
-    from studio.train.nasbench import task_data
-
-    x, y = task_data(task, "train")
-    gen = gen or torch.Generator().manual_seed(0)
-    sets = []
-    for c in range(int(y.max()) + 1):
-        idx = torch.nonzero(y == c)[:, 0]
-        pick = idx[torch.randint(len(idx), (n,), generator=gen)]
-        sets.append(x[pick].flatten(1))
-    return torch.stack(sets)
-
-
-# ---------------------------------------------------------------- sampling
-
+MAX_ARCH_CHARS = 400
+MODEL = "nag-digits"
+EXAMPLE = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_1x1~1|none~2|"
 
 Task = Literal["all ten", "0-4", "5-9", "even/odd"]
 
 
 @dataclass
-class GenerateParams:
+class Params:
+    model: str = field(default=MODEL, metadata=spec(
+        "Model", "A DiffusionNAG model: the score network and the accuracy predictor."))
     task: Task = field(default="all ten", metadata=spec(
         "Task", "The digit task the cells are for (the predictor reads a sample of its data)."))
     scale: float = field(default=DEFAULT_SCALE, metadata=spec(
@@ -126,6 +74,15 @@ class GenerateParams:
         "Sampler steps", "Reverse-SDE steps, each a corrector and a predictor step. The official N is 1000; "
         f"{DEFAULT_STEPS} keeps a guided run of 100 cells to seconds on a CPU (validity in the benchmark).",
         minimum=10, maximum=N_STEPS, step=1, advanced=True))
+
+
+# ---------------------------------------------------------------- sampling
+
+
+@dataclass
+class PCStep(Progress):
+    """One step of :func:`pc_sample`: ``timestep`` is t, ``x_mean`` the predictor's mean after the step."""
+    x_mean: torch.Tensor | None = None  # (B, 8, 7), the matrix scale [-1, 1]
 
 
 def guided_score(score_net, predictor=None, task_code: torch.Tensor | None = None, scale: float = 0.0
@@ -145,11 +102,11 @@ def guided_score(score_net, predictor=None, task_code: torch.Tensor | None = Non
     return fn
 
 
-def pc_sample(score_fn, n: int, gen: torch.Generator, steps: int = N_STEPS, snr: float = SNR,
-              progress: Callable[[int, int], None] | None = None,
-              on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+def pc_sample(score_fn, n: int, gen: torch.Generator, steps: int = N_STEPS, snr: float = SNR
+              ) -> Iterator[PCStep | torch.Tensor]:
     """The official PC sampler on the VE-SDE: Langevin corrector then Euler-Maruyama predictor per
-    step, the last predictor mean returned (B, 8, 7). ``on_step(i, x_mean)`` sees every step."""
+    step. Yields a :class:`PCStep` per step, then the last predictor mean (B, 8, 7); use it as
+    ``*steps, x = pc_sample(...)``."""
     shape = (n, nasbench.N_NODES, len(nasbench.VOCAB))
     x = torch.randn(shape, generator=gen) * SIGMA_MAX
     ts = torch.linspace(1.0, EPS, steps)
@@ -166,18 +123,24 @@ def pc_sample(score_fn, n: int, gen: torch.Generator, steps: int = N_STEPS, snr:
         grad = score_fn(x, s)
         x_mean = x + g2(vec_t)[:, None, None] * grad / steps
         x = x_mean + torch.sqrt(g2(vec_t) / steps)[:, None, None] * torch.randn(shape, generator=gen)
-        if on_step is not None:
-            on_step(i, x_mean)
-        if progress is not None:
-            progress(i + 1, steps)
-    return x_mean
+        yield PCStep(i + 1, steps, timestep=float(t), x_mean=x_mean)
+    yield x_mean
+
+
+def _relay(steps: Iterator):
+    """Yield a generator's Progress items; return its final item (``result = yield from _relay(...)``)."""
+    for item in steps:
+        if not isinstance(item, Progress):
+            return item
+        yield item
+    raise RuntimeError("the generator ended without a result")
 
 
 @dataclass
 class Generated:
     archs: list[str | None]        # one per sample, None where invalid
     predicted: list[float | None]  # the predictor's accuracy for each valid cell (clean, sigma_min)
-    params: GenerateParams
+    params: Params
     seconds: float
 
 
@@ -186,90 +149,33 @@ def predict(predictor, archs: list[str], task_code: torch.Tensor) -> np.ndarray:
     if not archs:
         return np.zeros(0)
     with torch.no_grad():
-        x = encode(archs)
+        x = nasbench.encode(archs)
         return predictor(x, torch.full((len(archs),), SIGMA_MIN), task_code).numpy()
 
 
 def task_code(predictor, task: str) -> torch.Tensor:
     """The predictor's set encoding of ``task``'s fixed draw of images (what guidance conditions on)."""
     with torch.no_grad():
-        return predictor.encode_task(task_sets(task))
+        return predictor.encode_task(nasbench.task_sets(task))
 
 
 def sample_cells(score_net, predictor, code: torch.Tensor | None, scale: float, n: int, seed: int,
-                 steps: int = N_STEPS, progress=None) -> list[str | None]:
-    """``n`` cells (None where invalid) from the guided PC sampler, seeded."""
-    x = pc_sample(guided_score(score_net, predictor, code, scale), n, torch.Generator().manual_seed(seed), steps,
-                  progress=progress)
-    return decode(x)
+                 steps: int = N_STEPS) -> Iterator[PCStep | list[str | None]]:
+    """The guided PC sampler, seeded: yields its :class:`PCStep` s, then ``n`` cells (None where invalid)."""
+    x = yield from _relay(pc_sample(guided_score(score_net, predictor, code, scale), n,
+                                    torch.Generator().manual_seed(seed), steps))
+    yield nasbench.decode(x)
 
 
-def generate(score_net, predictor, p: GenerateParams, progress=None) -> Generated:
-    """Generate ``p.n_cells`` cells for ``p.task`` with guidance scale ``p.scale``."""
+def generate(score_net, predictor, p: Params) -> Iterator[PCStep | Generated]:
+    """Generate ``p.n_cells`` cells for ``p.task`` with guidance scale ``p.scale``: yields the
+    sampler's :class:`PCStep` s, then the :class:`Generated` cells with their predicted accuracy."""
     t0 = time.perf_counter()
     code = task_code(predictor, p.task)
-    archs = sample_cells(score_net, predictor, code, p.scale, p.n_cells, p.seed, p.steps, progress)
+    archs = yield from _relay(sample_cells(score_net, predictor, code, p.scale, p.n_cells, p.seed, p.steps))
     valid = [a for a in archs if a is not None]
     pred = iter(predict(predictor, valid, code).tolist())
-    return Generated(archs, [next(pred) if a is not None else None for a in archs], p, time.perf_counter() - t0)
-
-
-# ---------------------------------------------------------------- metrics
-
-
-def vun(archs: list[str | None], train_archs: set[str]) -> dict[str, float]:
-    """Validity, uniqueness and novelty exactly as the official ``arch_functions`` define them."""
-    valid = [a for a in archs if a is not None]
-    unique = set(valid)
-    return {"validity": len(valid) / max(len(archs), 1),
-            "uniqueness": len(unique) / max(len(valid), 1),
-            "novelty": len(unique - train_archs) / max(len(unique), 1)}
-
-
-# ---------------------------------------------------------------- search efficiency
-
-
-def space_values(task: str, table: dict | None = None) -> dict[str, float]:
-    """cell -> validation accuracy for every cell of the space the ground truth covers on ``task``."""
-    rows = (table or nasbench.table()).get(task, {})
-    return {a: r["val_acc"] for a, r in rows.items()}
-
-
-def best_so_far(order: list[str], values: dict[str, float]) -> np.ndarray:
-    """Best validation accuracy after training the first k distinct cells of ``order`` (k = 1..)."""
-    seen, best, out = set(), -np.inf, []
-    for arch in order:
-        if arch in seen:
-            continue
-        seen.add(arch)
-        best = max(best, values[arch])
-        out.append(best)
-    return np.array(out)
-
-
-def trained_to_reach(curve: np.ndarray, target: float) -> float:
-    """How many cells were trained before one reached ``target`` (inf when none did)."""
-    hit = np.nonzero(curve >= target)[0]
-    return float(hit[0] + 1) if len(hit) else float("inf")
-
-
-def random_search_curves(values: dict[str, float], n_runs: int, length: int, seed: int = 0) -> np.ndarray:
-    """(n_runs, length) best-so-far curves of random search (distinct cells, uniformly)."""
-    cells = sorted(values)
-    acc = np.array([values[a] for a in cells])
-    rng = np.random.default_rng(seed)
-    return np.stack([np.maximum.accumulate(acc[rng.permutation(len(acc))[:length]]) for _ in range(n_runs)])
-
-
-def top_fraction(values: dict[str, float], fraction: float = 0.01) -> float:
-    """The lowest accuracy ``a`` such that at most ``fraction`` of the space reaches ``a``: the top
-    1% strictly (accuracies on 360 validation digits tie often; a plain quantile would let the
-    tied cells at the boundary push the "top 1%" to 2%)."""
-    acc = np.sort(np.array(list(values.values())))
-    levels = np.unique(acc)
-    at_least = len(acc) - np.searchsorted(acc, levels, side="left")
-    ok = levels[at_least <= fraction * len(acc)]
-    return float(ok.min()) if len(ok) else float(levels[-1])
+    yield Generated(archs, [next(pred) if a is not None else None for a in archs], p, time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------- the tab's run
@@ -284,16 +190,19 @@ class NAGResult:
     notes: list[str] = field(default_factory=list)
 
 
-def run_generate(p: GenerateParams, manager, model: str = "nag-digits", progress=None) -> NAGResult:
-    """Validate, generate, and look every valid cell up in the ground truth."""
-    from studio.core.params import validate
-
+def check(p: Params, manager) -> None:
+    """Raise :class:`ParamError` for anything the run cannot do."""
     validate(p)
-    from studio.train.nag import score_split
+    models = method("nag").models(manager)
+    if not models:
+        raise ParamError(f"no DiffusionNAG model is registered; build one with `studio train {MODEL}`")
+    if p.model not in models:
+        raise ParamError(f"unknown model {p.model!r}; choose one of {', '.join(models)}")
 
-    with manager.use(model) as m:
-        g = generate(m.score, m.predictor, p, progress=progress)
-    truth = nasbench.table().get(p.task, {})
+
+def truth_rows(g: Generated, truth: dict[str, dict]) -> list[dict]:
+    """One row per distinct valid cell, by predicted accuracy, with the ground truth's figures
+    (None where ``truth``, one task of :func:`studio.data.nasbench.table`, has no row)."""
     best = {arch: pred for arch, pred in zip(g.archs, g.predicted) if arch is not None}
     counts = Counter(g.archs)
     rows = []
@@ -303,37 +212,93 @@ def run_generate(p: GenerateParams, manager, model: str = "nag-digits", progress
                      "val_acc": None if t is None else round(t["val_acc"], 4),
                      "test_acc": None if t is None else round(t["test_acc"], 4),
                      "params": None if t is None else t["params"], "count": counts[arch]})
-    scores = vun(g.archs, set(score_split(m.info.get("score_split_seed", 0))))
+    return rows
+
+
+def run(p: Params, manager) -> Iterator[PCStep | NAGResult]:
+    """Validate, generate with the leased model (a :class:`PCStep` per sampler step), then yield a
+    :class:`NAGResult`: every valid cell looked up in the ground truth, and the run's V/U/N."""
+    check(p, manager)
+    with manager.use(p.model) as m:
+        g = yield from _relay(generate(m.score, m.predictor, p))
+        split_seed = m.info.get("score_split_seed", 0)
+    rows = truth_rows(g, nasbench.table().get(p.task, {}))
+    scores = vun(g.archs, set(nasbench.score_split(split_seed)))
     notes = [f"{len(g.archs)} cells in {g.seconds:.1f} s: validity {scores['validity']:.0%}, uniqueness "
              f"{scores['uniqueness']:.0%}, novelty {scores['novelty']:.0%}"]
     missing = sum(r["val_acc"] is None for r in rows)
     if missing:
         notes.append(f"{missing} cell(s) are not in the ground-truth table yet: train one to see its accuracy")
-    params = {"method": "DiffusionNAG", "model": model, **{k: getattr(p, k) for k in p.__dataclass_fields__}}
-    return NAGResult(g, rows, scores, params, notes)
+    yield NAGResult(g, rows, scores, {"method": "DiffusionNAG", **asdict(p)}, notes)
 
 
-MAX_ARCH_CHARS = 400
+# ---------------------------------------------------------------- training one cell
 
 
-def train_one(arch: str, task: str, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Train one typed cell on ``task`` with the ground truth's recipe and compare with the table."""
-    from studio.core.params import ParamError
-    from studio.train.nasbench import RECIPE, TASKS, train_cell
+@dataclass
+class TrainParams:
+    arch: str = field(default=EXAMPLE, metadata=spec(
+        "Architecture string", "A NAS-Bench-201 cell, node by node, each incoming edge as op~source.",
+        max_chars=MAX_ARCH_CHARS))
+    task: Task = field(default="all ten", metadata=spec("Task", "The digit task to train the cell on."))
 
-    if task not in TASKS:
-        raise ParamError(f"Task must be one of {', '.join(TASKS)}, got {task!r}")
-    if not isinstance(arch, str) or len(arch) > MAX_ARCH_CHARS:
+
+@dataclass
+class TrainResult:
+    row: dict             # the trained cell's table row: val_acc, test_acc, params, flops, ...
+    table: dict | None    # the ground truth's entry for the cell on the task (None: its class has none yet)
+    seconds: float
+    stopped: bool         # stopped before the recipe's last step: the row measures the cell as trained so far
+    message: str          # markdown for the tab
+    parameters: dict
+
+
+def check_train(p: TrainParams) -> str:
+    """The cell's string, normalised; :class:`ParamError` or :class:`~studio.data.nasbench.ArchError`
+    (both user errors) for bad input."""
+    if not isinstance(p.arch, str) or len(p.arch) > MAX_ARCH_CHARS:
         raise ParamError(f"an architecture string is at most {MAX_ARCH_CHARS} characters")
-    try:
-        arch = nasbench.to_string(nasbench.parse(arch))
-    except nasbench.ArchError as exc:
-        raise ParamError(f"architecture string: {exc}") from None
+    validate(p)
+    return nasbench.to_string(nasbench.parse(p.arch))
+
+
+def train_cell(p: TrainParams, manager=None, *, stop: Callable[[], bool] = lambda: False
+               ) -> Iterator[Progress | TrainResult]:
+    """Train one cell on ``p.task`` with the ground truth's recipe (on the CPU) and compare it with
+    the table: yields a Progress per optimizer step (``info``: loss, epoch, epochs), then a
+    :class:`TrainResult`. ``stop()`` is polled between steps; when it answers True training ends
+    there and the result measures the cell as trained so far (``stopped``). No model is leased."""
+    from studio.train.nasbench import train_group
+
+    arch = check_train(p)
     t0 = time.perf_counter()
-    row = train_cell(arch, task, progress=progress)
+    last = Progress(0, 0)
+    for item in train_group([arch], p.task, stop=stop):
+        if isinstance(item, Progress):
+            last = item
+            yield item
+        else:
+            row = item[0]
     seconds = time.perf_counter() - t0
-    known = nasbench.table().get(task, {}).get(arch)
-    lines = [f"**{task}**, {RECIPE['epochs']} epochs in {seconds:.1f} s: validation accuracy **{row['val_acc']:.3f}**, "
+    stopped = last.step < last.total or last.total == 0
+    known = nasbench.table().get(p.task, {}).get(arch)
+    yield TrainResult(row, known, seconds, stopped, train_message(p.task, arch, row, known, seconds, last, stopped),
+                      {"method": "DiffusionNAG (train a cell)", **asdict(p), "arch": arch})
+
+
+def train_message(task: str, arch: str, row: dict, known: dict | None, seconds: float, last: Progress,
+                  stopped: bool) -> str:
+    """The tab's markdown: the run's figures, then the table's for the same cell (or its class)."""
+    from studio.train.nasbench import RECIPE
+
+    if stopped and last.step == 0:
+        done = "stopped before the first step"
+    elif stopped:
+        epoch = (last.info or {}).get("epoch", 0)
+        done = f"stopped after {last.step} of {last.total} steps (epoch {epoch} of {RECIPE['epochs']})"
+    else:
+        done = f"{RECIPE['epochs']} epochs"
+    lines = [f"**{task}**, {done} in {seconds:.1f} s: validation accuracy **{row['val_acc']:.3f}**, "
              f"test {row['test_acc']:.3f}, {row['params']:,} parameters, {row['flops']:,} multiply-adds."]
     if known is None:
         lines.append("The ground-truth table has no row for this cell's class on this task yet.")
@@ -343,4 +308,4 @@ def train_one(arch: str, task: str, progress: Callable[[int, int], None] | None 
         lines.append(f"The table ({same}, {seeds}): validation {known['val_acc']:.3f}, test {known['test_acc']:.3f}. "
                      f"This run used seed {RECIPE['seed']}. Differences of a few points are training noise: the "
                      "table's two seeds differ by 3-5 points on average, the same seed on another machine by about 1.")
-    return {"row": row, "table": known, "seconds": seconds, "message": "\n\n".join(lines)}
+    return "\n\n".join(lines)

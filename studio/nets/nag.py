@@ -17,6 +17,9 @@ output through a 2-layer ELU MLP (the architecture code), encodes the task's dat
 poolings (intra-class, then inter-class; a Set-Transformer SAB + PMA each, "sabPF") and predicts
 accuracy with Linear -> Tanh -> Linear on the concatenation.
 
+The VE-SDE these networks are trained on (its sigma schedule) is :mod:`studio.nets.ve_sde`, kept
+apart because it is plain torch: the Architectures tab needs it before diffusers is imported.
+
 Deviations (stated in the README): 3 transformer layers of width 32 and 4 heads instead of 12 x 64
 x 8 (the space has 8 nodes; sampling 1,000 steps must stay fast on a CPU); the score scaled by 1/sigma; the set encoder reads the task's raw 8 x 8 digits (64 values) rather
 than ResNet-18 features; no dropout.

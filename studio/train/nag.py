@@ -1,13 +1,19 @@
 """Recipe ``studio train nag-digits``: DiffusionNAG's score network and accuracy predictor.
 
 * **Score network** (:class:`~studio.nets.nag.ScoreNet`): denoising score matching on the VE-SDE
-  over the operation matrices of the *score split*, a fixed random half of the 15,625 cells (seed
-  0; novelty is measured against it). Adam lr 1e-3 (the official 2e-5 with 250k iterations is
-  far beyond a CPU session), batch 256, gradient clipping 1.0, EMA 0.999.
+  over the operation matrices of the *score split* (:func:`studio.data.nasbench.score_split`), a
+  fixed random half of the 15,625 cells (seed 0; novelty is measured against it). Adam lr 1e-3
+  (the official 2e-5 with 250k iterations is far beyond a CPU session), batch 256, gradient
+  clipping 1.0, EMA 0.999.
 * **Predictor** (:class:`~studio.nets.nag.AccuracyPredictor`): MSE on noised cells against the
   shipped ground truth's validation accuracy (:func:`studio.data.nasbench.table`), each batch from
   one task with a fresh draw of the task's per-class image sets (official: Adam lr 1e-3, batch 256).
   ``tasks`` leaves tasks out: the benchmark's transfer predictors never see the task they search.
+
+The losses are the official ones on the VE-SDE (:mod:`studio.nets.ve_sde`): :func:`dsm_loss`
+(denoising score matching ``|| sigma s(X_t, sigma) + z ||^2``, summed over the matrix, no
+likelihood weighting) and :func:`predictor_loss` (MSE of the predictor on noised cells
+``X_t = X_0 + sigma(t) z``).
 
 Both export to the zoo as diffusers-layout folders (``score/``, ``predictor/``) + ``studio.json``.
 """
@@ -24,19 +30,34 @@ import torch
 
 from studio.core.loading import ZOO_DIR
 from studio.data import nasbench
-from studio.methods import nag
 from studio.nets.nag import AccuracyPredictor, ScoreNet
+from studio.nets.ve_sde import EPS, sigma
+from studio.train.common import LossLog, optimizer_step
 
 NAME = "nag-digits"
-TASKS = ("all ten", "0-4", "5-9", "even/odd")
+TASKS = tuple(nasbench.TASKS)
 RECIPE = {"score_steps": 4000, "predictor_steps": 3000, "batch": 256, "lr": 1e-3, "ema": 0.999, "seed": 0}
 
 
-def score_split(seed: int = 0) -> list[str]:
-    """The score network's training cells: a fixed random half of the space."""
-    archs = nasbench.all_archs()
-    rng = np.random.default_rng(seed)
-    return sorted(archs[i] for i in rng.permutation(len(archs))[:len(archs) // 2])
+def noised(x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(X_t, sigma(t), z) with t ~ U(eps, 1) per cell: X_t = X_0 + sigma(t) z."""
+    t = torch.rand(len(x0), generator=gen) * (1 - EPS) + EPS
+    z = torch.randn(x0.shape, generator=gen)
+    s = sigma(t)
+    return x0 + s[:, None, None] * z, s, z
+
+
+def dsm_loss(score_net, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Denoising score matching on (B, 8, 7) clean cells: mean over cells of || sigma s(X_t, sigma) + z ||^2."""
+    x_t, s, z = noised(x0, gen)
+    return ((s[:, None, None] * score_net(x_t, s) + z) ** 2).sum((1, 2)).mean()
+
+
+def predictor_loss(predictor, x0: torch.Tensor, acc: torch.Tensor, task_codes: torch.Tensor,
+                   gen: torch.Generator) -> torch.Tensor:
+    """MSE of the predicted accuracy of the noised cells against ``acc`` (B,)."""
+    x_t, s, _ = noised(x0, gen)
+    return torch.nn.functional.mse_loss(predictor(x_t, s, task_codes), acc)
 
 
 def train_score(steps: int = RECIPE["score_steps"], seed: int = 0, progress: bool = True) -> tuple[ScoreNet, list]:
@@ -47,20 +68,14 @@ def train_score(steps: int = RECIPE["score_steps"], seed: int = 0, progress: boo
     net = ScoreNet()
     ema = EMAModel(net.parameters(), decay=RECIPE["ema"])
     opt = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"])
-    x_all = nag.encode(score_split(seed))
+    x_all = nasbench.encode(nasbench.score_split(seed))
     gen = torch.Generator().manual_seed(seed)
-    history = []
-    for step in tqdm(range(steps), desc="score network", disable=not progress):
+    log = LossLog()
+    for _ in tqdm(range(steps), desc="score network", disable=not progress):
         idx = torch.randint(len(x_all), (RECIPE["batch"],), generator=gen)
-        loss = nag.dsm_loss(net, x_all[idx], gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        ema.step(net.parameters())
-        history.append(loss.item())
+        optimizer_step(dsm_loss(net, x_all[idx], gen), opt, net.parameters(), clip=1.0, ema=ema, log=log)
     ema.copy_to(net.parameters())
-    return net.eval().requires_grad_(False), history
+    return net.eval().requires_grad_(False), log.values
 
 
 def predictor_rows(tasks, table: dict | None = None) -> dict[str, tuple[list[str], torch.Tensor]]:
@@ -82,25 +97,20 @@ def train_predictor(tasks=TASKS,
     torch.manual_seed(seed)
     net = AccuracyPredictor()
     opt = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"])
-    data = {t: (nag.encode(a), acc) for t, (a, acc) in predictor_rows(tasks, table).items() if a}
+    data = {t: (nasbench.encode(a), acc) for t, (a, acc) in predictor_rows(tasks, table).items() if a}
     if not data:
         raise ValueError(f"the ground truth has no rows for {', '.join(tasks)}")
     names = sorted(data)
     gen = torch.Generator().manual_seed(seed)
-    history = []
+    log = LossLog()
     net.train()
     for step in tqdm(range(steps), desc="predictor", disable=not progress):
         task = names[step % len(names)]
         x, acc = data[task]
         idx = torch.randint(len(x), (RECIPE["batch"],), generator=gen)
-        code = net.encode_task(nag.task_sets(task, gen))
-        loss = nag.predictor_loss(net, x[idx], acc[idx], code, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        history.append(loss.item())
-    return net.eval().requires_grad_(False), history
+        code = net.encode_task(nasbench.task_sets(task, gen))
+        optimizer_step(predictor_loss(net, x[idx], acc[idx], code, gen), opt, net.parameters(), clip=1.0, log=log)
+    return net.eval().requires_grad_(False), log.values
 
 
 def export(score: ScoreNet, predictor: AccuracyPredictor, info: dict, folder: Path) -> None:

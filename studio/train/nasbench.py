@@ -4,10 +4,10 @@ One cell per functional class (:func:`studio.data.nasbench.canonical`: 5,773 cla
 15,625 cells; the others map onto their class) is trained with one fixed recipe on each task and
 its validation and test accuracy, parameters and multiply-accumulates recorded:
 
-* tasks (:data:`TASKS`): all ten digits; digits 0-4; digits 5-9; even vs odd;
-* data: scikit-learn digits at their native 8 x 8 (the studio's 16 x 16 images average-pooled);
-  the studio's 1,437 training digits split 1,077 / 360 (train / validation, stratified, seed 0),
-  the 360 test digits for test accuracy;
+* tasks (:data:`studio.data.nasbench.TASKS`): all ten digits; digits 0-4; digits 5-9; even vs odd;
+* data (:func:`studio.data.nasbench.task_data`): scikit-learn digits at their native 8 x 8 (the
+  studio's 16 x 16 images average-pooled); the studio's 1,437 training digits split 1,077 / 360
+  (train / validation, stratified, seed 0), the 360 test digits for test accuracy;
 * recipe: :class:`studio.nets.nas_cell.CellNet` with C = 8, Adam lr 5e-3, batch 32, 8 epochs,
   the same seeds for every cell (so a cell's figures are reproducible); the shipped table holds
   seeds 0 and 1 (``--seeds 0,1``) and :func:`studio.data.nasbench.table` averages them.
@@ -25,103 +25,87 @@ B.csv`` merges run CSVs into the shipped table ``studio/data/nasbench_digits.csv
 from __future__ import annotations
 
 import csv
-from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from studio.core.sampling import Progress
 from studio.data import nasbench
+from studio.train.common import optimizer_step
 
-TASKS = {"all ten": tuple(range(10)), "0-4": (0, 1, 2, 3, 4), "5-9": (5, 6, 7, 8, 9), "even/odd": tuple(range(10))}
-RECIPE = {"channels": 8, "lr": 5e-3, "batch": 32, "epochs": 8, "seed": 0, "val_size": 360}
+TASKS = nasbench.TASKS
+RECIPE = {"channels": 8, "lr": 5e-3, "batch": 32, "epochs": 8, "seed": 0}
 FIELDS = nasbench.FIELDS
 ORDER_SEED = 201
 
 
-def task_data(task: str, split: str):
-    """(images (N, 1, 8, 8), targets) of ``task`` on ``split`` ('train', 'val' or 'test')."""
-    x, y = _split(split)
-    keep = np.isin(y, TASKS[task])
-    x, y = x[keep], y[keep]
-    if task == "even/odd":
-        targets = y % 2
-    else:
-        targets = np.searchsorted(np.array(TASKS[task]), y)
-    return torch.from_numpy(x), torch.from_numpy(targets).long()
-
-
-def n_classes(task: str) -> int:
-    return 2 if task == "even/odd" else len(TASKS[task])
-
-
-@lru_cache(maxsize=None)
-def _split(split: str):
-    from sklearn.model_selection import train_test_split
-
-    from studio.data import digits
-
-    def small(images):
-        return F.avg_pool2d(torch.from_numpy(images), 2).numpy()
-
-    if split == "test":
-        test = digits.load("test")
-        return small(test.images), test.labels
-    train = digits.load("train")
-    idx_train, idx_val = train_test_split(np.arange(len(train.labels)), test_size=RECIPE["val_size"],
-                                          random_state=0, stratify=train.labels)
-    idx = idx_train if split == "train" else idx_val
-    return small(train.images[idx]), train.labels[idx]
-
-
-def train_many(archs: list[str], task: str, recipe: dict = RECIPE, device: str = "cpu", seed: int | None = None,
-               progress=None, matmul: bool | None = None) -> list[dict]:
+def train_group(archs: list[str], task: str, recipe: dict = RECIPE, device: str = "cpu", seed: int | None = None,
+                matmul: bool | None = None, stop: Callable[[], bool] = lambda: False
+                ) -> Iterator[Progress | list[dict]]:
     """Train cells of ``archs`` on ``task`` together (:class:`~studio.nets.nas_cell.CellNets`), one
-    fixed recipe; returns one table row per cell. ``progress(epoch, epochs)`` is called per epoch.
-    ``matmul`` (default: on any device but the CPU) runs the convolutions as batched matmuls.
+    fixed recipe: yields a Progress per optimizer step (``info``: ``loss``, the sum over the cells
+    of each cell's mean loss; ``epoch``, 1-based; ``epochs``), then one table row per cell (a list).
+    ``stop()`` is polled between steps; when it answers True the training ends there and the rows
+    measure the networks as trained so far. ``matmul`` (default: on any device but the CPU) runs
+    the convolutions as batched matmuls.
 
     Every network starts from the same seeded draw and sees the same batches in the same order, so
     a cell's figures do not depend on which cells share its batch (up to floating-point order).
     """
-    from studio.nets.nas_cell import CellNet, CellNets, count_params, flops
+    from studio.nets.nas_cell import CellNets
 
     seed = recipe["seed"] if seed is None else seed
-    k, c = n_classes(task), recipe["channels"]
+    k = nasbench.n_classes(task)
     matmul = device != "cpu" if matmul is None else matmul
-    nets = CellNets(archs, n_classes=k, c=c, seed=seed, matmul=matmul).to(device)
+    nets = CellNets(archs, n_classes=k, c=recipe["channels"], seed=seed, matmul=matmul).to(device)
     g = len(archs)
     opt = torch.optim.Adam(nets.parameters(), lr=recipe["lr"])
-    x, y = (t.to(device) for t in task_data(task, "train"))
+    x, y = (t.to(device) for t in nasbench.task_data(task, "train"))
     gen = torch.Generator().manual_seed(seed)
+    per_epoch = -(-len(x) // recipe["batch"])
+    step, total = 0, recipe["epochs"] * per_epoch
     nets.train()
     for epoch in range(recipe["epochs"]):
         perm = torch.randperm(len(x), generator=gen).to(device)
         for i in range(0, len(x), recipe["batch"]):
+            if stop():
+                yield _rows(nets, archs, task, seed, recipe, device)
+                return
             idx = perm[i:i + recipe["batch"]]
             logits = nets(x[idx, None].expand(len(idx), g, *x.shape[1:]))
             # the sum over networks of each network's mean loss: each gets its own gradient
             loss = F.cross_entropy(logits.reshape(-1, k), y[idx].repeat_interleave(g), reduction="sum") / len(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if progress is not None:
-            progress(epoch + 1, recipe["epochs"])
+            value = optimizer_step(loss, opt, clip=None)
+            step += 1
+            yield Progress(step, total, info={"loss": value, "epoch": epoch + 1, "epochs": recipe["epochs"]})
+    yield _rows(nets, archs, task, seed, recipe, device)
+
+
+@torch.no_grad()
+def _rows(nets, archs: list[str], task: str, seed: int, recipe: dict, device: str) -> list[dict]:
+    """One table row per cell of ``nets``: validation and test accuracy, parameters, multiply-adds."""
+    from studio.nets.nas_cell import CellNet, count_params, flops
+
+    k, c, g = nasbench.n_classes(task), recipe["channels"], len(archs)
     nets.eval()
     acc = {}
-    with torch.no_grad():
-        for split in ("val", "test"):
-            xs, ys = (t.to(device) for t in task_data(split=split, task=task))
-            pred = nets(xs[:, None].expand(len(xs), g, *xs.shape[1:])).argmax(-1)
-            acc[split] = (pred == ys[:, None]).float().mean(0).cpu().tolist()
+    for split in ("val", "test"):
+        xs, ys = (t.to(device) for t in nasbench.task_data(task, split))
+        pred = nets(xs[:, None].expand(len(xs), g, *xs.shape[1:])).argmax(-1)
+        acc[split] = (pred == ys[:, None]).float().mean(0).cpu().tolist()
     return [{"arch": a, "task": task, "seed": seed, "val_acc": round(acc["val"][n], 4),
              "test_acc": round(acc["test"][n], 4), "params": count_params(CellNet(a, n_classes=k, c=c)),
              "flops": flops(a, c, k)} for n, a in enumerate(archs)]
 
 
-def train_cell(arch: str, task: str, recipe: dict = RECIPE, progress=None) -> dict:
-    """Train one cell on one task with the table's recipe (on the CPU); returns its row."""
-    return train_many([nasbench.to_string(nasbench.parse(arch))], task, recipe, progress=progress)[0]
+def train_many(archs: list[str], task: str, recipe: dict = RECIPE, device: str = "cpu", seed: int | None = None,
+               matmul: bool | None = None) -> list[dict]:
+    """:func:`train_group` to the end: one table row per cell of ``archs``."""
+    *_, rows = train_group(archs, task, recipe, device, seed, matmul)
+    return rows
 
 
 def visit_order() -> list[str]:
