@@ -6,7 +6,8 @@ generated cells drawn as DAGs (operations as coloured edges), a sortable table (
 predicted accuracy, the ground truth's validation and test accuracy, parameters), where the cells
 fall in the histogram of the whole space, and the search-efficiency curve (best true accuracy vs
 cells trained, in predicted order, against random search). Below: train one cell (typed or taken
-from the table) with the ground truth's recipe, with a progress bar, and compare with the table.
+from the table) with the ground truth's recipe as a background job (progress on every page, Stop keeps
+the cell as trained so far), and compare with the table.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from studio.core.sampling import Progress
 from studio.data.nasbench import space_values, top_fraction
 from studio.methods import method, nag
 from studio.plots import cell_figure, efficiency_chart, space_histogram
+from components import jobs
 from components.widgets import param_inputs, shows_errors
 
 DRAWN = 8          # cells drawn as DAGs
@@ -74,7 +76,9 @@ def build_nag_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
             arch_box = gr.Textbox(label="Architecture string", max_lines=1, max_length=400,
                                   placeholder="|nor_conv_3x3~0|+|none~0|skip_connect~1|+|...~0|...~1|...~2|",
                                   elem_id="nag-arch")
-            train_btn = gr.Button("Train this cell", elem_id="nag-train-btn")
+            with gr.Row():
+                train_btn = gr.Button("Train this cell", elem_id="nag-train-btn", scale=3)
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="nag-stop-btn", scale=1)
             train_info = gr.Markdown(elem_id="nag-train-info")
         with gr.Column(scale=3, min_width=360):
             info = gr.Markdown(elem_id="nag-info")
@@ -110,16 +114,38 @@ def build_nag_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
 
     table.select(pick, inputs=[table], outputs=[arch_box], queue=False, api_visibility="private")
 
+    job = jobs.runner(manager, "nag-train", "Architectures: training a cell")
+    jobs.job_api(job, "nag_job")
+
     @shows_errors
-    def train(arch, task, progress=gr.Progress()):
-        progress((0, 1), desc=f"Training on {task}")
-        for out in nag.train_cell(coerce(nag.TrainParams, {"arch": arch, "task": task})):
-            if isinstance(out, Progress):
-                progress((out.step, out.total), desc=f"Training on {task}", unit="steps")
-        return out.message
+    def train(arch, task, request: gr.Request):
+        """Start *Train this cell* as a background job (bad cells are refused here, before it starts)."""
+        p = coerce(nag.TrainParams, {"arch": arch, "task": task})
+        nag.check_train(p)
+        job.start(jobs.session(request), lambda stop: nag.train_cell(p, manager, stop=stop),
+                  params={"task": p.task, "arch": p.arch}, on_result=lambda result: result.message,
+                  message=f"training on {p.task}")
+        return jobs.describe(job.snapshot(), jobs.session(request))
 
     train_btn.click(train, inputs=[arch_box, inputs["task"]], outputs=[train_info], api_name="nag_train",
-                    concurrency_id="train-cell", concurrency_limit=1, show_progress_on=[train_info])
+                    concurrency_limit=4)
+
+    @shows_errors
+    def stop(request: gr.Request):
+        return job.stop(jobs.session(request))
+
+    stop_btn.click(stop, outputs=[train_info], api_name="nag_stop", queue=False)
+    seen = gr.State(-1)
+
+    def poll(last_seen, request: gr.Request):
+        s = job.snapshot()
+        if s.version == last_seen:
+            return gr.skip(), gr.skip()
+        text = s.note if s.finished and s.owner == jobs.session(request) else jobs.describe(s, jobs.session(request))
+        return s.version, text
+
+    gr.Timer(jobs.POLL_SECONDS).tick(poll, inputs=[seen], outputs=[seen, train_info], api_visibility="private",
+                                     concurrency_limit=None, show_progress="hidden")
     return {**inputs, "generate": gen_btn, "info": info, "dags": dags, "table": table, "hist": hist, "eff": eff,
-            "arch": arch_box, "train": train_btn, "train_info": train_info}
+            "arch": arch_box, "train": train_btn, "stop": stop_btn, "train_info": train_info}
 

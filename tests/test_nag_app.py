@@ -4,24 +4,33 @@ malformed strings or out-of-range scales get a message while the server keeps se
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from studio.data import nasbench as nb
-from tests.test_app import free_port
 
 
 @pytest.fixture
-def nag_app(nag_manager, tmp_path):
-    from components import build_app
+def app_manager(nag_manager):
+    return nag_manager
 
-    demo = build_app(nag_manager)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), ssr_mode=False, quiet=True)
-    try:
-        yield Client(demo.local_url, verbose=False, download_files=str(tmp_path))
-    finally:
-        demo.close()
+
+@pytest.fixture
+def nag_app(app_client):
+    return app_client[0]
+
+
+def trained(client, seconds: float = 300) -> dict:
+    """Poll the training job's API until it ends; its last state."""
+    end = time.time() + seconds
+    while time.time() < end:
+        job = client.predict(api_name="/nag_job")
+        if job["status"] in ("done", "stopped", "failed"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"the training job did not end in {seconds} s: {job}")
 
 
 def test_generate_then_train_a_cell(nag_app, monkeypatch):
@@ -39,8 +48,11 @@ def test_generate_then_train_a_cell(nag_app, monkeypatch):
 
     monkeypatch.setitem(run_nb.RECIPE, "epochs", 1)
     cell = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_1x1~1|none~2|"
-    message = nag_app.predict(cell, "0-4", api_name="/nag_train")
-    assert "validation accuracy" in message and "0-4" in message
+    started = nag_app.predict(cell, "0-4", api_name="/nag_train")
+    assert "running" in started and "your run" in started
+    job = trained(nag_app)
+    assert job["status"] == "done" and job["yours"] and job["step"] == job["total"] > 0
+    assert "validation accuracy" in job["note"] and "0-4" in job["note"]
 
 
 @pytest.mark.parametrize("kw, match", [({"scale": -5.0}, "Guidance scale"), ({"scale": 1e6}, "Guidance scale"),
