@@ -25,6 +25,12 @@ from studio.core.models import DiffusionModel, NAGModel, SeriesDiffusion
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# diffusers' low-memory loading builds the network under accelerate's ``init_empty_weights``, which
+# patches ``nn.Module.register_parameter`` for the whole process while it runs: a module built in
+# another thread at that moment (Tune's LoRA layers in a background job) gets its weights on the
+# meta device ("expected device meta but got cpu" at its first backward). The studio serves several
+# sessions and jobs at once, so it loads the plain way: the weights are built on the CPU, then filled.
+LOW_CPU_MEM_USAGE = False
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -144,7 +150,8 @@ def load_module_folder(folder: Path, class_name: str | None = None) -> torch.nn.
         class_name = cfg.get("_class_name")
     cls = model_class(class_name)
     try:
-        module = cls.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
+        module = cls.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32,
+                                     low_cpu_mem_usage=LOW_CPU_MEM_USAGE)
     except (OSError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"could not load {class_name} from {folder}: {exc}") from exc
     return module.eval().requires_grad_(False)
@@ -232,7 +239,8 @@ def load_folder(path: Path) -> Any:
         return load_zoo(path.name, path.parent) if (path.parent / "MANIFEST.json").exists() else _load_entry(path)
     if (path / "model_index.json").exists():
         check_weight_files(path)
-        pipe = lazy.diffusers_attr("DiffusionPipeline").from_pretrained(path, use_safetensors=True)
+        pipe = lazy.diffusers_attr("DiffusionPipeline").from_pretrained(path, use_safetensors=True,
+                                                                        low_cpu_mem_usage=LOW_CPU_MEM_USAGE)
         from studio.core import pipelines
 
         return pipelines.from_pipeline(pipe, path.name) if pipelines.is_text_to_image(pipe) else pipe
