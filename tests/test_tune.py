@@ -20,6 +20,7 @@ from studio.data import digits
 from studio.methods import tune
 from studio.nets import lora
 from studio.train import boot, pso
+from tests.contract import MethodContract
 
 
 def tiny_fewstep(name="digits-fewstep"):
@@ -363,3 +364,18 @@ def test_student_exports_as_a_few_step_zoo_entry(tmp_path, monkeypatch):
     assert dm.prediction_type == "sample" and dm.info["default_scheduler"] == "ddim"
     assert boot.FewStep(dm).timesteps.tolist() == [999, 749, 499, 249]
     assert json.loads((zoo / "MANIFEST.json").read_text())["digits-fewstep"]["recipe"] == "studio train digits-fewstep"
+
+
+class TestTuneContract(MethodContract):
+    method_id = "tune"
+    bad = [({"steps": 0}, "Training steps"), ({"base": "nope"}, "unknown base model"), ({"style": "custom"}, "custom")]
+
+    @pytest.fixture
+    def manager(self, fewstep_manager):
+        return fewstep_manager
+
+    def params(self):
+        return tune.Params(style="thick", steps=2, lora_rank=2, n_refs=1, seed=3)
+
+    def output(self, result):
+        return {k: v.detach().clone() for k, v in lora.lora_state(result.unet).items()}
