@@ -227,3 +227,16 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+def wait_for_job(client, api_name: str, seconds: float = 300) -> dict:
+    """Poll a background job's status endpoint (e.g. ``/nag_job``) until it ends; its last state."""
+    import time
+
+    end = time.time() + seconds
+    while time.time() < end:
+        job = client.predict(api_name=api_name)
+        if job["status"] in ("done", "stopped", "failed"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"the job did not end in {seconds} s: {job}")

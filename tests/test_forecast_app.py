@@ -5,7 +5,6 @@ nothing else."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from gradio_client import handle_file
@@ -15,6 +14,7 @@ from components.forecast_tab import metrics_rows, summary
 from studio.core import baselines as B
 from studio.data import series as S
 from studio.methods import forecast as F
+from tests.conftest import wait_for_job
 from tests.test_forecast import _csv, _monthly, tiny_forecast_manager
 
 FAST = {"samples": 8, "sampler": "ddim", "ddim_steps": 3}
@@ -23,17 +23,6 @@ FAST = {"samples": 8, "sampler": "ddim", "ddim_steps": 3}
 @pytest.fixture
 def tiny_manager(tiny_manager):
     return tiny_forecast_manager(tiny_manager)
-
-
-def wait_until_finished(client, seconds: float = 300) -> dict:
-    """Poll the training job's API until it is done, stopped or failed; returns its last state."""
-    end = time.time() + seconds
-    while time.time() < end:
-        job = client.predict(api_name="/forecast_job")
-        if job["status"] in ("done", "stopped", "failed"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"the training job did not finish in {seconds} s: {job}")
 
 
 def run_forecast(client, **kw):
@@ -79,7 +68,7 @@ def test_upload_train_and_forecast_my_series(app_client, tmp_path, monkeypatch):
         run_forecast(client, series="upload", **FAST)
     info = client.predict(0, 0, api_name="/forecast_train")
     assert "Training started" in info
-    job = wait_until_finished(client)
+    job = wait_for_job(client, "/forecast_job")
     assert job["status"] == "done" and job["yours"] and "final loss" in job["note"] and job["step"] == 20
     assert any(k.startswith("tsdiff-upload-") for k in manager.keys())
     out = run_forecast(client, series="upload", **FAST)

@@ -4,12 +4,11 @@ malformed strings or out-of-range scales get a message while the server keeps se
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from gradio_client.exceptions import AppError
 
 from studio.data import nasbench as nb
+from tests.conftest import wait_for_job
 
 
 @pytest.fixture
@@ -20,17 +19,6 @@ def app_manager(nag_manager):
 @pytest.fixture
 def nag_app(app_client):
     return app_client[0]
-
-
-def trained(client, seconds: float = 300) -> dict:
-    """Poll the training job's API until it ends; its last state."""
-    end = time.time() + seconds
-    while time.time() < end:
-        job = client.predict(api_name="/nag_job")
-        if job["status"] in ("done", "stopped", "failed"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"the training job did not end in {seconds} s: {job}")
 
 
 def test_generate_then_train_a_cell(nag_app, monkeypatch):
@@ -50,7 +38,7 @@ def test_generate_then_train_a_cell(nag_app, monkeypatch):
     cell = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_1x1~1|none~2|"
     started = nag_app.predict(cell, "0-4", api_name="/nag_train")
     assert "running" in started and "your run" in started
-    job = trained(nag_app)
+    job = wait_for_job(nag_app, "/nag_job")
     assert job["status"] == "done" and job["yours"] and job["step"] == job["total"] > 0
     assert "validation accuracy" in job["note"] and "0-4" in job["note"]
 
