@@ -35,9 +35,21 @@ def zoo_url(zoo_manager):
 
 
 def set_number(page, selector: str, value: int) -> None:
+    """Type ``value`` into a Number input and make sure it stays there.
+
+    A tab's inputs are mounted when the tab is first selected; a value typed in the same instant can
+    be overwritten by the component's initial value (seen once on CI: the Tune run used its default
+    150 steps instead of 4). So type, commit, wait a moment, and type again if the value was reset."""
     box = page.locator(f"{selector} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+    box.wait_for(state="visible")
+    for _ in range(5):
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()
+        page.wait_for_timeout(250)
+        if box.input_value() == str(value):
+            return
+    raise AssertionError(f"{selector} did not keep the value {value} (it shows {box.input_value()!r})")
 
 
 def open_tab(browser, url: str, tab: str | None = None, height: int = 1000):
@@ -46,7 +58,11 @@ def open_tab(browser, url: str, tab: str | None = None, height: int = 1000):
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url)
     if tab:
-        page.get_by_role("tab", name=tab).click()
+        from playwright.sync_api import expect
+
+        button = page.get_by_role("tab", name=tab, exact=True)
+        button.click()
+        expect(button).to_have_attribute("aria-selected", "true")
     return page
 
 
