@@ -25,6 +25,10 @@ from studio.plots import cell_figure, efficiency_chart, space_histogram
 from components import jobs
 from components.widgets import param_inputs, shows_errors
 
+ABOUT = ("The accuracy predictor reads a cell with a transformer (the official `MetaPredictorCATE` layout), "
+         "**not** the official NAS-Bench-201 predictor, a directed graph convolutional network (4 layers, hidden "
+         "144): a stated deviation ([docs/nag.md](docs/nag.md)). The table's validation accuracy is what a search "
+         "ranks by; its test accuracy (digits never used for any choice) is the honest figure for a picked cell.")
 DRAWN = 8          # cells drawn as DAGs
 RANDOM_RUNS = 200  # random-search runs behind the reference curve
 
@@ -71,6 +75,7 @@ def build_nag_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
         with gr.Column(scale=2, min_width=300):
             inputs = param_inputs(nag.Params, choices={"model": method("nag").models(manager)}, id_prefix="nag-")
             gen_btn = gr.Button("Generate cells", variant="primary", elem_id="nag-generate-btn")
+            gr.Markdown(ABOUT, elem_id="nag-about")
             gr.Markdown("### Train one cell\nPaste an architecture string (NAS-Bench-201 format) or pick a row of "
                         "the table; it is trained on the chosen task with the ground truth's recipe (a few seconds).")
             arch_box = gr.Textbox(label="Architecture string", max_lines=1, max_length=400,

@@ -126,6 +126,29 @@ def test_top_one_percent_never_holds_more_than_one_percent_despite_ties():
     assert nas_metrics.trained_to_reach(curve, 0.99) == float("inf")
 
 
+def test_a_search_picks_its_cell_by_validation_and_random_orders_are_random_search():
+    import numpy as np
+
+    values = {"a": 0.9, "b": 0.95, "c": 0.95, "d": 0.5}
+    # distinct cells only; the best validation so far, the earlier one on a tie
+    assert nas_metrics.chosen_so_far(["d", "a", "a", "c", "b"], values) == ["d", "a", "c", "c"]
+    space = {f"c{i}": (i * 37 % 100) / 100 for i in range(100)}
+    orders = nas_metrics.random_orders(space, 5, 20, seed=3)
+    assert all(len(set(o)) == 20 for o in orders) and len({tuple(o) for o in orders}) == 5
+    assert np.allclose([nas_metrics.best_so_far(o, space) for o in orders],
+                       nas_metrics.random_search_curves(space, 5, 20, seed=3))
+
+
+def test_bootstrap_intervals_of_medians_and_their_ratio():
+    inf = float("inf")
+    med, lo, hi = nas_metrics.bootstrap_median([3, 5, 7, 9, 11, inf])  # a run that never reached sorts last
+    assert med == 8 and 3 <= lo <= med <= hi
+    assert nas_metrics.bootstrap_median([4, 4, 4]) == (4, 4, 4)
+    assert nas_metrics.bootstrap_ratio([100] * 8, [10] * 8) == (10, 10, 10)
+    ratio, lo, hi = nas_metrics.bootstrap_ratio([80, 100, 120, 90, 110], [9, 10, 11, 10, 12])
+    assert ratio == 10 and lo < 10 < hi and lo > 5
+
+
 class TestNagContract(MethodContract):
     method_id = "nag"
     bad = [({"scale": -1.0}, "Guidance scale"), ({"steps": 5}, "Sampler steps"), ({"task": "cifar"}, "Task"),

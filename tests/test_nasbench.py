@@ -207,3 +207,13 @@ def test_the_shipped_table_covers_every_cell_on_every_task_with_two_seeds():
     rows = [r for r in nb.read_rows() if r["task"] == "5-9" and r["arch"] == trained]
     assert sorted(int(r["seed"]) for r in rows) == [0, 1]
     assert t["5-9"][arch]["val_acc"] == pytest.approx(sum(float(r["val_acc"]) for r in rows) / 2)
+
+
+def test_the_table_measures_test_accuracy_apart_from_validation():
+    """Validation digits (what searches select by) and test digits (read only for a picked cell) are
+    separate splits, and the table holds both accuracies, measured, not copied."""
+    sizes = {split: len(nb.task_data("all ten", split)[1]) for split in ("train", "val", "test")}
+    assert sizes == {"train": 1077, "val": 360, "test": 360}
+    t = nb.table()["all ten"]
+    differ = sum(abs(e["val_acc"] - e["test_acc"]) > 1e-9 for e in t.values())
+    assert differ > 0.5 * len(t)

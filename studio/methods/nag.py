@@ -15,12 +15,19 @@ As the official code (CownowAn/DiffusionNAG, NAS-Bench-201 tree) does it:
   ``s(X, sigma) + w grad_X f(X, sigma, D)`` (f summed over the batch, ``labels='max'``); the last
   predictor mean is kept, mapped to [0, 1] and thresholded at 0.5 (``utils.quantize``,
   :func:`studio.data.nasbench.decode`).
+* **The predictor** f (:class:`studio.nets.nag.AccuracyPredictor`): a deviation. The official
+  NAS-Bench-201 predictor is a directed-GCN meta-predictor (``MetaNeuralPredictor``,
+  ``models/digcn_meta.py``: 4 directed graph-convolution layers, hidden 144); the studio's reads
+  the cell with the score network's transformer encoder, as the official ``MetaPredictorCATE``
+  (the MobileNetV3 tree's predictor) does. The task encoder, head and noised-cell training match.
 * **Validity, uniqueness, novelty** (:func:`studio.core.nas_metrics.vun`,
   ``analysis/arch_functions.py``) of what :func:`run` generates, novelty against the score
   network's training half (:func:`studio.data.nasbench.score_split`).
 
 The guidance scale ``w`` is in the predictor's units (accuracy as a fraction); the official default
-10000 is for its own predictor and is not comparable, so the studio sweeps ``w`` (benchmark).
+10000 is for its own predictor and is not comparable. The benchmark chooses ``w`` per task on
+selection seeds and reports on other seeds (``benchmarks/results/nag.md``); the tab's default
+:data:`DEFAULT_SCALE` = 50 was picked before that, on *all ten*.
 
 :func:`run` generates (a :class:`PCStep` per sampler step, then a :class:`NAGResult`);
 :func:`train_cell` trains one cell with the ground truth's recipe (a Progress per optimizer

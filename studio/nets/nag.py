@@ -1,6 +1,7 @@
 """DiffusionNAG's networks: the graph score network and the dataset-aware accuracy predictor.
 
-Both follow the official ``models/cate.py`` + ``models/transformer.py`` (CATE's graph encoder):
+The score network follows the official ``models/cate.py`` + ``models/transformer.py`` (CATE's graph
+encoder), the NAS-Bench-201 tree's score network:
 
 * node features: the (noised) operation matrix ``X`` (B, 8, 7) through a linear "semantic embedding"
   scaled by sqrt(d); a sinusoidal node-position encoding; a time embedding (sinusoidal embedding of
@@ -12,17 +13,32 @@ Both follow the official ``models/cate.py`` + ``models/transformer.py`` (CATE's 
 
 :class:`ScoreNet` returns the score ``s(X_t, sigma)`` per node and operation, the encoder's output
 divided by sigma (score_sde's ``scale_by_sigma`` for VE models; the official CATE outputs the score
-unscaled and trains 250k iterations, a budget this CPU does not have). :class:`AccuracyPredictor` (``MetaPredictorCATE``) flattens the MLP's
-output through a 2-layer ELU MLP (the architecture code), encodes the task's data with two set
-poolings (intra-class, then inter-class; a Set-Transformer SAB + PMA each, "sabPF") and predicts
-accuracy with Linear -> Tanh -> Linear on the concatenation.
+unscaled and trains 250k iterations, a budget this CPU does not have).
+
+:class:`AccuracyPredictor` is **not** the official NAS-Bench-201 predictor. The official
+NAS-Bench-201 config (``configs/tr_meta_surrogate.py``, ``model.name = 'MetaNeuralPredictor'``,
+``models/digcn_meta.py``) reads a cell with a *directed graph convolutional network*: 4
+directed-GCN layers (hidden 144, from the 7 one-hot operations; each layer averages the ReLU of a
+forward and a backward row-normalised adjacency propagation, dropout 0.1), mean pooling over the
+nodes, the time embedding (width 144) added after pooling, then Linear(144, 128), concatenated
+with the task encoding and read by Linear(184, 32) -> Tanh -> Linear(32, 1). The studio's predictor
+instead follows the official ``MetaPredictorCATE`` (``models/cate.py``; the predictor the
+*MobileNetV3* tree's config selects): the same transformer graph encoder as the score network
+(its own weights), its per-node output flattened through a 2-layer ELU MLP (the architecture code,
+112 values), the task's data encoded with two set poolings (intra-class, then inter-class; a
+Set-Transformer SAB + PMA each, "sabPF"), Linear(168, 32) -> Tanh -> Linear(32, 1) on the
+concatenation. Both official predictors share the task encoder, the head and the training on noised
+cells; they differ in how the cell is read (a transformer with reachability-masked attention vs a
+directed GCN).
 
 The VE-SDE these networks are trained on (its sigma schedule) is :mod:`studio.nets.ve_sde`, kept
 apart because it is plain torch: the Architectures tab needs it before diffusers is imported.
 
-Deviations (stated in the README): 3 transformer layers of width 32 and 4 heads instead of 12 x 64
-x 8 (the space has 8 nodes; sampling 1,000 steps must stay fast on a CPU); the score scaled by 1/sigma; the set encoder reads the task's raw 8 x 8 digits (64 values) rather
-than ResNet-18 features; no dropout.
+Deviations (stated in docs/nag.md): the predictor's cell reader is CATE's transformer, not the
+NAS-Bench-201 directed GCN (above); 3 transformer layers of width 32 and 4 heads instead of 12 x 64
+x 8 (the space has 8 nodes; sampling 1,000 steps must stay fast on a CPU); the score scaled by
+1/sigma; the set encoder reads the task's raw 8 x 8 digits (64 values) rather than ResNet-18
+features; no dropout.
 """
 
 from __future__ import annotations
@@ -140,6 +156,9 @@ class SetPool(nn.Module):
 
 class AccuracyPredictor(ModelMixin, ConfigMixin):
     """f_phi(X_t, sigma, D): accuracy of a (noised) cell on the task whose data is ``D``.
+
+    The official ``MetaPredictorCATE`` layout (a transformer reads the cell), not NAS-Bench-201's
+    directed-GCN ``MetaNeuralPredictor`` (4 layers, hidden 144): a stated deviation (module docstring).
 
     ``D`` is (n_classes, n_per_class, 64): a few images of each of the task's classes.
     """
