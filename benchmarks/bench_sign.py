@@ -19,14 +19,29 @@ neither trained by any method here.
   the clean digit for the corrupted input, f^k (k = 1..4 evaluations) and SDEdit with the teacher
   at 1, 2, 4 evaluations for strengths 0.1, 0.2, 0.3, 0.5, 0.7 (each row says its strength; the best
   SDEdit row per evaluation count is the one to beat).
-* **Stability**: SIGN and plain IGN each trained from 3 seeds at a short, equal budget (SIGN 500
-  warm-up + 100 joint steps, IGN 600 steps; ``studio.train.sign.SHORT``), FD-digits of f^1 for
-  every seed: the spread across seeds is the instability the paper fixes.
+* **Ablation ladder** (``--only ladder``): what each part of this studio's SIGN-style objective
+  buys, at a reduced, *equal* budget for every rung (``LADDER_WARMUP`` regression-only steps shared
+  by all, then ``LADDER_JOINT`` steps of the rung's terms; ``LADDER_PAIRS`` cached teacher pairs;
+  the same batches; ``studio.train.sign.LADDER``): (1) regression onto teacher pairs only (plain
+  distillation), (2) + IGN's three terms, (3) + distribution matching. FD-digits of f^1 and f^2,
+  class entropy, ``||f(f(z)) - f(z)|| / ||f(z)||``, editing accuracy of f^1 on both corruptions, each
+  with its 95% bootstrap interval, paired differences against rung (1) on the same inputs, and the
+  wall clock of each run; the shipped models' rows beside them, as context (other budgets).
+* **Paired editing** (``--only paired``): f^1 vs SDEdit on the *same* corrupted test digits, the
+  difference of judge hits with a paired bootstrap interval; SDEdit's strength (swept 0.05..0.5) is
+  chosen on selection items (360 corrupted *training* digits) and reported on the 360 test digits.
+* **Stability**: SIGN and plain IGN each trained from 3 seeds at a short, equal budget (SIGN 300
+  warm-up + 100 joint steps, IGN 400 steps; ``studio.train.sign.SHORT``), FD-digits of f^1 for
+  every seed. Confounded: the SIGN seeds share the teacher's initial weights, the same cached pairs
+  (and the seed changes only the batches), while the IGN seeds differ in their random initial
+  weights; not re-run with those varied (see the results file).
 * **Speed**: milliseconds per image for one application of f and for one teacher step (batch 100,
   2 threads).
 
 Writes ``benchmarks/results/sign.json`` and ``sign.md``. Run ``python benchmarks/bench_sign.py
-[--quick]`` (or ``make bench``). The stability runs train (and cache in ``runs/``) if absent.
+[--quick] [--only SECTION ...]`` (or ``make bench``); ``--only`` re-runs those sections and keeps the
+others' recorded rows (each section's date is recorded). The stability and ladder runs train (and
+cache in ``runs/``) if absent.
 """
 
 from __future__ import annotations
@@ -57,6 +72,15 @@ SDEDIT_EVALS = (1, 2, 4)
 SDEDIT_STRENGTHS = (0.1, 0.2, 0.3, 0.5, 0.7)  # the best per evaluation count is the baseline (chosen on the test digits: favours SDEdit)
 CORRUPTIONS = {"noise sigma 0.5": ("noise", 0.5), "box 25%": ("box", 0.25)}
 STABILITY_SEEDS = (0, 1, 2)
+LADDER_WARMUP, LADDER_JOINT, LADDER_PAIRS = 150, 100, 1024  # reduced to fit ~40 single-core minutes, equal for all
+LADDER_ORDER = ("distil", "distil+ign+dmd", "distil+ign")  # training order: cheapest, the full objective, the middle
+RUNG_LABEL = {"distil": "(1) regression onto teacher pairs (plain distillation)",
+              "distil+ign": "(2) + IGN's three terms (rec, idem, tight)",
+              "distil+ign+dmd": "(3) + distribution matching (the full SIGN-style objective)"}
+SELECT_STRENGTHS = (0.05, 0.1, 0.2, 0.3, 0.5)  # SDEdit strengths for the paired comparison, chosen on selection items
+PAIRED_EVALS = (1, 4)
+N_SELECT = 360  # selection items: corrupted training digits (the report items are the 360 test digits)
+SECTIONS = ("generation", "idempotence", "editing", "ladder", "paired", "stability", "speed")
 
 
 def class_stats(judge, x: torch.Tensor) -> dict:
@@ -147,6 +171,108 @@ def stability(fd_net, judge, test, n: int, n_boot: int) -> list[dict]:
     return rows
 
 
+def hits(judge, x: torch.Tensor, labels) -> np.ndarray:
+    """Per image: does the judge read the true digit? (0/1)"""
+    with torch.no_grad():
+        return (judge(x.clamp(-1, 1)).argmax(-1).numpy() == np.asarray(labels)).astype(np.float64)
+
+
+def corrupted_test(test: torch.Tensor) -> dict:
+    """The editing table's inputs: every test digit under each corruption (generator seed SEED)."""
+    return {corr: edit.corrupt(test, kind, s, make_generator(SEED)) for corr, (kind, s) in CORRUPTIONS.items()}
+
+
+def profile(f, fd_net, judge, test, labels, z, corrupted: dict, n_boot: int) -> tuple[dict, dict]:
+    """One f's ladder row (FD-digits and class entropy of f^1 and f^2, idempotence from noise, editing
+    accuracy of f^1) and its per-digit editing hits per corruption (for paired differences)."""
+    outs = f.iterate(z, 2)
+    row = {}
+    for k in (1, 2):
+        r = {**fd(fd_net, outs[k - 1], test, n_boot), **class_stats(judge, outs[k - 1])}
+        row.update({f"{key}{k}": v for key, v in r.items()})
+    row["idem_noise_first_step"] = round(float(edit.idempotence_error(f, z).mean()), 4)
+    h = {}
+    for corr, x_c in corrupted.items():
+        with torch.no_grad():
+            h[corr] = hits(judge, f(x_c), labels)
+        acc = metrics.bootstrap_mean(h[corr])
+        row[f"edit {corr}"] = [round(acc.value, 3), round(acc.low, 3), round(acc.high, 3)]
+    return row, h
+
+
+def ladder(fd_net, judge, test, labels, n: int, n_boot: int, partial=None) -> dict:
+    """The ablation ladder (trained into ``runs/`` if absent) and the shipped models beside it."""
+    from studio.core.loading import ZOO_DIR
+    from studio.train.common import Checkpoint
+
+    z = edit.noises(SEED, n, (1, 16, 16))
+    corrupted = corrupted_test(test)
+    out = {"warmup": LADDER_WARMUP, "joint": LADDER_JOINT, "n_pairs": LADDER_PAIRS, "rows": [], "shipped": [],
+           "paired_vs_rung1": []}
+    all_hits = {}
+    for rung in LADDER_ORDER:
+        f, state = sign.load_ladder(rung, LADDER_WARMUP, LADDER_JOINT, LADDER_PAIRS, progress=True)
+        warm = Checkpoint(sign.ladder_run_name("distil", LADDER_WARMUP, 0, LADDER_PAIRS))
+        warm_s = json.loads(warm.meta_path.read_text())["seconds"] if warm.exists() else None
+        row, all_hits[rung] = profile(f, fd_net, judge, test, labels, z, corrupted, n_boot)
+        out["rows"].append({"rung": rung, "label": RUNG_LABEL[rung], "terms": state["recipe"]["terms"],
+                            "steps": state["step"], "seconds": round(state["seconds"], 1),
+                            "warmup_seconds": warm_s, **row})
+        print(out["rows"][-1], flush=True)
+        if partial:
+            partial(out)
+    out["rows"].sort(key=lambda r: list(RUNG_LABEL).index(r["rung"]))
+    for rung in LADDER_ORDER[1:]:
+        for corr in CORRUPTIONS:
+            d = edit.paired_difference(all_hits[rung][corr], all_hits["distil"][corr])
+            out["paired_vs_rung1"].append({"rung": rung, "corruption": corr, "diff": round(d.value, 3),
+                                           "low": round(d.low, 3), "high": round(d.high, 3),
+                                           "verdict": edit.verdict(d)})
+    manifest = json.loads((ZOO_DIR / "MANIFEST.json").read_text())
+    for name in ("sign-digits", "ign-digits"):
+        row, _ = profile(load_zoo(name), fd_net, judge, test, labels, z, corrupted, n_boot)
+        m = manifest.get(name, {})
+        out["shipped"].append({"model": name, "steps": m.get("train_steps"), "seconds": m.get("train_seconds"),
+                               "machine": m.get("machine"), **row})
+        print(out["shipped"][-1], flush=True)
+    if partial:
+        partial(out)
+    return out
+
+
+def paired_editing(fs: dict, teacher, judge, test, labels) -> dict:
+    """f^1 vs SDEdit (teacher) on the same corrupted test digits: SDEdit's strength per evaluation count chosen
+    on N_SELECT corrupted training digits, the difference of judge hits with a paired bootstrap interval."""
+    train = digits.load("train")
+    idx = np.random.default_rng(1).choice(len(train.images), N_SELECT, replace=False)
+    sel_x, sel_y = torch.from_numpy(train.images[idx]), np.asarray(train.labels)[idx]
+    corrupted = corrupted_test(test)
+    rows, selection = [], []
+    for corr, (kind, s) in CORRUPTIONS.items():
+        sel_c = edit.corrupt(sel_x, kind, s, make_generator(SEED + 2))
+        f_hits = {}
+        for name, f in fs.items():
+            with torch.no_grad():
+                f_hits[name] = hits(judge, f(corrupted[corr]), labels)
+        for evals in PAIRED_EVALS:
+            sel_acc = {st: float(hits(judge, edit.sdedit(teacher, sel_c, evals, st, make_generator(SEED + 1)),
+                                      sel_y).mean()) for st in SELECT_STRENGTHS}
+            best = max(SELECT_STRENGTHS, key=lambda st: sel_acc[st])  # ties: the first (smallest) strength
+            selection.append({"corruption": corr, "evals": evals, "selection_accuracy": sel_acc, "chosen": best})
+            sd = hits(judge, edit.sdedit(teacher, corrupted[corr], evals, best, make_generator(SEED + 1)), labels)
+            for name, h in f_hits.items():
+                d = edit.paired_difference(h, sd)
+                rows.append({"corruption": corr, "f": f"{name} f^1", "sdedit_evals": evals, "sdedit_strength": best,
+                             "f_accuracy": round(float(h.mean()), 3), "sdedit_accuracy": round(float(sd.mean()), 3),
+                             "diff": round(d.value, 3), "low": round(d.low, 3), "high": round(d.high, 3),
+                             "verdict": edit.verdict(d, f"{name} f^1 better", "SDEdit better")})
+                print(rows[-1], flush=True)
+    return {"selection_items": f"{N_SELECT} training digits (numpy default_rng(1) choice), corrupted with seed "
+                               f"{SEED + 2}", "report_items": "the 360 test digits, corrupted with seed "
+                                                             f"{SEED} (the editing table's inputs)",
+            "selection": selection, "rows": rows}
+
+
 def speed(fs: dict, teacher) -> dict:
     z = torch.randn(100, 1, 16, 16)
     out = {}
@@ -176,9 +302,21 @@ def fmt_fd(r):
     return f"{r['fd']:.1f} ({r['fd_low']:.1f}..{r['fd_high']:.1f})"
 
 
+def fmt_ci(v) -> str:
+    return f"{v[0]:.3f} ({v[1]:.3f}..{v[2]:.3f})"
+
+
+def fmt_fdk(r, k) -> str:
+    return f"{r[f'fd{k}']:.1f} ({r[f'fd_low{k}']:.1f}..{r[f'fd_high{k}']:.1f})"
+
+
 def write_md(report: dict, path: Path) -> None:
-    L = ["# Edit (SIGN) benchmark\n",
-         f"Machine: {report['machine']}. {report['n_gen']} samples per row (noise i from seed {SEED} + i, the same for "
+    dates = report.get("section_dates", {})
+    L = ["# Edit (SIGN-style) benchmark\n",
+         "SIGN-style: there is no official SIGN code; the objective is this studio's reading (docs/edit.md).\n",
+         f"Machine: {report['machine']}. Dates: {report.get('date')} for every section not listed here"
+         + "".join(f"; {k}: {v}" for k, v in dates.items()) + ". "
+         f"{report['n_gen']} samples per row (noise i from seed {SEED} + i, the same for "
          f"every method); FD-digits against the 360 test digits, 95% bootstrap interval; its floor ({report['n_gen']} "
          f"training digits vs the test digits): {fmt_fd(report['floor'])}. Class entropy: ln 10 = 2.303 is uniform.\n",
          "## Generation vs network evaluations\n", "| method | NFE | FD-digits | class entropy | smallest class share | seconds |",
@@ -193,11 +331,60 @@ def write_md(report: dict, path: Path) -> None:
         L.append(f"| {r['model']} | {r['idem_samples']} | {r['idem_noise_first_step']} | {r['idem_test']} | "
                  f"{r['reconstruction_test']} |")
     L += ["", "## Editing corrupted test digits (360; judge accuracy on the true digit, PSNR to the clean digit)\n",
+          "SDEdit's strength sweep here is read on these same digits (in-sample, favours SDEdit); the paired "
+          "comparison below chooses it on other items.\n",
           "| corruption | method | evaluations | judge accuracy | PSNR (dB) |", "|---|---|---|---|---|"]
     for r in report["editing"]:
         L.append(f"| {r['corruption']} | {r['method']} | {r['evals']} | {r['judge_accuracy']:.3f} "
                  f"({r['acc_low']:.3f}..{r['acc_high']:.3f}) | {r['psnr']:.2f} |")
+    if report.get("paired"):
+        p = report["paired"]
+        L += ["", "## Editing: f^1 vs SDEdit on the same inputs (paired bootstrap)\n",
+              f"Selection items (SDEdit's strength, swept {', '.join(map(str, SELECT_STRENGTHS))}): {p['selection_items']}. "
+              f"Report items: {p['report_items']}. Difference = accuracy of f^1 minus SDEdit's, 95% paired bootstrap "
+              "interval over the digits (2,000 resamples); an interval covering 0 is \"no difference\".\n",
+              "| corruption | f | SDEdit evaluations | SDEdit strength (chosen on selection) | f^1 accuracy | "
+              "SDEdit accuracy | difference (95% CI) | verdict |", "|---|---|---|---|---|---|---|---|"]
+        for r in p["rows"]:
+            L.append(f"| {r['corruption']} | {r['f']} | {r['sdedit_evals']} | {r['sdedit_strength']} | "
+                     f"{r['f_accuracy']:.3f} | {r['sdedit_accuracy']:.3f} | {r['diff']:+.3f} "
+                     f"({r['low']:+.3f}..{r['high']:+.3f}) | {r['verdict']} |")
+        L += ["", "Selection accuracies (SDEdit, per strength): " + "; ".join(
+            f"{q['corruption']}, {q['evals']} eval(s): " + ", ".join(f"{k}: {v:.3f}" for k, v in
+                                                                      q["selection_accuracy"].items())
+            + f" -> {q['chosen']}" for q in p["selection"]) + "."]
+    if report.get("ladder"):
+        lad = report["ladder"]
+        L += ["", "## Ablation ladder: what each part of the objective buys (reduced, equal budget)\n",
+              f"Every rung starts from the teacher's weights and a shared {lad['warmup']}-step regression-only "
+              f"warm-up, then runs {lad['joint']} steps of its own terms: {lad['warmup'] + lad['joint']} steps each, "
+              f"the same batches, the same {lad['n_pairs']} cached teacher pairs (DDIM-25), 1 CPU thread. This is "
+              "far below the shipped recipe (1,500 warm-up + 400 joint steps on 16,384 pairs), so the absolute "
+              "figures are not the shipped model's; the ladder compares the rungs with each other. Seconds: the "
+              "run's own wall clock (shared warm-up included, its share in brackets); other jobs shared the machine.\n",
+              "| rung | terms of phase 2 | steps | seconds | FD-digits f^1 | entropy f^1 | FD-digits f^2 | entropy f^2 | "
+              "f(f(z)) vs f(z) | edit acc. f^1, " + " | edit acc. f^1, ".join(CORRUPTIONS) + " |",
+              "|---|---|---|---|---|---|---|---|---|" + "---|" * len(CORRUPTIONS)]
+        for r in lad["rows"]:
+            L.append(f"| {r['label']} | {', '.join(r['terms'])} | {r['steps']} | {r['seconds']:.0f} "
+                     f"({r['warmup_seconds'] or 0:.0f}) | {fmt_fdk(r, 1)} | {r['class_entropy1']:.3f} | {fmt_fdk(r, 2)} | "
+                     f"{r['class_entropy2']:.3f} | {r['idem_noise_first_step']} | "
+                     + " | ".join(fmt_ci(r[f'edit {c}']) for c in CORRUPTIONS) + " |")
+        for r in lad.get("shipped", []):
+            L.append(f"| shipped `{r['model']}` (context: its own budget) | - | {r['steps']} | {r['seconds']:.0f} "
+                     f"(2 threads) | {fmt_fdk(r, 1)} | {r['class_entropy1']:.3f} | {fmt_fdk(r, 2)} | "
+                     f"{r['class_entropy2']:.3f} | {r['idem_noise_first_step']} | "
+                     + " | ".join(fmt_ci(r[f'edit {c}']) for c in CORRUPTIONS) + " |")
+        if lad.get("paired_vs_rung1"):
+            L += ["", "Editing accuracy of f^1, paired difference against rung (1) on the same inputs (95% CI):", ""]
+            L += [f"- {RUNG_LABEL[r['rung']]}, {r['corruption']}: {r['diff']:+.3f} ({r['low']:+.3f}..{r['high']:+.3f}): "
+                  f"{r['verdict']}" for r in lad["paired_vs_rung1"]]
     L += ["", "## Stability across training seeds (short, equal budgets)\n",
+          "**Confounded, not re-run.** The SIGN seeds share the teacher's initial weights and the same cached "
+          "pairs (the seed changes only the batch order), while the IGN seeds differ in their random initial "
+          "weights. The spreads below therefore compare different sources of variation; varying the pair subset and "
+          "order for SIGN, and starting an IGN run from the teacher's weights, did not fit this run's compute "
+          "budget.\n",
           "| method | seed | steps | FD-digits of f^1 | class entropy |", "|---|---|---|---|---|"]
     for r in report["stability"]:
         L.append(f"| {r['method']} | {r['seed']} | {r['steps']} | {fmt_fd(r)} | {r['class_entropy']:.3f} |")
@@ -213,6 +400,14 @@ def goals(report: dict) -> list[str]:
     out = [f"f^1 FD-digits below teacher DDIM-4: {f1:.1f} vs {d4:.1f}: {'MET' if f1 < d4 else 'MISSED'}",
            f"f^1 FD-digits within 2x of teacher DDIM-50: {f1:.1f} vs 2 x {d50:.1f} = {2 * d50:.1f}: "
            f"{'MET' if f1 <= 2 * d50 else 'MISSED'}"]
+    if report.get("paired"):  # editing: f^1 must beat SDEdit on the same inputs, the paired interval above 0
+        for r in report["paired"]["rows"]:
+            if r["f"] != "sign-digits f^1":
+                continue
+            out.append(f"editing ({r['corruption']}): f^1 minus SDEdit at {r['sdedit_evals']} evaluation(s) (strength "
+                       f"{r['sdedit_strength']}, chosen on selection items): {r['diff']:+.3f} ({r['low']:+.3f}.."
+                       f"{r['high']:+.3f}), {r['verdict']}: {'MET' if r['low'] > 0 else 'MISSED'}")
+        return out
     for corr in CORRUPTIONS:
         rows = [r for r in report["editing"] if r["corruption"] == corr]
         f1_acc = next(r for r in rows if r["method"] == "sign-digits f^1")["judge_accuracy"]
@@ -229,6 +424,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="200 samples, fewer bootstraps (a smoke run)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="+", choices=SECTIONS,
+                    help="re-run these sections only, keeping the recorded others (from the results json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n, n_boot = (200, 50) if args.quick else (N_GEN, 200)
@@ -236,18 +433,44 @@ def main() -> None:
     fs = {"sign-digits": load_zoo("sign-digits"), "ign-digits": load_zoo("ign-digits")}
     test_split = digits.load("test")
     test = torch.from_numpy(test_split.images)
-    report = {"machine": machine_description(), "n_gen": n, "date": time.strftime("%Y-%m-%d"),
-              "floor": floor(fd_net, test, n, n_boot)}
-    report["generation"] = generation(fs, teacher, fd_net, judge, test, n, n_boot)
-    report["idempotence"] = idempotence(fs, test, n)
-    report["editing"] = editing(fs, teacher, judge, test, test_split.labels)
-    report["stability"] = stability(fd_net, judge, test, n, n_boot)
-    report["speed"] = speed(fs, teacher)
-    report["goals"] = goals(report)
     suffix = "_quick" if args.quick else ""
     out = ROOT / "results"
-    (out / f"sign{suffix}.json").write_text(json.dumps(report, indent=1))
-    write_md(report, out / f"sign{suffix}.md")
+    today = time.strftime("%Y-%m-%d")
+    if args.only:
+        report = json.loads((out / f"sign{suffix}.json").read_text())
+        report["machine"] = machine_description()
+    else:
+        report = {"machine": machine_description(), "n_gen": n, "date": today, "floor": floor(fd_net, test, n, n_boot)}
+    run = set(args.only or SECTIONS)
+
+    def save():
+        report["goals"] = goals(report)
+        (out / f"sign{suffix}.json").write_text(json.dumps(report, indent=1))
+        write_md(report, out / f"sign{suffix}.md")
+
+    def section(name, value):
+        report[name] = value
+        if args.only:
+            report.setdefault("section_dates", {})[name] = today
+        if all(k in report for k in ("generation", "idempotence", "editing", "stability", "speed")):
+            save()
+
+    if "generation" in run:
+        section("generation", generation(fs, teacher, fd_net, judge, test, n, n_boot))
+    if "idempotence" in run:
+        section("idempotence", idempotence(fs, test, n))
+    if "editing" in run:
+        section("editing", editing(fs, teacher, judge, test, test_split.labels))
+    if "paired" in run:
+        section("paired", paired_editing(fs, teacher, judge, test, test_split.labels))
+    if "ladder" in run:
+        section("ladder", ladder(fd_net, judge, test, test_split.labels, n, n_boot,
+                                 partial=lambda part: section("ladder", part)))
+    if "stability" in run:
+        section("stability", stability(fd_net, judge, test, n, n_boot))
+    if "speed" in run:
+        section("speed", speed(fs, teacher))
+    save()
     print("\n".join(report["goals"]))
 
 

@@ -104,6 +104,27 @@ def test_psnr_and_idempotence_error_by_hand():
     torch.testing.assert_close(edit.idempotence_error(doubling, x), torch.ones(3))  # ||4x - 2x|| / ||2x||
 
 
+def test_paired_difference_resamples_items_together_and_says_no_difference_when_it_covers_zero():
+    rng = np.random.default_rng(0)
+    shared = rng.random(300) < 0.5  # what both editors get right on the same inputs
+    a = shared.astype(float)
+    b = a.copy()
+    b[:6] = 1 - b[:6]  # b differs on 6 of 300 items only
+    d = edit.paired_difference(a, b)
+    assert d.value == pytest.approx((a - b).mean()) and d.n == 300 and d.low <= d.value <= d.high
+    # pairing: the per-item differences are 0 except 6, so the interval is far narrower than unpaired resampling's
+    unpaired = edit.paired_difference(a, rng.permutation(b))
+    assert (d.high - d.low) < 0.5 * (unpaired.high - unpaired.low)
+    assert edit.verdict(edit.paired_difference(a, a)) == "no difference"  # identical: the interval is {0}
+    better = edit.paired_difference(np.ones(200), np.r_[np.ones(150), np.zeros(50)])
+    assert better.low > 0 and edit.verdict(better, "A better", "B better") == "A better"
+    assert edit.verdict(edit.paired_difference(np.zeros(50), np.ones(50))) == "worse"
+    small = edit.paired_difference(np.r_[1.0, np.zeros(99)], np.zeros(100))  # one hit in 100: covers 0
+    assert small.low == 0.0 and edit.verdict(small) == "no difference"
+    with pytest.raises(ValueError):
+        edit.paired_difference([1, 0], [1, 0, 1])
+
+
 class _Counting(torch.nn.Module):
     def __init__(self, unet):
         super().__init__()

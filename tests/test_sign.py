@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
@@ -101,3 +102,86 @@ def test_denoising_loss_is_the_epsilon_mse_of_the_schedulers_forward_process():
     ab = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     want = ((eps_fn(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t) - noise) ** 2).mean()
     torch.testing.assert_close(loss, want)
+
+
+# ---------------------------------------------------------------------------- the ablation ladder
+
+
+def _ladder_parts():
+    from studio.nets.idempotent import IdempotentNet
+    from tests.conftest import tiny_digits_unet
+
+    f = IdempotentNet(tiny_digits_unet().train().requires_grad_(True))
+    teacher = tiny_digits_unet()
+    fake = sign.build_fake_score(teacher)
+    gen = torch.Generator().manual_seed(0)
+    batch = {"x": torch.randn(3, 1, 16, 16), "z": torch.randn(3, 1, 16, 16), "target": torch.randn(3, 1, 16, 16)}
+    return f, sign.frozen_copy(f), fake, teacher, batch, noise_scheduler(), gen
+
+
+def test_the_ladders_rungs_each_add_one_part_and_switched_off_terms_are_absent():
+    assert sign.LADDER["distil"] == {"reg"}
+    assert sign.LADDER["distil+ign"] - sign.LADDER["distil"] == {"rec", "idem", "tight"}
+    assert sign.LADDER["distil+ign+dmd"] - sign.LADDER["distil+ign"] == {"dmd"}
+    f, f_copy, fake, teacher, batch, sched, gen = _ladder_parts()
+    for rung, use in sign.LADDER.items():
+        got = sign.sign_step(f, f_copy, fake, teacher, batch, sched, gen, terms=use)
+        assert set(got) == use, rung
+    # without dmd no score network is needed, without idem/tight no frozen copy: passing None must not fail
+    got = sign.sign_step(f, None, None, None, batch, sched, gen, terms=sign.LADDER["distil"])
+    assert set(got) == {"reg"}
+    torch.testing.assert_close(got["reg"], sign.distance(f(batch["z"]), batch["target"]).mean())
+    # the recipe's phases are unchanged: warm-up = reg + rec, joint = everything
+    assert set(sign.sign_step(f, f_copy, fake, teacher, batch, sched, gen, joint=False)) == {"reg", "rec"}
+    assert set(sign.sign_step(f, f_copy, fake, teacher, batch, sched, gen, joint=True)) == sign.TERMS_ALL
+    with pytest.raises(ValueError):
+        sign.sign_step(f, f_copy, fake, teacher, batch, sched, gen, terms=frozenset({"reg", "lpips"}))
+
+
+def test_a_switched_off_term_gives_the_generator_no_gradient():
+    f, f_copy, fake, teacher, batch, sched, gen = _ladder_parts()
+    batch["x"] = torch.full_like(batch["x"], float("nan"))  # only rec reads x: off, it cannot spoil the loss
+    terms = sign.sign_step(f, f_copy, fake, teacher, batch, sched, gen, terms=sign.LADDER["distil"])
+    loss = sum(sign.LAMBDA[k] * v for k, v in terms.items())
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in f.parameters() if p.grad is not None)
+
+
+def test_ladder_runs_share_the_warm_up_then_differ_only_in_their_terms(tmp_path, monkeypatch):
+    import json
+
+    from studio.nets import unets
+    from studio.nets.idempotent import IdempotentNet
+    from studio.train.common import Checkpoint
+    from tests.conftest import tiny_digits_unet
+
+    monkeypatch.setattr(unets, "digits_unet", lambda: tiny_digits_unet().train())
+    monkeypatch.setattr(sign, "teacher_unet", lambda: tiny_digits_unet())
+    monkeypatch.setattr(sign, "BATCH", 4)
+    pairs = (torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(1)),
+             torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(2)).clamp(-1, 1))
+    monkeypatch.setattr(sign, "teacher_pairs", lambda n, root=None: (pairs[0][:n], pairs[1][:n]))
+    runs = {}
+    for rung in ("distil", "distil+ign+dmd", "distil+ign"):
+        out = sign.train("sign-digits", warmup=2, joint=2, root=tmp_path, export=False, progress=False, n_pairs=8,
+                         ladder=rung, checkpoint_every=1)
+        assert out["steps"] == 4 and out["recipe"]["terms"] == sorted(sign.LADDER[rung])
+        runs[rung] = out
+    warm = Checkpoint(sign.ladder_run_name("distil", 2, 0, 8), tmp_path)
+    assert json.loads(warm.meta_path.read_text())["step"] == 2  # trained once, copied into every rung
+    # only the rung with distribution matching has (and trains) a fake score
+    dirs = {r: tmp_path / sign.ladder_run_name(r, 2, 2, 8) for r in runs}
+    assert [r for r, d in dirs.items() if (d / "fake.safetensors").exists()] == ["distil+ign+dmd"]
+    from safetensors.torch import load_file
+
+    fake = load_file(dirs["distil+ign+dmd"] / "fake.safetensors")
+    teacher = tiny_digits_unet().state_dict()
+    assert any(not torch.equal(fake[k], teacher[k]) for k in teacher)
+
+    def weights(rung):
+        f = IdempotentNet(tiny_digits_unet())
+        f.load_state_dict(load_file(tmp_path / sign.ladder_run_name(rung, 2, 2, 8) / "f.safetensors"))
+        return torch.cat([p.flatten() for p in f.parameters()])
+
+    assert not torch.equal(weights("distil"), weights("distil+ign"))
+    assert not torch.equal(weights("distil+ign"), weights("distil+ign+dmd"))

@@ -149,6 +149,28 @@ def idempotence_error(f, x: torch.Tensor) -> torch.Tensor:
     return (ffx - fx).flatten(1).norm(dim=1) / fx.flatten(1).norm(dim=1).clamp_min(1e-8)
 
 
+def paired_difference(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+    """Mean of ``a - b`` over the same items (e.g. per-digit 0/1 judge hits of two editors on the same
+    corrupted inputs), with a percentile bootstrap interval that resamples *items*, each item's pair
+    kept together (so what the two share cancels). Returns a :class:`studio.core.metrics.Estimate`;
+    an interval that covers 0 is "no difference"."""
+    from studio.core.metrics import Estimate
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired values must be two equal, non-empty 1-D arrays, got {a.shape} and {b.shape}")
+    d = a - b
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+    q = (1 - level) / 2
+    return Estimate(float(d.mean()), float(np.quantile(boots, q)), float(np.quantile(boots, 1 - q)), len(d))
+
+
+def verdict(diff, better: str = "better", worse: str = "worse") -> str:
+    """``better`` if the interval of a paired difference lies above 0, ``worse`` if below, else "no difference"."""
+    return better if diff.low > 0 else worse if diff.high < 0 else "no difference"
+
+
 def psnr(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB on images in [-1, 1] (peak-to-peak 2)."""
     mse = ((x.clamp(-1, 1) - clean) ** 2).flatten(1).mean(1).clamp_min(1e-10)

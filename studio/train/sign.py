@@ -163,6 +163,16 @@ RECIPES = {  # steps per phase: "warmup" = regression + reconstruction; "joint" 
     "sign-digits": {"method": "sign", "warmup": 1500, "joint": 400},
     "ign-digits": {"method": "ign", "warmup": 0, "joint": 400},
 }
+TERMS_WARMUP = frozenset({"reg", "rec"})  # the recipe's warm-up phase
+TERMS_ALL = frozenset({"reg", "rec", "idem", "tight", "dmd"})  # the recipe's joint phase
+# the benchmark's ablation ladder: each rung adds one part of the objective. Every rung starts from the same
+# checkpoint (teacher's weights + a shared regression-only warm-up) and sees the same cached pairs, the same batches
+# and the same number of steps; only the terms of its second phase differ
+LADDER = {
+    "distil": frozenset({"reg"}),  # (1) regression onto teacher pairs only: plain distillation
+    "distil+ign": frozenset({"reg", "rec", "idem", "tight"}),  # (2) + IGN's three terms
+    "distil+ign+dmd": TERMS_ALL,  # (3) + distribution matching: the full objective (this studio's SIGN)
+}
 # stability runs of the benchmark: 3 seeds each, about the same wall clock (IGN's step costs ~2x a warm-up step);
 # IGN's seed-0 run *is* the zoo's ign-digits
 SHORT = {"sign": {"warmup": 300, "joint": 100}, "ign": {"warmup": 0, "joint": 400}}
@@ -192,20 +202,36 @@ def build_fake_score(teacher: torch.nn.Module | None = None):
     return copy.deepcopy(teacher if teacher is not None else teacher_unet()).float().train().requires_grad_(True)
 
 
-def sign_step(f, f_copy, fake, teacher, batch: dict, scheduler, gen, *, joint: bool) -> dict[str, torch.Tensor]:
+def sign_step(f, f_copy, fake, teacher, batch: dict, scheduler, gen, *, joint: bool = True,
+              terms: frozenset | None = None) -> dict[str, torch.Tensor]:
     """One SIGN objective: ``reg`` (noise -> teacher DDIM sample) and ``rec`` always; in the joint
-    phase also IGN's ``idem`` and ``tight`` on the same noises and the DMD term on f(z)."""
+    phase also IGN's ``idem`` and ``tight`` on the same noises and the DMD term on f(z).
+
+    ``terms`` (a subset of :data:`TERMS_ALL`, e.g. a rung of :data:`LADDER`) overrides the phase's
+    set: the terms left out are neither computed nor returned (``fake``/``f_copy`` may then be None)."""
+    use = terms if terms is not None else (TERMS_ALL if joint else TERMS_WARMUP)
+    unknown = set(use) - TERMS_ALL
+    if unknown or not use:
+        raise ValueError(f"terms must be a non-empty subset of {sorted(TERMS_ALL)}, got {sorted(use)}")
     x, z, target = batch["x"], batch["z"], batch["target"]
-    b = x.shape[0]
-    out = f(torch.cat([x, z]))
-    fx, fz = out[:b], out[b:]
-    terms = {"rec": distance(fx, x).mean(), "reg": distance(fz, target).mean()}
-    if joint:
-        terms.update(idem_tight(f, f_copy, z, fz))
+    b = z.shape[0]
+    out: dict[str, torch.Tensor] = {}
+    if "rec" in use:
+        both = f(torch.cat([x, z]))
+        fx, fz = both[:b], both[b:]
+        out["rec"] = distance(fx, x).mean()
+    else:
+        fz = f(z)
+    if "reg" in use:
+        out["reg"] = distance(fz, target).mean()
+    if use & {"idem", "tight"}:
+        it = idem_tight(f, f_copy, z, fz)
+        out.update({k: v for k, v in it.items() if k in use})
+    if "dmd" in use:
         null = torch.full((b,), 10)
-        terms["dmd"] = dmd_loss(fz, lambda xt, t: teacher(xt, t, class_labels=null).sample,
-                                lambda xt, t: fake(xt, t, class_labels=null).sample, scheduler, gen)
-    return terms
+        out["dmd"] = dmd_loss(fz, lambda xt, t: teacher(xt, t, class_labels=null).sample,
+                              lambda xt, t: fake(xt, t, class_labels=null).sample, scheduler, gen)
+    return out
 
 
 def ign_step(f, f_copy, batch: dict) -> dict[str, torch.Tensor]:
@@ -216,11 +242,15 @@ def ign_step(f, f_copy, batch: dict) -> dict[str, torch.Tensor]:
 
 def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | None = None, root=None,
           export: bool = True, checkpoint_every: int = 100, progress: bool = True, threads: int | None = None,
-          n_pairs: int = N_PAIRS) -> dict:
+          n_pairs: int = N_PAIRS, ladder: str | None = None) -> dict:
     """Train ``sign-digits`` or ``ign-digits`` (resuming from ``runs/<run>``); returns the run's record.
 
     ``warmup``/``joint`` override the recipe's step counts (the stability runs of the benchmark);
     such runs are kept under ``runs/<name>-seed<seed>-<warmup>-<joint>`` and never exported.
+    ``ladder`` (a key of :data:`LADDER`, with ``name="sign-digits"``): ``warmup`` steps of regression
+    only (shared by every rung: the run starts from a copy of the ``distil`` run stopped at ``warmup``,
+    trained first if absent), then ``joint`` steps with only that rung's terms; kept under ``runs/``
+    (:func:`ladder_run_name`), never exported.
     """
     import numpy as np
     from diffusers.training_utils import EMAModel
@@ -235,9 +265,16 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
     recipe = dict(RECIPES[name])
     method = recipe["method"]
     run_name = run_name_of(name, seed, warmup, joint)
-    custom = run_name != name
     recipe["warmup"] = recipe["warmup"] if warmup is None else warmup
     recipe["joint"] = recipe["joint"] if joint is None else joint
+    use = None
+    if ladder is not None:
+        if method != "sign" or ladder not in LADDER:
+            raise ValueError(f"ladder runs are sign-digits runs with a rung of {sorted(LADDER)}")
+        use = LADDER[ladder]
+        recipe.update(ladder=ladder, terms=sorted(use), warmup_terms=sorted(LADDER["distil"]), n_pairs=n_pairs)
+        run_name = ladder_run_name(ladder, recipe["warmup"], recipe["joint"], n_pairs, seed)
+    custom = run_name != name
     total = recipe["warmup"] + recipe["joint"]
     ckpt = Checkpoint(run_name, root)
 
@@ -249,12 +286,21 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
     modules = {"f": f, "ema": ema_holder}
     fake = fake_opt = None
     if method == "sign":
-        fake = build_fake_score(teacher)
-        fake_opt = torch.optim.Adam(fake.parameters(), lr=FAKE_LR)
-        modules["fake"] = fake
+        if use is None or "dmd" in use:
+            fake = build_fake_score(teacher)
+            fake_opt = torch.optim.Adam(fake.parameters(), lr=FAKE_LR)
+            modules["fake"] = fake
     step, seconds, history = 0, 0.0, []
-    if ckpt.exists():
-        state = ckpt.load(modules, opt)
+    if ladder is not None and not ckpt.exists() and recipe["warmup"] > 0 and recipe["joint"] > 0:
+        import shutil
+
+        shared = Checkpoint(ladder_run_name("distil", recipe["warmup"], 0, n_pairs, seed), root)
+        if not shared.exists() or json_step(shared) < recipe["warmup"]:
+            train(name, seed, warmup=recipe["warmup"], joint=0, root=root, export=False, progress=progress,
+                  n_pairs=n_pairs, ladder="distil", checkpoint_every=checkpoint_every)
+        shutil.copytree(shared.dir, ckpt.dir)
+    if ckpt.exists():  # (a ladder run copied from the shared warm-up has no fake score yet: it stays the teacher's)
+        state = ckpt.load({k: m for k, m in modules.items() if (ckpt.dir / f"{k}.safetensors").exists()}, opt)
         step, seconds, history = state["step"], state["seconds"], state.get("history", [])
     ema = EMAModel(ema_holder.parameters() if step else f.parameters(), decay=0.999, use_ema_warmup=True,
                    power=3 / 4)
@@ -277,18 +323,19 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
         x = data[torch.from_numpy(rng.integers(0, len(data), BATCH))]
         joint_phase = step >= recipe["warmup"]
         if method == "sign":
+            phase_use = use if use is None or joint_phase else LADDER["distil"]
             idx = torch.from_numpy(rng.integers(0, n_pairs, BATCH))
             batch = {"x": x, "z": pairs[0][idx], "target": pairs[1][idx]}
-            if joint_phase:
+            if (joint_phase and use is None) or (phase_use is not None and "idem" in phase_use):
                 sync(f_copy, f)
-            terms = sign_step(f, f_copy, fake, teacher, batch, scheduler, gen, joint=joint_phase)
+            terms = sign_step(f, f_copy, fake, teacher, batch, scheduler, gen, joint=joint_phase, terms=phase_use)
         else:
             batch = {"x": x, "z": torch.randn(x.shape, generator=gen)}
             sync(f_copy, f)
             terms = ign_step(f, f_copy, batch)
         loss = sum(LAMBDA[k] * v for k, v in terms.items())
         optimizer_step(loss, opt, f.parameters(), clip=1.0, ema=ema)
-        if method == "sign" and joint_phase:  # fake score: DSM on the current samples of f, one update per f update
+        if fake is not None and "dmd" in terms:  # fake score: DSM on the current samples of f, one update per f update
             with torch.no_grad():
                 fz = f(batch["z"])
             null = torch.full((BATCH,), 10)
@@ -321,6 +368,25 @@ def run_name_of(name: str, seed: int = 0, warmup: int | None = None, joint: int 
     w = recipe["warmup"] if warmup is None else warmup
     j = recipe["joint"] if joint is None else joint
     return name if (seed, w, j) == (0, recipe["warmup"], recipe["joint"]) else f"{name}-seed{seed}-{w}-{j}"
+
+
+def ladder_run_name(rung: str, warmup: int, joint: int, n_pairs: int, seed: int = 0) -> str:
+    return f"sign-ladder-{rung.replace('+', '-')}-w{warmup}-j{joint}-p{n_pairs}-seed{seed}"
+
+
+def load_ladder(rung: str, warmup: int, joint: int, n_pairs: int, seed: int = 0, root=None, progress: bool = False):
+    """The EMA f of a ladder run (trained first if absent or unfinished) and the run's saved record."""
+    import json
+
+    from studio.train.common import Checkpoint
+
+    ckpt = Checkpoint(ladder_run_name(rung, warmup, joint, n_pairs, seed), root)
+    if not ckpt.exists() or json_step(ckpt) < warmup + joint:
+        train("sign-digits", seed, warmup=warmup, joint=joint, root=root, export=False, progress=progress,
+              n_pairs=n_pairs, ladder=rung, checkpoint_every=25)
+    f = build_f("ign", seed)  # architecture only
+    f.load_state_dict(load_file(ckpt.dir / "ema.safetensors"))
+    return f.eval().requires_grad_(False), json.loads(ckpt.meta_path.read_text())
 
 
 def load_run(name: str, seed: int = 0, warmup: int | None = None, joint: int | None = None, root=None):
