@@ -32,8 +32,9 @@ TILE = 48  # pixels per digit in the grids
 LOSS_KEYS = ("loss", "pair", "L_w", "L_l")
 STYLE_LABELS = {"thick": "thick strokes (16 real digits)", "thin": "thin strokes (16 real digits)",
                 "custom": "my drawings / uploads"}
-LOSS_LABELS = {"dpo": "PSO, DPO form (reference: adapter off)", "hinge": "PSO, hinge form (released scripts)",
-               "plain": "plain diffusion loss (baseline)"}
+LOSS_LABELS = {"dpo": "PSO, DPO form (reference: adapter off)", "hinge": "PSO, hinge form (released scripts; they use beta 5)",
+               "plain-distilled": "plain diffusion loss at the distilled timesteps + prior (fair baseline)",
+               "plain": "plain diffusion loss, uniform timesteps, no prior (DreamBooth's; confounded)"}
 
 
 def describe(s: jobs.JobState, me: str) -> str:

@@ -16,7 +16,7 @@ from studio.core import adapters
 from studio.core.models import DiffusionModel
 from studio.core.params import ParamError
 from studio.core.sampling import Progress
-from studio.data import digits
+from studio.data import digits, style_judge
 from studio.methods import tune
 from studio.nets import lora
 from studio.train import boot, pso
@@ -50,6 +50,16 @@ def test_style_measure_on_real_digits():
     assert digits.on_style(digits.dilate(thick), "thin").mean() <= 0.02
 
 
+def test_independent_style_judge_separates_thick_from_thin_held_out_digits():
+    v = style_judge.validation()  # fitted on training digits dilated / eroded, scored on the test split
+    assert v["heldout_dilated_vs_eroded_accuracy"] >= 0.95
+    assert 0.1 <= v["test_called_thick"] <= 0.3  # the training percentile holds on held-out digits
+    assert v["test_dilated_called_thick"] >= 0.9 and v["test_eroded_called_thick"] <= 0.05
+    assert v["auc_vs_thickness_measure"] >= 0.8  # agrees with the thickness measure on natural digits, without its labels
+    test = torch.from_numpy(digits.load("test").images)
+    assert (style_judge.score(digits.dilate(test)) > style_judge.score(style_judge.erode(test))).mean() >= 0.95
+
+
 @pytest.mark.parametrize("style", ["thick", "thin"])
 def test_style_sets_are_on_style_and_spread_over_classes(style):
     x, labels = digits.style_set(style)
@@ -73,6 +83,62 @@ def test_pso_loss_forms_by_hand():
     assert float(diff[0]) == pytest.approx(0.2)
     with pytest.raises(ValueError):
         tune.pso_loss(l_w, l_l, None, None, form="sigmoid", beta=1.0, prior_weight=0.0)
+
+
+def test_hinge_reports_the_share_of_pairs_inside_the_hinge():
+    l_w, l_l = torch.tensor([0.3, 0.1]), torch.tensor([0.2, 0.4])  # model_diff 0.1, -0.3
+    assert float(tune.pso_loss(l_w, l_l, None, None, form="hinge", beta=2.0, prior_weight=0.0)["active"]) == 1.0
+    assert float(tune.pso_loss(l_w, l_l, None, None, form="hinge", beta=5.0, prior_weight=0.0)["active"]) == 0.5
+    assert "active" not in tune.pso_loss(l_w, l_l, l_w, l_l, form="dpo", beta=5.0, prior_weight=0.0)
+
+
+@pytest.mark.parametrize("form", ["dpo", "hinge"])
+def test_reference_weight_zero_leaves_references_only_the_prior(form):
+    l_w = torch.tensor([0.3, 0.1], requires_grad=True)
+    l_l = torch.tensor([0.2, 0.4], requires_grad=True)
+    ref = torch.tensor([0.25, 0.25])
+    out = tune.pso_loss(l_w, l_l, ref, ref, form=form, beta=5.0, prior_weight=0.5, neg_weight=0.0)
+    out["loss"].backward()
+    assert torch.allclose(l_l.grad, torch.full((2,), 0.25))  # d(0.5 mean L_l) / dL_l: the pair term ignores L_l
+    if form == "hinge":  # reference-free and always active: 1 + beta L_w, the diffusion loss scaled, plus the prior
+        assert float(out["loss"].detach()) == pytest.approx(1 + 5.0 * 0.2 + 0.5 * 0.3)
+        assert float(out["active"]) == 1.0
+
+
+def _recorded_timesteps(monkeypatch, loss: str, calls: int = 40) -> tuple[set[int], dict]:
+    dm = tiny_fewstep()
+    fs = boot.FewStep(dm, lora.with_lora(dm.unet, 2))
+    x, labels = digits.style_set("thick", n=4)
+    p = tune.Params(loss=loss, n_refs=2, prior_weight=0.5)
+    refs = torch.randn(4, 2, 1, 16, 16)
+    seen, real_x0 = [], fs.x0
+    monkeypatch.setattr(fs, "x0", lambda x_t, t, cond: seen.extend(t.tolist()) or real_x0(x_t, t, cond))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(calls):
+            terms = tune.offline_terms(fs, p, x, refs, fs.condition(labels), gen)
+    return set(seen), terms
+
+
+def test_fair_baseline_visits_only_the_distilled_timesteps_and_keeps_the_prior(monkeypatch):
+    seen, terms = _recorded_timesteps(monkeypatch, "plain-distilled")
+    assert seen == set(boot.DISTILLED)  # 999, 749, 499, 249: the student's own sampler's timesteps
+    assert float(terms["loss"]) == pytest.approx(float(terms["L_w"]) + 0.5 * float(terms["L_l"]), rel=1e-5)
+    assert "pair" not in terms
+    uniform, _ = _recorded_timesteps(monkeypatch, "plain")  # DreamBooth's: mostly timesteps the student never visits
+    assert len(uniform - set(boot.DISTILLED)) >= 100
+
+
+def test_weighted_x0_error_is_the_epsilon_mse():
+    dm = tiny_fewstep()
+    fs = boot.FewStep(dm)
+    x0, noise, t = torch.rand(3, 1, 16, 16) * 2 - 1, torch.randn(3, 1, 16, 16), torch.tensor([999, 499, 249])
+    cond = fs.condition([1, 2, 3])
+    with torch.no_grad():
+        l_w, _ = tune.pair_errors(fs, x0, x0, cond, t, noise)
+        x_t = fs.noised(x0, t, noise)
+        eps_hat = (x_t - fs.alpha[t].view(-1, 1, 1, 1) * fs.x0(x_t, t, cond)) / fs.sigma[t].view(-1, 1, 1, 1)
+    assert torch.allclose(l_w, ((eps_hat - noise) ** 2).flatten(1).mean(1), rtol=1e-3)
 
 
 def test_dpo_form_pushes_targets_up_and_references_down():
@@ -145,7 +211,7 @@ def test_tune_runs_yields_grids_and_keeps_the_base(tmp_path):
         adapters.save_tuned(lora.lora_state(tuned.unet), tuned.params, "thick-1", root=tmp_path)
 
 
-@pytest.mark.parametrize("loss", ["hinge", "plain"])
+@pytest.mark.parametrize("loss", ["hinge", "plain-distilled", "plain"])
 def test_other_loss_forms_train(loss):
     dm = tiny_fewstep()
     x, labels = digits.style_set("thin", n=2)

@@ -20,8 +20,17 @@ loss (which pulls a few-step model towards blurry conditional means).
 * **Online PSO** (:mod:`studio.train.pso`, measured by the benchmark, not in the tab): two
   stochastic few-step trajectories per condition ranked by a reward, a clipped likelihood ratio of
   each step under the model and the adapter-off model.
-* **Baseline** (:func:`plain_loss`): the ordinary diffusion loss on the targets alone
-  (DreamBooth's: epsilon MSE at a uniform timestep), the fine-tuning PSO is meant to replace.
+* **Baselines**, the fine-tuning PSO is meant to replace. ``plain-distilled`` (the fair one,
+  :func:`distilled_plain_terms`): the ordinary diffusion loss on the targets at the *same* distilled
+  timesteps, noises and references as PSO, plus the same prior term, ``mean L_w + prior_weight mean
+  L_l``; only the pairwise term is gone (``w(t) (x0_hat - x0)^2`` with ``w = alpha^2 / sigma^2`` *is*
+  the epsilon MSE, so this is the diffusion loss restricted to those timesteps). ``plain``
+  (:func:`plain_loss`, DreamBooth's): epsilon MSE at a uniform timestep on the targets alone, no prior:
+  it differs from PSO in four ways at once (timesteps the student never visits, no prior, no
+  references, no pair term), kept so both can be read. ``neg_weight = 0`` switches PSO's reference
+  term off while keeping path, timesteps and prior; the hinge form's :func:`pso_loss` also reports
+  ``active``, the share of pairs inside the hinge (where it is active for every pair it is the linear
+  loss ``beta L_w + (prior_weight - beta neg_weight) L_l`` plus a constant).
 
 Only LoRA factors train (:mod:`studio.nets.lora`: on the UNet's convolutions, or on
 ``to_q/to_k/to_v/to_out.0`` for attention UNets as in the official scripts); the base model is
@@ -57,7 +66,7 @@ from studio.train.common import optimizer_step
 
 BASE = "digits-fewstep"
 Style = Literal["thick", "thin", "custom"]
-LossForm = Literal["dpo", "hinge", "plain"]
+LossForm = Literal["dpo", "hinge", "plain-distilled", "plain"]
 MIN_TARGETS, MAX_TARGETS = 2, 16
 VALIDATION_STEPS = (1, 2, 4)
 
@@ -92,7 +101,10 @@ def pso_loss(l_w: torch.Tensor, l_l: torch.Tensor, ref_w: torch.Tensor | None, r
     else:
         raise ValueError(f"unknown PSO loss form {form!r}")
     loss = pair.mean() + prior_weight * l_l.mean()
-    return {"loss": loss, "pair": pair.mean().detach(), "L_w": l_w.mean().detach(), "L_l": l_l.mean().detach()}
+    out = {"loss": loss, "pair": pair.mean().detach(), "L_w": l_w.mean().detach(), "L_l": l_l.mean().detach()}
+    if form == "hinge":  # share of pairs inside the hinge (margin -model_diff below 1 / beta): gradient flows
+        out["active"] = (1 + beta * model_diff.detach() > 0).float().mean()
+    return out
 
 
 def plain_loss(fs: FewStep, x_w: torch.Tensor, cond: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -106,6 +118,13 @@ def plain_loss(fs: FewStep, x_w: torch.Tensor, cond: dict, gen: torch.Generator)
     return {"loss": loss, "L_w": loss.detach()}
 
 
+def distilled_plain_terms(l_w: torch.Tensor, l_l: torch.Tensor, *, prior_weight: float) -> dict[str, torch.Tensor]:
+    """The fair baseline from :func:`pair_errors` at the distilled timesteps: the diffusion loss on the
+    targets plus PSO's prior term, ``mean L_w + prior_weight mean L_l`` (no pair term, no reference term)."""
+    loss = l_w.mean() + prior_weight * l_l.mean()
+    return {"loss": loss, "L_w": l_w.mean().detach(), "L_l": l_l.mean().detach()}
+
+
 # ----------------------------------------------------------------------------- a tuning run
 
 @dataclass
@@ -116,10 +135,13 @@ class Params:
         choices=("thick", "thin", "custom")))
     loss: LossForm = field(default="dpo", metadata=spec(
         "Loss", "PSO's DPO form (reference: the model with the adapter off), PSO's hinge form (the "
-                "released scripts'), or the plain diffusion loss (the baseline PSO replaces).",
-        choices=("dpo", "hinge", "plain")))
+                "released scripts'), or a baseline: the plain diffusion loss at the student's distilled "
+                "timesteps with the prior term (the fair one: only the pair term is gone), or DreamBooth's "
+                "(uniform timesteps, no prior).",
+        choices=("dpo", "hinge", "plain-distilled", "plain")))
     beta: float = field(default=200.0, metadata=spec(
-        "beta", "How sharply the pair margin counts (DPO: the logistic's slope; hinge: 1/margin).",
+        "beta", "How sharply the pair margin counts (DPO: the logistic's slope; hinge: 1/margin; the "
+                "released hinge scripts use 5).",
         minimum=0.1, maximum=10000.0))
     lora_rank: int = field(default=8, metadata=spec("LoRA rank", "Rank of the LoRA factors (alpha = rank).",
                                                     minimum=1, maximum=64, step=1))
@@ -203,7 +225,8 @@ def check_targets(dm: DiffusionModel, images: torch.Tensor, labels: list) -> Non
 def offline_terms(fs: FewStep, p: Params, x_w: torch.Tensor, refs: torch.Tensor, cond: dict,
                   gen: torch.Generator) -> dict[str, torch.Tensor]:
     """One step's loss terms: a reference per target (of ``refs`` (N, n_refs, ...)), one distilled
-    timestep and one noise per pair, then :func:`pso_loss`; or :func:`plain_loss`."""
+    timestep and one noise per pair, then :func:`pso_loss` (or, for ``plain-distilled``, the same draws
+    and :func:`distilled_plain_terms`); or :func:`plain_loss`."""
     if p.loss == "plain":
         return plain_loss(fs, x_w, cond, gen)
     n = len(x_w)
@@ -211,6 +234,8 @@ def offline_terms(fs: FewStep, p: Params, x_w: torch.Tensor, refs: torch.Tensor,
     t = fs.timesteps[torch.randint(0, len(fs.timesteps), (n,), generator=gen)].to(fs.device)
     noise = torch.randn(x_w.shape, generator=gen).to(fs.device)
     l_w, l_l = pair_errors(fs, x_w, x_l, cond, t, noise)
+    if p.loss == "plain-distilled":
+        return distilled_plain_terms(l_w, l_l, prior_weight=p.prior_weight)
     ref_w = ref_l = None
     if p.loss == "dpo":
         with torch.no_grad(), adapter_off(fs.unet):
