@@ -1,33 +1,54 @@
 """Compose benchmark: Composable Diffusion vs the single joined caption vs CFG, NOT vs negative_prompt.
 
-All on the embedded ``shapes-t2i`` model, graded by the shapes judge (``judge-shapes``, trained apart
-from the diffusion model). Concepts are full captions "a <colour> <shape> at the <region>".
+Two models, graded by the shapes judge (``judge-shapes``, trained apart from the diffusion models):
 
-Held-out sets: ``shapes.HELD_OUT_PAIRS`` pairs every (shape, colour) kind with a partner that never
-shares a training image with it (the recipe redraws such scenes). k = 2 composes one such pair in
-two random regions; k = 3 adds a third random object in a third region, so every k >= 2 set
-holds a combination no training image showed. k = 1 is every single object (kind x region).
+* the embedded ``shapes-t2i``, trained on one-object captions only (as in the paper's CLEVR setup),
+  so its joined caption "A and B" is a prompt it never saw: against it compose AND cannot lose;
+* ``shapes-t2i-joined``, the same model **fine-tuned** for ``VARIANT_STEPS`` steps (not trained from
+  scratch; recipe ``studio.train.diffusion.ShapesJoinedRecipe``, checkpoint in ``runs/``) on captions
+  of which 40% join two or three objects' captions, never a held-out pair. Compose AND vs *its*
+  joined caption on held-out pairs is the paper's question (does composing concepts generalise
+  better than a text model trained on multi-object captions?), with one model for both rows.
 
-Measured, each with a 95% bootstrap interval (image i uses seed 5000 + i, the same for every method):
+Concepts are full captions "a <colour> <shape> at the <region>". Held-out sets:
+``shapes.HELD_OUT_PAIRS`` pairs every (shape, colour) kind with a partner that never shares a
+training image (nor, for the fine-tune, a joined caption) with it. k = 2 composes one such pair in
+two random regions; k = 3 adds a third random object in a third region. k = 1 is every single
+object (kind x region). "Seen pairs" (the fine-tune's own check) are pairs of kinds that are not
+held out, so both models saw them together in training images.
+
+Weights are chosen on a SELECTION set and reported on a REPORT set: the selection set is 36 k = 2
+held-out items drawn with seed 7000 (image i: noise seed 7000 + i), none placed as any k = 2
+report item; the report sets are drawn with seed 5000 (image i: noise seed 5000 + i, the same for
+every method). Both use the nine held-out pairs (there are only nine), in other regions and under
+other noise. For each model and
+method, w is the weight in ``SWEEP`` with the best selection all-satisfied (ties: the one nearest
+the models' default 2).
+
+Measured, each with a 95% bootstrap interval:
 
 1. all-satisfied accuracy (the paper's metric: every concept present as asked, region included)
-   for compose AND (weight w per concept), the joined caption "A and B and C" (CFG at w) and, at
-   k = 1, plain CFG (at k = 1 the three are the same computation);
-2. NOT success: the positive concept present and the negated one absent anywhere, for compose-NOT
-   (``eps_u + w (eps_pos - eps_neg)``), diffusers' ``negative_prompt`` (``eps_neg + w (eps_pos -
-   eps_neg)``) and the positive concept alone (the base rate);
-3. all-satisfied at k = 2 against w, for compose and the joined caption (plotted with plotly);
+   for compose AND and the joined caption "A and B and C" (CFG), each at its chosen w, and at
+   k = 1 plain CFG (there the three are one computation), on both models; paired differences;
+2. NOT success on ``shapes-t2i``: the positive concept present and the negated one absent anywhere,
+   for compose-NOT (``eps_u + w (eps_pos - eps_neg)``), diffusers' ``negative_prompt`` (``eps_neg +
+   w (eps_pos - eps_neg)``) and the positive concept alone (the base rate), at compose's chosen w;
+3. the selection sweep: all-satisfied at k = 2 against w, per model and method (plotted);
 4. seconds per image at k = 3: batched evaluation (one forward pass of 4B) vs one pass per
    condition over the batch, and vs the official pipeline's way (one image per run, one pass of
    batch 1 per condition), same images.
 
 Writes ``benchmarks/results/compose.json``, ``compose.md`` and ``compose_weights.html``.
-Run: ``python benchmarks/bench_compose.py [--quick]`` (or ``make bench``).
+Run: ``python benchmarks/bench_compose.py [--quick | --variant-only | --speed-only]`` (or ``make bench``).
+``--variant-only`` trains (or resumes) the fine-tune, runs both selection sweeps and the
+fine-tune's rows, and keeps the stored ``shapes-t2i`` rows when they were measured at the weight
+the selection chooses (else it re-measures them).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -39,16 +60,21 @@ from studio.core import guidance as G
 from studio.core import metrics
 from studio.core.conditioning import text_conditions
 from studio.core.manager import ModelManager
+from studio.core.models import DiffusionModel
 from studio.core.sampling import make_scheduler, run_to_end, sample_images
 from studio.data import shapes
 from studio.nets.judges import concept_present
 from studio.train.common import machine_description
 
 ROOT = Path(__file__).resolve().parent
-SEED = 5000
+SEED = 5000  # report set: items drawn with this seed, image i uses seed SEED + i
+SELECT_SEED = 7000  # selection set (weights are chosen here): items and noise seeds apart from the report's
+N_SELECT = 36  # selection items (four per held-out pair)
 STEPS = 20
-WEIGHT = 2.0
-SWEEP = (1.0, 1.5, 2.0, 3.0, 4.0)
+DEFAULT_WEIGHT = 2.0  # the models' default guidance; breaks ties in the selection
+SWEEP = (1.0, 1.5, 2.0, 3.0)
+VARIANT = "shapes-t2i-joined"
+VARIANT_STEPS = 300
 MAX_TOKENS = 64  # joined captions are longer than single ones; padding does not change results
 CHUNK = 60
 
@@ -72,6 +98,36 @@ def held_out_set(k: int, n: int, seed: int) -> list[list[dict]]:
             chosen = [a, b] + [kinds[int(j)] for j in rng.integers(len(kinds), size=k - 2)]
         regions = rng.choice(9, size=k, replace=False) if k > 1 else [i // len(kinds) % 9]
         items.append([concept(s, c, int(r)) for (s, c), r in zip(chosen, regions)])
+    return items
+
+
+def selection_set(n: int = N_SELECT, n_report: int = 126) -> list[list[dict]]:
+    """``n`` k = 2 held-out items (pair i mod 9) drawn with SELECT_SEED, none equal (same pair in the
+    same regions) to an item of the k = 2 report set."""
+    report = {tuple((c["shape"], c["colour"], c["region"]) for c in item) for item in held_out_set(2, n_report, SEED)}
+    rng = np.random.default_rng([SELECT_SEED, 2])
+    items = []
+    for i in range(n):
+        a, b = shapes.HELD_OUT_PAIRS[i % len(shapes.HELD_OUT_PAIRS)]
+        while True:
+            regions = [int(r) for r in rng.choice(9, size=2, replace=False)]
+            if ((*a, regions[0]), (*b, regions[1])) not in report:
+                break
+        items.append([concept(s, c, r) for (s, c), r in zip((a, b), regions)])
+    return items
+
+
+def seen_set(n: int, seed: int) -> list[list[dict]]:
+    """``n`` pairs of distinct kinds that are NOT held out (training images showed them together)."""
+    rng = np.random.default_rng([seed, 2, 1])
+    kinds = [(s, c) for s in shapes.SHAPES for c in shapes.COLOURS]
+    items = []
+    while len(items) < n:
+        a, b = (kinds[int(j)] for j in rng.choice(len(kinds), size=2, replace=False))
+        if shapes.holds_pair([a, b]):
+            continue
+        regions = rng.choice(9, size=2, replace=False)
+        items.append([concept(s, c, int(r)) for (s, c), r in zip((a, b), regions)])
     return items
 
 
@@ -117,9 +173,9 @@ class Sampler:
         return torch.cat(out)
 
 
-def seeds_for(n: int) -> list[int]:
-    """Image i of every cell uses seed SEED + i (paired across methods)."""
-    return list(range(SEED, SEED + n))
+def seeds_for(n: int, start: int = SEED) -> list[int]:
+    """Image i of every cell uses seed ``start`` + i (paired across methods and models)."""
+    return list(range(start, start + n))
 
 
 def present(cells, i: int, c: dict) -> bool:
@@ -136,40 +192,48 @@ def joined(item: list[dict]) -> str:
     return " and ".join(c["prompt"] for c in item)
 
 
-def composition_rows(sampler: Sampler, judge, n: int) -> tuple[list[dict], dict]:
-    rows, hits = [], {}
-    for k in (1, 2, 3):
-        items = held_out_set(k, n, SEED)
+AND, CAPTION = "compose AND", "joined caption (CFG)"
+
+
+def methods_for(items: list[list[dict]], weights: dict) -> dict:
+    """method -> (bases, slots, weights) for compose AND and the joined caption (one CFG method at k = 1)."""
+    k, empty = len(items[0]), [""] * len(items)
+    slots = [[item[j]["prompt"] for item in items] for j in range(k)]
+    if k == 1:
+        return {"CFG (= compose, = caption)": (empty, slots, [weights[AND]])}
+    return {AND: (empty, slots, [weights[AND]] * k), CAPTION: (empty, [[joined(item) for item in items]], [weights[CAPTION]])}
+
+
+def composition_rows(sampler: Sampler, judge, n: int, weights: dict, ks=(1, 2, 3),
+                     items_for=None) -> tuple[list[dict], dict]:
+    """All-satisfied per k and method at ``weights`` on the report set; paired compose minus caption."""
+    items_for = items_for or (lambda k: held_out_set(k, n, SEED))
+    rows, hits, gaps = [], {}, {}
+    for k in ks:
+        items = items_for(k)
         seeds = seeds_for(len(items))
-        empty = [""] * len(items)
-        slots = [[item[j]["prompt"] for item in items] for j in range(k)]
-        methods = {"compose AND": (empty, slots, [WEIGHT] * k)} if k > 1 else {"CFG (= compose, = caption)": (empty, slots, [WEIGHT])}
-        if k > 1:
-            methods["joined caption (CFG)"] = (empty, [[joined(item) for item in items]], [WEIGHT])
-        for name, (bases, sl, w) in methods.items():
+        for name, (bases, sl, w) in methods_for(items, weights).items():
             t0 = time.perf_counter()
             h = all_satisfied(judge, sampler.images(bases, sl, w, seeds), items)
             hits[(k, name)] = h
-            rows.append({"k": k, "method": name, "weight": WEIGHT, "all_satisfied": metrics.bootstrap_mean(h).to_dict(),
-                         "seconds": round(time.perf_counter() - t0, 1)})
-            print(f"k={k} {name}: {metrics.bootstrap_mean(h)}", flush=True)
-    gaps = {}
-    for k in (2, 3):
-        d = hits[(k, "compose AND")] - hits[(k, "joined caption (CFG)")]
-        gaps[k] = metrics.bootstrap_mean(d).to_dict()  # paired: same seeds and concepts
+            rows.append({"k": k, "method": name, "weight": w[0], "all_satisfied": metrics.bootstrap_mean(h).to_dict(),
+                         "hits": h.astype(int).tolist(), "seconds": round(time.perf_counter() - t0, 1)})
+            print(f"{sampler.dm.name} k={k} {name} (w={w[0]:g}): {metrics.bootstrap_mean(h)}", flush=True)
+        if k > 1:  # paired: same seeds and concepts
+            gaps[k] = metrics.bootstrap_mean(hits[(k, AND)] - hits[(k, CAPTION)]).to_dict()
     return rows, gaps
 
 
-def not_rows(sampler: Sampler, judge, n: int) -> list[dict]:
+def not_rows(sampler: Sampler, judge, n: int, weight: float) -> list[dict]:
     items = not_set(n, SEED)
     seeds = seeds_for(len(items))
     pos = [it["pos"]["prompt"] for it in items]
     neg = [it["neg"]["prompt"] for it in items]
     empty = [""] * len(items)
     methods = {
-        "positive only (base rate)": (empty, [pos], [WEIGHT]),
-        "compose NOT (w, -w)": (empty, [pos, neg], [WEIGHT, -WEIGHT]),
-        "negative_prompt": (neg, [pos], [WEIGHT]),
+        "positive only (base rate)": (empty, [pos], [weight]),
+        "compose NOT (w, -w)": (empty, [pos, neg], [weight, -weight]),
+        "negative_prompt": (neg, [pos], [weight]),
     }
     rows = []
     for name, (bases, slots, w) in methods.items():
@@ -178,35 +242,41 @@ def not_rows(sampler: Sampler, judge, n: int) -> list[dict]:
         ok = np.array([present(cells, i, it["pos"]) and not present(cells, i, it["neg"]) for i, it in enumerate(items)],
                       dtype=float)
         absent = np.array([not present(cells, i, it["neg"]) for i, it in enumerate(items)], dtype=float)
-        rows.append({"method": name, "not_success": metrics.bootstrap_mean(ok).to_dict(),
+        rows.append({"method": name, "weight": weight, "not_success": metrics.bootstrap_mean(ok).to_dict(),
                      "negated_absent": metrics.bootstrap_mean(absent).to_dict()})
         print(f"NOT {name}: {metrics.bootstrap_mean(ok)}", flush=True)
     return rows
 
 
-def weight_sweep(sampler: Sampler, judge, n: int) -> list[dict]:
-    items = held_out_set(2, n, SEED + 1)
-    seeds = seeds_for(len(items))
-    empty = [""] * len(items)
-    slots = [[item[j]["prompt"] for item in items] for j in range(2)]
+def choose(values: dict[float, float]) -> float:
+    """The weight with the best selection score; ties go to the one nearest the default."""
+    return min(values, key=lambda w: (-round(values[w], 9), abs(w - DEFAULT_WEIGHT)))
+
+
+def select_weights(sampler: Sampler, judge, n: int | None = None) -> tuple[list[dict], dict]:
+    """Selection sweep at k = 2 (items drawn with SELECT_SEED, noise seeds SELECT_SEED + i); returns
+    the rows and the chosen weight per method. No report item or seed is used here."""
+    items = selection_set(n or N_SELECT)
+    seeds = seeds_for(len(items), SELECT_SEED)
     rows = []
     for w in SWEEP:
-        c = all_satisfied(judge, sampler.images(empty, slots, [w, w], seeds), items)
-        j = all_satisfied(judge, sampler.images(empty, [[joined(i) for i in items]], [w], seeds), items)
-        rows.append({"weight": w, "compose AND": metrics.bootstrap_mean(c).to_dict(),
-                     "joined caption (CFG)": metrics.bootstrap_mean(j).to_dict()})
-        print(f"w={w}: compose {c.mean():.3f}, joined {j.mean():.3f}", flush=True)
-    return rows
+        row = {"weight": w}
+        for name, (bases, sl, ws) in methods_for(items, {AND: w, CAPTION: w}).items():
+            row[name] = metrics.bootstrap_mean(all_satisfied(judge, sampler.images(bases, sl, ws, seeds), items)).to_dict()
+        rows.append(row)
+        print(f"{sampler.dm.name} select w={w}: compose {row[AND]['value']:.3f}, joined {row[CAPTION]['value']:.3f}", flush=True)
+    chosen = {name: choose({r["weight"]: r[name]["value"] for r in rows}) for name in (AND, CAPTION)}
+    return rows, chosen
 
 
-def speed(sampler: Sampler, n_images: int = 8, repeats: int = 3) -> dict:
+def speed(sampler: Sampler, weight: float, n_images: int = 8, repeats: int = 3) -> dict:
     """Seconds per image at k = 3, three ways, timed alternately (median of ``repeats``):
     batched (one forward pass of (k + 1) B per step), one pass per condition over the batch of B
     images, and the official pipeline's way (one image per run, one pass of batch 1 per condition)."""
     items = held_out_set(3, n_images, SEED + 2)
     slots = [[item[j]["prompt"] for item in items] for j in range(3)]
     seeds = seeds_for(n_images)
-    w, empty = [WEIGHT] * 3, [""] * n_images
+    w, empty = [weight] * 3, [""] * n_images
     ways = {
         "batched": lambda: sampler.images(empty, slots, w, seeds),
         "per_condition": lambda: sampler.images(empty, slots, w, seeds, batched=False),
@@ -223,22 +293,51 @@ def speed(sampler: Sampler, n_images: int = 8, repeats: int = 3) -> dict:
             times[name].append((time.perf_counter() - t0) / n_images)
     med = {name: float(np.median(v)) for name, v in times.items()}
     return {"k": 3, "n_images": n_images, "steps": STEPS, "threads": torch.get_num_threads(),
-            **{f"{name}_s_per_image": round(v, 4) for name, v in med.items()},
+            "measured": time.strftime("%Y-%m-%d"), **{f"{name}_s_per_image": round(v, 4) for name, v in med.items()},
             "ratio_vs_official": round(med["official_one_at_a_time"] / med["batched"], 2),
             "ratio_vs_per_condition": round(med["per_condition"] / med["batched"], 2)}
 
 
-def plot(sweep: list[dict], path: Path) -> None:
+def variant_model(base: DiffusionModel, steps: int | None = None, train: bool = True) -> tuple[DiffusionModel, dict]:
+    """``shapes-t2i-joined`` from ``runs/``: trained (or resumed) to ``steps`` first when ``train``.
+    The EMA weights are loaded into a copy of the shipped model; the shipped weights are untouched."""
+    from safetensors.torch import load_file
+
+    from studio.train import diffusion as D
+    from studio.train.common import Checkpoint
+
+    steps = steps or VARIANT_STEPS
+    ckpt = Checkpoint(VARIANT)
+    state = json.loads(ckpt.meta_path.read_text()) if ckpt.exists() else {"step": 0}
+    if state["step"] < steps:
+        if not train:
+            raise SystemExit(f"runs/{VARIANT} holds {state['step']} of {steps} steps; run without --no-train")
+        D.train(D.ShapesJoinedRecipe(steps=steps), export=False, checkpoint_every=50)
+        state = json.loads(ckpt.meta_path.read_text())
+    unet = copy.deepcopy(base.unet)
+    unet.load_state_dict(load_file(ckpt.dir / "ema.safetensors"))
+    unet.eval()
+    info = {**base.info, "fine_tune_of": base.name, "fine_tune_steps": state["step"]}
+    dm = DiffusionModel(name=VARIANT, unet=unet, scheduler_config=base.scheduler_config,
+                        prediction_type=base.prediction_type, conditioning=base.conditioning, info=info)
+    return dm, {"steps": state["step"], "seconds": round(state["seconds"], 1), "loss_last_100": state.get("loss"),
+                "joined_share": D.JOINED_SHARE, "lr": 3e-4, "batch_size": 32, "init": base.name}
+
+
+def plot(selection: dict, path: Path) -> None:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for name in ("compose AND", "joined caption (CFG)"):
-        v = [r[name] for r in sweep]
-        fig.add_trace(go.Scatter(
-            x=[r["weight"] for r in sweep], y=[e["value"] for e in v], name=name, mode="lines+markers",
-            error_y={"type": "data", "symmetric": False, "array": [e["high"] - e["value"] for e in v],
-                     "arrayminus": [e["value"] - e["low"] for e in v]}))
-    fig.update_layout(title="k = 2 held-out pairs: all-satisfied accuracy vs weight w (shapes judge)",
+    for model, sweep in selection.items():
+        for name in (AND, CAPTION):
+            v = [r[name] for r in sweep["rows"]]
+            fig.add_trace(go.Scatter(
+                x=[r["weight"] for r in sweep["rows"]], y=[e["value"] for e in v], name=f"{model}: {name}",
+                mode="lines+markers", line={"dash": "solid" if name == AND else "dot"},
+                error_y={"type": "data", "symmetric": False, "array": [e["high"] - e["value"] for e in v],
+                         "arrayminus": [e["value"] - e["low"] for e in v]}))
+    fig.update_layout(title=f"Selection set (k = 2 held-out pairs, {N_SELECT} items, seeds {SELECT_SEED}+): "
+                            "all-satisfied vs weight w (shapes judge)",
                       xaxis_title="weight w per concept", yaxis_title="all-satisfied", yaxis_range=[0, 1])
     fig.write_html(path, include_plotlyjs="cdn")
 
@@ -247,62 +346,147 @@ def fmt(e: dict) -> str:
     return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
 
 
+def verdict(e: dict) -> str:
+    """A paired difference: its sign where the interval excludes zero, else "no difference"."""
+    if e["low"] > 0:
+        return "compose better"
+    return "joined caption better" if e["high"] < 0 else "no difference"
+
+
+def comp_table(rows: list[dict]) -> list[str]:
+    lines = ["| k | method | w | all-satisfied |", "|---|---|---|---|"]
+    return lines + [f"| {r['k']} | {r['method']} | {r.get('weight', DEFAULT_WEIGHT):g} | {fmt(r['all_satisfied'])} |"
+                    for r in rows]
+
+
 def markdown(r: dict) -> str:
-    lines = [f"# Compose benchmark ({r['measured']}, {r['machine']})", "",
-             f"Model `shapes-t2i` ({r['model_train_steps']} training steps), DDIM {STEPS} steps, weight w = {WEIGHT}, "
-             f"{r['n']} images per cell, judge `judge-shapes`; 95% bootstrap intervals.", "",
-             "| k | method | all-satisfied |", "|---|---|---|"]
-    lines += [f"| {row['k']} | {row['method']} | {fmt(row['all_satisfied'])} |" for row in r["composition"]]
-    lines += ["", "Compose minus joined caption (paired, same seeds and concepts): "
-              + ", ".join(f"k = {k}: {fmt(v)}" for k, v in r["compose_minus_caption"].items()), "",
+    v = r.get("variant")
+    sel = r["selection"]
+    lines = [f"# Compose benchmark ({r['machine']})", "",
+             f"DDIM {STEPS} steps, judge `judge-shapes`, 95% bootstrap intervals (paired ones for differences: "
+             "same seeds and concepts).", "",
+             f"**Selection / report split.** Weights are chosen on the SELECTION set ({N_SELECT} k = 2 held-out "
+             f"items drawn with seed {SELECT_SEED}, image i noise seed {SELECT_SEED} + i, none placed as a k = 2 "
+             f"report item) and reported on the REPORT sets (items drawn with seed {SEED}, image i noise seed "
+             f"{SEED} + i). Both use the nine held-out pairs (there are only nine), in other regions and under "
+             "other noise. Chosen: "
+             + "; ".join(f"`{m}`: compose AND w = {s['chosen'][AND]:g}, joined caption w = {s['chosen'][CAPTION]:g}"
+                         for m, s in sel.items()) + " (best selection score; ties to the one nearest 2).", ""]
+    if v:
+        t = v["training"]
+        lines += [f"## The question: compose AND vs a text model trained on joined captions", "",
+                  f"`{VARIANT}` is `shapes-t2i` **fine-tuned for {t['steps']} steps** (batch {t['batch_size']}, "
+                  f"lr {t['lr']:g}, {t['seconds']:.0f} s on one thread; not a model trained from scratch, which took "
+                  f"6300 s), with {t['joined_share']:.0%} of its captions joining two or three objects' captions "
+                  "(never a held-out pair). Measured "
+                  f"{v['measured']}, {v['n']} report images per cell; the same model gives both rows.", ""]
+        lines += comp_table(v["composition"])
+        lines += ["", "Compose minus joined caption on the fine-tune (paired): "
+                  + ", ".join(f"k = {k}: {fmt(g)} ({verdict(g)})" for k, g in v["compose_minus_caption"].items()), ""]
+        if v.get("seen"):
+            lines += [f"Check that the fine-tune learned joined captions at all: k = 2 pairs it SAW together in "
+                      f"training ({len(v['seen'][0]['hits'])} items, report seeds), same weights:", ""]
+            lines += comp_table(v["seen"])
+            lines += ["", f"Compose minus joined caption on seen pairs (paired): {fmt(v['seen_gap'])} "
+                      f"({verdict(v['seen_gap'])})", ""]
+    o = r["composition"]
+    lines += [f"## `shapes-t2i` (one-object captions only; {r['model_train_steps']} training steps)", "",
+              f"Measured {r.get('composition_measured', r.get('measured'))}, {r['n']} report images per cell.", ""]
+    lines += comp_table(o)
+    lines += ["", "Compose minus joined caption (paired): "
+              + ", ".join(f"k = {k}: {fmt(g)}" for k, g in r["compose_minus_caption"].items())
+              + ". This model never saw a two-object caption, so its joined caption is a prompt outside its "
+              "training: a goal of beating it by 25 points could not fail and is withdrawn.", "",
+              f"NOT on `shapes-t2i` (w = {r['not'][0].get('weight', DEFAULT_WEIGHT):g}), measured "
+              f"{r.get('not_measured', r.get('measured'))}:", "",
               "| NOT method | NOT success | negated concept absent |", "|---|---|---|"]
     lines += [f"| {row['method']} | {fmt(row['not_success'])} | {fmt(row['negated_absent'])} |" for row in r["not"]]
-    lines += ["", "| w | compose AND (k = 2) | joined caption (k = 2) |", "|---|---|---|"]
-    lines += [f"| {row['weight']:g} | {fmt(row['compose AND'])} | {fmt(row['joined caption (CFG)'])} |"
-              for row in r["weight_sweep"]]
-    s = r["speed"]
-    lines += ["", f"Speed at k = 3 ({s['n_images']} images, {s['steps']} steps, {s['threads']} threads), seconds per image:",
-              "", "| evaluation | s / image | batched is faster by |", "|---|---|---|",
-              f"| batched: one forward pass of 4 x {s['n_images']} per step | {s['batched_s_per_image']:.3f} | - |",
-              f"| one pass per condition over the {s['n_images']} images | {s['per_condition_s_per_image']:.3f} | "
-              f"{s['ratio_vs_per_condition']:.2f}x |",
+    lines += ["", "## Selection sweeps (k = 2 held-out pairs, selection set only)", "",
+              "| model | w | compose AND | joined caption |", "|---|---|---|---|"]
+    for m, s in sel.items():
+        lines += [f"| {m} | {row['weight']:g} | {fmt(row[AND])} | {fmt(row[CAPTION])} |" for row in s["rows"]]
+    sp = r["speed"]
+    lines += ["", f"## Speed at k = 3 ({sp['n_images']} images, {sp['steps']} steps, {sp['threads']} threads, "
+              f"measured {sp.get('measured', r.get('composition_measured'))}), seconds per image", ""]
+    if sp.get("note"):
+        lines += [sp["note"], ""]
+    lines += ["| evaluation | s / image | batched is faster by |", "|---|---|---|",
+              f"| batched: one forward pass of 4 x {sp['n_images']} per step | {sp['batched_s_per_image']:.3f} | - |",
+              f"| one pass per condition over the {sp['n_images']} images | {sp['per_condition_s_per_image']:.3f} | "
+              f"{sp['ratio_vs_per_condition']:.2f}x |",
               f"| official pipeline: one image per run, one pass of batch 1 per condition | "
-              f"{s['official_one_at_a_time_s_per_image']:.3f} | {s['ratio_vs_official']:.2f}x |", ""]
+              f"{sp['official_one_at_a_time_s_per_image']:.3f} | {sp['ratio_vs_official']:.2f}x |", "",
+              f"Goals: {r['goals']}", ""]
     return "\n".join(lines)
 
 
-def main(quick: bool = False, speed_only: bool = False) -> dict:
-    n, n_sweep = (18, 18) if quick else (126, 63)
+GOALS = ("on the fine-tune trained with joined captions, compose AND above its own joined caption on k = 2 "
+         "held-out pairs (paired interval above zero); k = 2 compose AND on shapes-t2i >= 0.70; k = 3 >= 0.50; "
+         "batched >= 1.5x faster than one-at-a-time at k = 3. Withdrawn: '>= 25 points above the joined caption "
+         "of shapes-t2i' (that model never saw a joined caption, so the goal could not fail).")
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(exist_ok=True)
+    (out / "compose.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "compose.md").write_text(markdown(result))
+    plot(result["selection"], out / "compose_weights.html")
+
+
+def run_variant(manager, base, judge, n: int, n_select: int, train: bool = True) -> tuple[dict, dict]:
+    """Selection sweep and report rows of the fine-tune."""
+    dm, training = variant_model(base, train=train)
+    sampler = Sampler(manager, dm)
+    rows, chosen = select_weights(sampler, judge, n_select)
+    comp, gaps = composition_rows(sampler, judge, n, chosen)
+    n_seen = max(9, n // 2)
+    seen, seen_gap = composition_rows(sampler, judge, n_seen, chosen, ks=(2,), items_for=lambda k: seen_set(n_seen, SEED))
+    variant = {"measured": time.strftime("%Y-%m-%d"), "n": n, "training": training, "composition": comp,
+               "compose_minus_caption": gaps, "seen": seen, "seen_gap": seen_gap[2]}
+    return variant, {"rows": rows, "chosen": chosen}
+
+
+def main(quick: bool = False, speed_only: bool = False, variant_only: bool = False, train: bool = True) -> dict:
+    n = 18 if quick else 126
     manager = ModelManager(device="cpu")
     manager.register_zoo()
     from studio.core.loading import read_manifest
 
     out = ROOT / "results"
+    stored = json.loads((out / "compose.json").read_text()) if (out / "compose.json").exists() else None
     if speed_only:  # re-time an existing result (the judged figures stay as they were)
-        result = json.loads((out / "compose.json").read_text())
         with manager.use("shapes-t2i") as dm:
-            result["speed"] = speed(Sampler(manager, dm))
-        (out / "compose.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "compose.md").write_text(markdown(result))
-        print(markdown(result))
-        return result
+            stored["speed"] = speed(Sampler(manager, dm), stored["selection"]["shapes-t2i"]["chosen"][AND])
+        write(stored, out)
+        print(markdown(stored))
+        return stored
     with manager.use("shapes-t2i") as dm, manager.use("judge-shapes") as judge:
         sampler = Sampler(manager, dm)
-        composition, gaps = composition_rows(sampler, judge, n)
-        nots = not_rows(sampler, judge, n)
-        sweep = weight_sweep(sampler, judge, n_sweep)
-        fast = speed(sampler)
-    result = {"measured": time.strftime("%Y-%m-%d"), "machine": machine_description(), "n": n,
-              "model_train_steps": read_manifest()["shapes-t2i"].get("train_steps"),
-              "composition": composition, "compose_minus_caption": gaps, "not": nots, "weight_sweep": sweep,
-              "speed": fast, "goals": "k=2 all-satisfied >= 0.70 and >= 0.25 above the joined caption; "
-                                      "k=3 >= 0.50; batched >= 1.5x faster than one pass per condition at k=3"}
+        n_select = min(9, N_SELECT) if quick else N_SELECT
+        rows, chosen = select_weights(sampler, judge, n_select)
+        selection = {"shapes-t2i": {"rows": rows, "chosen": chosen}}
+        keep = (variant_only and stored is not None
+                and all(r.get("weight", DEFAULT_WEIGHT) == chosen[AND if r["method"] != CAPTION else CAPTION]
+                        for r in stored["composition"]))
+        if keep:  # stored rows were measured at the chosen weights: keep them
+            result = {k: stored[k] for k in ("machine", "n", "model_train_steps", "composition",
+                                             "compose_minus_caption", "not", "speed")}
+            result["composition_measured"] = result["not_measured"] = stored.get("composition_measured",
+                                                                                 stored.get("measured"))
+        else:
+            composition, gaps = composition_rows(sampler, judge, n, chosen)
+            result = {"machine": machine_description(), "n": n,
+                      "model_train_steps": read_manifest()["shapes-t2i"].get("train_steps"),
+                      "composition": composition, "compose_minus_caption": gaps,
+                      "not": not_rows(sampler, judge, n, chosen[AND]),
+                      "composition_measured": time.strftime("%Y-%m-%d"), "not_measured": time.strftime("%Y-%m-%d")}
+            result["speed"] = stored["speed"] if variant_only and stored else speed(sampler, chosen[AND])
+        variant, selection[VARIANT] = run_variant(manager, dm, judge, n, n_select, train=train)
+    result.update({"measured": time.strftime("%Y-%m-%d"), "selection": selection, "variant": variant,
+                   "weight_sweep": rows, "goals": GOALS})
     if not quick:
-        out.mkdir(exist_ok=True)
-        (out / "compose.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "compose.md").write_text(markdown(result))
-        plot(sweep, out / "compose_weights.html")
-    print(markdown(result))
+        write(result, out)
+    print(markdown(result), flush=True)
     return result
 
 
@@ -310,5 +494,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="18 images per cell, nothing written")
     parser.add_argument("--speed-only", action="store_true", help="re-time the speed figures of compose.json")
+    parser.add_argument("--variant-only", action="store_true",
+                        help="selection sweeps + the fine-tune's rows; keep shapes-t2i's rows if measured at the chosen w")
+    parser.add_argument("--no-train", action="store_true", help="fail instead of training the fine-tune")
     args = parser.parse_known_args()[0]
-    main(args.quick, args.speed_only)
+    main(args.quick, args.speed_only, args.variant_only, train=not args.no_train)

@@ -191,6 +191,49 @@ def test_generate_drives_the_same_stable_diffusion_folder(sd_manager):
     assert result.tensors.shape == (1, 3, 16, 16) and torch.isfinite(result.tensors).all()
 
 
+# --- the benchmark's fair text baseline: a fine-tune that sees joined captions -----------------
+
+def test_joined_caption_recipe_never_names_a_held_out_pair_and_is_deterministic():
+    """``shapes-t2i-joined`` sees multi-object captions (about 40% of them), each naming objects of
+    its own image, and never both kinds of a held-out pair; a batch depends only on its seed."""
+    from studio.data import shapes
+    from studio.train.diffusion import ShapesJoinedRecipe
+
+    recipe = ShapesJoinedRecipe(steps=1)
+    caps, named_pairs = [], 0
+    for step in range(20):
+        scenes, batch_caps = recipe.scenes_and_captions(np.random.default_rng([0, 0, step]))
+        for scene, cap in zip(scenes, batch_caps):
+            parts = [shapes.parse_concept(p) for p in cap.split(" and ")] if cap else []
+            kinds = [(p["shape"], p["colour"]) for p in parts if p["shape"] and p["colour"]]
+            assert not shapes.holds_pair(kinds), cap
+            if len(parts) > 1:  # every named object is in the image, where the caption says
+                named_pairs += 1
+                assert all((p["shape"], p["colour"], p["region"]) in
+                           {(o.shape, o.colour, o.region) for o in scene.objects} for p in parts), cap
+        caps += batch_caps
+    assert 0.3 < named_pairs / len(caps) < 0.5
+    again = recipe.scenes_and_captions(np.random.default_rng([0, 0, 19]))
+    assert again[1] == caps[-recipe.batch_size:] and again[0] == scenes
+    x, cond = recipe.batch(np.random.default_rng(1))
+    assert x.shape == (32, 3, 32, 32) and cond["encoder_hidden_states"].shape == (32, 48, 384)
+    assert recipe.init_from == "shapes-t2i" and recipe.name != "shapes-t2i"  # the shipped weights are only read
+
+
+def test_selection_items_are_never_report_items():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bench_compose as B
+
+    key = lambda item: tuple((c["shape"], c["colour"], c["region"]) for c in item)
+    report = {key(i) for i in B.held_out_set(2, 126, B.SEED)}
+    selection = B.selection_set()
+    assert len(selection) == B.N_SELECT and not report & {key(i) for i in selection}
+    assert B.choose({1.0: 0.5, 2.0: 0.5, 3.0: 0.1}) == 2.0 and B.choose({1.0: 0.6, 2.0: 0.5}) == 1.0
+
+
 class TestComposeContract(MethodContract):
     method_id = "compose"
     bad = [({"prompt": ""}, "no concepts"), ({"model": "digits-cond"}, "text-to-image"), ({"steps": 0}, "Steps")]

@@ -1,4 +1,5 @@
-"""Recipes for the zoo's diffusion models: ``digits-cond`` and ``shapes-t2i``.
+"""Recipes for the zoo's diffusion models: ``digits-cond`` and ``shapes-t2i``, and the Compose
+benchmark's ``shapes-t2i-joined`` (a short fine-tune of ``shapes-t2i``, kept in ``runs/``, not shipped).
 
 Both train a diffusers UNet with the epsilon objective on a linear beta schedule (1e-4..0.02,
 1000 steps; the cosine schedule makes diffusers' Euler / DPM / UniPC defaults explode, see
@@ -43,6 +44,8 @@ class DiffusionRecipe:
     lr: float
     steps: int
     info: dict  # written to studio.json next to the weights
+    init_from: str | None = None  # zoo entry whose weights start a fresh run (a fine-tune); None: random init
+    warmup: int = 200  # linear lr warm-up steps, then cosine down to 0.1 lr at ``steps``
 
     def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
@@ -104,7 +107,75 @@ class ShapesRecipe(DiffusionRecipe):
                    "class_labels": self.table["pooled"][idx]}
 
 
-RECIPES: dict[str, Callable[..., DiffusionRecipe]] = {"digits-cond": DigitsRecipe, "shapes-t2i": ShapesRecipe}
+JOINED_SHARE = 0.4  # share of the fine-tune's captions that join two or three objects' captions
+JOINED_MAX_TOKENS = 48  # three joined full captions use at most 28 word pieces (measured)
+
+
+class ShapesJoinedRecipe(ShapesRecipe):
+    """``shapes-t2i-joined``: the shipped ``shapes-t2i`` fine-tuned for ``steps`` steps (not trained
+    from scratch) on the same scenes, where ``joined_share`` of the captions join the captions of
+    two or three of the scene's objects ("a red circle at the top and a blue square at the left").
+
+    It is the Compose benchmark's fair text baseline: a model that has seen multi-object captions,
+    so "compose AND vs the joined caption" asks the paper's question rather than one the baseline
+    cannot answer. Scenes are drawn with ``exclude=HELD_OUT_PAIRS`` as before, so no joined caption
+    ever names both kinds of a held-out pair (checked per caption). The rest of the captions follow
+    the base recipe (10% empty, 20% partial, else one full object caption). Captions are encoded
+    on the fly (padded to ``JOINED_MAX_TOKENS``; padding is masked out). The shipped weights are
+    read, never written: the run lives in ``runs/shapes-t2i-joined`` and is not exported to the zoo.
+    """
+
+    def __init__(self, steps: int = 300, joined_share: float = JOINED_SHARE):
+        super().__init__(steps)
+        self.name, self.lr, self.init_from, self.warmup = "shapes-t2i-joined", 3e-4, "shapes-t2i", 20
+        self.joined_share = joined_share
+        self.info = {**self.info, "fine_tune_of": "shapes-t2i", "fine_tune_steps": steps,
+                     "joined_share": joined_share}
+        from studio.data import text
+
+        self.text, self.encoder, self.cache = text, text.load_text_encoder(), {}
+
+    def encode(self, caps: list[str]) -> dict:
+        missing = sorted({c for c in caps if c not in self.cache})
+        if missing:
+            e = self.text.encode(self.encoder, missing, max_tokens=JOINED_MAX_TOKENS)
+            for i, c in enumerate(missing):
+                self.cache[c] = (e["encoder_hidden_states"][i], e["encoder_attention_mask"][i], e["pooled"][i])
+        h, m, p = zip(*(self.cache[c] for c in caps))
+        return {"encoder_hidden_states": torch.stack(h), "encoder_attention_mask": torch.stack(m),
+                "class_labels": torch.stack(p)}
+
+    def scenes_and_captions(self, rng: np.random.Generator) -> tuple[list[shapes.Scene], list[str]]:
+        """One batch: ``joined_share`` of the captions join 2 or 3 objects of a 2- or 3-object scene."""
+        scenes, caps = [], []
+        for _ in range(self.batch_size):
+            if rng.random() < self.joined_share:
+                scene = shapes.random_scene(rng, n_objects=int(rng.integers(2, 4)), exclude=shapes.HELD_OUT_PAIRS)
+                named = [scene.objects[int(j)] for j in rng.permutation(len(scene.objects))]
+                named = named[:int(rng.integers(2, len(named) + 1))]
+                assert not shapes.holds_pair([(o.shape, o.colour) for o in named])
+                caps.append(" and ".join(o.caption() for o in named))
+            else:
+                scene = shapes.random_scene(rng, exclude=shapes.HELD_OUT_PAIRS)
+                obj = scene.objects[int(rng.integers(len(scene.objects)))]
+                u = rng.random()
+                if u < COND_DROPOUT:
+                    caps.append("")
+                elif u < COND_DROPOUT + PARTIAL_CAPTION:
+                    caps.append(obj.caption(drop=("colour", "shape", "region")[int(rng.integers(3))]))
+                else:
+                    caps.append(obj.caption())
+            scenes.append(scene)
+        return scenes, caps
+
+    def batch(self, rng):
+        scenes, caps = self.scenes_and_captions(rng)
+        x = shapes.to_model_range(np.stack([shapes.render(s) for s in scenes]).transpose(0, 3, 1, 2))
+        return x, self.encode(caps)
+
+
+RECIPES: dict[str, Callable[..., DiffusionRecipe]] = {"digits-cond": DigitsRecipe, "shapes-t2i": ShapesRecipe,
+                                                      "shapes-t2i-joined": ShapesJoinedRecipe}
 
 
 def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
@@ -115,6 +186,10 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
     accelerator = Accelerator()
     torch.manual_seed(seed)
     model = recipe.make_model()
+    if recipe.init_from is not None:  # a fine-tune starts from the shipped (EMA) weights, read only
+        from studio.core.loading import load_zoo
+
+        model.load_state_dict(load_zoo(recipe.init_from).unet.state_dict())
     ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
     sched = noise_scheduler()
@@ -129,7 +204,7 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
     model, opt = accelerator.prepare(model, opt)
     ema.to(accelerator.device)
     timer = Timer(seconds)
-    warmup = 200
+    warmup = recipe.warmup
     lr_at = lambda s: recipe.lr * min(1.0, (s + 1) / warmup) * (0.5 * (1 + np.cos(np.pi * min(s / recipe.steps, 1.0))) * 0.9 + 0.1)
     bar = tqdm(total=recipe.steps, initial=step, desc=recipe.name, disable=not accelerator.is_main_process)
     losses = LossLog()
