@@ -1,4 +1,6 @@
-"""Edit: SIGN's idempotent one-step generator f. Generate with f^k(z); project corrupted images with f^k(x_c).
+"""Edit: a SIGN-style idempotent one-step generator f. Generate with f^k(z); project corrupted images with f^k(x_c).
+
+SIGN-style: there is no official SIGN code; f's objective is this studio's reading (docs/edit.md).
 
 f (:class:`studio.nets.idempotent.IdempotentNet`, zoo ``sign-digits``) is distilled from the
 diffusion model ``digits-cond`` (:mod:`studio.train.sign`); ``ign-digits`` is plain IGN, the
@@ -51,7 +53,7 @@ class Params:
 
     mode: Mode = field(default="generate", metadata=spec(
         "Mode", "generate: f^k(z) from noises z; project: f^k(x_c) of a corrupted digit x_c."))
-    model: str = field(default="sign-digits", metadata=spec("Generator", "An idempotent generator f (SIGN, or plain IGN)."))
+    model: str = field(default="sign-digits", metadata=spec("Generator", "An idempotent generator f (SIGN-style, our reading; or plain IGN)."))
     k: int = field(default=3, metadata=spec("Applications k", "Apply f up to k times: f(z), f(f(z)), ... f^k(z) "
                                             "(generate) or f(x_c), ... f^k(x_c) (project).", minimum=1, maximum=8, step=1))
     n_images: int = field(default=8, metadata=spec("Images", "How many noises z (image i uses seed + i).",
