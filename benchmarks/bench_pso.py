@@ -83,6 +83,10 @@ METHODS = {
     "plain diffusion loss, uniform timesteps, no prior (DreamBooth's; confounded)": {"loss": "plain"},
 }
 PSO = "PSO, DPO form (beta 200)"
+NEG0 = "PSO, DPO form, reference term off (neg_weight 0)"
+HINGE200, HINGE5 = "PSO, hinge form, beta 200 (the tab's default)", "PSO, hinge form, beta 5 (the released scripts')"
+CONFOUNDED = "plain diffusion loss, uniform timesteps, no prior (DreamBooth's; confounded)"
+ABLATION_PAIRS = ((PSO, NEG0), (HINGE200, HINGE5))  # paired differences that isolate one change each
 HINGE_BETAS = (5.0, 200.0)
 ONLINE_ITERATIONS = 40
 CHUNK = 500
@@ -203,7 +207,10 @@ def save_partial(out: dict) -> None:
     PARTIAL.write_text(json.dumps(out, indent=1, default=str))
 
 
-def main(quick: bool = False, reuse_student: Path | None = None, train_steps: int | None = None) -> dict:
+def main(quick: bool = False, reuse_student: Path | None = None, train_steps: int | None = None,
+         rows_only: list[str] | None = None) -> dict:
+    """The whole benchmark; with ``rows_only``, just the untuned student and those rows (no online PSO,
+    no goals: :func:`merge` adds their paired differences to an earlier full run)."""
     torch.set_num_threads(1)
     per_class, eval_per_class = (20, 20) if quick else (N_PER_CLASS, N_EVAL_PER_CLASS)
     fd_net, judge = load_zoo("fd-digits"), load_zoo("judge-digits")
@@ -264,6 +271,8 @@ def main(quick: bool = False, reuse_student: Path | None = None, train_steps: in
     out["pso_params"] = {k: v for k, v in vars(p).items()}
     out["rows_params"] = {}
     for name, change in METHODS.items():
+        if rows_only and name not in rows_only:
+            continue
         q = replace(p, **change)
         out["rows_params"][name] = {k: getattr(q, k) for k in ("loss", "beta", "neg_weight", "prior_weight")}
         tuned = tune.run_tune(dm, *digits.style_set("thick"), q)
@@ -282,6 +291,10 @@ def main(quick: bool = False, reuse_student: Path | None = None, train_steps: in
         out["pso"] = {n: {str(s): r for s, r in by.items()} for n, by in rows.items()}
         out["pso_seconds"] = seconds
         save_partial(out)
+    out["paired"] = {f"{a} - {b}": {str(s): paired(outcomes[a][s], outcomes[b][s]) for s in STEPS}
+                     for a, b in ABLATION_PAIRS if a in outcomes and b in outcomes}
+    if rows_only:
+        return out
     t0 = time.perf_counter()
     unet, history = run_online(dm, list(range(10)), digits.thickness,
                                iterations=10 if quick else ONLINE_ITERATIONS, seed=REPORT_TRAIN_SEED)
@@ -293,9 +306,9 @@ def main(quick: bool = False, reuse_student: Path | None = None, train_steps: in
     out["pso"] = {n: {str(s): r for s, r in by.items()} for n, by in rows.items()}
     out["pso_seconds"] = seconds
     out["online_history"] = history
-    out["paired"] = {
+    out["paired"].update({
         f"{name} - untuned": {str(s): paired(o[s], outcomes["untuned"][s]) for s in o}
-        for name, o in outcomes.items() if name != "untuned"}
+        for name, o in outcomes.items() if name != "untuned"})
     out["paired"].update({
         f"{name} - {FAIR}": {str(s): paired(outcomes[name][s], outcomes[FAIR][s]) for s in STEPS}
         for name in METHODS if name != FAIR})
@@ -324,14 +337,31 @@ def goals(out: dict) -> list[str]:
     vs_fair = pairs[f"{PSO} - {FAIR}"]
     for steps in STEPS:
         d = vs_fair[str(steps)]["style_judge"]
-        lines.append(_goal(f"PSO's pair term adds style over the fair baseline at {steps} step(s) (independent judge, "
-                           f"paired difference {_ci(d)}, interval above zero)", d[1] > 0))
-    d = vs_fair["4"]["judge_acc"]
-    lines.append(_goal(f"PSO keeps content at least as well as the fair baseline at 4 steps (judge accuracy, paired "
-                       f"difference {_ci(d)}, interval not below zero)", d[2] >= 0))
+        lines.append(_goal(f"PSO (DPO form) adds style over the fair baseline at {steps} step(s) (independent judge, "
+                           f"paired difference {_d(d)}, interval above zero)", d[1] > 0))
+    for steps in STEPS:
+        d = vs_fair[str(steps)]["judge_acc"]
+        lines.append(_goal(f"PSO (DPO form) keeps content at least as well as the fair baseline at {steps} step(s) "
+                           f"(judge accuracy, paired difference {_d(d)}, interval not below zero)", d[2] >= 0))
+    ref = pairs.get(f"{PSO} - {NEG0}")
+    if ref is None:
+        lines.append("PSO's reference term adds style (PSO minus the same with neg_weight 0): NOT MEASURED")
+    else:
+        for steps in STEPS:
+            d = ref[str(steps)]["style_judge"]
+            lines.append(_goal(f"PSO's reference term adds style at {steps} step(s) (PSO (DPO form) minus the same with "
+                               f"neg_weight 0, independent judge, paired difference {_d(d)}, interval above zero)",
+                               d[1] > 0))
+    rows = out["pso"]
+    for steps in ("1", "2"):
+        q = rows[PSO][steps]["fd_to_untuned"]
+        for other, what in ((FAIR, "the fair baseline"), (CONFOUNDED, "the confounded plain loss")):
+            f = rows[other][steps]["fd_to_untuned"]
+            lines.append(_goal(f"{what} drifts more than PSO (DPO form) at {steps} step(s) (FD-digits to the untuned "
+                               f"student, intervals apart): {_ci(f)} vs {_ci(q)}", f[1] > q[2]))
     online = pairs["online PSO (reward: thickness) - untuned"]["4"]["style_judge"]
     lines.append(_goal(f"online PSO (thickness reward) raises the independent judge's 4-step style rate (paired "
-                       f"difference {_ci(online)}, interval above zero)", online[1] > 0))
+                       f"difference {_d(online)}, interval above zero)", online[1] > 0))
     sec = out["pso_seconds"][PSO]
     lines.append(_goal(f"default style set trains in under 3 minutes on this machine: {sec:.0f} s", sec < 180))
     return lines
@@ -408,6 +438,9 @@ def markdown(out: dict) -> str:
         if name != "untuned student":
             lines.append(f"- during training, {name}: active {v['active_mean_over_steps']:.3f} of pairs on average "
                          f"(lowest step {v['active_min_over_steps']:.3f}, last 10 steps {v['active_last_10_steps']:.3f})")
+    for name, r in out.get("reproduced", {}).items():
+        lines.append(f"- {name}: re-run on {r['date']} (same seeds) for the ablation pairs; largest gap to the "
+                     f"figures above {r['max_abs_gap']:.3f}")
     lines += ["", "Goals:", ""] + [f"- {g}" for g in out["goals"]]
     return "\n".join(lines) + "\n"
 
@@ -416,15 +449,36 @@ def _d(v) -> str:
     return f"{v[0]:+.3f} ({v[1]:+.3f}..{v[2]:+.3f})"
 
 
+def merge(full: dict, part: dict) -> dict:
+    """Add a ``rows_only`` run's paired differences to a full run, recording whether its rows reproduced
+    the full run's figures (same seeds, same code: they should, to the last digit)."""
+    full = json.loads(json.dumps(full))
+    full.setdefault("reproduced", {})
+    for name, by in part["pso"].items():
+        gaps = [abs(a - b) for s, r in by.items() for k in ("style_judge", "style_reward", "judge_acc")
+                for a, b in zip(r[k], full["pso"][name][s][k], strict=True)]
+        full["reproduced"][name] = {"max_abs_gap": max(gaps), "date": part["date"]}
+    for key, value in part["paired"].items():
+        full["paired"].setdefault(key, value)
+    full["goals"] = goals(full)
+    return full
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reuse-student", type=Path, default=None,
                     help="take the student section from an earlier results file (its code and seeds unchanged)")
+    ap.add_argument("--rows", nargs="+", default=None,
+                    help="re-run only these rows (and the untuned student) and add their ablation pairs to results/pso.json")
     args = ap.parse_args()
-    result = main(args.quick, args.reuse_student)
-    (ROOT / "results").mkdir(exist_ok=True)
     name = "pso-quick" if args.quick else "pso"
+    if args.rows:
+        result = merge(json.loads((ROOT / "results" / f"{name}.json").read_text()),
+                       main(args.quick, args.reuse_student, rows_only=args.rows))
+    else:
+        result = main(args.quick, args.reuse_student)
+    (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (ROOT / "results" / f"{name}.md").write_text(markdown(result))
     print(markdown(result))

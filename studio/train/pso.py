@@ -8,7 +8,8 @@ steps (x0, then re-noise: ``x_next ~ N(alpha_next x0_hat(x), sigma_next^2 I)``; 
 DMD2 script's scheduler), so the step density is exactly Gaussian. Only the LoRA factors train
 (:mod:`studio.nets.lora`). The Tune tab runs offline PSO (:mod:`studio.methods.tune`); this
 variant is measured by ``benchmarks/bench_pso.py`` with :func:`studio.data.digits.thickness`
-as the reward.
+as the reward, and scored there both by that measure (the reward's own reading) and by a style
+judge it never sees (:mod:`studio.data.style_judge`).
 """
 
 from __future__ import annotations
