@@ -1,33 +1,42 @@
 """Forecast benchmark: TSDiff (self-guidance, refinement, synthesis) against statsforecast.
 
 For every bundled series (:mod:`studio.data.series`) and its zoo model ``tsdiff-<series>``
-(trained only on the points before the first backtest origin):
+(trained only on the points before the first of the last 5 horizons, ``Series.train_end``):
 
-* **Rolling-origin backtest**: the last 5 horizons of the series, one forecast per origin,
-  each from the history up to the origin (baselines refit at each origin).
+* **Selection / report split.** The 5 held-out horizons after the training split are cut in
+  two: the first ``VAL_ORIGINS`` (2) horizons are the **validation block**, where the guidance
+  scale is chosen; the last 3 are the **test block**, where every method is reported. No
+  training window covers either block (a training window ends before ``train_end``). Where a
+  series has too few held-out horizons for both (fewer than 3), the scale is chosen on the last
+  two horizons of the training split instead, and the results say so for that series.
+* **Rolling-origin backtest** on the test block: one forecast per origin, each from the history
+  up to the origin (baselines refit at each origin).
 * **Methods**: statsforecast SeasonalNaive, AutoETS, AutoARIMA (quantiles from their 20/40/60/80%
   Gaussian intervals); TSDiff-Q and TSDiff-MS (DDPM, 100 steps, the official sampler) and
   TSDiff-Q with DDIM at 25 steps (what the tab can afford); SeasonalNaive refined by TSDiff with
-  the ML (SGD, lr 0.1) and LMC (eta 0.1, noise 0.1) refiners, 20 iterations. 100 samples per
-  forecast; 3 seeds for every sampled method.
-* **Guidance scale**: chosen per series, guidance and sampler among 1, 2, 4, 8 (the paper's
-  range) on two *validation* origins, the last two horizons of the training split (50 samples,
-  seed 0): never on a backtest target.
+  the ML (SGD, lr 0.1) and LMC (eta 0.1, noise 0.1) refiners, 20 iterations. ``--samples``
+  samples per forecast, ``--seeds`` seeds for every sampled method.
+* **Guidance scale**: chosen per series, guidance and sampler on the validation block (CRPS,
+  ``--val-samples`` samples, seed 0), among 1, 2, 4, 8, 16 for quantile guidance and 1, 2, 4, 8
+  for MS (the paper's range is 1 .. 8; 16 is there to see the sweep turn over).
 * **Scores**: mean weighted quantile loss over q = 0.1..0.9 ("CRPS", GluonTS
-  ``mean_wQuantileLoss``, via utilsforecast) and MASE of the median, averaged over origins;
-  for sampled methods the mean and the spread (min..max) over seeds. Seconds per forecast
-  (``--threads`` CPU threads; TSDiff's 5 origins run as one batch and the time is divided by 5;
-  cached points keep the seconds of the run that made them).
+  ``mean_wQuantileLoss``, via utilsforecast) and MASE of the median, per origin, averaged over
+  seeds, then over the test origins, with a 95% bootstrap interval over the test origins;
+  differences against SeasonalNaive and against the better of AutoETS / AutoARIMA are paired
+  by origin, and a difference whose interval covers zero is "no difference". Seconds per
+  forecast (``--threads`` CPU threads; TSDiff's origins run as one batch and the time is
+  divided by their number; cached points keep the seconds of the run that made them).
 * **Synthesis**: Linear Predictive Score: a ridge model from context to horizon fit on 500
   synthetic windows (DDPM), scored by CRPS on the real windows that end in the backtest part,
-  beside the same ridge model fit on the real training windows.
+  beside the same ridge model fit on the real training windows (``--carry-lps`` keeps the
+  figures of the previous results file instead, labelled so).
 * **Tab speed**: seconds from pressing Forecast to the fan chart (``run`` to its first result)
-  with the tab's defaults, in-process after one warm-up run.
+  with the tab's defaults, in-process after one warm-up run (``--carry-tab``: as for LPS).
 
 Writes ``benchmarks/results/forecast.json`` and ``forecast.md``. Run: ``python
 benchmarks/bench_forecast.py [--quick] [--series NAME ...]`` (or ``make bench``); finished
 points are cached in ``runs/bench-cache/forecast`` (keyed by the model's weights), so a
-stopped run resumes.
+stopped run resumes; ``--no-report`` only fills the cache (to run series in parallel).
 """
 
 from __future__ import annotations
@@ -52,8 +61,9 @@ from studio.train.common import RUNS_DIR, machine_description
 ROOT = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2)
 SAMPLES = 100
-SCALES = (1.0, 2.0, 4.0, 8.0)
+SCALES = {"quantile": (1.0, 2.0, 4.0, 8.0, 16.0), "mse": (1.0, 2.0, 4.0, 8.0)}
 VAL_SAMPLES = 50
+VAL_ORIGINS = 2  # the first held-out horizons, where the scale is chosen
 DDIM_STEPS = 25
 SYNTHETIC = 500
 CACHE = RUNS_DIR / "bench-cache" / "forecast"
@@ -75,107 +85,161 @@ class Cache:
 
 
 def scores(truths, quantiles, histories, season) -> dict:
-    """CRPS and MASE averaged over origins: ``quantiles`` (K, 9, H), truths (K, H)."""
+    """CRPS and MASE per origin (and their means): ``quantiles`` (K, 9, H), truths (K, H)."""
     crps = [M.mean_weighted_quantile_loss(y, {"m": q})["m"] for y, q in zip(truths, quantiles)]
     mase = [M.mase(y, {"m": q[4]}, h, season)["m"] for y, q, h in zip(truths, quantiles, histories)]
-    return {"crps": float(np.mean(crps)), "mase": float(np.mean(mase)), "crps_per_origin": [round(c, 5) for c in crps]}
+    return {"crps": float(np.mean(crps)), "mase": float(np.mean(mase)), "crps_per_origin": [float(c) for c in crps],
+            "mase_per_origin": [float(m) for m in mase]}
 
 
-def tsdiff_forecasts(model, windows, guidance, scale, sampler, steps, seed, samples=SAMPLES):
+def tsdiff_forecasts(model, windows, guidance, scale, sampler, steps, seed, samples):
     t0 = time.perf_counter()
     *_, x = SS.observation_guidance(model, windows, num_samples=samples, guidance=guidance, scale=scale,
                                    sampler=sampler, steps=steps, seed=seed)
     seconds = (time.perf_counter() - t0) / len(windows)
-    samples = S.forecast_samples(x, windows, windows[0].horizon)
-    return np.stack([M.sample_quantiles(s) for s in samples]), seconds
+    fc = S.forecast_samples(x, windows, windows[0].horizon)
+    return np.stack([M.sample_quantiles(s) for s in fc]), seconds
 
 
-def bench_series(name: str, quick: bool) -> dict:
+def interval(values) -> dict:
+    """Mean of per-origin values with a 95% bootstrap interval over the origins."""
+    e = M.bootstrap_mean(values, n_boot=2000)
+    return {"mean": e.value, "low": e.low, "high": e.high, "n": e.n}
+
+
+def verdict(diff: dict) -> str:
+    """'lower' / 'higher' when the paired interval excludes zero, else 'no difference'."""
+    return "lower" if diff["high"] < 0 else "higher" if diff["low"] > 0 else "no difference"
+
+
+def split(series: S.Series, H: int) -> tuple[list[int], list[int], str]:
+    """(validation origins, test origins, where the validation block lies)."""
+    origins = series.origin_positions()
+    if len(origins) >= VAL_ORIGINS + 1:
+        return origins[:VAL_ORIGINS], origins[VAL_ORIGINS:], "held-out"
+    # too few held-out horizons for both blocks: the last two horizons of the training split
+    return [series.train_end - 2 * H, series.train_end - H], origins, "inside the training split"
+
+
+def bench_series(name: str, quick: bool, cfg: dict) -> dict:
     series = S.bundled(name)
     key = F.model_key(name)
     files = read_manifest()[key]["files"]
-    cache = Cache(f"{key}-{files['model/diffusion_pytorch_model.safetensors']['sha256'][:12]}" + ("-quick" if quick
-                                                                                                  else ""))
+    cache = Cache(f"{key}-{files['model/diffusion_pytorch_model.safetensors']['sha256'][:12]}-split{VAL_ORIGINS}"
+                  + ("-quick" if quick else ""))
     model = load_zoo(key)
     H, L, lags = series.horizon, int(model.info["window"]), tuple(model.info["lags"])
-    origins = series.origin_positions()
-    windows = [S.make_window(series.values, o, L, H, lags) for o in origins]
-    truths = [series.values[o:o + H] for o in origins]
-    histories = [series.values[:o] for o in origins]
-    seeds = SEEDS[:1] if quick else SEEDS
-    out = {"series": name, "title": series.title, "n": len(series), "freq": series.freq, "season": series.season,
-           "context": series.context, "horizon": H, "lags": list(lags), "origins": [series.labels(o, o + 1)[0]
-                                                                                   for o in origins],
-           "train_end": series.train_end, "tau": model.info.get("tau"), "methods": {}}
+    samples, val_samples, seeds = cfg["samples"], cfg["val_samples"], cfg["seeds"]
+    val_origins, origins, where = split(series, H)
 
-    # baselines (deterministic)
+    def block(pos):
+        return ([S.make_window(series.values, o, L, H, lags) for o in pos], [series.values[o:o + H] for o in pos],
+                [series.values[:o] for o in pos])
+
+    windows, truths, histories = block(origins)
+    val_windows, val_truths, val_hist = block(val_origins)
+    label = lambda o: series.labels(o, o + 1)[0]
+    out = {"series": name, "title": series.title, "n": len(series), "freq": series.freq, "season": series.season,
+           "context": series.context, "horizon": H, "lags": list(lags), "train_end": series.train_end,
+           "validation_origins": [label(o) for o in val_origins], "test_origins": [label(o) for o in origins],
+           "origins": [label(o) for o in origins], "validation_block": where, "tau": model.info.get("tau"),
+           "methods": {}}
+
+    # baselines (deterministic) on the test block
     def baselines():
         rows = [B.baseline_forecasts(h, H, series.season) for h in histories]
         return {b: {"quantiles": [r[b]["quantiles"].tolist() for r in rows],
                     "seconds": float(np.mean([r[b]["seconds"] for r in rows]))} for b in B.BASELINES}
 
     base = cache.get("baselines", baselines)
+    per_origin = {}
     for b, v in base.items():
-        out["methods"][b] = {**scores(truths, np.array(v["quantiles"]), histories, series.season),
-                             "seconds": v["seconds"], "seeds": 1}
+        sc = scores(truths, np.array(v["quantiles"]), histories, series.season)
+        per_origin[b] = sc["crps_per_origin"]
+        out["methods"][b] = {**sc, "interval": interval(sc["crps_per_origin"]), "seconds": v["seconds"], "seeds": 1}
 
-    # guidance scale on validation origins (inside the training split)
-    val_origins = [series.train_end - 2 * H, series.train_end - H]
-    val_windows = [S.make_window(series.values, o, L, H, lags) for o in val_origins]
-    val_truths = [series.values[o:o + H] for o in val_origins]
-    val_hist = [series.values[:o] for o in val_origins]
+    # guidance scale on the validation block
     chosen, sweep = {}, {}
     for guidance, sampler in (("quantile", "ddpm"), ("mse", "ddpm"), ("quantile", "ddim")):
         tag = f"{guidance}-{sampler}"
         sweep[tag] = {}
-        for s in SCALES:
-            def run_val(s=s, guidance=guidance, sampler=sampler):
-                q, sec = tsdiff_forecasts(model, val_windows, guidance, s, sampler, DDIM_STEPS, 0, VAL_SAMPLES)
+        for sc_ in SCALES[guidance]:
+            def run_val(s=sc_, guidance=guidance, sampler=sampler):
+                q, _ = tsdiff_forecasts(model, val_windows, guidance, s, sampler, DDIM_STEPS, 0, val_samples)
                 return scores(val_truths, q, val_hist, series.season)["crps"]
-            sweep[tag][s] = cache.get(f"val-{tag}-{s}", run_val)
-        chosen[tag] = min(SCALES, key=lambda s: (sweep[tag][s] if np.isfinite(sweep[tag][s]) else np.inf, s))
+            sweep[tag][sc_] = cache.get(f"val-{tag}-{sc_:g}-n{val_samples}", run_val)
+        chosen[tag] = min(SCALES[guidance], key=lambda s: (sweep[tag][s] if np.isfinite(sweep[tag][s]) else np.inf, s))
+        print(f"  {name} validation {tag}: " + ", ".join(f"{k:g}: {v:.4f}" for k, v in sweep[tag].items())
+              + f" -> {chosen[tag]:g}", flush=True)
     out["scale_sweep_validation"] = sweep
     out["scale"] = chosen
 
-    def sampled(label, fn):
-        runs = [cache.get(f"{label}-seed{seed}", lambda seed=seed: fn(seed)) for seed in seeds]
+    jobs = []  # (label, fn, cache key): every sampled method, run seed by seed (all methods' first seed first)
+
+    def sampled(label, fn, key=None):
+        """Run ``fn(seed)`` for each seed (cached under ``key``, which names the scale where there is one)."""
+        key = key or label
+        runs = [cache.get(f"{key}-n{samples}-seed{seed}", lambda seed=seed: fn(seed)) for seed in seeds]
         ok = [r for r in runs if np.isfinite(r["crps"])]  # a guided sampler can diverge (MS at large scales)
         crps = [r["crps"] for r in ok] or [float("nan")]
-        out["methods"][label] = {"crps": float(np.mean(crps)), "crps_min": min(crps), "crps_max": max(crps),
-                                 "mase": float(np.mean([r["mase"] for r in ok])) if ok else float("nan"),
-                                 "seconds": float(np.mean([r["seconds"] for r in runs])), "seeds": len(ok),
-                                 "diverged": len(runs) - len(ok)}
+        row = {"crps": float(np.mean(crps)), "crps_min": min(crps), "crps_max": max(crps),
+               "mase": float(np.mean([r["mase"] for r in ok])) if ok else float("nan"),
+               "seconds": float(np.mean([r["seconds"] for r in runs])), "seeds": len(ok),
+               "diverged": len(runs) - len(ok)}
+        if "scale" in runs[0]:
+            row["scale"] = runs[0]["scale"]
+        if ok:
+            po = np.mean([r["crps_per_origin"] for r in ok], axis=0).tolist()  # seed-averaged, per origin
+            per_origin[label] = po
+            row.update(crps_per_origin=po, interval=interval(po))
+        out["methods"][label] = row
         print(f"  {name} {label}: CRPS {np.mean(crps):.4f} ({min(crps):.4f}..{max(crps):.4f}), "
               f"{len(runs) - len(ok)} of {len(runs)} seeds diverged", flush=True)
 
-    for guidance, label in (("quantile", "TSDiff-Q"), ("mse", "TSDiff-MS")):
-        def run_guided(seed, guidance=guidance):
-            q, sec = tsdiff_forecasts(model, windows, guidance, chosen[f"{guidance}-ddpm"], "ddpm", None, seed)
-            return {**scores(truths, q, histories, series.season), "seconds": sec}
-        sampled(label, run_guided)
+    for guidance, sampler, label in (("quantile", "ddpm", "TSDiff-Q"), ("mse", "ddpm", "TSDiff-MS"),
+                                     ("quantile", "ddim", f"TSDiff-Q (DDIM {DDIM_STEPS})")):
+        s_ = chosen[f"{guidance}-{sampler}"]
 
-    def run_ddim(seed):
-        q, sec = tsdiff_forecasts(model, windows, "quantile", chosen["quantile-ddim"], "ddim", DDIM_STEPS, seed)
-        return {**scores(truths, q, histories, series.season), "seconds": sec}
-    sampled(f"TSDiff-Q (DDIM {DDIM_STEPS})", run_ddim)
+        def run_guided(seed, guidance=guidance, sampler=sampler, s_=s_):
+            q, sec = tsdiff_forecasts(model, windows, guidance, s_, sampler, DDIM_STEPS, seed, samples)
+            return {**scores(truths, q, histories, series.season), "seconds": sec, "scale": s_}
+        jobs.append((label, run_guided, f"{guidance}-{sampler}-scale{s_:g}"))
 
-    init = np.stack([B.gaussian_samples(np.array(q), SAMPLES) for q in base["SeasonalNaive"]["quantiles"]])
+    init = np.stack([B.gaussian_samples(np.array(q), samples) for q in base["SeasonalNaive"]["quantiles"]])
     for refiner in ("ml", "lmc"):
         def run_refine(seed, refiner=refiner):
             t0 = time.perf_counter()
             x = SS.refine(model, windows, init, refiner=refiner, iterations=20, seed=seed)
             sec = (time.perf_counter() - t0) / len(windows) + base["SeasonalNaive"]["seconds"]
-            samples = S.forecast_samples(x, windows, H)
-            q = np.stack([M.sample_quantiles(s) for s in samples])
+            fc = S.forecast_samples(x, windows, H)
+            q = np.stack([M.sample_quantiles(s) for s in fc])
             return {**scores(truths, q, histories, series.season), "seconds": sec}
-        sampled(f"SeasonalNaive + {F.REFINER_LABELS[refiner]}", run_refine)
+        jobs.append((f"SeasonalNaive + {F.REFINER_LABELS[refiner]}", run_refine, None))
+    for seed in seeds:  # fill the cache seed-major, so a run stopped early has whole seeds
+        for label, fn, key in jobs:
+            cache.get(f"{key or label}-n{samples}-seed{seed}", lambda fn=fn, seed=seed: fn(seed))
+    for label, fn, key in jobs:
+        sampled(label, fn, key)
 
-    def lps():
-        n = 100 if quick else SYNTHETIC
-        *_, x = SS.synthesize(model, n, seed=0)
-        return F.synthesis_scores(series, model.info, x[..., 0].numpy().astype(np.float64))
+    # paired differences by origin: against SeasonalNaive and the better statistical baseline (on the test block)
+    best_stat = min(("AutoETS", "AutoARIMA"), key=lambda b: out["methods"][b]["crps"])
+    out["best_statistical"] = best_stat
+    for m, po in per_origin.items():
+        if po is None or m in B.BASELINES:
+            continue
+        row = out["methods"][m]
+        for ref in ("SeasonalNaive", best_stat):
+            d = interval(np.array(po) - np.array(per_origin[ref]))
+            row[f"vs {ref}"] = {**d, "verdict": verdict(d)}
 
-    out["lps"] = cache.get("lps", lps)
+    if cfg.get("carry_lps") is not None:
+        out["lps"] = {**cfg["carry_lps"], "carried": cfg["carry_note"]}
+    else:
+        def lps():
+            n = 100 if quick else SYNTHETIC
+            *_, x = SS.synthesize(model, n, seed=0)
+            return F.synthesis_scores(series, model.info, x[..., 0].numpy().astype(np.float64))
+        out["lps"] = cache.get("lps", lps)
     return out
 
 
@@ -193,78 +257,144 @@ def tab_seconds(name: str) -> float:
     return seconds
 
 
-def markdown(results: list[dict], tab: dict) -> str:
-    order = ["SeasonalNaive", "AutoETS", "AutoARIMA", "TSDiff-MS", "TSDiff-Q", f"TSDiff-Q (DDIM {DDIM_STEPS})",
-             "SeasonalNaive + ML", "SeasonalNaive + LMC"]
+ORDER = ["SeasonalNaive", "AutoETS", "AutoARIMA", "TSDiff-MS", "TSDiff-Q", f"TSDiff-Q (DDIM {DDIM_STEPS})",
+         "SeasonalNaive + ML", "SeasonalNaive + LMC"]
+
+
+def _cell(v: dict, digits: int = 4) -> str:
+    f = f"{{:.{digits}f}}"
+    if not np.isfinite(v["crps"]):
+        return f"diverged ({v.get('diverged', 0)} of {v.get('diverged', 0)} seeds)"
+    iv = v.get("interval")
+    cell = f.format(v["crps"]) + (f" [{f.format(iv['low'])}, {f.format(iv['high'])}]" if iv else "")
+    if v.get("diverged"):
+        cell += f", {v['diverged']} of {v['seeds'] + v['diverged']} seeds diverged"
+    return cell
+
+
+def _diff(d: dict) -> str:
+    return f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] {d['verdict']}"
+
+
+def markdown(results: list[dict], tab: dict, report: dict) -> str:
+    cfg = report["config"]
+    split_note = "; ".join(f"{r['series']}: validation {', '.join(r['validation_origins'])} ({r['validation_block']}), "
+                           f"test {', '.join(r['test_origins'])}" for r in results)
     lines = ["# Forecast benchmark (TSDiff vs statsforecast)", "",
-             f"Machine: {machine_description()}. Rolling-origin backtest, 5 origins per series, 100 samples per "
-             "forecast, sampled methods averaged over 3 seeds (spread min..max). CRPS = mean weighted quantile loss "
-             "over q = 0.1..0.9 (GluonTS mean_wQuantileLoss); MASE of the median. Lower is better. These are *our* "
-             "small statsmodels series, not the paper's datasets.", ""]
+             f"Machine: {report['machine']}; run {report['date']}. "
+             f"**Selection / report split**: the 5 horizons after each model's training split are cut into a "
+             f"*validation block* (the first {VAL_ORIGINS} horizons: every guidance scale is chosen there) and a *test "
+             f"block* (the last 3: every figure below is reported there); no training window covers either. "
+             f"{split_note}. {cfg['samples']} samples per forecast, sampled methods averaged over {len(cfg['seeds'])} "
+             f"seeds ({', '.join(map(str, cfg['seeds']))}), validation {cfg['val_samples']} samples, seed 0"
+             + (" (**scaled down** from 100 samples x 3 seeds, validation 50 samples, to fit the compute budget of "
+                "this run)" if cfg["samples"] < SAMPLES or len(cfg["seeds"]) < len(SEEDS) else "") +
+             ". CRPS = mean weighted quantile loss over q = 0.1..0.9 (GluonTS mean_wQuantileLoss), per origin, "
+             "averaged over seeds then over the 3 test origins; **[ ]** = 95% bootstrap interval over the test origins "
+             "(with 3 origins it is wide; read it as a floor on the uncertainty). MASE of the median. Lower is better. "
+             "These are *our* small statsmodels series, not the paper's datasets.", ""]
     header = "| method | " + " | ".join(r["series"] for r in results) + " |"
-    lines += ["## CRPS (mean wQL)", "", header, "|---|" + "---|" * len(results)]
-    for m in order:
+    lines += ["## CRPS on the test block (mean wQL, 95% interval)", "", header, "|---|" + "---|" * len(results)]
+    for m in ORDER:
         cells = []
         for r in results:
             v = r["methods"].get(m)
             if v is None:
                 cells.append("")
                 continue
-            spread = f" ({v['crps_min']:.4f}..{v['crps_max']:.4f})" if v.get("seeds", 1) > 1 else ""
-            if v.get("diverged"):
-                spread += f", {v['diverged']} of {v['seeds'] + v['diverged']} seeds diverged"
             best = min(x["crps"] for x in r["methods"].values() if np.isfinite(x["crps"]))
-            cell = f"{v['crps']:.4f}{spread}"
-            cells.append(f"**{cell}**" if v["crps"] == best else cell)
+            cells.append(f"**{_cell(v)}**" if v["crps"] == best else _cell(v))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "## MASE (median)", "", header, "|---|" + "---|" * len(results)]
-    for m in order:
+    lines += ["", "Spread over seeds (min..max of the seed means): " + "; ".join(
+        f"{r['series']} " + ", ".join(f"{m} {r['methods'][m]['crps_min']:.4f}..{r['methods'][m]['crps_max']:.4f}"
+                                      for m in ORDER if r["methods"].get(m, {}).get("seeds", 1) > 1)
+        for r in results) + ".", ""]
+    lines += ["## Paired differences on the test block (CRPS, method minus reference, by origin)", "",
+              "95% bootstrap interval over the 3 test origins; an interval that covers zero is **no difference**. "
+              "The statistical reference is the better of AutoETS / AutoARIMA on the test block (the harder one to "
+              "beat).", "", "| method | reference | " + " | ".join(r["series"] for r in results) + " |",
+              "|---|---|" + "---|" * len(results)]
+    for m in ORDER[3:]:
+        for ref in ("SeasonalNaive", "best statistical"):
+            cells = []
+            for r in results:
+                v = r["methods"].get(m, {})
+                key = f"vs {'SeasonalNaive' if ref == 'SeasonalNaive' else r['best_statistical']}"
+                cells.append(_diff(v[key]) + ("" if ref == "SeasonalNaive" else f" (vs {r['best_statistical']})")
+                             if key in v else "")
+            lines.append(f"| {m} | {ref} | " + " | ".join(cells) + " |")
+    lines += ["", "## MASE (median) on the test block", "", header, "|---|" + "---|" * len(results)]
+    for m in ORDER:
         lines.append(f"| {m} | " + " | ".join(f"{r['methods'][m]['mase']:.3f}" if m in r["methods"] else ""
                                               for r in results) + " |")
     lines += ["", "## Seconds per forecast", "", "Each point's seconds are those of the run that computed it (finished "
-              "points are cached, with their time). statsforecast fits are single-threaded; TSDiff's five origins run "
-              "as one batch of 500 paths and the time is divided by 5.", "", header, "|---|" + "---|" * len(results)]
-    for m in order:
+              "points are cached, with their time). statsforecast fits are single-threaded; TSDiff's test origins run "
+              f"as one batch and the time is divided by their number ({cfg['threads']} torch thread"
+              f"{'s' if cfg['threads'] > 1 else ''}, with other jobs on the machine).", "", header,
+              "|---|" + "---|" * len(results)]
+    for m in ORDER:
         lines.append(f"| {m} | " + " | ".join(f"{r['methods'][m]['seconds']:.2f}" if m in r["methods"] else ""
                                               for r in results) + " |")
+    lines += ["", "## Guidance scale: the validation sweeps (CRPS on the validation block) and the choice", "",
+              "| series | sweep | " + " | ".join(f"s = {s:g}" for s in SCALES["quantile"]) + " | chosen |",
+              "|---|---|" + "---|" * len(SCALES["quantile"]) + "---|"]
+    for r in results:
+        for tag, sw in r["scale_sweep_validation"].items():
+            vals = {float(k): v for k, v in sw.items()}
+            cells = [("diverged" if not np.isfinite(vals[s]) else f"{vals[s]:.4f}") if s in vals else "-"
+                     for s in SCALES["quantile"]]
+            lines.append(f"| {r['series']} | {tag} | " + " | ".join(cells) + f" | {r['scale'][tag]:g} |")
     lines += ["", "## Set-up", "", "| series | points | freq | season | context | horizon | lags | train split | "
-              "scale Q | scale MS | scale Q (DDIM) | tau |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "validation block | test block | tau |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['series']} | {r['n']} | {r['freq']} | {r['season']} | {r['context']} | {r['horizon']} | "
-                     f"{r['lags']} | first {r['train_end']} | {r['scale']['quantile-ddpm']:g} | {r['scale']['mse-ddpm']:g} | "
-                     f"{r['scale']['quantile-ddim']:g} | {r['tau']} |")
+                     f"{r['lags']} | first {r['train_end']} | {', '.join(r['validation_origins'])} "
+                     f"({r['validation_block']}) | {', '.join(r['test_origins'])} | {r['tau']} |")
     lines += ["", "## Linear Predictive Score (ridge on synthetic vs on real training windows; CRPS on held-out "
-              "real windows)", "", "| series | synthetic (500 DDPM windows) | real training windows | held-out windows |",
-              "|---|---|---|---|"]
+              "real windows)", ""]
+    carried = {r["lps"].get("carried") for r in results} - {None}
+    if carried:
+        lines += [f"Not re-run here: {', '.join(sorted(carried))}.", ""]
+    lines += ["| series | synthetic (500 DDPM windows) | real training windows | held-out windows |", "|---|---|---|---|"]
     for r in results:
         lp = r["lps"]
         lines.append(f"| {r['series']} | {lp['synthetic']:.4f} | {lp['real']:.4f} | {lp['test_windows']} |")
     lines += ["", "## Goals", ""]
-    goals = evaluate_goals(results, tab)
+    goals = evaluate_goals(results, tab, report.get("tab_note"))
     lines += [f"- {g}" for g in goals["lines"]]
     lines += ["", "Context, the paper's CRPS (their datasets): TSDiff-Q 0.049 vs Seasonal Naive 0.069 on "
               "Electricity, 0.098 vs 0.221 on Traffic; refinement of Seasonal Naive on Traffic 0.221 -> 0.126."]
     return "\n".join(lines) + "\n"
 
 
-def evaluate_goals(results: list[dict], tab: dict) -> dict:
-    q_beats_sn = [r["series"] for r in results if r["methods"]["TSDiff-Q"]["crps"] < r["methods"]["SeasonalNaive"]["crps"]]
-    q_beats_best = [r["series"] for r in results if r["methods"]["TSDiff-Q"]["crps"] <
-                    min(r["methods"]["AutoETS"]["crps"], r["methods"]["AutoARIMA"]["crps"])]
-    refined = {k: [r["series"] for r in results if r["methods"][f"SeasonalNaive + {k}"]["crps"] <
-                   r["methods"]["SeasonalNaive"]["crps"]] for k in ("ML", "LMC")}
+def evaluate_goals(results: list[dict], tab: dict, tab_note: str | None = None) -> dict:
+    """Each goal counts a series only where the paired 95% interval excludes zero ("lower")."""
+    def lower(r, m, ref):
+        return r["methods"].get(m, {}).get(f"vs {ref}", {}).get("verdict") == "lower"
+
+    def listing(v):
+        return ", ".join(v) or "none"
+
+    q_beats_sn = [r["series"] for r in results if lower(r, "TSDiff-Q", "SeasonalNaive")]
+    q_beats_best = [r["series"] for r in results if lower(r, "TSDiff-Q", r["best_statistical"])]
+    point_sn = [r["series"] for r in results if r["methods"]["TSDiff-Q"]["crps"] < r["methods"]["SeasonalNaive"]["crps"]]
+    refined = {k: [r["series"] for r in results if lower(r, f"SeasonalNaive + {k}", "SeasonalNaive")] for k in ("ML", "LMC")}
+    refined_pt = {k: [r["series"] for r in results if r["methods"][f"SeasonalNaive + {k}"]["crps"] <
+                      r["methods"]["SeasonalNaive"]["crps"]] for k in ("ML", "LMC")}
     n = len(results)
     lines = [
-        f"TSDiff-Q beats SeasonalNaive on every series: {'MET' if len(q_beats_sn) == n else 'MISSED'} "
-        f"({len(q_beats_sn)}/{n}: {', '.join(q_beats_sn) or 'none'})",
-        f"TSDiff-Q beats the best of AutoETS/AutoARIMA on at least half: "
-        f"{'MET' if 2 * len(q_beats_best) >= n else 'MISSED'} ({len(q_beats_best)}/{n}: {', '.join(q_beats_best) or 'none'})",
-        *[f"Refinement ({k}) lowers SeasonalNaive's CRPS on most series: {'MET' if 2 * len(v) > n else 'MISSED'} "
-          f"({len(v)}/{n}: {', '.join(v) or 'none'})" for k, v in refined.items()],
+        f"TSDiff-Q beats SeasonalNaive on every series (paired interval below zero): "
+        f"{'MET' if len(q_beats_sn) == n else 'MISSED'} ({len(q_beats_sn)}/{n}: {listing(q_beats_sn)}; lower point "
+        f"estimate on {len(point_sn)}/{n}: {listing(point_sn)})",
+        f"TSDiff-Q beats the better of AutoETS/AutoARIMA on at least half (paired interval below zero): "
+        f"{'MET' if 2 * len(q_beats_best) >= n else 'MISSED'} ({len(q_beats_best)}/{n}: {listing(q_beats_best)})",
+        *[f"Refinement ({k}) lowers SeasonalNaive's CRPS on most series (paired interval below zero): "
+          f"{'MET' if 2 * len(v) > n else 'MISSED'} ({len(v)}/{n}: {listing(v)}; lower point estimate on "
+          f"{len(refined_pt[k])}/{n}: {listing(refined_pt[k])})" for k, v in refined.items()],
         "Forecast renders in the tab in under 5 s: " + ("MET" if tab and max(tab.values()) < 5 else "MISSED") +
         " (" + ", ".join(f"{k} {v:.1f} s" for k, v in tab.items()) + f"; the tab's defaults: TSDiff-Q, DDIM "
         f"{F.Params().ddim_steps} steps, {F.Params().samples} samples; Forecast pressed to the fan-chart result, "
-        f"in-process, {THREADS} threads, after one warm-up run)",
+        f"in-process, after one warm-up run" + (f"; {tab_note}" if tab_note else "") + ")",
     ]
     return {"lines": lines, "q_beats_seasonal_naive": q_beats_sn, "q_beats_best_stat": q_beats_best,
             "refinement_helps": refined}
@@ -275,23 +405,47 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one seed, 100 synthetic windows (a smoke run)")
     ap.add_argument("--series", nargs="*", default=list(S.BUNDLED))
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 when running two benches at once)")
+    ap.add_argument("--samples", type=int, default=SAMPLES, help="samples per test forecast")
+    ap.add_argument("--val-samples", type=int, default=VAL_SAMPLES, help="samples per validation forecast")
+    ap.add_argument("--seeds", type=int, default=len(SEEDS), help="how many seeds per sampled method")
+    ap.add_argument("--carry-lps", action="store_true", help="keep the LPS figures of the previous results file")
+    ap.add_argument("--carry-tab", action="store_true", help="keep the tab seconds of the previous results file")
+    ap.add_argument("--no-report", action="store_true", help="only fill the cache (no results files)")
     args = ap.parse_args()
-    global THREADS
-    THREADS = args.threads
     torch.set_num_threads(args.threads)
+    out = ROOT / "results"
+    suffix = "_quick" if args.quick else ""
+    previous = json.loads((out / f"forecast{suffix}.json").read_text()) if (out / f"forecast{suffix}.json").exists() \
+        else {}
+    prev_note = f"carried from the results of {previous.get('date', 'the 2026-11-26 run')} (same model weights)"
+    prev_series = {r["series"]: r for r in previous.get("series", [])}
+    seeds = list(SEEDS[:1] if args.quick else SEEDS[:args.seeds])
+    cfg = {"samples": args.samples, "val_samples": args.val_samples, "seeds": seeds, "threads": args.threads}
     results = []
     for name in args.series:
         print(f"== {name}", flush=True)
-        results.append(bench_series(name, args.quick))
-    tab = {name: round(tab_seconds(name), 2) for name in args.series}
-    report = {"machine": machine_description(), "seeds": list(SEEDS[:1] if args.quick else SEEDS),
-              "samples": SAMPLES, "series": results, "tab_seconds": tab, "goals": evaluate_goals(results, tab)}
-    out = ROOT / "results"
+        lps = prev_series.get(name, {}).get("lps") if args.carry_lps else None
+        if lps is not None:
+            lps = {k: v for k, v in lps.items() if k != "carried"}
+            prev = prev_series[name]["lps"].get("carried")
+        results.append(bench_series(name, args.quick, {**cfg, "carry_lps": lps,
+                                                       "carry_note": (prev or prev_note) if lps else None}))
+    if args.no_report:
+        return
+    if args.carry_tab and previous.get("tab_seconds"):
+        tab = {k: v for k, v in previous["tab_seconds"].items() if k in args.series}
+        tab_note = previous.get("tab_note") or f"tab seconds {prev_note}, 2 threads"
+    else:
+        tab = {name: round(tab_seconds(name), 2) for name in args.series}
+        tab_note = f"measured in this run, {args.threads} thread{'s' if args.threads > 1 else ''}"
+    report = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "config": cfg,
+              "seeds": seeds, "samples": args.samples, "validation_origins": VAL_ORIGINS,
+              "scales": {k: list(v) for k, v in SCALES.items()}, "series": results, "tab_seconds": tab,
+              "tab_note": tab_note, "goals": evaluate_goals(results, tab, tab_note)}
     out.mkdir(exist_ok=True)
-    suffix = "_quick" if args.quick else ""
     (out / f"forecast{suffix}.json").write_text(json.dumps(report, indent=1))
-    (out / f"forecast{suffix}.md").write_text(markdown(results, tab))
-    print(markdown(results, tab))
+    (out / f"forecast{suffix}.md").write_text(markdown(results, tab, report))
+    print(markdown(results, tab, report))
 
 
 if __name__ == "__main__":

@@ -82,7 +82,8 @@ def build_forecast_tab(manager: ModelManager) -> dict[str, gr.components.Compone
                                   choices={"series": forecast.series_choices(manager)})
             inputs["mode"] = gr.Radio([(label, m) for m, label in MODE_LABELS.items()], value="forecast", label="Mode",
                                       elem_id=f"{PREFIX}param-mode")
-            with gr.Accordion("Your series (CSV: a timestamp column and a value column)", open=False):
+            with gr.Accordion("Your series (CSV: a timestamp column and a value column, on any regular grid: "
+                              "15 or 30 minutes, hourly, business days, daily, weekly, monthly, ...)", open=False):
                 csv_file = gr.File(label=f"CSV (up to {S.MAX_CSV_BYTES // 2**20} MB)", file_types=[".csv", ".txt"],
                                    type="filepath", elem_id=f"{PREFIX}csv")
                 upload_info = gr.Markdown(elem_id=f"{PREFIX}upload-info")

@@ -156,6 +156,51 @@ def test_csv_round_trip_of_a_bundled_series():
     np.testing.assert_allclose(back.values, s.values)
 
 
+def _grid_csv(freq: str, n: int, drop=(), start="2021-01-04 00:00") -> bytes:
+    """A CSV on a pandas grid ``freq`` with a daily and a weekly cycle, rows ``drop`` left out."""
+    import pandas as pd
+
+    stamps = pd.date_range(start, periods=n, freq=freq)
+    hours = (stamps - stamps[0]) / pd.Timedelta(hours=1)
+    values = 50 + 10 * np.sin(2 * np.pi * hours / 24) + 3 * np.sin(2 * np.pi * hours / 168)
+    keep = np.setdiff1d(np.arange(n), drop)
+    return _csv([(str(stamps[i]), f"{values[i]:.3f}") for i in keep], header="timestamp,demand")
+
+
+@pytest.mark.parametrize("freq,n,season,horizon", [
+    ("30min", 14 * 48, 48, 48),  # two weeks of half-hourly electricity demand
+    ("15min", 8 * 96, 96, 96),
+    ("B", 300, 5, 10),
+])
+def test_parse_csv_accepts_any_regular_grid_with_the_season_of_its_frequency(freq, n, season, horizon):
+    import pandas as pd
+
+    s = S.parse_csv(_grid_csv(freq, n))
+    assert (s.season, s.horizon, len(s)) == (season, horizon, n) and not np.isnan(s.values).any()
+    assert s.lags[0] >= s.horizon and s.context == 4 * max(horizon, min(season, 52))
+    step = pd.tseries.frequencies.to_offset(freq)
+    assert pd.Timestamp(s.labels(n, n + 1)[0]) == pd.Timestamp(s.labels(n - 1, n)[0]) + step  # the grid goes on
+    # rows missing from the grid (pandas can no longer name it) are kept as missing values on the same grid
+    gappy = S.parse_csv(_grid_csv(freq, n, drop=(7, 8, 100)))
+    assert (gappy.freq, gappy.season, len(gappy)) == (s.freq, season, n)
+    assert np.flatnonzero(np.isnan(gappy.values)).tolist() == [7, 8, 100]
+    np.testing.assert_allclose(np.delete(gappy.values, [7, 8, 100]), np.delete(s.values, [7, 8, 100]))
+
+
+def test_parse_csv_still_refuses_truly_irregular_timestamps_with_a_clear_message():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    for mean, message in ((100, "1 h 17 min 7 s"), (40, "25 min 59 s")):  # readings at random times
+        stamps = pd.Timestamp("2021-01-01") + pd.to_timedelta(np.cumsum(rng.exponential(mean, 600)), unit="min")
+        with pytest.raises(S.SeriesError, match="not on a regular grid: their median spacing is " + message):
+            S.parse_csv(_csv([(str(t), f"{v:.3f}") for t, v in zip(stamps, rng.normal(size=600))]))
+    rows = [(t, v) for t, v in (line.split(",") for line in _grid_csv("30min", 500).decode().splitlines()[1:])]
+    rows[200] = ("2021-01-08 04:13:00", rows[200][1])  # one reading off the half-hour grid
+    with pytest.raises(S.SeriesError, match="typical spacing is 30 min, but 2021-01-08 04:13:00 is off that grid"):
+        S.parse_csv(_csv(rows))
+
+
 # ------------------------------------------------------------------------------------ windows
 
 
@@ -248,6 +293,39 @@ def test_ml_refinement_lowers_the_energy_and_keeps_shapes():
     assert x.shape == (1, 8, s.window, 3) and np.mean(trace[-3:]) < trace[0]
     y = SS.refine(model, [w], init[None], refiner="lmc", iterations=3, seed=1)
     assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_refiner_starts_unobserved_entries_interpolated_and_keeps_the_prior_off_them():
+    """With no denoising gradient (ZeroEps), only the prior moves the window: a NaN in the context and
+    the entries outside a short context must stay at their interpolated start, not be pulled to 0."""
+    values = 10 + np.sin(np.arange(100) / 3)
+    values[70] = np.nan
+    model = zero_model(24, (6, 12))
+    init = np.tile(np.linspace(9.0, 11.0, 6), (4, 1))
+    w = S.make_window(values, origin=80, window=24, horizon=6, lags=(6, 12))
+    x = SS.refine(model, [w], init[None], refiner="ml", iterations=10, lr=0.1)[0]
+    gap = 70 - w.start
+    want = (values[69] + values[71]) / 2 / w.scale  # the NaN, linearly interpolated
+    torch.testing.assert_close(x[:, gap, 0], torch.full((4,), want, dtype=torch.float32))
+    assert x[:, gap, 0].min() > 0.9  # the old start (0, pulled to 0) would leave it near 0
+    short = S.make_window(values, origin=80, window=24, horizon=6, lags=(6, 12), context=4)
+    y = SS.refine(model, [short], init[None], refiner="ml", iterations=10, lr=0.1)[0]
+    first = values[76] / short.scale  # the earliest observed point of channel 0, held flat before it
+    torch.testing.assert_close(y[:, :14, 0], torch.full((4, 14), first, dtype=torch.float32))
+    assert torch.isfinite(y).all() and y[:, :, 1:].min() > 0.8  # lag channels: filled from the series, not 0
+    # with the denoising term on, a refiner still never drags the gap toward 0
+    tiny = tiny_model(S.bundled("elnino"))
+    tiny.info.update(window=24, lags=[6, 12])
+    tiny.unet = TSDiffNet(channels=3, hidden=8, blocks=1, step_emb=16, d_state=4).eval().requires_grad_(False)
+    z = SS.refine(tiny, [w], init[None], refiner="lmc", iterations=20, seed=0)[0]
+    assert (z[:, gap, 0] - want).abs().max() < 0.5 * want
+
+
+def test_fill_unobserved_interpolates_along_time_and_holds_the_ends():
+    x = torch.tensor([[[0.0, 5.0], [2.0, 0.0], [0.0, 0.0], [4.0, 0.0], [0.0, 0.0]]])
+    known = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]])
+    got = SS.fill_unobserved(x, known)[0]
+    assert got[:, 0].tolist() == [2.0, 2.0, 3.0, 4.0, 4.0] and got[:, 1].tolist() == [5.0] * 5
 
 
 def test_best_diffusion_step_is_a_valid_step():

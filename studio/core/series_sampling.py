@@ -15,8 +15,14 @@ amazon-science/unconditional-time-series-diffusion, ``sampler/observation_guidan
   (:func:`denoising_loss`; tau is the step whose training loss is nearest the mean over steps,
   chosen when the model is trained: :func:`studio.train.forecast.best_diffusion_step`) + a prior,
   the pinball loss against the base forecast written into the window (``quantile``, the
-  default) or the squared error on observed entries (``mse``); maximum likelihood (SGD, lr 0.1)
+  default, over the observed entries and the base forecast) or the squared error on observed
+  entries (``mse``), as the official ``Refiner.prior``; maximum likelihood (SGD, lr 0.1)
   or Langevin ``y <- y - eta grad E + sqrt(2 eta) 0.1 xi`` (eta 0.1), 20 iterations.
+  Entries with no value (outside a short context, NaN in an upload) start from the observed
+  values and the base forecast linearly interpolated along time, ends held flat
+  (:func:`fill_unobserved`), and the prior leaves them out: only the denoising term moves them.
+  (The official code's windows are always fully observed; starting them at 0 with an unmasked
+  prior, as before, pulled them to 0.)
 * **Synthesis** (:func:`synthesize`): unconditional windows.
 
 Windows are :class:`studio.data.series.Window` s in model space ``(L, C)``: channel 0 the series,
@@ -138,6 +144,28 @@ def denoising_loss(model, x: torch.Tensor, tau: int, generator: torch.Generator,
     return ((model.eps(scheduler.add_noise(x, noise, t), t) - noise) ** 2).sum()
 
 
+def fill_unobserved(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(M, L, C)`` with every entry where ``known`` is 0 replaced by the known entries of
+    its row and channel linearly interpolated along time (``np.interp``: ends held flat); a
+    channel with no known entry takes channel 0's filled values, or the mean of all known
+    entries when channel 0 has none either (0 when nothing is known)."""
+    xs, ks = x.detach().cpu().numpy().astype(np.float64), known.detach().cpu().numpy() > 0
+    out = xs.copy()
+    grid = np.arange(xs.shape[1])
+    for m in range(xs.shape[0]):
+        for c in range(xs.shape[2]):
+            k = ks[m, :, c]
+            if k.all():
+                continue
+            if k.any():
+                out[m, :, c] = np.where(k, xs[m, :, c], np.interp(grid, grid[k], xs[m, k, c]))
+            elif c and ks[m, :, 0].any():
+                out[m, :, c] = out[m, :, 0]
+            else:
+                out[m, :, c] = xs[m][ks[m]].mean() if ks[m].any() else 0.0
+    return torch.tensor(out, dtype=x.dtype)
+
+
 def refine(model, windows: list[Window], init: np.ndarray, *, refiner: str = "lmc", iterations: int = 20,
            tau: int | None = None, prior: str = "quantile", lr: float = 0.1, step_size: float = 0.1,
            noise_scale: float = 0.1, seed: int = 0, trace: list | None = None) -> torch.Tensor:
@@ -153,13 +181,17 @@ def refine(model, windows: list[Window], init: np.ndarray, *, refiner: str = "lm
     scales = torch.tensor([w.scale for w in windows], dtype=torch.float32).repeat_interleave(N)
     sorted_init = torch.tensor(np.sort(init, axis=1), dtype=torch.float32).reshape(B * N, H)
     obs[:, -H:, 0] = sorted_init / scales[:, None]
+    known = mask.clone()  # entries with a value: the observed ones and the base forecast
+    known[:, -H:, 0] = 1.0
+    obs = fill_unobserved(obs, known)  # the rest start interpolated, free of the prior
     q = quantile_levels(N, B)
     gen = make_generator(seed)
     sched = model_scheduler(model, "ddpm")
 
     def energy(x):
-        prior_energy = (((x - obs) ** 2) * mask).sum() if prior == "mse" else pinball(x, obs, q).sum()
-        return denoising_loss(model, x, tau, gen, sched) + prior_energy
+        # as the official prior: MSE over the observed entries, quantile also over the base forecast
+        prior_energy = ((x - obs) ** 2) * mask if prior == "mse" else pinball(x, obs, q) * known
+        return denoising_loss(model, x, tau, gen, sched) + prior_energy.sum()
 
     x = obs.clone()
     with torch.enable_grad():

@@ -15,12 +15,17 @@ training split, which is all the zoo model ever saw).
 
 CSV input (:func:`parse_csv`): a timestamp column and a value column. Parsed strictly: a file
 over :data:`MAX_CSV_BYTES`, unparseable timestamps, duplicate timestamps, text or infinite
-values, a constant or too-short series are refused with a message naming the row. Empty cells
-and ``NaN`` are *missing values*, and so are timestamps absent from a regular grid (gaps): the
-series is put on its inferred frequency and the holes are kept as NaN. TSDiff treats them as
-unobserved (its guidance simply leaves them out, so it imputes them); the statsforecast
-baselines, which need complete data, get them linearly interpolated. More than 20% missing is
-refused.
+values, a constant or too-short series are refused with a message naming the row. The
+timestamps may lie on any regular grid pandas can name (:func:`infer_grid`: 15 or 30 minutes,
+hourly, business days, daily, weekly, monthly, quarterly, yearly, and multiples), and the season
+length comes from the frequency (:func:`season_of_step`: 96 for 15 minutes, 48 for 30, 24 for
+hourly, 5 for business days, 7 for daily, 52 weekly, 12 monthly, 4 quarterly); truly irregular
+timestamps are refused, saying which one is off the grid. Empty cells and ``NaN`` are *missing
+values*, and so are timestamps absent from the grid (gaps): the series is put on its grid and
+the holes are kept as NaN. TSDiff treats them as unobserved (its guidance simply leaves them
+out, so it imputes them; the refiner starts them interpolated and leaves them out of its prior);
+the statsforecast baselines, which need complete data, get them linearly interpolated. More
+than 20% missing is refused.
 
 Forecast windows (:func:`make_window`, :func:`training_windows`, :func:`real_windows`): a
 window is ``context + horizon`` points; channel 0 is the series, channels 1.. its seasonal lags
@@ -58,7 +63,7 @@ class Series:
     title: str
     values: np.ndarray  # float64, NaN = missing
     index: pd.DatetimeIndex | pd.PeriodIndex
-    freq: str  # one of SEASON_OF_FREQ
+    freq: str  # the grid: H, D, B, W, M, Q, Y, or a pandas frequency such as '30min'
     season: int
     context: int
     horizon: int
@@ -155,25 +160,158 @@ BUNDLED: tuple[str, ...] = ("co2", "elnino", "sunspots", "unemployment")
 # ---------------------------------------------------------------------------------------------- CSV
 
 
-def _freq_code(index: pd.DatetimeIndex) -> str | None:
-    """One of SEASON_OF_FREQ for a timestamp index, or None when irregular."""
-    inferred = pd.infer_freq(index) if len(index) >= 3 else None
-    step = pd.Series(index).diff().dropna().median() if inferred is None else None
-    if inferred is None:
-        days = step / pd.Timedelta(days=1)
-        table = [(1 / 24, "H"), (1, "D"), (7, "W"), (30.4, "M"), (91.3, "Q"), (365.2, "Y")]
-        for d, code in table:
-            if abs(days - d) / d < 0.1:
-                return code
+DAY = pd.Timedelta(days=1)
+MAX_SEASON = 144  # the longest season a CSV's frequency gives (10-minute data: 144 steps a day)
+# steps a timestamp grid may have when pandas cannot name it (gaps): whole divisors of a minute, an hour or a
+# day, or whole days up to a week
+NICE_STEPS = tuple(pd.Timedelta(v) for v in (
+    "1s", "2s", "5s", "10s", "15s", "20s", "30s", "1min", "2min", "5min", "10min", "15min", "20min", "30min",
+    "1h", "2h", "3h", "4h", "6h", "8h", "12h", "1D", "2D", "3D", "4D", "5D", "6D", "7D", "14D"))
+_CALENDAR = [(30.4, "M"), (91.3, "Q"), (365.2, "Y")]  # median spacing in days -> period code
+
+
+def season_of_step(step: pd.Timedelta) -> int:
+    """Season length of a fixed step: the steps in a day when the step divides a day into at most
+    :data:`MAX_SEASON` (48 for 30 minutes, 96 for 15, 24 for hourly), else in an hour, else in a
+    minute; 7 for daily data (the week), 52 // k for k-week steps, 1 (none) otherwise."""
+    for cycle in (DAY, pd.Timedelta(hours=1), pd.Timedelta(minutes=1)):
+        if step < cycle and cycle % step == pd.Timedelta(0) and cycle // step <= MAX_SEASON:
+            return int(cycle // step)
+    if step == DAY:
+        return 7
+    week = pd.Timedelta(days=7)
+    if step % week == pd.Timedelta(0) and 52 % (step // week) == 0:
+        return int(52 // (step // week))
+    return 1
+
+
+def _season_of_offset(offset) -> int | None:
+    """Season length of a pandas offset (None when the studio does not handle that kind of grid)."""
+    from pandas.tseries import offsets as O
+
+    n = offset.n
+    if isinstance(offset, O.Tick):
+        return season_of_step(pd.Timedelta(offset))
+    per_year = [((O.MonthBegin, O.MonthEnd, O.BusinessMonthBegin, O.BusinessMonthEnd), 12),
+                ((O.SemiMonthBegin, O.SemiMonthEnd), 24), ((O.Week,), 52),
+                ((O.QuarterBegin, O.QuarterEnd, O.BQuarterBegin, O.BQuarterEnd), 4),
+                ((O.YearBegin, O.YearEnd, O.BYearBegin, O.BYearEnd), 1)]
+    if isinstance(offset, O.BusinessDay) and not isinstance(offset, O.CustomBusinessDay):
+        return 5 if n == 1 else 1
+    for kinds, count in per_year:
+        if isinstance(offset, kinds):
+            return count // n if count % n == 0 else 1
+    return None
+
+
+def _duration(td: pd.Timedelta) -> str:
+    """A spacing in words: '26 min 34 s', '3 days 2 h'."""
+    c = td.components
+    parts = [(c.days, "day" if c.days == 1 else "days"), (c.hours, "h"), (c.minutes, "min"),
+             (c.seconds + (1 if c.milliseconds >= 500 else 0), "s")]
+    return " ".join(f"{v} {u}" for v, u in parts if v)[:40] or "0 s"
+
+
+def _step_name(step: pd.Timedelta) -> str:
+    return {pd.Timedelta(hours=1): "hourly", DAY: "daily", pd.Timedelta(days=7): "weekly"}.get(
+        step, f"{_duration(step)}")
+
+
+_PANDAS_FREQ = {"H": "h", "D": "D", "W": "W", "M": "M", "Q": "Q", "Y": "Y"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a CSV's timestamps sit: ``index`` the full regular grid from the first to the last
+    timestamp, ``positions`` each row's place on it, ``freq`` its name, ``season`` its season."""
+
+    index: pd.DatetimeIndex | pd.PeriodIndex
+    positions: np.ndarray
+    freq: str
+    season: int
+
+
+def _period_grid(index: pd.DatetimeIndex, code: str) -> Grid:
+    period = index.to_period(_PANDAS_FREQ[code])
+    full = pd.period_range(period.min(), period.max(), freq=period.freq)
+    return Grid(full, full.get_indexer(period), code, SEASON_OF_FREQ[code])
+
+
+def _offset_grid(index: pd.DatetimeIndex, offset) -> Grid | None:
+    from pandas.tseries import offsets as O
+
+    season = _season_of_offset(offset)
+    if season is None:
         return None
-    head = inferred.split("-")[0].upper().rstrip("S").lstrip("0123456789")
-    if head in ("H", "D", "B", "W", "M", "Q", "Y"):
-        return head
-    return {"A": "Y", "YE": "Y", "ME": "M", "QE": "Q", "BM": "M", "BQ": "Q", "BA": "Y", "BY": "Y", "MIN": None,
-            "T": None, "S": None}.get(head)
+    simple = {"h": "H", "D": "D", "W": "W", "M": "M", "Q": "Q", "Y": "Y"}  # as earlier versions named them
+    head = offset.rule_code.split("-")[0].rstrip("SE") or offset.rule_code
+    if offset.n == 1 and not isinstance(offset, (O.BusinessDay, O.BusinessMonthBegin, O.BusinessMonthEnd,
+                                                 O.SemiMonthBegin, O.SemiMonthEnd)) and head in simple:
+        return _period_grid(index, simple[head])
+    full = pd.date_range(index[0], index[-1], freq=offset)
+    return Grid(full, full.get_indexer(index), "B" if isinstance(offset, O.BusinessDay) and offset.n == 1
+                else offset.freqstr, season)
 
 
-_PANDAS_FREQ = {"H": "h", "D": "D", "B": "B", "W": "W", "M": "M", "Q": "Q", "Y": "Y"}
+def infer_grid(index: pd.DatetimeIndex) -> Grid:
+    """The regular grid of sorted, distinct timestamps, or a :class:`SeriesError` that says why not.
+
+    ``pd.infer_freq`` names the grid when no timestamp is missing (any grid pandas knows:
+    half-hourly, 15-minute, business days, hourly, daily, weekly, monthly, quarterly, yearly,
+    and their multiples). With gaps, the median spacing decides: about a month, a quarter or a
+    year puts each timestamp in its calendar period; otherwise the nearest of :data:`NICE_STEPS`
+    (within 10%) is the step, and every timestamp must lie on it (within a quarter of a step of
+    the grid from the first timestamp); weekdays-only daily data are business days."""
+    if len(index) < 3:
+        raise SeriesError(f"the file has {len(index)} row{'s' if len(index) != 1 else ''}; a series needs many more")
+    inferred = pd.infer_freq(index)
+    if inferred is not None:
+        grid = _offset_grid(index, pd.tseries.frequencies.to_offset(inferred))
+        if grid is None:
+            raise SeriesError(f"the timestamps are on a {inferred!r} grid, which the studio does not handle; use a "
+                              "fixed step (e.g. 30 minutes, hourly, daily), business days, weeks, months, quarters "
+                              "or years")
+        return grid
+    diffs = pd.Series(index).diff().dropna()
+    median = diffs.median()
+    days = median / DAY
+    for d, code in _CALENDAR:
+        if abs(days - d) / d < 0.1:
+            grid = _period_grid(index, code)
+            if len(set(grid.positions)) < len(index):
+                raise SeriesError(f"two rows fall in the same {code} period; one value per period is needed")
+            return grid
+    step = min(NICE_STEPS, key=lambda s: abs(median - s))
+    if abs(median - step) > 0.1 * step:
+        raise SeriesError(f"the timestamps are not on a regular grid: their median spacing is {_duration(median)}, "
+                          "which is not a regular step (e.g. 15 or 30 minutes, hourly, daily, weekly, monthly, quarterly, "
+                          "yearly), and the studio cannot infer one")
+    if step == DAY and len(index) >= 10 and not (index.dayofweek >= 5).any() and (diffs == 3 * DAY).any():
+        full = pd.bdate_range(index[0].normalize(), index[-1].normalize()) + (index[0] - index[0].normalize())
+        full = pd.DatetimeIndex(full, freq="B")
+        pos = full.get_indexer(index)
+        if (pos >= 0).all():
+            return Grid(full, pos, "B", 5)
+    offsets = (index - index[0]) / step
+    near = np.round(np.asarray(offsets, dtype=np.float64))
+    off = np.flatnonzero(np.abs(np.asarray(offsets, dtype=np.float64) - near) > 0.25)
+    if len(off):
+        others = f" (and {len(off) - 1} other timestamp{'s' if len(off) > 2 else ''})" if len(off) > 1 else ""
+        raise SeriesError(f"the timestamps are not on a regular grid: the typical spacing is {_step_name(step)}, "
+                          f"but {index[off[0]].strftime('%Y-%m-%d %H:%M:%S')}{others} is off that grid; put every row on one step (missing steps "
+                          "may simply be left out)")
+    pos = near.astype(np.int64)
+    if pos[-1] + 1 > MAX_POINTS:
+        raise SeriesError(f"the timestamps span {pos[-1] + 1:,} {_step_name(step)} steps; the limit is {MAX_POINTS:,}")
+    if len(set(pos)) < len(pos):
+        raise SeriesError(f"two rows fall on the same {_step_name(step)} step; one value per step is needed")
+    offset = pd.tseries.frequencies.to_offset(step)
+    full = pd.date_range(index[0], periods=int(pos[-1]) + 1, freq=offset)
+    freq = {pd.Timedelta(hours=1): "H", DAY: "D", pd.Timedelta(days=7): "W"}.get(step, offset.freqstr)
+    return Grid(full, pos, freq, season_of_step(step))
+
+
+DEFAULT_HORIZON = {"H": 24, "D": 14, "B": 10, "W": 13, "M": 12, "Q": 8, "Y": 6}
 
 
 def parse_csv(data: bytes | str, name: str = "upload", context: int | None = None, horizon: int | None = None) -> Series:
@@ -230,20 +368,17 @@ def parse_csv(data: bytes | str, name: str = "upload", context: int | None = Non
         i = int(np.flatnonzero(dup.to_numpy())[0])
         raise SeriesError(f"timestamp {times.iloc[i]} appears more than once; each time needs one value")
     index = pd.DatetimeIndex(times)
-    code = _freq_code(index)
-    if code is None:
-        raise SeriesError("the timestamps are not on a regular grid (hourly, daily, weekly, monthly, quarterly "
-                          "or yearly) and the studio cannot infer one")
-    period = index.to_period(_PANDAS_FREQ[code])
-    if period.duplicated().any():
-        raise SeriesError(f"two rows fall in the same {code} period; one value per period is needed")
-    full = pd.period_range(period.min(), period.max(), freq=period.freq)
+    grid = infer_grid(index)
+    full = grid.index
     if len(full) > MAX_POINTS:
-        raise SeriesError(f"the timestamps span {len(full):,} periods; the limit is {MAX_POINTS:,}")
-    series = pd.Series(values, index=period).reindex(full)
-    gaps = len(full) - len(period)
+        raise SeriesError(f"the timestamps span {len(full):,} steps of the {grid.freq} grid; the limit is "
+                          f"{MAX_POINTS:,}")
+    series = pd.Series(np.full(len(full), np.nan), index=full)
+    series.iloc[grid.positions] = values
+    gaps = len(full) - len(index)
     if gaps:
-        notes.append(f"{gaps} missing timestamp{'s' if gaps > 1 else ''} on the {code} grid kept as missing values")
+        notes.append(f"{gaps} missing timestamp{'s' if gaps > 1 else ''} on the {grid.freq} grid kept as missing "
+                     "values")
     vals = series.to_numpy(dtype=np.float64)
     n_missing = int(np.isnan(vals).sum())
     if n_missing and not gaps:
@@ -253,10 +388,10 @@ def parse_csv(data: bytes | str, name: str = "upload", context: int | None = Non
     observed = vals[~np.isnan(vals)]
     if len(observed) and np.ptp(observed) <= 1e-12 * max(1.0, np.abs(observed).max()):
         raise SeriesError("the series is constant; there is nothing to forecast")
-    season = SEASON_OF_FREQ[code]
-    horizon = horizon or {"H": 24, "D": 14, "B": 10, "W": 13, "M": 12, "Q": 8, "Y": 6}[code]
+    season = grid.season
+    horizon = horizon or DEFAULT_HORIZON.get(grid.freq, max(season, 6))  # other grids: one season ahead
     context = context or 4 * max(horizon, min(season, 52))
-    s = _setup(name, f"uploaded series ({vcol})", vals, full, code, season, context, horizon, "", notes)
+    s = _setup(name, f"uploaded series ({vcol})", vals, full, grid.freq, season, context, horizon, "", notes)
     need = s.window + s.history
     if len(vals) < need:
         raise SeriesError(f"the series has {len(vals)} points; context {s.context} + horizon {s.horizon} + "
@@ -272,7 +407,9 @@ def interpolate(values: np.ndarray) -> np.ndarray:
 
 def to_csv(series: Series) -> str:
     """A series as the CSV :func:`parse_csv` reads (timestamp, value)."""
-    stamps = [p.to_timestamp().strftime("%Y-%m-%d") if hasattr(p, "to_timestamp") else str(p) for p in series.index]
+    idx = series.index.to_timestamp() if isinstance(series.index, pd.PeriodIndex) else series.index
+    timed = bool((idx != idx.normalize()).any())  # an hourly or finer grid keeps its times
+    stamps = [t.strftime("%Y-%m-%d %H:%M:%S" if timed else "%Y-%m-%d") for t in idx]
     vals = ["" if np.isnan(v) else repr(float(v)) for v in series.values]
     return "timestamp,value\n" + "\n".join(f"{t},{v}" for t, v in zip(stamps, vals)) + "\n"
 

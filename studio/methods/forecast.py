@@ -267,7 +267,8 @@ def run(p: Params, manager: ModelManager, upload: S.Series | None = None) -> Ite
     notes = list(series.notes)
     if np.isnan(series.values[max(0, origin - context):origin]).any():
         notes.append("missing values in the context are left unobserved by TSDiff's guidance (it imputes them) and "
-                     "interpolated for the baselines")
+                     "interpolated for the baselines" + ("; the refiner starts them interpolated and leaves them out "
+                                                         "of its prior" if p.mode == "refine" else ""))
     quantiles: dict[str, np.ndarray] = {}
     metrics: list[dict] = []
     samples = np.zeros((0, horizon))
