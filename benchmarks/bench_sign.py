@@ -1,4 +1,4 @@
-"""Edit benchmark (SIGN): one-step idempotent generation and zero-shot editing, side by side.
+"""Edit benchmark (SIGN-style, our reading; no official code): one-step idempotent generation and zero-shot editing, side by side.
 
 Models: ``sign-digits`` (f distilled from ``digits-cond``, :mod:`studio.train.sign`),
 ``ign-digits`` (plain IGN, the same network without the teacher) and the teacher itself

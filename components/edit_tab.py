@@ -56,8 +56,9 @@ INTRO = (
     "generator f distilled from `digits-cond`, whose fixed points are the digits. Our f combines regression onto the "
     "teacher's DDIM samples, IGN's three losses and distribution matching. What each part buys (an ablation at an "
     "equal, reduced budget of 250 steps; table in [docs/edit.md](docs/edit.md)): regression alone already "
-    "gives f(z)'s quality, but f is not idempotent (f(f(z)) is much worse) and it edits noisy digits *worse* than "
-    "leaving them; IGN's losses make f a projector (f(f(z)) improves, noisy digits read right 94% vs 83%); "
+    "gives f(z)'s quality, but f is not idempotent (f(f(z)) is much worse) and its edits are no better than leaving "
+    "the input (worse on boxes); IGN's losses make f a projector (f(f(z)) improves, noisy digits read right 94% vs "
+    "83%); "
     "distribution matching added nothing measurable at that budget. Editing: f^1 vs SDEdit on the same digits is "
     "*no difference* (paired interval covers 0)."
 )

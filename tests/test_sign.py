@@ -139,12 +139,24 @@ def test_the_ladders_rungs_each_add_one_part_and_switched_off_terms_are_absent()
 
 
 def test_a_switched_off_term_gives_the_generator_no_gradient():
+    """Rung (1)'s gradient is exactly plain distillation's; rung (2)'s is reg + IGN's three, with no DMD in it."""
     f, f_copy, fake, teacher, batch, sched, gen = _ladder_parts()
-    batch["x"] = torch.full_like(batch["x"], float("nan"))  # only rec reads x: off, it cannot spoil the loss
-    terms = sign.sign_step(f, f_copy, fake, teacher, batch, sched, gen, terms=sign.LADDER["distil"])
-    loss = sum(sign.LAMBDA[k] * v for k, v in terms.items())
-    loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in f.parameters() if p.grad is not None)
+
+    def grads(loss):
+        f.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in f.parameters()]
+
+    rung1 = sign.sign_step(f, f_copy, fake, teacher, batch, sched, gen, terms=sign.LADDER["distil"])
+    by_hand = sign.LAMBDA["reg"] * sign.distance(f(batch["z"]), batch["target"]).mean()
+    for a, b in zip(grads(sum(sign.LAMBDA[k] * v for k, v in rung1.items())), grads(by_hand)):
+        torch.testing.assert_close(a, b)
+    sign.sync(f_copy, f)
+    rung2 = sign.sign_step(f, f_copy, fake, teacher, batch, sched, gen, terms=sign.LADDER["distil+ign"])
+    full = sign.sign_step(f, f_copy, fake, teacher, batch, sched, gen, terms=sign.LADDER["distil+ign+dmd"])
+    without_dmd = sum(sign.LAMBDA[k] * v for k, v in full.items() if k != "dmd")
+    for a, b in zip(grads(sum(sign.LAMBDA[k] * v for k, v in rung2.items())), grads(without_dmd)):
+        torch.testing.assert_close(a, b)
 
 
 def test_ladder_runs_share_the_warm_up_then_differ_only_in_their_terms(tmp_path, monkeypatch):
@@ -163,14 +175,14 @@ def test_ladder_runs_share_the_warm_up_then_differ_only_in_their_terms(tmp_path,
     monkeypatch.setattr(sign, "teacher_pairs", lambda n, root=None: (pairs[0][:n], pairs[1][:n]))
     runs = {}
     for rung in ("distil", "distil+ign+dmd", "distil+ign"):
-        out = sign.train("sign-digits", warmup=2, joint=2, root=tmp_path, export=False, progress=False, n_pairs=8,
+        out = sign.train("sign-digits", warmup=1, joint=2, root=tmp_path, export=False, progress=False, n_pairs=8,
                          ladder=rung, checkpoint_every=1)
-        assert out["steps"] == 4 and out["recipe"]["terms"] == sorted(sign.LADDER[rung])
+        assert out["steps"] == 3 and out["recipe"]["terms"] == sorted(sign.LADDER[rung])
         runs[rung] = out
-    warm = Checkpoint(sign.ladder_run_name("distil", 2, 0, 8), tmp_path)
-    assert json.loads(warm.meta_path.read_text())["step"] == 2  # trained once, copied into every rung
+    warm = Checkpoint(sign.ladder_run_name("distil", 1, 0, 8), tmp_path)
+    assert json.loads(warm.meta_path.read_text())["step"] == 1  # trained once, copied into every rung
     # only the rung with distribution matching has (and trains) a fake score
-    dirs = {r: tmp_path / sign.ladder_run_name(r, 2, 2, 8) for r in runs}
+    dirs = {r: tmp_path / sign.ladder_run_name(r, 1, 2, 8) for r in runs}
     assert [r for r, d in dirs.items() if (d / "fake.safetensors").exists()] == ["distil+ign+dmd"]
     from safetensors.torch import load_file
 
@@ -180,8 +192,9 @@ def test_ladder_runs_share_the_warm_up_then_differ_only_in_their_terms(tmp_path,
 
     def weights(rung):
         f = IdempotentNet(tiny_digits_unet())
-        f.load_state_dict(load_file(tmp_path / sign.ladder_run_name(rung, 2, 2, 8) / "f.safetensors"))
+        f.load_state_dict(load_file(tmp_path / sign.ladder_run_name(rung, 1, 2, 8) / "f.safetensors"))
         return torch.cat([p.flatten() for p in f.parameters()])
 
     assert not torch.equal(weights("distil"), weights("distil+ign"))
+    # (DMD's first step is zero: the fake score starts as the teacher; it differs from the second step on)
     assert not torch.equal(weights("distil+ign"), weights("distil+ign+dmd"))
