@@ -59,7 +59,11 @@ def build_guide_tab(manager: ModelManager) -> dict[str, gr.components.Component]
     pngs = PngFolder()
     gr.Markdown("Steer the **unconditional** digits model (its null class) towards a class with a classifier's "
                 "gradient. Compare the classic noise-aware classifier, an off-the-shelf clean classifier used "
-                "naively and with **EluCD**'s tricks, **PPAP**'s LoRA experts, and classifier-free guidance.")
+                "naively and with **EluCD**'s tricks, **PPAP**'s LoRA experts, and classifier-free guidance. "
+                "Each method's default scale is its best on the benchmark's *selection* seeds (figures reported "
+                "on other seeds, in docs/guide.md). EluCD's own paper guides a *class-conditional* model with "
+                "its label at scale 1 (measured in the benchmark, not offered here); PPAP's paper samples with "
+                "DDIM 25 steps.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
             inputs = param_inputs(guide.Params, names=("target",), id_prefix=PREFIX)

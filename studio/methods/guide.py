@@ -215,16 +215,21 @@ def check(p: Params, manager: ModelManager) -> None:
 
 def guided_denoiser(dm: DiffusionModel, method: str, target: torch.Tensor, scale: float, scheduler, *,
                     sampler: Sampler, tricks: Tricks = NONE, classifier: torch.nn.Module | None = None,
-                    trace: list | None = None) -> Denoiser:
+                    trace: list | None = None, conditional: bool = False) -> Denoiser:
     """The denoiser of ``method`` for a batch whose image i should be of class ``target[i]``;
-    ``scheduler`` is the one that will run it (built with ``clip_sample=False``)."""
+    ``scheduler`` is the one that will run it (built with ``clip_sample=False``).
+
+    ``conditional=True`` guides the model *given* the target class instead of its null class:
+    EluCD's official ImageNet run (and Dhariwal & Nichol's ADM-G) guide a class-conditional model
+    with its own label, at scale 1.0 there. A scale of 0 is then the plain conditional model."""
     null = dm.info.get("null_class", 10)
     uncond = {"class_labels": torch.full_like(target, null)}
     if method == "cfg":
         return G.cfg(dm.model_fn, {"class_labels": target}, uncond, scale)
     if classifier is None:
         raise ValueError(f"method {method!r} needs a classifier")
-    return classifier_guidance(G.bind(dm.model_fn, uncond), classifier, target, scale, scheduler.alphas_cumprod,
+    base = {"class_labels": target} if conditional else uncond
+    return classifier_guidance(G.bind(dm.model_fn, base), classifier, target, scale, scheduler.alphas_cumprod,
                                sampler=sampler, tricks=tricks, previous_timestep=G.previous_timestep(scheduler),
                                num_train_timesteps=scheduler.config.num_train_timesteps, trace=trace)
 
@@ -238,11 +243,12 @@ def make_guided_scheduler(dm: DiffusionModel, sampler: Sampler, method: str = "e
 
 def generate(dm: DiffusionModel, method: str, labels: torch.Tensor, seeds: list[int], scale: float, *,
              sampler: Sampler = "ddpm", steps: int = 50, tricks: Tricks = NONE,
-             classifier: torch.nn.Module | None = None) -> torch.Tensor:
-    """Images (B, 1, 16, 16) in [-1, 1], image i of class ``labels[i]`` from ``seeds[i]`` (bench, notebook)."""
+             classifier: torch.nn.Module | None = None, conditional: bool = False) -> torch.Tensor:
+    """Images (B, 1, 16, 16) in [-1, 1], image i of class ``labels[i]`` from ``seeds[i]`` (bench, notebook);
+    ``conditional``: see :func:`guided_denoiser`."""
     scheduler = make_guided_scheduler(dm, sampler, method)
     denoise = guided_denoiser(dm, method, labels.long(), scale, scheduler, sampler=sampler, tricks=tricks,
-                              classifier=classifier)
+                              classifier=classifier, conditional=conditional)
     *_, x = sample_images(dm, denoise, scheduler, seeds, num_inference_steps=steps)
     return x.clamp(-1, 1)
 
