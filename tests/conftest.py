@@ -190,8 +190,17 @@ def serving(manager):
     from components import build_app
 
     demo = build_app(manager)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), ssr_mode=False,
-                quiet=True)
+    for attempt in range(3):
+        try:
+            demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), ssr_mode=False,
+                        quiet=True)
+            break
+        except ValueError as exc:
+            # gradio's start-up probe gives the new server 3 s per request; on a loaded 2-core machine the
+            # first answer can take longer ("Couldn't start the app ... localhost is accessible"): retry
+            if "localhost is accessible" not in str(exc) or attempt == 2:
+                raise
+            demo.close()
     try:
         yield demo
     finally:
@@ -219,14 +228,17 @@ def browser():
     """Headless Debian chromium driven by playwright; the test is skipped where it is not installed."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); CI installs it")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # ``expect`` waits 5 s by default, whatever a page's timeout is; a loaded 2-core machine needs more
+    expect.set_options(timeout=20_000)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             yield b
         finally:
             b.close()
+            expect.set_options(timeout=5_000)
 
 
 def wait_for_job(client, api_name: str, seconds: float = 300) -> dict:
