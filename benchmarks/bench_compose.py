@@ -353,6 +353,13 @@ def verdict(e: dict) -> str:
     return "joined caption better" if e["high"] < 0 else "no difference"
 
 
+def learned(v: dict) -> bool:
+    """Whether the fine-tune follows joined captions at all: on pairs it SAW, its joined caption is
+    satisfied at least half as often as compose AND (point estimates)."""
+    by = {r["method"]: r["all_satisfied"]["value"] for r in v["seen"]}
+    return by[CAPTION] >= 0.5 * by[AND]
+
+
 def comp_table(rows: list[dict]) -> list[str]:
     lines = ["| k | method | w | all-satisfied |", "|---|---|---|---|"]
     return lines + [f"| {r['k']} | {r['method']} | {r.get('weight', DEFAULT_WEIGHT):g} | {fmt(r['all_satisfied'])} |"
@@ -374,12 +381,13 @@ def markdown(r: dict) -> str:
                          for m, s in sel.items()) + " (best selection score; ties to the one nearest 2).", ""]
     if v:
         t = v["training"]
-        lines += [f"## The question: compose AND vs a text model trained on joined captions", "",
+        lines += ["## The question: compose AND vs a text model trained on joined captions", "",
                   f"`{VARIANT}` is `shapes-t2i` **fine-tuned for {t['steps']} steps** (batch {t['batch_size']}, "
                   f"lr {t['lr']:g}, {t['seconds']:.0f} s on one thread; not a model trained from scratch, which took "
                   f"6300 s), with {t['joined_share']:.0%} of its captions joining two or three objects' captions "
                   "(never a held-out pair). Measured "
-                  f"{v['measured']}, {v['n']} report images per cell; the same model gives both rows.", ""]
+                  f"{v['measured']} on {v.get('machine', r['machine'])}, {v['n']} report images per cell; the same "
+                  "model gives both rows.", ""]
         lines += comp_table(v["composition"])
         lines += ["", "Compose minus joined caption on the fine-tune (paired): "
                   + ", ".join(f"k = {k}: {fmt(g)} ({verdict(g)})" for k, g in v["compose_minus_caption"].items()), ""]
@@ -389,6 +397,17 @@ def markdown(r: dict) -> str:
             lines += comp_table(v["seen"])
             lines += ["", f"Compose minus joined caption on seen pairs (paired): {fmt(v['seen_gap'])} "
                       f"({verdict(v['seen_gap'])})", ""]
+            if learned(v):
+                lines += [f"The fine-tune follows joined captions of pairs it saw, so the held-out rows above "
+                          "answer the question; goal (compose above the joined caption on held-out pairs, paired "
+                          f"interval above zero): **{'met' if {str(k): g for k, g in v['compose_minus_caption'].items()}['2']['low'] > 0 else 'not met'}**.", ""]
+            else:
+                lines += [f"**The fine-tune did not learn joined captions**: it fails them even on pairs it saw "
+                          f"together in training (less than half as often as compose AND there). After "
+                          f"{t['steps']} fine-tuning steps the held-out comparison therefore still cannot answer the "
+                          "paper's question (the joined caption would fail on any pair), and the goal set on it is "
+                          "**dropped, not met or missed**. A longer fine-tune or a from-scratch model with joined "
+                          "captions was beyond this run's budget.", ""]
     o = r["composition"]
     lines += [f"## `shapes-t2i` (one-object captions only; {r['model_train_steps']} training steps)", "",
               f"Measured {r.get('composition_measured', r.get('measured'))}, {r['n']} report images per cell.", ""]
@@ -420,8 +439,9 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-GOALS = ("on the fine-tune trained with joined captions, compose AND above its own joined caption on k = 2 "
-         "held-out pairs (paired interval above zero); k = 2 compose AND on shapes-t2i >= 0.70; k = 3 >= 0.50; "
+GOALS = ("on the fine-tune trained with joined captions, if it follows them (on seen pairs its joined caption is "
+         "satisfied at least half as often as compose AND; else this goal is dropped), compose AND above its own "
+         "joined caption on k = 2 held-out pairs (paired interval above zero); k = 2 compose AND on shapes-t2i >= 0.70; k = 3 >= 0.50; "
          "batched >= 1.5x faster than one-at-a-time at k = 3. Withdrawn: '>= 25 points above the joined caption "
          "of shapes-t2i' (that model never saw a joined caption, so the goal could not fail).")
 
@@ -433,21 +453,18 @@ def write(result: dict, out: Path) -> None:
     plot(result["selection"], out / "compose_weights.html")
 
 
-def run_variant(manager, base, judge, n: int, n_select: int, train: bool = True) -> tuple[dict, dict]:
-    """Selection sweep and report rows of the fine-tune."""
-    dm, training = variant_model(base, train=train)
-    sampler = Sampler(manager, dm)
-    rows, chosen = select_weights(sampler, judge, n_select)
-    comp, gaps = composition_rows(sampler, judge, n, chosen)
-    n_seen = max(9, n // 2)
-    seen, seen_gap = composition_rows(sampler, judge, n_seen, chosen, ks=(2,), items_for=lambda k: seen_set(n_seen, SEED))
-    variant = {"measured": time.strftime("%Y-%m-%d"), "n": n, "training": training, "composition": comp,
-               "compose_minus_caption": gaps, "seen": seen, "seen_gap": seen_gap[2]}
-    return variant, {"rows": rows, "chosen": chosen}
+PARTIAL = Path("runs") / "compose-bench-partial.json"  # each stage's figures as they come (scratch, not a result)
+
+
+def partial(done: dict, key: str, value) -> None:
+    done[key] = value
+    PARTIAL.parent.mkdir(exist_ok=True)
+    PARTIAL.write_text(json.dumps(done, indent=1, default=str) + "\n")
 
 
 def main(quick: bool = False, speed_only: bool = False, variant_only: bool = False, train: bool = True) -> dict:
     n = 18 if quick else 126
+    n_select = min(9, N_SELECT) if quick else N_SELECT
     manager = ModelManager(device="cpu")
     manager.register_zoo()
     from studio.core.loading import read_manifest
@@ -460,11 +477,21 @@ def main(quick: bool = False, speed_only: bool = False, variant_only: bool = Fal
         write(stored, out)
         print(markdown(stored))
         return stored
+    done: dict = {}
     with manager.use("shapes-t2i") as dm, manager.use("judge-shapes") as judge:
+        # the fine-tune first (the paper's question), k = 2 before the rest; each stage saved as it ends
+        vdm, training = variant_model(dm, train=train)
+        vs = Sampler(manager, vdm)
+        vrows, vchosen = select_weights(vs, judge, n_select)
+        partial(done, "variant_selection", {"rows": vrows, "chosen": vchosen})
+        comp2, gaps2 = composition_rows(vs, judge, n, vchosen, ks=(2,))
+        partial(done, "variant_k2", [comp2, gaps2])
+        n_seen = max(9, n // 2)
+        seen, seen_gap = composition_rows(vs, judge, n_seen, vchosen, ks=(2,), items_for=lambda k: seen_set(n_seen, SEED))
+        partial(done, "variant_seen", [seen, seen_gap])
         sampler = Sampler(manager, dm)
-        n_select = min(9, N_SELECT) if quick else N_SELECT
         rows, chosen = select_weights(sampler, judge, n_select)
-        selection = {"shapes-t2i": {"rows": rows, "chosen": chosen}}
+        partial(done, "selection", {"rows": rows, "chosen": chosen})
         keep = (variant_only and stored is not None
                 and all(r.get("weight", DEFAULT_WEIGHT) == chosen[AND if r["method"] != CAPTION else CAPTION]
                         for r in stored["composition"]))
@@ -480,8 +507,14 @@ def main(quick: bool = False, speed_only: bool = False, variant_only: bool = Fal
                       "composition": composition, "compose_minus_caption": gaps,
                       "not": not_rows(sampler, judge, n, chosen[AND]),
                       "composition_measured": time.strftime("%Y-%m-%d"), "not_measured": time.strftime("%Y-%m-%d")}
+            partial(done, "original", result)
             result["speed"] = stored["speed"] if variant_only and stored else speed(sampler, chosen[AND])
-        variant, selection[VARIANT] = run_variant(manager, dm, judge, n, n_select, train=train)
+        comp31, gaps31 = composition_rows(vs, judge, n, vchosen, ks=(3, 1))
+    variant = {"measured": time.strftime("%Y-%m-%d"), "n": n, "training": training,
+               "machine": f"{machine_description()}, {torch.get_num_threads()} thread(s)",
+               "composition": sorted(comp2 + comp31, key=lambda r: r["k"]), "compose_minus_caption": {**gaps2, **gaps31},
+               "seen": seen, "seen_gap": seen_gap[2]}
+    selection = {"shapes-t2i": {"rows": rows, "chosen": chosen}, VARIANT: {"rows": vrows, "chosen": vchosen}}
     result.update({"measured": time.strftime("%Y-%m-%d"), "selection": selection, "variant": variant,
                    "weight_sweep": rows, "goals": GOALS})
     if not quick:
