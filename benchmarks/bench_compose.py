@@ -321,7 +321,7 @@ def variant_model(base: DiffusionModel, steps: int | None = None, train: bool = 
     dm = DiffusionModel(name=VARIANT, unet=unet, scheduler_config=base.scheduler_config,
                         prediction_type=base.prediction_type, conditioning=base.conditioning, info=info)
     return dm, {"steps": state["step"], "seconds": round(state["seconds"], 1), "loss_last_100": state.get("loss"),
-                "joined_share": D.JOINED_SHARE, "lr": 3e-4, "batch_size": 32, "init": base.name}
+                "joined_share": D.JOINED_SHARE, "lr": D.JOINED_LR, "batch_size": 32, "init": base.name}
 
 
 def plot(selection: dict, path: Path) -> None:

@@ -108,6 +108,7 @@ class ShapesRecipe(DiffusionRecipe):
 
 
 JOINED_SHARE = 0.4  # share of the fine-tune's captions that join two or three objects' captions
+JOINED_LR = 3e-4  # peak lr of the fine-tune (the base recipe's was 1e-3)
 JOINED_MAX_TOKENS = 48  # three joined full captions use at most 28 word pieces (measured)
 
 
@@ -127,7 +128,7 @@ class ShapesJoinedRecipe(ShapesRecipe):
 
     def __init__(self, steps: int = 300, joined_share: float = JOINED_SHARE):
         super().__init__(steps)
-        self.name, self.lr, self.init_from, self.warmup = "shapes-t2i-joined", 3e-4, "shapes-t2i", 20
+        self.name, self.lr, self.init_from, self.warmup = "shapes-t2i-joined", JOINED_LR, "shapes-t2i", 20
         self.joined_share = joined_share
         self.info = {**self.info, "fine_tune_of": "shapes-t2i", "fine_tune_steps": steps,
                      "joined_share": joined_share}
