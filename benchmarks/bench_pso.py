@@ -256,6 +256,7 @@ def main(quick: bool = False, reuse_student: Path | None = None, train_steps: in
     save_partial(out)
 
     eval_labels, _ = labels_and_seeds(eval_per_class)
+    out["n_eval_per_class"] = eval_per_class
     eval_seeds = [REPORT_SAMPLE_SEED + i for i in range(len(eval_labels))]
 
     def draw(model: boot.FewStep, steps: int) -> torch.Tensor:
@@ -406,7 +407,9 @@ def markdown(out: dict) -> str:
     for name, r in out["student"].items():
         lines.append(f"| {name} | {_ci(r['fd'])} | {_ci(r['judge_acc'])} |")
     pp = out["pso_params"]
-    lines += ["", f"PSO and its ablations on the thick style set (every row: {pp['steps']} steps, LoRA rank "
+    n = out.get("n_eval_per_class", 20 if out["quick"] else N_EVAL_PER_CLASS)
+    lines += ["", f"PSO and its ablations on the thick style set, {10 * n} samples ({n} per digit) per row and step "
+              f"count (every row: {pp['steps']} steps, LoRA rank "
               f"{pp['lora_rank']}, lr {pp['lr']}, {pp['n_refs']} references per target, training seed {pp['seed']}; "
               f"PSO rows: prior weight {pp['prior_weight']}, reference weight {pp['neg_weight']} unless the row says "
               "otherwise):", "",
@@ -438,6 +441,9 @@ def markdown(out: dict) -> str:
         if name != "untuned student":
             lines.append(f"- during training, {name}: active {v['active_mean_over_steps']:.3f} of pairs on average "
                          f"(lowest step {v['active_min_over_steps']:.3f}, last 10 steps {v['active_last_10_steps']:.3f})")
+    missing = [f"{a} - {b}" for a, b in ABLATION_PAIRS if f"{a} - {b}" not in out["paired"]]
+    if missing:
+        lines.append(f"- Not measured (paired): {'; '.join(missing)}; their rows are above, unpaired.")
     for name, r in out.get("reproduced", {}).items():
         lines.append(f"- {name}: re-run on {r['date']} (same seeds) for the ablation pairs; largest gap to the "
                      f"figures above {r['max_abs_gap']:.3f}")
