@@ -91,20 +91,23 @@ class ShapesRecipe(DiffusionRecipe):
     def batch(self, rng):
         scenes = self.scenes(rng)
         x = shapes.to_model_range(np.stack([shapes.render(s) for s in scenes]).transpose(0, 3, 1, 2))
-        caps = []
-        for s in scenes:
-            obj = s.objects[int(rng.integers(len(s.objects)))]
-            u = rng.random()
-            if u < COND_DROPOUT:
-                caps.append("")
-            elif u < COND_DROPOUT + PARTIAL_CAPTION:
-                caps.append(obj.caption(drop=("colour", "shape", "region")[int(rng.integers(3))]))
-            else:
-                caps.append(obj.caption())
+        caps = [one_object_caption(rng, s) for s in scenes]
         idx = torch.tensor([self.index[c] for c in caps])
         return x, {"encoder_hidden_states": self.table["encoder_hidden_states"][idx],
                    "encoder_attention_mask": self.table["encoder_attention_mask"][idx],
                    "class_labels": self.table["pooled"][idx]}
+
+
+def one_object_caption(rng: np.random.Generator, scene: shapes.Scene) -> str:
+    """The base recipe's caption of one random object of ``scene``: empty (``COND_DROPOUT``),
+    partial (``PARTIAL_CAPTION``, one attribute dropped) or full."""
+    obj = scene.objects[int(rng.integers(len(scene.objects)))]
+    u = rng.random()
+    if u < COND_DROPOUT:
+        return ""
+    if u < COND_DROPOUT + PARTIAL_CAPTION:
+        return obj.caption(drop=("colour", "shape", "region")[int(rng.integers(3))])
+    return obj.caption()
 
 
 JOINED_SHARE = 0.4  # share of the fine-tune's captions that join two or three objects' captions
@@ -158,14 +161,7 @@ class ShapesJoinedRecipe(ShapesRecipe):
                 caps.append(" and ".join(o.caption() for o in named))
             else:
                 scene = shapes.random_scene(rng, exclude=shapes.HELD_OUT_PAIRS)
-                obj = scene.objects[int(rng.integers(len(scene.objects)))]
-                u = rng.random()
-                if u < COND_DROPOUT:
-                    caps.append("")
-                elif u < COND_DROPOUT + PARTIAL_CAPTION:
-                    caps.append(obj.caption(drop=("colour", "shape", "region")[int(rng.integers(3))]))
-                else:
-                    caps.append(obj.caption())
+                caps.append(one_object_caption(rng, scene))
             scenes.append(scene)
         return scenes, caps
 
