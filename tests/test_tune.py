@@ -105,7 +105,7 @@ def test_reference_weight_zero_leaves_references_only_the_prior(form):
         assert float(out["active"]) == 1.0
 
 
-def _recorded_timesteps(monkeypatch, loss: str, calls: int = 40) -> tuple[set[int], dict]:
+def _recorded_timesteps(monkeypatch, loss: str, calls: int = 12) -> tuple[set[int], dict]:
     dm = tiny_fewstep()
     fs = boot.FewStep(dm, lora.with_lora(dm.unet, 2))
     x, labels = digits.style_set("thick", n=4)
@@ -126,7 +126,7 @@ def test_fair_baseline_visits_only_the_distilled_timesteps_and_keeps_the_prior(m
     assert float(terms["loss"]) == pytest.approx(float(terms["L_w"]) + 0.5 * float(terms["L_l"]), rel=1e-5)
     assert "pair" not in terms
     uniform, _ = _recorded_timesteps(monkeypatch, "plain")  # DreamBooth's: mostly timesteps the student never visits
-    assert len(uniform - set(boot.DISTILLED)) >= 100
+    assert len(uniform - set(boot.DISTILLED)) >= 40  # of 48 draws
 
 
 def test_weighted_x0_error_is_the_epsilon_mse():
