@@ -62,15 +62,16 @@ def build_guide_tab(manager: ModelManager) -> dict[str, gr.components.Component]
                 "naively and with **EluCD**'s tricks, **PPAP**'s LoRA experts, and classifier-free guidance. "
                 "Each method's default scale is its best on the benchmark's *selection* seeds (figures reported "
                 "on other seeds, in docs/guide.md). EluCD's own paper guides a *class-conditional* model with "
-                "its label at scale 1 (measured in the benchmark, not offered here: on digits the conditional "
-                "model alone is already at 0.99, and EluCD at s = 1 only worsens FD-digits). PPAP's paper samples "
+                "its label at scale 1: tick **Given the class** for that setting (the benchmark found the "
+                "conditional model alone already at 0.99 on digits, and EluCD at s = 1 only worsens FD-digits). "
+                "PPAP's paper samples "
                 "with DDIM 25 steps, where its experts reach 0.84 against the noise-aware classifier's 0.99.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
             inputs = param_inputs(guide.Params, names=("target",), id_prefix=PREFIX)
             inputs["recipe"] = gr.Radio([(guide.METHOD_LABELS[m], m) for m in guide.METHODS], value="elucd",
                                         label="Method", elem_id=f"{PREFIX}param-recipe")
-            inputs.update(param_inputs(guide.Params, names=("scale",), id_prefix=PREFIX))
+            inputs.update(param_inputs(guide.Params, names=("scale", "conditional"), id_prefix=PREFIX))
             with gr.Group(visible=True) as tricks_box:
                 gr.Markdown("**EluCD switches** (off-the-shelf classifier)")
                 with gr.Row():

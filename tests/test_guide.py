@@ -288,6 +288,19 @@ def test_shipped_ppap_experts_read_noised_held_out_digits_the_clean_classifier_c
         assert acc[300][n] >= acc[300]["guide-clean"] + 0.3 and acc[500][n] >= acc[500]["guide-clean"] + 0.1, (n, acc)
 
 
+def test_conditional_guides_the_model_given_the_target_class(guide_manager):
+    """``conditional`` (EluCD's official setting) feeds the target class instead of the null class: at
+    scale 0 the run is the plain conditional model, which differs from the unconditional one; the
+    PNG parameters record which it was."""
+    out = {}
+    for conditional in (False, True):
+        p = guide.Params(recipe="elucd", scale=0.0, conditional=conditional, steps=3, n_images=2, seed=5,
+                         preview_every=0)
+        out[conditional] = run_to_end(guide.run(p, guide_manager))
+        assert out[conditional].parameters["conditional"] is conditional
+    assert not torch.allclose(out[False].tensors, out[True].tensors)
+
+
 class TestGuideContract(MethodContract):
     method_id = "guide"
     bad = [({"steps": 1}, "Steps"), ({"scale": float("nan")}, "finite"), ({"target": 10}, "Target")]

@@ -160,6 +160,9 @@ class Params:
                                                          minimum=0.0, maximum=2.0, step=0.05, advanced=True))
     gamma: float = field(default=0.3, metadata=spec("Sine gamma", "Height of the sine bump.",
                                                     minimum=0.0, maximum=2.0, step=0.05, advanced=True))
+    conditional: bool = field(default=False, metadata=spec(
+        "Given the class", "Guide the model given the target class instead of its null class (EluCD's official "
+        "setting, scale about 1; the benchmark found the conditional model alone already right). CFG ignores it."))
     sampler: Sampler = field(default="ddpm", metadata=spec("Sampler", "Ancestral DDPM (the papers') or DDIM."))
     steps: int = field(default=50, metadata=spec("Steps", "Denoising steps.", minimum=2, maximum=250, step=1))
     seed: int = field(default=0, metadata=spec("Seed", "Image i uses seed + i.", minimum=0, maximum=MAX_SEED, step=1))
@@ -300,7 +303,8 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | GuideResult]:
         scheduler = make_guided_scheduler(dm, p.sampler, p.recipe)
         with (manager.use(CLASSIFIER_OF[p.recipe]) if p.recipe != "cfg" else contextlib.nullcontext()) as classifier:
             denoise = guided_denoiser(dm, p.recipe, torch.full((p.n_images,), p.target), p.scale, scheduler,
-                                      sampler=p.sampler, tricks=p.tricks, classifier=classifier, trace=steps_trace)
+                                      sampler=p.sampler, tricks=p.tricks, classifier=classifier, trace=steps_trace,
+                                      conditional=p.conditional)
             for item in sample_images(dm, denoise, scheduler, seeds, num_inference_steps=p.steps, preview_every=1):
                 if isinstance(item, Progress):
                     trace.timesteps.append(int(item.timestep))
