@@ -196,9 +196,10 @@ def serving(manager):
                         quiet=True)
             break
         except ValueError as exc:
-            # gradio's start-up probe gives the new server 3 s per request; on a loaded 2-core machine the
-            # first answer can take longer ("Couldn't start the app ... localhost is accessible"): retry
-            if "localhost is accessible" not in str(exc) or attempt == 2:
+            # gradio's start-up probe gives the new server 3 s per request and gives up at once on a refused
+            # connection; a server a moment slow to answer fails it ("Couldn't start the app ... localhost is
+            # accessible", "When localhost is not accessible, ..."): retry
+            if "localhost" not in str(exc) or attempt == 2:
                 raise
             demo.close()
     try:
