@@ -156,16 +156,12 @@ def paired_difference(a, b, n_boot: int = 2000, level: float = 0.95, seed: int =
     corrupted inputs), with a percentile bootstrap interval that resamples *items*, each item's pair
     kept together (so what the two share cancels). Returns a :class:`studio.core.metrics.Estimate`;
     an interval that covers 0 is "no difference"."""
-    from studio.core.metrics import Estimate
+    from studio.core.metrics import bootstrap_mean
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f"paired values must be two equal, non-empty 1-D arrays, got {a.shape} and {b.shape}")
-    d = a - b
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
-    q = (1 - level) / 2
-    return Estimate(float(d.mean()), float(np.quantile(boots, q)), float(np.quantile(boots, 1 - q)), len(d))
+    return bootstrap_mean(a - b, n_boot=n_boot, level=level, seed=seed)
 
 
 def verdict(diff, better: str = "better", worse: str = "worse") -> str:
