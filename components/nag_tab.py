@@ -136,6 +136,9 @@ def build_nag_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                   message=f"training on {p.task}")
         return jobs.describe(job.snapshot(), jobs.session(request))
 
+    inputs["task"].change(lambda task: nag.TASK_SCALE.get(task, gr.update()), inputs=[inputs["task"]],
+                          outputs=[inputs["scale"]], queue=False, api_visibility="private")
+
     train_btn.click(train, inputs=[arch_box, inputs["task"]], outputs=[train_info], api_name="nag_train",
                     concurrency_limit=4)
 

@@ -228,3 +228,13 @@ def test_bad_cells_are_refused_before_any_training(arch, error, match):
         next(nag.train_cell(nag.TrainParams(arch=arch)))
     with pytest.raises(ParamError, match="Task"):
         next(nag.train_cell(nag.TrainParams(task="cifar")))
+
+
+def test_every_task_has_a_chosen_scale_in_range_and_the_default_is_all_tens():
+    from typing import get_args
+
+    from studio.methods import nag
+
+    assert set(nag.TASK_SCALE) == set(get_args(nag.Task))
+    assert all(0.0 < w <= nag.MAX_SCALE for w in nag.TASK_SCALE.values())
+    assert nag.Params().scale == nag.TASK_SCALE["all ten"]
