@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="total optimisation steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--resume-from-zoo", action="store_true",
+                   help="diffusion models: with no checkpoint in runs/, continue from the shipped weights")
+    p.add_argument("--variant", default="", help="shapes-t2i: a side-by-side recipe variant (kept in runs/)")
     p = sub.add_parser("eval", help="measure a zoo diffusion model with the judges; writes MANIFEST quality")
     p.add_argument("name", choices=["digits-cond", "shapes-t2i"])
     p.add_argument("--no-write", action="store_true")
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         from studio.core.device import set_threads
 
         set_threads(args.threads)
-        print(json.dumps(train.run(args.name, minutes=args.minutes, steps=args.steps, seed=args.seed), indent=2))
+        print(json.dumps(train.run(args.name, minutes=args.minutes, steps=args.steps, seed=args.seed,
+                                   resume_from_zoo=args.resume_from_zoo, variant=args.variant), indent=2))
         return 0
     if args.command == "eval":
         from studio import evaluate

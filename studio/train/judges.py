@@ -2,7 +2,8 @@
 
 They are trained on real data only (the digits training split; fresh shapes renders), never on
 samples of a generator, and with their own seeds, so no method grades its own homework. Light
-augmentation (shifts, pixel noise, colour jitter) makes them read imperfect samples sensibly.
+augmentation (shifts, pixel noise, colour jitter; for the shapes judge also background offsets
+and tints and slight blur, :func:`augment_shapes`) makes them read imperfect samples sensibly.
 """
 
 from __future__ import annotations
@@ -35,13 +36,50 @@ def _digits_batch(gen: torch.Generator, data: digits.DigitsSplit, n: int = 128):
     return x, torch.from_numpy(data.labels[idx.numpy()])
 
 
+# What generators get wrong, as ranges the shapes judge is trained across (on renders only):
+MAX_OFFSET = 0.35   # the background lifted from black (DDIM samples of the first shapes-t2i: about +0.2)
+MAX_TINT = 0.06     # channels lifted unequally (a tinted background), each by up to this much either way
+MAX_GRAIN = 0.2     # per-pixel Gaussian grain, std drawn per image from [0, MAX_GRAIN]
+BLUR_SHARE = 0.5    # images blurred with a 3 x 3 Gaussian of sigma in [0.3, 0.9]
+
+
+def blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """3 x 3 Gaussian blur per image (``sigma``: one per image), edges replicated."""
+    d = torch.tensor([-1.0, 0.0, 1.0])
+    k1 = torch.exp(-d[None] ** 2 / (2 * sigma[:, None] ** 2))
+    k1 = k1 / k1.sum(1, keepdim=True)
+    k = (k1[:, :, None] * k1[:, None, :])  # (n, 3, 3)
+    n, c, h, w = x.shape
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate").reshape(1, n * c, h + 2, w + 2)
+    weight = k.repeat_interleave(c, 0)[:, None]  # (n c, 1, 3, 3)
+    return F.conv2d(padded, weight, groups=n * c).reshape(n, c, h, w)
+
+
+def augment_shapes(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The judge's training augmentation: colour jitter, background offset and tint, slight blur,
+    grain. Real renders only ever pass through it; no generator's sample is used."""
+    n = x.shape[0]
+    u = lambda *shape: torch.rand(*shape, generator=gen)
+    x = (x + 1) * (1 + 0.15 * (2 * u(n, 3, 1, 1) - 1)) - 1  # colour jitter (keeps black black)
+    x = x + MAX_OFFSET * u(n, 1, 1, 1) + MAX_TINT * (2 * u(n, 3, 1, 1) - 1)  # offset and tint
+    blurred = u(n) < BLUR_SHARE
+    if blurred.any():
+        x[blurred] = blur(x[blurred], 0.3 + 0.6 * u(int(blurred.sum())))
+    x = x.clamp(-1, 1)
+    return x + MAX_GRAIN * u(n, 1, 1, 1) * torch.randn(x.shape, generator=gen)
+
+
+def perturb(x: torch.Tensor, offset: float, grain: float, seed: int = 0) -> torch.Tensor:
+    """Renders as a rough generator draws them: lifted by ``offset`` with Gaussian ``grain``."""
+    gen = torch.Generator().manual_seed(seed)
+    return (x + offset).clamp(-1, 1) + grain * torch.randn(x.shape, generator=gen)
+
+
 def _shapes_batch(rng: np.random.Generator, gen: torch.Generator, n: int = 128, augment: bool = True):
     imgs, scenes = shapes.make_dataset(n, int(rng.integers(2**31)))
     x = shapes.to_model_range(imgs)
     if augment:
-        jitter = 1 + 0.15 * (2 * torch.rand(n, 3, 1, 1, generator=gen) - 1)
-        x = ((x + 1) * jitter - 1).clamp(-1, 1)
-        x = x + 0.2 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)
+        x = augment_shapes(x, gen)
     labels = [s.cell_labels() for s in scenes]
     return x, torch.from_numpy(np.stack([l[0] for l in labels])), torch.from_numpy(np.stack([l[1] for l in labels]))
 
@@ -62,12 +100,28 @@ def evaluate_digits(net: DigitsNet) -> float:
     return float((pred == test.labels).mean())
 
 
+PERTURBED = {"offset": 0.18, "grain": 0.085}  # issue 20's check: the first shapes-t2i's DDIM backgrounds
+
+
 @torch.no_grad()
 def evaluate_shapes(net: ShapesGridNet, n: int = 2000) -> dict:
-    """Held-out renders: per-object accuracy (shape, colour and region all right) and empty-cell accuracy."""
-    net.eval()
+    """Held-out renders, clean and perturbed (:data:`PERTURBED`): per-object accuracy (shape,
+    colour and region all right), empty-cell accuracy, and the phantom rate (empty cells read as
+    holding an object) on the perturbed ones."""
     imgs, scenes = shapes.make_dataset(n, SHAPES_TEST_SEED)
-    shape_cells, colour_cells = net.read(shapes.to_model_range(imgs))
+    x = shapes.to_model_range(imgs)
+    out = read_accuracy(net, x, scenes)
+    rough = read_accuracy(net, perturb(x, **PERTURBED), scenes)
+    out.update({"perturbed": PERTURBED, "perturbed_object_accuracy": rough["object_accuracy"],
+                "perturbed_empty_cell_accuracy": rough["empty_cell_accuracy"],
+                "perturbed_phantom_rate": 1 - rough["empty_cell_accuracy"]})
+    return out
+
+
+@torch.no_grad()
+def read_accuracy(net: ShapesGridNet, x: torch.Tensor, scenes: list) -> dict:
+    net.eval()
+    shape_cells, colour_cells = net.read(x)
     obj_ok, empty_ok, n_obj, n_empty = 0, 0, 0, 0
     for i, scene in enumerate(scenes):
         s_true, c_true = scene.cell_labels()
@@ -78,7 +132,7 @@ def evaluate_shapes(net: ShapesGridNet, n: int = 2000) -> dict:
             else:
                 n_obj += 1
                 obj_ok += int(shape_cells[i, r] == s_true[r] and colour_cells[i, r] == c_true[r])
-    return {"object_accuracy": obj_ok / n_obj, "empty_cell_accuracy": empty_ok / n_empty, "n_scenes": n}
+    return {"object_accuracy": obj_ok / n_obj, "empty_cell_accuracy": empty_ok / n_empty, "n_scenes": len(scenes)}
 
 
 def train(name: str, seed: int | None = None, steps: int | None = None) -> dict:
