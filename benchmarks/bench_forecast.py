@@ -17,8 +17,15 @@ For every bundled series (:mod:`studio.data.series`) and its zoo model ``tsdiff-
   the ML (SGD, lr 0.1) and LMC (eta 0.1, noise 0.1) refiners, 20 iterations. ``--samples``
   samples per forecast, ``--seeds`` seeds for every sampled method.
 * **Guidance scale**: chosen per series, guidance and sampler on the validation block (CRPS,
-  ``--val-samples`` samples, seed 0), among 1, 2, 4, 8, 16 for quantile guidance and 1, 2, 4, 8
-  for MS (the paper's range is 1 .. 8; 16 is there to see the sweep turn over).
+  ``--val-samples`` samples, seed 0). The sweep starts on 1, 2, 4, 8, 16 for quantile guidance
+  and 1, 2, 4, 8 for MS (the paper's range is 1 .. 8) and, while its best finite CRPS sits at an
+  edge of what was swept, extends that edge by a factor of 2 (:func:`sweep_scales`) until the
+  sweep turns over, the next scale diverges (a stated cap: the edge of the stable range) or it
+  reaches ``SCALE_LIMITS`` (1/8 .. 256, also stated). The best scale must then be **stable at the
+  test's own protocol**: the validation block sampled with ``--samples`` samples at every seed
+  the test uses (:func:`choose_stable`); a guided sampler diverges trajectory by trajectory
+  (MS: a few percent of them at a marginal scale), so 8 validation samples can miss what 24 x
+  2 seeds on the test block hit. A scale that fails is struck and the next best is checked.
 * **Scores**: mean weighted quantile loss over q = 0.1..0.9 ("CRPS", GluonTS
   ``mean_wQuantileLoss``, via utilsforecast) and MASE of the median, per origin, averaged over
   seeds, then over the test origins, with a 95% bootstrap interval over the test origins;
@@ -61,7 +68,8 @@ from studio.train.common import RUNS_DIR, machine_description
 ROOT = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2)
 SAMPLES = 100
-SCALES = {"quantile": (1.0, 2.0, 4.0, 8.0, 16.0), "mse": (1.0, 2.0, 4.0, 8.0)}
+SCALES = {"quantile": (1.0, 2.0, 4.0, 8.0, 16.0), "mse": (1.0, 2.0, 4.0, 8.0)}  # where each sweep starts
+SCALE_LIMITS = (0.125, 256.0)  # a sweep extends by factors of 2 while its best is at an edge, up to these
 VAL_SAMPLES = 50
 VAL_ORIGINS = 2  # the first held-out horizons, where the scale is chosen
 DDIM_STEPS = 25
@@ -99,6 +107,46 @@ def tsdiff_forecasts(model, windows, guidance, scale, sampler, steps, seed, samp
     seconds = (time.perf_counter() - t0) / len(windows)
     fc = S.forecast_samples(x, windows, windows[0].horizon)
     return np.stack([M.sample_quantiles(s) for s in fc]), seconds
+
+
+def sweep_scales(score, grid, limits=SCALE_LIMITS) -> tuple[dict, str]:
+    """CRPS of ``score(s)`` on ``grid``, extended by factors of 2 beyond an edge that holds the best.
+
+    Returns ``({scale: CRPS}, end)``: ``end`` says how the sweep ended: ``"turned over"`` (the best
+    has a finite, worse neighbour on each side), ``"diverged at s"`` (the best is the largest
+    stable scale: the next one up diverged), ``"limit s"`` (the best is at ``limits``; both can
+    be stated), or ``"none stable"``.
+    """
+    vals = {float(s): score(float(s)) for s in grid}
+    while True:
+        ok = [s for s, v in vals.items() if np.isfinite(v)]
+        if not ok:
+            return vals, "none stable"
+        best = min(ok, key=lambda s: (vals[s], s))
+        if best == min(vals) and best / 2 >= limits[0]:
+            vals[best / 2] = score(best / 2)
+        elif best == max(vals) and best * 2 <= limits[1]:
+            vals[best * 2] = score(best * 2)
+        else:
+            break
+    above = [s for s in vals if s > best]
+    ends = [f"limit {best:g}"] if best == min(vals) else []
+    if above and not np.isfinite(vals[min(above)]):  # the next scale up diverged: the stable range ends here
+        ends.append(f"diverged at {min(above):g}")
+    elif not above:
+        ends.append(f"limit {best:g}")
+    return vals, "; ".join(ends) or "turned over"
+
+
+def choose_stable(sweep: dict, stable) -> tuple[float, dict]:
+    """The scale of lowest validation CRPS that ``stable(s)`` confirms (the test's own samples and
+    seeds on the validation block); struck scales are skipped. Returns (scale, {scale: check})."""
+    checks = {}
+    for s in sorted((s for s, v in sweep.items() if np.isfinite(v)), key=lambda s: (sweep[s], s)):
+        checks[s] = stable(s)
+        if checks[s]["stable"]:
+            return s, checks
+    return float("nan"), checks
 
 
 def interval(values) -> dict:
@@ -158,20 +206,40 @@ def bench_series(name: str, quick: bool, cfg: dict) -> dict:
         per_origin[b] = sc["crps_per_origin"]
         out["methods"][b] = {**sc, "interval": interval(sc["crps_per_origin"]), "seconds": v["seconds"], "seeds": 1}
 
-    # guidance scale on the validation block
-    chosen, sweep = {}, {}
+    # guidance scale on the validation block: the sweep (extended past an edge that holds the best),
+    # then the best scale that stays finite at the test's samples and seeds on the same block
+    chosen, sweep, ends, checks = {}, {}, {}, {}
     for guidance, sampler in (("quantile", "ddpm"), ("mse", "ddpm"), ("quantile", "ddim")):
         tag = f"{guidance}-{sampler}"
-        sweep[tag] = {}
-        for sc_ in SCALES[guidance]:
-            def run_val(s=sc_, guidance=guidance, sampler=sampler):
+
+        def run_val(s, guidance=guidance, sampler=sampler, tag=tag):
+            def fn():
                 q, _ = tsdiff_forecasts(model, val_windows, guidance, s, sampler, DDIM_STEPS, 0, val_samples)
                 return scores(val_truths, q, val_hist, series.season)["crps"]
-            sweep[tag][sc_] = cache.get(f"val-{tag}-{sc_:g}-n{val_samples}", run_val)
-        chosen[tag] = min(SCALES[guidance], key=lambda s: (sweep[tag][s] if np.isfinite(sweep[tag][s]) else np.inf, s))
-        print(f"  {name} validation {tag}: " + ", ".join(f"{k:g}: {v:.4f}" for k, v in sweep[tag].items())
+            return cache.get(f"val-{tag}-{s:g}-n{val_samples}", fn)
+
+        def stable(s, guidance=guidance, sampler=sampler, tag=tag):
+            diverged = []
+            for seed in seeds:  # stop at the first seed that diverges
+                def fn(seed=seed):
+                    *_, x = SS.observation_guidance(model, val_windows, num_samples=samples, guidance=guidance,
+                                                   scale=s, sampler=sampler, steps=DDIM_STEPS, seed=seed)
+                    return int((~torch.isfinite(x)).flatten(2).any(-1).sum())  # diverged trajectories
+                diverged.append(cache.get(f"valcheck-{tag}-{s:g}-n{samples}-seed{seed}", fn))
+                if diverged[-1]:
+                    break
+            return {"stable": not any(diverged), "diverged_trajectories": diverged,
+                    "of": samples * len(val_windows)}
+
+        sweep[tag], ends[tag] = sweep_scales(run_val, SCALES[guidance])
+        chosen[tag], checks[tag] = choose_stable(sweep[tag], stable)
+        print(f"  {name} validation {tag}: " + ", ".join(f"{k:g}: {v:.4f}" for k, v in sorted(sweep[tag].items()))
+              + f" ({ends[tag]}); stability at {samples} samples x {len(seeds)} seeds: "
+              + ", ".join(f"{k:g} {'ok' if c['stable'] else 'diverged'}" for k, c in checks[tag].items())
               + f" -> {chosen[tag]:g}", flush=True)
-    out["scale_sweep_validation"] = sweep
+    out["scale_sweep_validation"] = {t: {k: v for k, v in sorted(sw.items())} for t, sw in sweep.items()}
+    out["scale_sweep_end"] = ends
+    out["scale_stability_check"] = checks
     out["scale"] = chosen
 
     jobs = []  # (label, fn, cache key): every sampled method, run seed by seed (all methods' first seed first)
@@ -335,15 +403,27 @@ def markdown(results: list[dict], tab: dict, report: dict) -> str:
     for m in ORDER:
         lines.append(f"| {m} | " + " | ".join(f"{r['methods'][m]['seconds']:.2f}" if m in r["methods"] else ""
                                               for r in results) + " |")
+    grid = sorted({float(k) for r in results for sw in r["scale_sweep_validation"].values() for k in sw})
     lines += ["", "## Guidance scale: the validation sweeps (CRPS on the validation block) and the choice", "",
-              "| series | sweep | " + " | ".join(f"s = {s:g}" for s in SCALES["quantile"]) + " | chosen |",
-              "|---|---|" + "---|" * len(SCALES["quantile"]) + "---|"]
+              f"Each sweep starts on {', '.join(f'{s:g}' for s in SCALES['quantile'])} (MS: "
+              f"{', '.join(f'{s:g}' for s in SCALES['mse'])}), {cfg['val_samples']} samples, seed 0, and extends by "
+              f"factors of 2 past an edge that holds its best, until it turns over, the next scale diverges or it "
+              f"reaches {SCALE_LIMITS[0]:g} / {SCALE_LIMITS[1]:g} (*end*). The chosen scale is the best one that stays "
+              f"finite when the validation block is sampled at the test's protocol ({cfg['samples']} samples, every "
+              f"seed); *struck* lists the better scales that diverged there (diverged trajectories / all, per seed "
+              f"run).", "",
+              "| series | sweep | " + " | ".join(f"s = {s:g}" for s in grid) + " | end | struck | chosen |",
+              "|---|---|" + "---|" * len(grid) + "---|---|---|"]
     for r in results:
         for tag, sw in r["scale_sweep_validation"].items():
             vals = {float(k): v for k, v in sw.items()}
             cells = [("diverged" if not np.isfinite(vals[s]) else f"{vals[s]:.4f}") if s in vals else "-"
-                     for s in SCALES["quantile"]]
-            lines.append(f"| {r['series']} | {tag} | " + " | ".join(cells) + f" | {r['scale'][tag]:g} |")
+                     for s in grid]
+            struck = ", ".join(f"{float(k):g} ({'+'.join(map(str, c['diverged_trajectories']))} / {c['of']})"
+                               for k, c in r.get("scale_stability_check", {}).get(tag, {}).items()
+                               if not c["stable"]) or "-"
+            lines.append(f"| {r['series']} | {tag} | " + " | ".join(cells) +
+                         f" | {r.get('scale_sweep_end', {}).get(tag, '')} | {struck} | {r['scale'][tag]:g} |")
     lines += ["", "## Set-up", "", "| series | points | freq | season | context | horizon | lags | train split | "
               "validation block | test block | tau |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -456,7 +536,7 @@ def main() -> None:
         tab_note = f"measured in this run, {args.threads} thread{'s' if args.threads > 1 else ''}"
     report = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "config": cfg,
               "seeds": seeds, "samples": args.samples, "validation_origins": VAL_ORIGINS,
-              "scales": {k: list(v) for k, v in SCALES.items()}, "series": results, "tab_seconds": tab,
+              "scales": {k: list(v) for k, v in SCALES.items()}, "scale_limits": list(SCALE_LIMITS), "series": results, "tab_seconds": tab,
               "tab_note": tab_note, "goals": evaluate_goals(results, tab, tab_note),
               "not_measured": {k: {**prev_series[k], "protocol": "old"} for k in args.not_measured if k in prev_series}}
     out.mkdir(exist_ok=True)
