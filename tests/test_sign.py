@@ -198,3 +198,56 @@ def test_ladder_runs_share_the_warm_up_then_differ_only_in_their_terms(tmp_path,
     assert not torch.equal(weights("distil"), weights("distil+ign"))
     # (DMD's first step is zero: the fake score starts as the teacher; it differs from the second step on)
     assert not torch.equal(weights("distil+ign"), weights("distil+ign+dmd"))
+
+
+# ---------------------------------------------------------------------------- the stability runs
+
+
+def test_stability_runs_train_on_their_own_pair_block_or_from_the_teachers_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from studio.nets import unets
+    from tests.conftest import tiny_digits_unet
+
+    assert sign.pair_range(4) == sign.pair_range(4, 0) == (0, 4) and sign.pair_range(4, 2) == (8, 12)
+    blocks = [set(range(*sign.pair_range(4, b))) for b in range(3)]
+    assert not (blocks[0] & blocks[1] or blocks[1] & blocks[2] or blocks[0] & blocks[2])
+    names = [sign.run_name_of("sign-digits", 1, 300, 100), sign.run_name_of("sign-digits", 1, 300, 100, n_pairs=4,
+                                                                             pair_block=1),
+             sign.run_name_of("ign-digits", 1, 0, 400), sign.run_name_of("ign-digits", 1, 0, 400, init="teacher")]
+    assert len(set(names)) == 4 and names[0] == "sign-digits-seed1-300-100" and names[2] == "ign-digits-seed1-0-400"
+    assert sign.run_name_of("ign-digits", init="random") == "ign-digits"  # the zoo's runs keep their names
+
+    teacher = tiny_digits_unet()
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.5)  # unlike a freshly drawn tiny UNet
+    monkeypatch.setattr(unets, "digits_unet", lambda: tiny_digits_unet().train())
+    monkeypatch.setattr(sign, "teacher_unet", lambda: teacher)
+    monkeypatch.setattr(sign, "BATCH", 4)
+    tagged = torch.arange(16.0).view(16, 1, 1, 1).expand(16, 1, 16, 16)  # pair k's noise and target are all k
+    monkeypatch.setattr(sign, "teacher_pairs", lambda n, root=None: (tagged[:n], tagged[:n]))
+    seen, step = [], sign.sign_step
+
+    def spy(f, f_copy, fake, teacher, batch, *a, **kw):
+        seen.append(batch["z"].flatten(1)[:, 0])
+        return step(f, f_copy, fake, teacher, batch, *a, **kw)
+
+    monkeypatch.setattr(sign, "sign_step", spy)
+    out = sign.train("sign-digits", 0, warmup=2, joint=0, root=tmp_path, export=False, progress=False, n_pairs=4,
+                     pair_block=2)
+    assert out["run"] == "sign-digits-seed0-2-0-p4b2" and out["recipe"]["pairs"] == [8, 12]
+    assert set(torch.cat(seen).tolist()) <= {8.0, 9.0, 10.0, 11.0}  # only block 2's pairs
+    with pytest.raises(ValueError):
+        sign.train("ign-digits", 0, warmup=0, joint=1, root=tmp_path, pair_block=1)
+
+    def start(init):  # f after one Adam step (each weight moves by about lr = 1e-4)
+        out = sign.train("ign-digits", 0, warmup=0, joint=1, root=tmp_path, export=False, progress=False, init=init)
+        return load_file(tmp_path / out["run"] / "f.safetensors"), out
+
+    ref = {f"unet.{k}": v for k, v in teacher.state_dict().items()}
+    from_teacher, out = start("teacher")
+    assert out["run"] == "ign-digits-seed0-0-1-initteacher" and out["recipe"]["init"] == "teacher"
+    assert max(float((from_teacher[k] - v).abs().max()) for k, v in ref.items()) < 1e-3
+    from_random, _ = start(None)
+    assert max(float((from_random[k] - v).abs().max()) for k, v in ref.items()) > 0.1

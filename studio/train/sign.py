@@ -24,6 +24,9 @@ Recipes (:func:`train`, resumable from ``runs/<name>``): ``sign-digits`` starts 
 weights and trains it in two stages, a warm-up on the regression term and reconstruction, then every
 term (IGN's three, the regression and DMD, the fake score updated once per f step); ``ign-digits`` is
 plain IGN from random weights (IGN's losses only), the baseline that shows what the teacher fixes.
+For the benchmark's stability runs, a SIGN run can train on one disjoint block of the cached pairs
+(``pair_block``: block b is pairs ``b * n_pairs .. (b + 1) * n_pairs - 1``, :func:`pair_range`) and an IGN
+run can start from the teacher's weights (``init="teacher"``, the same start as SIGN's).
 
 Pair k's noise is drawn from its own generator (seed ``seed * 1_000_003 + k``), so pair k is the
 same whatever ``n`` or chunking is asked for, and a stopped run resumes chunk by chunk.
@@ -173,22 +176,35 @@ LADDER = {
     "distil+ign": frozenset({"reg", "rec", "idem", "tight"}),  # (2) + IGN's three terms
     "distil+ign+dmd": TERMS_ALL,  # (3) + distribution matching: the full objective (this studio's SIGN)
 }
-# stability runs of the benchmark: 3 seeds each, about the same wall clock (IGN's step costs ~2x a warm-up step);
+# stability runs of the benchmark: 400 steps each, about the same wall clock (IGN's step costs ~2x a warm-up step);
 # IGN's seed-0 run *is* the zoo's ign-digits
 SHORT = {"sign": {"warmup": 300, "joint": 100}, "ign": {"warmup": 0, "joint": 400}}
+INITS = ("teacher", "random")
 
 
-def build_f(method: str, seed: int = 0, teacher: torch.nn.Module | None = None):
+def build_f(method: str, seed: int = 0, teacher: torch.nn.Module | None = None, init: str | None = None):
     """f for ``method``: SIGN starts from the teacher's weights (``teacher``: its UNet, loaded from
-    the zoo when not given), IGN from a random UNet."""
+    the zoo when not given), IGN from a random UNet; ``init`` ("teacher" or "random") overrides that."""
     from studio.nets.idempotent import IdempotentNet
     from studio.nets.unets import digits_unet
 
+    init = init or ("teacher" if method == "sign" else "random")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     torch.manual_seed(seed)
     unet = digits_unet()
-    if method == "sign":
+    if init == "teacher":
         unet.load_state_dict((teacher if teacher is not None else teacher_unet()).state_dict())
     return IdempotentNet(unet.float().train().requires_grad_(True))
+
+
+def pair_range(n_pairs: int, block: int | None = None) -> tuple[int, int]:
+    """Indices ``(k0, k1)`` of the cached pairs a run trains on: the first ``n_pairs``, or block ``block`` of
+    ``n_pairs`` (blocks are disjoint; pair k's noise depends on k only, so every block is an independent draw)."""
+    b = block or 0
+    if b < 0 or n_pairs < 1:
+        raise ValueError(f"need n_pairs >= 1 and block >= 0, got {n_pairs}, {block}")
+    return b * n_pairs, (b + 1) * n_pairs
 
 
 def teacher_unet() -> torch.nn.Module:
@@ -242,7 +258,8 @@ def ign_step(f, f_copy, batch: dict) -> dict[str, torch.Tensor]:
 
 def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | None = None, root=None,
           export: bool = True, checkpoint_every: int = 100, progress: bool = True, threads: int | None = None,
-          n_pairs: int = N_PAIRS, ladder: str | None = None) -> dict:
+          n_pairs: int = N_PAIRS, ladder: str | None = None, pair_block: int | None = None,
+          init: str | None = None) -> dict:
     """Train ``sign-digits`` or ``ign-digits`` (resuming from ``runs/<run>``); returns the run's record.
 
     ``warmup``/``joint`` override the recipe's step counts (the stability runs of the benchmark);
@@ -251,6 +268,9 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
     only (shared by every rung: the run starts from a copy of the ``distil`` run stopped at ``warmup``,
     trained first if absent), then ``joint`` steps with only that rung's terms; kept under ``runs/``
     (:func:`ladder_run_name`), never exported.
+    ``pair_block`` (SIGN): train on block b of ``n_pairs`` cached pairs (:func:`pair_range`) instead of the first
+    ``n_pairs``; ``init="teacher"`` (IGN): start f from the teacher's weights. Both are kept under their own run names
+    (:func:`run_name_of`), never exported.
     """
     import numpy as np
     from diffusers.training_utils import EMAModel
@@ -264,7 +284,14 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
         torch.set_num_threads(threads)
     recipe = dict(RECIPES[name])
     method = recipe["method"]
-    run_name = run_name_of(name, seed, warmup, joint)
+    init = init or ("teacher" if method == "sign" else "random")
+    if pair_block is not None and (method != "sign" or ladder is not None):
+        raise ValueError("pair_block is for sign-digits runs outside the ladder")
+    run_name = run_name_of(name, seed, warmup, joint, n_pairs=n_pairs, pair_block=pair_block, init=init)
+    if pair_block is not None:
+        recipe.update(n_pairs=n_pairs, pair_block=pair_block, pairs=list(pair_range(n_pairs, pair_block)))
+    if init != ("teacher" if method == "sign" else "random"):
+        recipe["init"] = init
     recipe["warmup"] = recipe["warmup"] if warmup is None else warmup
     recipe["joint"] = recipe["joint"] if joint is None else joint
     use = None
@@ -278,9 +305,10 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
     total = recipe["warmup"] + recipe["joint"]
     ckpt = Checkpoint(run_name, root)
 
-    teacher = teacher_unet() if method == "sign" else None  # loaded once: f, the EMA and the fake start from it
-    f = build_f(method, seed, teacher)
-    ema_holder = build_f(method, seed, teacher)
+    # loaded once: f, the EMA and the fake start from it
+    teacher = teacher_unet() if method == "sign" or init == "teacher" else None
+    f = build_f(method, seed, teacher, init)
+    ema_holder = build_f(method, seed, teacher, init)
     lr, betas = (SIGN_LR, (0.5, 0.999)) if method == "sign" else (IGN_LR, IGN_BETAS)
     opt = torch.optim.Adam(f.parameters(), lr=lr, betas=betas)
     modules = {"f": f, "ema": ema_holder}
@@ -308,7 +336,10 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
     f_copy = frozen_copy(f)
     scheduler = noise_scheduler()
     data = torch.from_numpy(digits.load("train").images)
-    pairs = teacher_pairs(n_pairs, root=root) if method == "sign" else None
+    pairs = None
+    if method == "sign":
+        k0, k1 = pair_range(n_pairs, pair_block)
+        pairs = tuple(p[k0:k1] for p in teacher_pairs(k1, root=root))
     timer = Timer(seconds)
     bar = tqdm(total=total, initial=step, desc=run_name, disable=not progress)
     recent: dict[str, LossLog] = {}
@@ -362,12 +393,19 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
     return result
 
 
-def run_name_of(name: str, seed: int = 0, warmup: int | None = None, joint: int | None = None) -> str:
-    """``name`` for the zoo's own run (seed 0, the recipe's steps), else ``name-seed<s>-<warmup>-<joint>``."""
+def run_name_of(name: str, seed: int = 0, warmup: int | None = None, joint: int | None = None, *,
+                n_pairs: int = N_PAIRS, pair_block: int | None = None, init: str | None = None) -> str:
+    """``name`` for the zoo's own run (seed 0, the recipe's steps), else ``name-seed<s>-<warmup>-<joint>``, plus
+    ``-p<n_pairs>b<block>`` for a run on a block of the pairs and ``-init<init>`` for a non-default start."""
     recipe = RECIPES[name]
     w = recipe["warmup"] if warmup is None else warmup
     j = recipe["joint"] if joint is None else joint
-    return name if (seed, w, j) == (0, recipe["warmup"], recipe["joint"]) else f"{name}-seed{seed}-{w}-{j}"
+    suffix = "" if pair_block is None else f"-p{n_pairs}b{pair_block}"
+    if init is not None and init != ("teacher" if recipe["method"] == "sign" else "random"):
+        suffix += f"-init{init}"
+    if (seed, w, j, suffix) == (0, recipe["warmup"], recipe["joint"], ""):
+        return name
+    return f"{name}-seed{seed}-{w}-{j}{suffix}"
 
 
 def ladder_run_name(rung: str, warmup: int, joint: int, n_pairs: int, seed: int = 0) -> str:
@@ -389,16 +427,18 @@ def load_ladder(rung: str, warmup: int, joint: int, n_pairs: int, seed: int = 0,
     return f.eval().requires_grad_(False), json.loads(ckpt.meta_path.read_text())
 
 
-def load_run(name: str, seed: int = 0, warmup: int | None = None, joint: int | None = None, root=None):
-    """The EMA f of a finished (or stopped) run, ready to sample; trains it first if absent."""
+def load_run(name: str, seed: int = 0, warmup: int | None = None, joint: int | None = None, root=None, *,
+             n_pairs: int = N_PAIRS, pair_block: int | None = None, init: str | None = None, progress: bool = False):
+    """The EMA f of a finished (or stopped) run, ready to sample; trains it first (or on) if absent or stopped."""
     from studio.train.common import Checkpoint
 
     recipe = RECIPES[name]
     w = recipe["warmup"] if warmup is None else warmup
     j = recipe["joint"] if joint is None else joint
-    ckpt = Checkpoint(run_name_of(name, seed, warmup, joint), root)
+    ckpt = Checkpoint(run_name_of(name, seed, warmup, joint, n_pairs=n_pairs, pair_block=pair_block, init=init), root)
     if not ckpt.exists() or json_step(ckpt) < w + j:
-        train(name, seed, warmup=warmup, joint=joint, root=root, export=False, progress=False)
+        train(name, seed, warmup=warmup, joint=joint, root=root, export=False, progress=progress, n_pairs=n_pairs,
+              pair_block=pair_block, init=init, checkpoint_every=25)
     f = build_f("ign", seed)  # architecture only; the weights come from the checkpoint
     f.load_state_dict(load_file(ckpt.dir / "ema.safetensors"))
     return f.eval().requires_grad_(False)
