@@ -65,6 +65,11 @@ SAMPLER_STEPS = 20
 CACHE = ROOT.parent / "runs" / "bench-cache" / "shapes-recipe"
 
 
+def _judge_sha() -> str:
+    files = read_manifest()["judge-shapes"]["files"]
+    return next(v["sha256"] for k, v in files.items() if k.endswith(".safetensors"))[:12]
+
+
 def variant_model(variant: str, steps: int) -> tuple[DiffusionModel, dict]:
     """The EMA weights of ``variant`` after ``steps`` more steps (trained first if not in runs/)."""
     recipe = diffusion.ShapesRecipe(variant=variant)
@@ -153,7 +158,7 @@ def main(steps: int, variants: list[str]) -> dict:
     real_bg = metrics.background_stats(real)
     out = {"machine": machine_description() + ", 1 thread", "date": time.strftime("%Y-%m-%d"), "steps": steps,
            "prompts": f"SELECTION_PROMPTS ({len(SELECTION_PROMPTS)}) x {REPEATS}, noise seed {SEED} + i",
-           "sampler": f"DDIM {SAMPLER_STEPS}, guidance {GUIDANCE}",
+           "sampler": f"DDIM {SAMPLER_STEPS}, guidance {GUIDANCE}", "judge_sha": _judge_sha(),
            "real_background": {"mean": float(np.mean(real_bg["mean"])), "grain": float(np.mean(real_bg["grain"]))},
            "rows": {}, "paired_vs_eps": {}}
     per_rows = {}
@@ -198,7 +203,8 @@ def markdown(out: dict) -> str:
              "(one change each against `eps`, the control). Measured on the selection prompts "
              f"({out['prompts']}), {out['sampler']}; FD-shapes is on the zoo's own feature net, not FID. "
              f"Real renders' background: mean {out['real_background']['mean']:.3f}, grain "
-             f"{out['real_background']['grain']:.3f}. Intervals: 95% bootstrap.", "",
+             f"{out['real_background']['grain']:.3f}. Intervals: 95% bootstrap. Judge: judge-shapes "
+             f"{out.get('judge_sha', '?')}.", "",
              "| row | shape+colour | region | FD-shapes | background mean | background grain |", "|---|---|---|---|---|---|"]
     for name, r in out["rows"].items():
         lines.append(f"| {name} | {_ci(r['shape_colour'])} | {_ci(r['region'])} | {_ci(r['fd_shapes'], 1)} | "
