@@ -126,6 +126,51 @@ def paired(a: dict, b: dict) -> dict:
     return out
 
 
+def run_model(run: str, variant: str) -> tuple[DiffusionModel, int]:
+    """The EMA weights in ``runs/<run>`` (a ``variant``-recipe run), at whatever step it stands."""
+    recipe = diffusion.ShapesRecipe(variant=variant)
+    net = recipe.make_model()
+    state = Checkpoint(run).load({"ema": net})
+    return DiffusionModel(run, net.eval(), dict(recipe.scheduler().config), recipe.prediction_type, "text",
+                          recipe.info), state["step"]
+
+
+def full_length(runs: dict[str, tuple[str, str]]) -> dict:
+    """The longer runs (``label -> (run folder, variant)``) on the selection prompts, graded by the
+    current judge, beside the shipped model (clamp off) graded by the same judge; paired to it."""
+    torch.set_num_threads(1)
+    prompts = SELECTION_PROMPTS * REPEATS
+    judge, fdnet = load_zoo("judge-shapes"), load_zoo("fd-shapes")
+    real = shapes.to_model_range(shapes.make_dataset(1000, seed=424242)[0])
+    rows, per = {}, {}
+    base = "shipped, x0 clamp off"
+    rows[base], per[base] = measure(draw(load_zoo("shapes-t2i"), prompts, False), prompts, judge, fdnet, real)
+    for label, (run, variant) in runs.items():
+        dm, step = run_model(run, variant)
+        name = f"{label} (step {step})"
+        rows[name], per[name] = measure(draw(dm, prompts, False), prompts, judge, fdnet, real)
+        print(name, json.dumps(rows[name]), flush=True)
+    return {"date": time.strftime("%Y-%m-%d"), "machine": machine_description() + ", 1 thread",
+            "judge_sha": _judge_sha(), "prompts": f"SELECTION_PROMPTS ({len(SELECTION_PROMPTS)}) x {REPEATS}, "
+            f"noise seed {SEED} + i", "sampler": f"DDIM {SAMPLER_STEPS}, guidance {GUIDANCE}, clamp off",
+            "rows": rows, "paired_vs_shipped": {k: paired(per[k], per[base]) for k in per if k != base}}
+
+
+def full_length_markdown(out: dict) -> str:
+    lines = ["", f"## Longer runs ({out['date']}; judge-shapes {out['judge_sha']})", "",
+             f"{out['machine']}; {out['prompts']}; {out['sampler']}.", "",
+             "| row | shape+colour | region | FD-shapes | background mean | background grain |", "|---|---|---|---|---|---|"]
+    for name, r in out["rows"].items():
+        lines.append(f"| {name} | {_ci(r['shape_colour'])} | {_ci(r['region'])} | {_ci(r['fd_shapes'], 1)} | "
+                     f"{_ci(r['bg_mean'])} | {_ci(r['bg_grain'])} |")
+    lines += ["", "| row - shipped (clamp off), paired | shape+colour | region | background mean | background grain |",
+              "|---|---|---|---|---|"]
+    for name, d in out["paired_vs_shipped"].items():
+        lines.append(f"| {name} | {_ci(d['shape_colour'])} | {_ci(d['region'])} | {_ci(d['bg_mean'])} | "
+                     f"{_ci(d['bg_grain'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def sampler_sweep() -> dict:
     """The zoo's shapes-t2i under each of :data:`SAMPLERS` on the selection prompts; the chosen one
     (the highest shape+colour + region, ties to the lower FD-shapes) is the tabs' default."""
@@ -224,16 +269,23 @@ if __name__ == "__main__":
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(diffusion.SHAPES_VARIANTS))
     ap.add_argument("--samplers", action="store_true",
                     help="only the default-sampler sweep on the zoo's shapes-t2i (kept beside the recipe rows)")
+    ap.add_argument("--full-length", action="store_true",
+                    help="only measure the longer runs in runs/ (shapes-t2i: min-SNR, shapes-t2i-v-zero-snr) as they stand")
     args = ap.parse_args()
     path = ROOT / "results" / "shapes_recipe.json"
     (ROOT / "results").mkdir(exist_ok=True)
     old = json.loads(path.read_text()) if path.exists() else {}
+    kept = {k: old[k] for k in ("samplers", "full_length") if k in old}
     if args.samplers:
         result = {**old, "samplers": sampler_sweep()}
+    elif args.full_length:
+        result = {**old, "full_length": full_length({"min-SNR (the recipe's default)": ("shapes-t2i", "min-snr"),
+                                                     "v + zero SNR": ("shapes-t2i-v-zero-snr", "v-zero-snr")})}
     else:
-        result = {**main(args.steps, args.variants), **({"samplers": old["samplers"]} if "samplers" in old else {})}
+        result = {**main(args.steps, args.variants), **kept}
     path.write_text(json.dumps(result, indent=2) + "\n")
     text = (markdown(result) if "rows" in result else "# Shapes recipe\n") + (
+        full_length_markdown(result["full_length"]) if "full_length" in result else "") + (
         sampler_markdown(result["samplers"]) if "samplers" in result else "")
     (ROOT / "results" / "shapes_recipe.md").write_text(text)
     print(text)
