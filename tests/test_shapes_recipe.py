@@ -108,3 +108,12 @@ def test_the_shipped_shapes_judge_reads_clean_and_rough_renders_and_sees_no_phan
     rough = judges.read_accuracy(net, judges.perturb(x, **judges.PERTURBED, seed=5), scenes)
     assert clean["object_accuracy"] >= 0.98 and clean["empty_cell_accuracy"] >= 0.99
     assert rough["object_accuracy"] >= 0.97 and 1 - rough["empty_cell_accuracy"] <= 0.01
+
+
+def test_the_joined_caption_fine_tune_keeps_the_shipped_models_objective():
+    from studio.train.diffusion import ShapesJoinedRecipe, ShapesRecipe
+
+    joined = ShapesJoinedRecipe(steps=1)
+    assert (joined.snr_gamma, joined.prediction_type, joined.zero_snr) == (None, "epsilon", False)
+    assert joined.run_name == "shapes-t2i-joined" and joined.scheduler().config.clip_sample is True
+    assert ShapesRecipe().snr_gamma == 5.0  # the recipe's own default is min-SNR

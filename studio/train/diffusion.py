@@ -181,6 +181,9 @@ class ShapesJoinedRecipe(ShapesRecipe):
 
     def __init__(self, steps: int = 300, joined_share: float = JOINED_SHARE):
         super().__init__(steps)
+        # a fine-tune of the shipped model keeps the objective and sampler config it was trained with
+        self.snr_gamma, self.prediction_type, self.zero_snr, self.clip_sample = None, "epsilon", False, True
+        self.info["prediction_type"] = self.prediction_type
         self.name, self.lr, self.init_from, self.warmup = "shapes-t2i-joined", JOINED_LR, "shapes-t2i", 20
         self.joined_share = joined_share
         self.info = {**self.info, "fine_tune_of": "shapes-t2i", "fine_tune_steps": steps,
