@@ -82,13 +82,11 @@ def prompt_conditions(prompts: list[str], encoder=None) -> tuple[dict, dict]:
     """The shapes UNet's conditioning for ``prompts`` and the matching empty-caption batch."""
     from studio.data.text import encode, load_text_encoder
 
-    emb = encode(encoder if encoder is not None else load_text_encoder(), list(prompts) + [""])
+    from studio.core.conditioning import repeat, zoo_text_kwargs
+
+    emb = zoo_text_kwargs(encode(encoder if encoder is not None else load_text_encoder(), list(prompts) + [""]))
     n = len(prompts)
-    keys = {"encoder_hidden_states": "encoder_hidden_states", "encoder_attention_mask": "encoder_attention_mask",
-            "class_labels": "pooled"}
-    cond = {k: emb[e][:n] for k, e in keys.items()}
-    uncond = {k: emb[e][n:].repeat(n, *[1] * (emb[e].ndim - 1)) for k, e in keys.items()}
-    return cond, uncond
+    return {k: v[:n] for k, v in emb.items()}, repeat({k: v[n:] for k, v in emb.items()}, n)
 
 
 def evaluate_shapes(manager: ModelManager, sweep=SHAPES_SWEEP, repeats: int = 2, steps: int = 20,

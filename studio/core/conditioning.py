@@ -25,9 +25,14 @@ def text_conditions(dm: DiffusionModel, manager, prompts: Sequence[str],
     else:
         with manager.use("text-encoder") as enc:
             e = text.encode(enc, list(prompts), max_tokens=max_tokens)
-        emb = {"encoder_hidden_states": e["encoder_hidden_states"],
-               "encoder_attention_mask": e["encoder_attention_mask"], "class_labels": e["pooled"]}
+        emb = zoo_text_kwargs(e)
     return [{k: v[i:i + 1] for k, v in emb.items()} for i in range(len(prompts))]
+
+
+def zoo_text_kwargs(e: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`studio.data.text.encode`'s output as the zoo text UNet's keyword tensors."""
+    return {"encoder_hidden_states": e["encoder_hidden_states"],
+            "encoder_attention_mask": e["encoder_attention_mask"], "class_labels": e["pooled"]}
 
 
 def repeat(cond: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
