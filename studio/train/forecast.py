@@ -31,6 +31,7 @@ from studio.core.sampling import Progress
 from studio.core.series_sampling import DEFAULT_TAU, denoising_loss, model_scheduler
 from studio.data import series as S
 from studio.nets.tsdiff import TSDiffNet, tsdiff_scheduler_config
+from studio.threads import building
 from studio.train.common import (Checkpoint, LossLog, Timer, machine_description, optimizer_step,
                                  write_manifest_entry)
 
@@ -43,8 +44,8 @@ ARCH = {"hidden": 64, "blocks": 3, "step_emb": 128, "d_state": 32, "init_skip": 
 
 
 def build(series: S.Series, train_end: int, seed: int = 0) -> SeriesDiffusion:
-    torch.manual_seed(seed)
-    net = TSDiffNet(channels=1 + len(series.lags), **ARCH)
+    with building(seed):  # a tab trains this while others load models (studio.threads)
+        net = TSDiffNet(channels=1 + len(series.lags), **ARCH)
     info = {"kind": "diffusion", "domain": "series", "model_class": "TSDiffNet", "series": series.name,
             "window": series.window, "horizon": series.horizon, "context": series.context,
             "lags": list(series.lags), "freq": series.freq, "season": series.season, "train_end": train_end,

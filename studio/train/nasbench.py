@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from studio.core.sampling import Progress
 from studio.data import nasbench
 from studio.train.common import optimizer_step
+from studio.threads import building
 
 TASKS = nasbench.TASKS
 RECIPE = {"channels": 8, "lr": 5e-3, "batch": 32, "epochs": 8, "seed": 0}
@@ -60,7 +61,8 @@ def train_group(archs: list[str], task: str, recipe: dict = RECIPE, device: str 
     seed = recipe["seed"] if seed is None else seed
     k = nasbench.n_classes(task)
     matmul = device != "cpu" if matmul is None else matmul
-    nets = CellNets(archs, n_classes=k, c=recipe["channels"], seed=seed, matmul=matmul).to(device)
+    with building():  # a tab trains cells while others load models (studio.threads)
+        nets = CellNets(archs, n_classes=k, c=recipe["channels"], seed=seed, matmul=matmul).to(device)
     g = len(archs)
     opt = torch.optim.Adam(nets.parameters(), lr=recipe["lr"])
     x, y = (t.to(device) for t in nasbench.task_data(task, "train"))
