@@ -11,6 +11,7 @@ import torch
 
 from studio.core import metrics
 from studio.data import shapes
+from studio.train.common import ZOO_DIR
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +73,23 @@ def test_a_shapes_variant_continues_from_the_shipped_weights_and_resumes_its_own
     from studio.train import common, diffusion
 
     monkeypatch.setattr(common, "RUNS_DIR", tmp_path)
-    recipe = diffusion.ShapesRecipe(variant="v")
+    start = int(read_manifest()["shapes-t2i"]["train_steps"])
+    recipe = diffusion.ShapesRecipe(steps=start + 100, variant="v")  # a longer schedule than the shipped run's
     recipe.batch_size = 2
     assert recipe.prediction_type == "v_prediction" and recipe.info["prediction_type"] == "v_prediction"
     assert recipe.scheduler().config.clip_sample is False
-    start = int(read_manifest()["shapes-t2i"]["train_steps"])
     before = {k: v.clone() for k, v in recipe.make_model().state_dict().items()}
     result = diffusion.train(recipe, resume_from_zoo=True, until=start + 1, export=False)
     assert result["step"] == start + 1 and result["resumed_from_zoo_at"] == start
     state = json.loads((tmp_path / "shapes-t2i-v" / "state.json").read_text())
     assert state["step"] == start + 1 and state["restart"] == start
+    # the steps before the restart were trained with the shipped model's objective, and that is kept
+    assert result["objective_before_resume"] == state["restart_objective"] == diffusion.shipped_objective("shapes-t2i")
     again = diffusion.train(recipe, resume_from_zoo=True, until=start + 2, export=False)
     assert again["step"] == start + 2  # from runs/, not from the zoo a second time
+    assert again["objective_before_resume"] == result["objective_before_resume"]
+    idle = diffusion.train(recipe, until=start + 2, export=False)  # nothing left to train: the loss is kept
+    assert idle["step"] == start + 2 and idle["loss"] == again["loss"] is not None
     from safetensors.torch import load_file
 
     ema = load_file(tmp_path / "shapes-t2i-v" / "ema.safetensors")
@@ -110,10 +116,41 @@ def test_the_shipped_shapes_judge_reads_clean_and_rough_renders_and_sees_no_phan
     assert rough["object_accuracy"] >= 0.97 and 1 - rough["empty_cell_accuracy"] <= 0.01
 
 
-def test_the_joined_caption_fine_tune_keeps_the_shipped_models_objective():
-    from studio.train.diffusion import ShapesJoinedRecipe, ShapesRecipe
+def test_the_joined_caption_fine_tune_keeps_the_shipped_models_objective(tmp_path):
+    from studio.train.diffusion import ShapesJoinedRecipe, ShapesRecipe, noise_scheduler, shipped_objective
 
-    joined = ShapesJoinedRecipe(steps=1)
-    assert (joined.snr_gamma, joined.prediction_type, joined.zero_snr) == (None, "epsilon", False)
-    assert joined.run_name == "shapes-t2i-joined" and joined.scheduler().config.clip_sample is True
-    assert ShapesRecipe().snr_gamma == 5.0  # the recipe's own default is min-SNR
+    # what a zoo folder records is read back: v + zero SNR, no clamp, min-SNR 5 ...
+    noise_scheduler("v_prediction", zero_snr=True, clip_sample=False).save_pretrained(tmp_path / "v" / "scheduler")
+    noise_scheduler().save_pretrained(tmp_path / "eps" / "scheduler")
+    (tmp_path / "MANIFEST.json").write_text(json.dumps({"v": {"objective": {"snr_gamma": 5.0}}, "eps": {}}))
+    assert shipped_objective("v", tmp_path) == {"prediction_type": "v_prediction", "zero_snr": True,
+                                                "clip_sample": False, "snr_gamma": 5.0}
+    # ... and a model exported before objectives were recorded trained with the plain MSE
+    assert shipped_objective("eps", tmp_path) == {"prediction_type": "epsilon", "zero_snr": False,
+                                                  "clip_sample": True, "snr_gamma": None}
+    joined, shipped = ShapesJoinedRecipe(steps=1), shipped_objective("shapes-t2i")
+    assert {k: getattr(joined, k) for k in shipped} == shipped
+    assert joined.run_name == "shapes-t2i-joined" and joined.init_from == "shapes-t2i"
+    zoo_config = json.loads((ZOO_DIR / "shapes-t2i" / "scheduler" / "scheduler_config.json").read_text())
+    config = joined.scheduler().config
+    assert all(config[k] == zoo_config[k] for k in ("prediction_type", "rescale_betas_zero_snr", "clip_sample"))
+    default = ShapesRecipe()  # the recipe's own default is v-prediction with zero-terminal-SNR betas
+    assert (default.prediction_type, default.zero_snr, default.snr_gamma) == ("v_prediction", True, None)
+    assert default.scheduler().config.rescale_betas_zero_snr is True
+
+
+def test_a_fine_tune_resumes_only_from_a_run_of_the_shipped_base(tmp_path, monkeypatch):
+    from studio.train import common, diffusion
+
+    monkeypatch.setattr(common, "RUNS_DIR", tmp_path)
+    recipe = diffusion.ShapesJoinedRecipe(steps=2)
+    recipe.batch_size = 2
+    assert diffusion.train(recipe, until=1, export=False)["step"] == 1
+    path = tmp_path / "shapes-t2i-joined" / "state.json"
+    state = json.loads(path.read_text())
+    shipped = common.read_manifest()["shapes-t2i"]["files"]["model/diffusion_pytorch_model.safetensors"]["sha256"]
+    assert state["init_sha"] == shipped
+    assert diffusion.train(recipe, until=2, export=False)["step"] == 2
+    path.write_text(json.dumps({**json.loads(path.read_text()), "init_sha": "0" * 64}))  # a run of an older base
+    with pytest.raises(RuntimeError, match="fine-tune of another shapes-t2i"):
+        diffusion.train(recipe, export=False)
