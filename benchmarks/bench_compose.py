@@ -63,6 +63,7 @@ from studio.core.manager import ModelManager
 from studio.core.models import DiffusionModel
 from studio.core.sampling import make_scheduler, run_to_end, sample_images
 from studio.data import shapes
+from studio.methods import compose, generate
 from studio.nets.judges import concept_present
 from studio.train.common import machine_description
 
@@ -70,7 +71,9 @@ ROOT = Path(__file__).resolve().parent
 SEED = 5000  # report set: items drawn with this seed, image i uses seed SEED + i
 SELECT_SEED = 7000  # selection set (weights are chosen here): items and noise seeds apart from the report's
 N_SELECT = 36  # selection items (four per held-out pair)
-STEPS = 20
+SCHEDULER, STEPS = compose.Params.scheduler, compose.Params.steps  # the Compose tab's defaults
+# candidates for that default (``--samplers``): each evaluates the network once per step per condition
+SAMPLER_CANDIDATES = (("ddim", 20), ("dpm++", 15), ("dpm++", 20), ("unipc", 20), ("euler-a", 20))
 DEFAULT_WEIGHT = 2.0  # the models' default guidance; breaks ties in the selection
 SWEEP = (1.0, 1.5, 2.0, 3.0)
 VARIANT = "shapes-t2i-joined"
@@ -150,8 +153,9 @@ def not_set(n: int, seed: int) -> list[dict]:
 class Sampler:
     """Composes batches on one model; prompts are encoded once and cached."""
 
-    def __init__(self, manager: ModelManager, dm):
+    def __init__(self, manager: ModelManager, dm, scheduler: str = SCHEDULER, steps: int = STEPS):
         self.manager, self.dm, self.cache = manager, dm, {}
+        self.scheduler, self.steps = scheduler, steps
 
     def conds(self, prompts: list[str]) -> dict:
         missing = sorted({p for p in prompts if p not in self.cache})
@@ -168,8 +172,8 @@ class Sampler:
             sl = slice(lo, lo + CHUNK)
             denoise = G.combine(self.dm.model_fn, self.conds(bases[sl]), [self.conds(s[sl]) for s in slots],
                                 weights, batched=batched)
-            sched = make_scheduler("ddim", self.dm.scheduler_config, self.dm.prediction_type)
-            out.append(run_to_end(sample_images(self.dm, denoise, sched, seeds[sl], num_inference_steps=STEPS)))
+            sched = make_scheduler(self.scheduler, self.dm.scheduler_config, self.dm.prediction_type)
+            out.append(run_to_end(sample_images(self.dm, denoise, sched, seeds[sl], num_inference_steps=self.steps)))
         return torch.cat(out)
 
 
@@ -269,6 +273,27 @@ def select_weights(sampler: Sampler, judge, n: int | None = None) -> tuple[list[
     return rows, chosen
 
 
+def select_sampler(manager: ModelManager, dm, judge, n: int | None = None) -> dict:
+    """The Compose tab's default sampler: compose AND at k = 2 on the SELECTION set at the default
+    weight, under each of :data:`SAMPLER_CANDIDATES`; the best all-satisfied wins, ties to the
+    Generate tab's default (one sampler for both tabs), then to fewer steps."""
+    items = selection_set(n or N_SELECT)
+    seeds = seeds_for(len(items), SELECT_SEED)
+    bases, slots, weights = methods_for(items, {AND: DEFAULT_WEIGHT, CAPTION: DEFAULT_WEIGHT})[AND]
+    rows = {}
+    for scheduler, steps in SAMPLER_CANDIDATES:
+        t0 = time.perf_counter()
+        x = Sampler(manager, dm, scheduler, steps).images(bases, slots, weights, seeds)
+        rows[f"{scheduler} {steps}"] = {**metrics.bootstrap_mean(all_satisfied(judge, x, items)).to_dict(),
+                                        "scheduler": scheduler, "steps": steps,
+                                        "seconds_per_image": round((time.perf_counter() - t0) / len(items), 3)}
+        print(f"select sampler {scheduler} {steps}: {rows[f'{scheduler} {steps}']['value']:.3f}", flush=True)
+    tab = (generate.Params.scheduler, generate.Params.steps)
+    chosen = min(rows, key=lambda k: (-rows[k]["value"], (rows[k]["scheduler"], rows[k]["steps"]) != tab, rows[k]["steps"]))
+    return {"rows": rows, "chosen": chosen, "weight": DEFAULT_WEIGHT, "items": len(items),
+            "measured": time.strftime("%Y-%m-%d"), "machine": f"{machine_description()}, {torch.get_num_threads()} thread(s)"}
+
+
 def speed(sampler: Sampler, weight: float, n_images: int = 8, repeats: int = 3) -> dict:
     """Seconds per image at k = 3, three ways, timed alternately (median of ``repeats``):
     batched (one forward pass of (k + 1) B per step), one pass per condition over the batch of B
@@ -292,7 +317,8 @@ def speed(sampler: Sampler, weight: float, n_images: int = 8, repeats: int = 3) 
             run()
             times[name].append((time.perf_counter() - t0) / n_images)
     med = {name: float(np.median(v)) for name, v in times.items()}
-    return {"k": 3, "n_images": n_images, "steps": STEPS, "threads": torch.get_num_threads(),
+    return {"k": 3, "n_images": n_images, "steps": sampler.steps, "scheduler": sampler.scheduler,
+            "threads": torch.get_num_threads(),
             "measured": time.strftime("%Y-%m-%d"), **{f"{name}_s_per_image": round(v, 4) for name, v in med.items()},
             "ratio_vs_official": round(med["official_one_at_a_time"] / med["batched"], 2),
             "ratio_vs_per_condition": round(med["per_condition"] / med["batched"], 2)}
@@ -370,8 +396,8 @@ def markdown(r: dict) -> str:
     v = r.get("variant")
     sel = r["selection"]
     lines = [f"# Compose benchmark ({r['machine']})", "",
-             f"DDIM {STEPS} steps, judge `judge-shapes`, 95% bootstrap intervals (paired ones for differences: "
-             "same seeds and concepts).", "",
+             f"{r.get('sampler', 'ddim 20')} steps (the Compose tab's default), judge `judge-shapes`, 95% bootstrap "
+             "intervals (paired ones for differences: same seeds and concepts).", "",
              f"**Selection / report split.** Weights are chosen on the SELECTION set ({N_SELECT} k = 2 held-out "
              f"items drawn with seed {SELECT_SEED}, image i noise seed {SELECT_SEED} + i, none placed as a k = 2 "
              f"report item) and reported on the REPORT sets (items drawn with seed {SEED}, image i noise seed "
@@ -424,6 +450,13 @@ def markdown(r: dict) -> str:
               "| model | w | compose AND | joined caption |", "|---|---|---|---|"]
     for m, s in sel.items():
         lines += [f"| {m} | {row['weight']:g} | {fmt(row[AND])} | {fmt(row[CAPTION])} |" for row in s["rows"]]
+    if "samplers" in r:
+        s = r["samplers"]
+        lines += ["", f"## The Compose tab's sampler (`--samplers`, measured {s['measured']}, {s['machine']})", "",
+                  f"Compose AND at k = 2 on the {s['items']} SELECTION items, w = {s['weight']:g}; the best wins, ties "
+                  f"to the Generate tab's default, then to fewer steps. Chosen: **{s['chosen']}**.", "",
+                  "| sampler | all-satisfied | s / image |", "|---|---|---|"]
+        lines += [f"| {name} | {fmt(row)} | {row['seconds_per_image']} |" for name, row in s["rows"].items()]
     sp = r["speed"]
     lines += ["", f"## Speed at k = 3 ({sp['n_images']} images, {sp['steps']} steps, {sp['threads']} threads, "
               f"measured {sp.get('measured', r.get('composition_measured'))}), seconds per image", ""]
@@ -462,7 +495,8 @@ def partial(done: dict, key: str, value) -> None:
     PARTIAL.write_text(json.dumps(done, indent=1, default=str) + "\n")
 
 
-def main(quick: bool = False, speed_only: bool = False, variant_only: bool = False, train: bool = True) -> dict:
+def main(quick: bool = False, speed_only: bool = False, variant_only: bool = False, train: bool = True,
+         samplers: bool = False) -> dict:
     n = 18 if quick else 126
     n_select = min(9, N_SELECT) if quick else N_SELECT
     manager = ModelManager(device="cpu")
@@ -471,6 +505,13 @@ def main(quick: bool = False, speed_only: bool = False, variant_only: bool = Fal
 
     out = ROOT / "results"
     stored = json.loads((out / "compose.json").read_text()) if (out / "compose.json").exists() else None
+    if samplers:  # choose the tab's default sampler on the selection set, kept beside the stored rows
+        with manager.use("shapes-t2i") as dm, manager.use("judge-shapes") as judge:
+            choice = select_sampler(manager, dm, judge, n_select)
+        if stored is not None and not quick:
+            write({**stored, "samplers": choice}, out)
+        print(json.dumps(choice, indent=1))
+        return choice
     if speed_only:  # re-time an existing result (the judged figures stay as they were)
         with manager.use("shapes-t2i") as dm:
             stored["speed"] = speed(Sampler(manager, dm), stored["selection"]["shapes-t2i"]["chosen"][AND])
@@ -502,7 +543,7 @@ def main(quick: bool = False, speed_only: bool = False, variant_only: bool = Fal
                                                                                  stored.get("measured"))
         else:
             composition, gaps = composition_rows(sampler, judge, n, chosen)
-            result = {"machine": machine_description(), "n": n,
+            result = {"machine": machine_description(), "n": n, "sampler": f"{SCHEDULER} {STEPS}",
                       "model_train_steps": read_manifest()["shapes-t2i"].get("train_steps"),
                       "composition": composition, "compose_minus_caption": gaps,
                       "not": not_rows(sampler, judge, n, chosen[AND]),
@@ -517,6 +558,8 @@ def main(quick: bool = False, speed_only: bool = False, variant_only: bool = Fal
     selection = {"shapes-t2i": {"rows": rows, "chosen": chosen}, VARIANT: {"rows": vrows, "chosen": vchosen}}
     result.update({"measured": time.strftime("%Y-%m-%d"), "selection": selection, "variant": variant,
                    "weight_sweep": rows, "goals": GOALS})
+    if stored is not None and "samplers" in stored:  # the sampler choice (--samplers) stays beside the rows
+        result["samplers"] = stored["samplers"]
     if not quick:
         write(result, out)
     print(markdown(result), flush=True)
@@ -530,5 +573,7 @@ if __name__ == "__main__":
     parser.add_argument("--variant-only", action="store_true",
                         help="selection sweeps + the fine-tune's rows; keep shapes-t2i's rows if measured at the chosen w")
     parser.add_argument("--no-train", action="store_true", help="fail instead of training the fine-tune")
+    parser.add_argument("--samplers", action="store_true",
+                        help="only choose the Compose tab's default sampler on the selection set (kept in compose.json)")
     args = parser.parse_known_args()[0]
-    main(args.quick, args.speed_only, args.variant_only, train=not args.no_train)
+    main(args.quick, args.speed_only, args.variant_only, train=not args.no_train, samplers=args.samplers)

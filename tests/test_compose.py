@@ -178,7 +178,8 @@ def test_stable_diffusion_folder_composes_through_the_manager(sd_manager):
 def test_one_concept_on_stable_diffusion_matches_the_diffusers_pipeline(tiny_sd_folder, sd_manager):
     from diffusers import StableDiffusionPipeline
 
-    ours = run(sd_manager, model="tiny-sd", prompt="a castle", weights="4", seed=11, steps=4, n_images=1)[-1]
+    ours = run(sd_manager, model="tiny-sd", prompt="a castle", weights="4", seed=11, steps=4, n_images=1,
+               scheduler="ddim")[-1]  # the folder's own scheduler, as the pipeline uses it
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, use_safetensors=True)
     ref = pipe("a castle", guidance_scale=4.0, num_inference_steps=4, generator=torch.Generator().manual_seed(11),
                output_type="pt").images
@@ -244,3 +245,12 @@ class TestComposeContract(MethodContract):
 
     def params(self):
         return compose.Params(steps=2, n_images=2, preview_every=1, seed=3)
+
+
+def test_the_tabs_default_sampler_is_the_one_the_benchmark_chose():
+    """``bench_compose.py --samplers`` chose the Compose tab's default on its selection set."""
+    import json
+    from pathlib import Path
+
+    result = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "compose.json").read_text())
+    assert f"{compose.Params.scheduler} {compose.Params.steps}" == result["samplers"]["chosen"]

@@ -91,3 +91,19 @@ class TestGenerateContract(MethodContract):
 
     def params(self):
         return generate.Params(model="digits-cond", steps=2, n_images=2, preview_every=1, seed=3)
+
+
+def test_the_tabs_default_sampler_is_the_default_models_own():
+    """Generate opens on shapes-t2i with the sampler its zoo entry names (chosen by
+    bench_shapes_recipe.py --samplers); switching models applies each entry's own."""
+    import json
+
+    from studio.core.loading import ZOO_DIR
+
+    assert generate.Params.model == "shapes-t2i"
+    for name in ("shapes-t2i", "digits-cond"):
+        info = json.loads((ZOO_DIR / name / "studio.json").read_text())
+        assert {"default_scheduler", "default_steps"} <= info.keys(), name
+    shapes_info = json.loads((ZOO_DIR / "shapes-t2i" / "studio.json").read_text())
+    assert (generate.Params.scheduler, generate.Params.steps) == (shapes_info["default_scheduler"],
+                                                                  shapes_info["default_steps"])

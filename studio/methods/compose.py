@@ -119,8 +119,9 @@ class Params:
     negative_prompt: str = field(default="", metadata=spec(
         "Negative prompt (diffusers operator)", "Replaces the unconditional base eps_u by eps(negative); "
         "not the same as a NOT concept.", max_chars=MAX_PROMPT_CHARS))
-    scheduler: SchedulerName = field(default="ddim", metadata=spec("Scheduler", "Any diffusers scheduler the model supports."))
-    steps: int = field(default=20, metadata=spec("Steps", "Denoising steps.", minimum=1, maximum=200, step=1))
+    # chosen by bench_compose.py --samplers on its selection set (the same as Generate's for shapes-t2i; tested)
+    scheduler: SchedulerName = field(default="dpm++", metadata=spec("Scheduler", "Any diffusers scheduler the model supports."))
+    steps: int = field(default=15, metadata=spec("Steps", "Denoising steps.", minimum=1, maximum=200, step=1))
     seed: int = field(default=0, metadata=spec("Seed", "Image i uses seed + i.", minimum=0, maximum=MAX_SEED, step=1))
     randomize_seed: bool = field(default=False, metadata=spec("Random seed", "Draw a fresh seed (shown with the result)."))
     n_images: int = field(default=4, metadata=spec("Images", "How many images.", minimum=1, maximum=16, step=1))
