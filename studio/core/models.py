@@ -60,6 +60,10 @@ class DiffusionModel:
         """Model space -> images in [-1, 1]: the identity for pixel-space models (latent ones override)."""
         return x
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> model space: the identity for pixel-space models (latent ones override)."""
+        return images
+
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         cfg = self.unet.config
@@ -95,6 +99,12 @@ class LatentDiffusionModel(DiffusionModel):
                              truncation=True, return_tensors="pt").input_ids
         device = next(self.text_encoder.parameters()).device
         return {"encoder_hidden_states": self.text_encoder(ids.to(device))[0]}
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [-1, 1] -> latents: the VAE posterior's mean, scaled (as the
+        diffusers training scripts and the Diffusion Classifier's code encode)."""
+        return self.vae.encode(images).latent_dist.mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -111,6 +111,22 @@ def predicted_x0(scheduler, pred: torch.Tensor, x_in: torch.Tensor, t: torch.Ten
     return pred
 
 
+def predicted_eps(scheduler, pred: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor,
+                  prediction_type: str) -> torch.Tensor:
+    """The noise estimate from one model output at per-sample timesteps ``t`` (B,): the output itself
+    for epsilon models; ``sqrt(abar) v + sqrt(1 - abar) x_t`` for v; ``(x_t - sqrt(abar) x0) /
+    sqrt(1 - abar)`` for x0 ("sample") models. Flow models have no noise schedule here."""
+    if prediction_type == "epsilon":
+        return pred
+    if prediction_type == "flow":
+        raise SchedulerError("a flow-matching model has no epsilon estimate on a DDPM schedule")
+    abar = scheduler.alphas_cumprod.to(x_in.device)
+    a = abar[t.to(x_in.device).long()].view(-1, *[1] * (x_in.dim() - 1)).to(x_in.dtype)
+    if prediction_type == "v_prediction":
+        return a.sqrt() * pred + (1 - a).sqrt() * x_in
+    return (x_in - a.sqrt() * pred) / (1 - a).sqrt()
+
+
 def _accepts(fn, name: str) -> bool:
     return name in inspect.signature(fn).parameters
 

@@ -222,11 +222,8 @@ class FewStep:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> model space (a latent model's VAE mean, scaled; else the identity)."""
-        vae = getattr(self.dm, "vae", None)
-        if vae is None:
-            return images.to(self.device)
         with torch.no_grad():
-            return vae.encode(images.to(self.device)).latent_dist.mean * vae.config.scaling_factor
+            return self.dm.encode(images.to(self.device))
 
     def x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         """The network's x0 prediction at per-sample timesteps ``t`` (B,)."""

@@ -1,0 +1,145 @@
+"""Classify (Diffusion Classifier): the official adaptive schedule, its cost, shared noise, the noise
+space for every prediction type, and clear messages for bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from studio.core.params import ParamError
+from studio.core.sampling import make_scheduler, predicted_eps, run_to_end
+from studio.methods import classify
+from studio.train.diffusion import noise_scheduler
+
+T = 1000
+
+
+def plan_of(n_samples, to_keep):
+    return list(zip(n_samples, to_keep))
+
+
+@pytest.mark.parametrize("n_candidates,n_samples,to_keep,evals", [
+    (10, (50, 500), (5, 1), 2750),                         # CIFAR-10's command: 10 x 50 + 5 x 450
+    (1000, (50, 100, 500, 1000), (500, 50, 10, 1), 124500),  # ImageNet's: 1000 x 50 + 500 x 100 + 50 x 400 + 10 x 450
+    (10, (10, 50), (3, 1), 220),                           # the tab's default on digits
+])
+def test_the_cost_is_the_official_codes(n_candidates, n_samples, to_keep, evals):
+    grid = classify.timestep_grid(T, max(n_samples))
+    assert classify.planned_evals(plan_of(n_samples, to_keep), n_candidates, grid, n_trials=1) == evals
+
+
+def official(eps_fn, x0, n_candidates, n_samples, to_keep, abar, noise, n_trials=1):
+    """``eval_prob_adaptive`` transcribed from the reference notes' pseudo-code, one evaluation at a time."""
+    max_n = max(n_samples)
+    t_to_eval = list(range(T // max_n // 2, T, T // max_n))[:max_n]
+    t_evaluated, remaining, data = [], list(range(n_candidates)), {c: [] for c in range(n_candidates)}
+    for n, keep in zip(n_samples, to_keep):
+        ts = [t for t in t_to_eval[len(t_to_eval) // n // 2::len(t_to_eval) // n][:n] if t not in t_evaluated]
+        for c in remaining:
+            for t_idx, t in enumerate(ts, start=len(t_evaluated)):
+                for k in range(n_trials):
+                    eps = noise[n_trials * t_idx + k]
+                    x_t = math.sqrt(abar[t]) * x0 + math.sqrt(1 - abar[t]) * eps
+                    pred = eps_fn(x_t[None], torch.tensor([t]), torch.tensor([c]))[0]
+                    data[c].append(float(((eps - pred) ** 2).mean()))
+        t_evaluated += ts
+        means = [-np.mean(data[c]) for c in remaining]
+        best = torch.topk(torch.tensor(means), k=keep).indices.tolist()
+        remaining = [remaining[i] for i in best]
+    return remaining[0], {c: np.mean(v) for c, v in data.items()}, sum(len(v) for v in data.values())
+
+
+def toy_eps_fn(n_candidates: int, shape=(1, 4, 4)):
+    """A fixed, candidate- and time-dependent noise predictor (deterministic, cheap)."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(n_candidates, *shape, generator=gen)
+
+    def eps_fn(x_t, t, idx):
+        return x_t * (0.5 + 0.1 * w[idx]) + (t.float() / T).view(-1, 1, 1, 1) * w[idx]
+    return eps_fn
+
+
+@pytest.mark.parametrize("n_trials", [1, 2])
+def test_the_adaptive_rounds_match_the_official_loop(n_trials):
+    n, n_samples, to_keep = 6, (4, 12, 24), (4, 2, 1)
+    abar = noise_scheduler().alphas_cumprod
+    x0 = torch.randn(1, 4, 4, generator=torch.Generator().manual_seed(1))
+    eps_fn = toy_eps_fn(n)
+    out = run_to_end(classify.adaptive(eps_fn, x0, n, plan_of(n_samples, to_keep), abar, n_trials=n_trials,
+                                       seed=5, batch_size=7))
+    noise = torch.randn((max(n_samples) * n_trials, 1, 4, 4), generator=torch.Generator().manual_seed(5))
+    pred, errors, evals = official(eps_fn, x0, n, n_samples, to_keep, abar, noise, n_trials)
+    assert out["predicted"] == pred and out["evals"] == evals == len(out["table"])
+    np.testing.assert_allclose(out["errors"], [errors[c] for c in range(n)], rtol=1e-5)
+    assert [r["kept"] for r in out["rounds"]][-1] == [pred]
+    assert out["dropped_in"][pred] is None and sorted(d for d in out["dropped_in"] if d) == [1, 1, 2, 2, 3]
+
+
+def test_every_candidate_meets_the_same_noise_unless_asked_otherwise():
+    seen = []
+
+    def eps_fn(x_t, t, idx):
+        seen.append((x_t.clone(), t.clone(), idx.clone()))
+        return torch.zeros_like(x_t)
+
+    abar, x0 = noise_scheduler().alphas_cumprod, torch.zeros(1, 2, 2)
+    for shared in (True, False):
+        seen.clear()
+        run_to_end(classify.adaptive(eps_fn, x0, 3, [(5, 1)], abar, shared_noise=shared, batch_size=100))
+        x_t, t, idx = seen[0]
+        same_t = [x_t[(t == t[0]) & (idx == c)] for c in range(3)]  # x0 = 0: x_t is the noise, scaled
+        assert torch.equal(same_t[0], same_t[1]) == shared and torch.equal(same_t[1], same_t[2]) == shared
+
+
+def test_a_perfect_denoiser_of_point_classes_names_the_right_one_with_zero_error():
+    """Classes that are single points mu_c: the exact noise predictor is (x_t - sqrt(abar) mu_c) /
+    sqrt(1 - abar), so the true class's error is 0 at every (t, eps) and every other one's is not."""
+    abar = noise_scheduler().alphas_cumprod
+    mu = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(2))
+
+    def eps_fn(x_t, t, idx):
+        a = abar[t].view(-1, 1, 1, 1)
+        return (x_t - a.sqrt() * mu[idx]) / (1 - a).sqrt()
+
+    for true in range(4):
+        out = run_to_end(classify.adaptive(eps_fn, mu[true], 4, [(8, 2), (16, 1)], abar))
+        assert out["predicted"] == true and out["errors"][true] < 1e-10
+        assert min(e for c, e in enumerate(out["errors"]) if c != true) > 1e-3
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_every_prediction_type_is_scored_in_noise_space(prediction_type):
+    sched = make_scheduler("ddpm", dict(noise_scheduler(prediction_type).config), prediction_type)
+    x0, eps = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    t = torch.tensor([10, 500, 990])
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    exact = {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0, "sample": x0}[prediction_type]
+    torch.testing.assert_close(predicted_eps(sched, exact, x_t, t, prediction_type), eps, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_samples,to_keep,message", [
+    ("10 5", "3 1", "must increase"),
+    ("10 50", "1 1", "must decrease to 1"),
+    ("10 50", "3", "one 'candidates kept' per round"),
+    ("ten", "1", "whole numbers"),
+    ("10 2000", "3 1", "at most 1000"),
+    ("10 50", "12 1", "keeps 12 of only 10"),
+])
+def test_a_bad_schedule_gets_a_clear_message(n_samples, to_keep, message):
+    with pytest.raises(ParamError, match=message):
+        classify.schedule(classify.Params(n_samples=n_samples, to_keep=to_keep), 10, T)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("a red circle", "at least two"),
+    ("a red circle | ", "a candidate is empty"),
+    (" | ".join(f"a shape {i}" for i in range(51)), "limit is 50"),
+    ("a red circle | a red circle", "the same"),
+])
+def test_bad_candidates_get_a_clear_message(text, message):
+    with pytest.raises(ParamError, match=message):
+        classify.custom_candidates(text)
