@@ -108,6 +108,7 @@ class ClassifyResult:
     parameters: dict
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    readings: list[dict] = field(default_factory=list)  # what the judge and a supervised classifier read
 
     @property
     def label(self) -> str:
@@ -300,6 +301,33 @@ def prepare(p: Params, dm: DiffusionModel, drawing=None) -> tuple[torch.Tensor, 
     return image, names, truth, notes, {"prompts": names}
 
 
+# the readers beside the verdict: the measuring instrument, and a classifier trained for the job
+DIGIT_READERS = {"judge-digits": "the judge (the measuring instrument)",
+                 "guide-clean": "a supervised classifier (Guide's, trained on clean digits)"}
+
+
+def readings(manager, dm: DiffusionModel, image: torch.Tensor) -> list[dict]:
+    """What the registered readers see in ``image`` (C, H, W): for digits the judge and the supervised
+    classifier (class, probability); for the shapes world the judge's objects."""
+    from studio.core.metrics import judge_reading
+
+    rows = []
+    if dm.conditioning == "class":
+        for key, who in DIGIT_READERS.items():
+            if key in manager:
+                with manager.use(key) as net:
+                    c, prob = judge_reading(net, image[None])
+                rows.append({"reader": key, "who": who, "reads": str(int(c[0])), "probability": round(float(prob[0]), 3)})
+    elif dm.info.get("domain") == "shapes" and "judge-shapes" in manager:
+        with manager.use("judge-shapes") as judge:
+            s_cells, c_cells = judge.read(image[None].float().to(next(judge.parameters()).device))
+        found = [shapes.concept_caption(shapes.SHAPES[int(s) - 1], shapes.COLOURS[int(c)], r)
+                 for r, (s, c) in enumerate(zip(s_cells[0].tolist(), c_cells[0].tolist())) if s > 0]
+        rows.append({"reader": "judge-shapes", "who": "the judge (the measuring instrument)",
+                     "reads": "; ".join(found) or "nothing", "probability": None})
+    return rows
+
+
 def check(p: Params, manager) -> None:
     validate(p)
     if p.model not in manager:
@@ -343,9 +371,10 @@ def run(p: Params, manager, drawing=None) -> Iterator[Progress | ClassifyResult]
                 yield item
             else:
                 out = item
+    read = readings(manager, dm, image)
     parameters = {"method": "classify", **asdict(p), "candidate_names": names, "studio_version": __version__}
     for row in out["table"]:
         row["candidate"] = names[row["candidate"]]
     yield ClassifyResult(names, out["errors"], out["evaluations"], out["dropped_in"], out["predicted"], out["evals"],
                          out["rounds"], out["table"], image.cpu(), truth, parameters,
-                         time.perf_counter() - t0, notes)
+                         time.perf_counter() - t0, notes, read)

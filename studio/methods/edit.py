@@ -26,6 +26,7 @@ import torch
 from studio import __version__
 from studio.core.device import MAX_SEED, make_generator, random_seed
 from studio.core.manager import ModelManager
+from studio.core.metrics import judge_reading
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import ImageResult, to_pil, to_strip
 from studio.core.sampling import Progress, make_scheduler, run_to_end, sample, start_timestep
@@ -182,13 +183,6 @@ def noises(seed: int, n: int, shape) -> torch.Tensor:
 
 
 @torch.no_grad()
-def judge_reading(judge, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(class, probability) the judge reads on each image."""
-    probs = torch.softmax(judge(images.clamp(-1, 1).to(device_of(judge))), dim=-1)
-    p, c = probs.max(dim=-1)
-    return c.cpu().numpy(), p.cpu().numpy()
-
-
 def device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
