@@ -99,36 +99,42 @@ def evaluate_shapes(manager: ModelManager, sweep=SHAPES_SWEEP, repeats: int = 2,
     n = len(concepts)
     real = shapes.to_model_range(shapes.make_dataset(1000, seed=424242)[0])
     real_bg = metrics.background_stats(real)
-    rows = []
     with manager.use("shapes-t2i") as dm, manager.use("judge-shapes") as judge, manager.use("fd-shapes") as fdnet:
-        for scale in sweep:
+        def measure(scale: float, sampler: str, n_steps: int) -> dict:
             t0 = time.perf_counter()
             parts = []
             for i in range(0, n, 64):
                 sl = slice(i, min(i + 64, n))
                 parts.append(sample_batch(dm, {k: v[sl] for k, v in cond.items()},
                                           {k: v[sl] for k, v in uncond.items()}, scale, sl.stop - sl.start,
-                                          seed + i, steps, scheduler))
+                                          seed + i, n_steps, sampler))
             x = torch.cat(parts)
             hits = metrics.shapes_concept_hits(judge, x, concepts)
             bg = metrics.background_stats(x)
-            rows.append({"guidance": scale,
-                         "shape_and_colour": metrics.bootstrap_mean(hits["shape_colour"]).to_dict(),
-                         "region": metrics.bootstrap_mean(hits["all"]).to_dict(),
-                         "fd_shapes": metrics.frechet(fdnet, x, real).to_dict(),
-                         "background_mean": metrics.bootstrap_mean(bg["mean"][np.isfinite(bg["mean"])]).to_dict(),
-                         "background_grain": metrics.bootstrap_mean(bg["grain"][np.isfinite(bg["grain"])]).to_dict(),
-                         "seconds": round(time.perf_counter() - t0, 1)})
-            print(f"shapes guidance {scale}: shape+colour {rows[-1]['shape_and_colour']['value']:.3f}, "
-                  f"region {rows[-1]['region']['value']:.3f}, FD-shapes {rows[-1]['fd_shapes']['value']:.1f}, "
-                  f"background {rows[-1]['background_mean']['value']:.3f} / {rows[-1]['background_grain']['value']:.3f}",
+            row = {"guidance": scale,
+                   "shape_and_colour": metrics.bootstrap_mean(hits["shape_colour"]).to_dict(),
+                   "region": metrics.bootstrap_mean(hits["all"]).to_dict(),
+                   "fd_shapes": metrics.frechet(fdnet, x, real).to_dict(),
+                   "background_mean": metrics.bootstrap_mean(bg["mean"][np.isfinite(bg["mean"])]).to_dict(),
+                   "background_grain": metrics.bootstrap_mean(bg["grain"][np.isfinite(bg["grain"])]).to_dict(),
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            print(f"shapes {sampler} {n_steps}, guidance {scale}: shape+colour {row['shape_and_colour']['value']:.3f}, "
+                  f"region {row['region']['value']:.3f}, FD-shapes {row['fd_shapes']['value']:.1f}, "
+                  f"background {row['background_mean']['value']:.3f} / {row['background_grain']['value']:.3f}",
                   flush=True)
+            return row
+
+        rows = [measure(scale, scheduler, steps) for scale in sweep]
+        default = float(dm.info.get("default_guidance", 2.0))
+        tab = (dm.info.get("default_scheduler", scheduler), int(dm.info.get("default_steps", steps)))
+        # what a visitor gets: the tabs' own sampler and steps at the default guidance, same prompts and seeds
+        at_tab = measure(default, *tab) if tab != (scheduler, steps) else None
         # the floor at the generated sets' size: FD-shapes grows as the sample shrinks
         floor = metrics.frechet(fdnet, shapes.to_model_range(shapes.make_dataset(n, seed=434343)[0]), real)
-        default = float(dm.info.get("default_guidance", 2.0))
     best = max(rows, key=lambda r: r["shape_and_colour"]["value"] + r["region"]["value"])
     at_default = next((r for r in rows if r["guidance"] == default), None)
     return {"sweep": rows, "default_guidance": default, "at_default": at_default,
+            **({"at_tab_default": {**at_tab, "sampler": f"{tab[0]}, {tab[1]} steps"}} if at_tab else {}),
             # the best scale is picked on these same prompts: context, not a result
             "best_guidance": best["guidance"], "best_shape_and_colour": best["shape_and_colour"],
             "best_region": best["region"], "sampler": f"{scheduler}, {steps} steps", "images_per_scale": n,
@@ -168,8 +174,10 @@ def summary_table(quality: dict, name: str) -> str:
         ci = lambda e, nd=3: f"{e['value']:.{nd}f} [{e['low']:.{nd}f}, {e['high']:.{nd}f}]"
         lines = ["| guidance | shape+colour [95% CI] | region [95% CI] | FD-shapes [95% CI] | background mean | "
                  "background grain |", "|---|---|---|---|---|---|"]
-        for r in quality["sweep"]:
+        tab = quality.get("at_tab_default")
+        for r in quality["sweep"] + ([tab] if tab else []):
             bg = [ci(r[k]) if k in r else "not measured" for k in ("background_mean", "background_grain")]
-            lines.append(f"| {r['guidance']} | {ci(r['shape_and_colour'])} | {ci(r['region'])} | "
+            label = f"{r['guidance']} ({r['sampler']}: the tabs' default)" if r is tab else f"{r['guidance']}"
+            lines.append(f"| {label} | {ci(r['shape_and_colour'])} | {ci(r['region'])} | "
                          f"{ci(r['fd_shapes'], 2)} | {bg[0]} | {bg[1]} |")
     return "\n".join(lines)
