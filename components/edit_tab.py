@@ -14,19 +14,17 @@ messages, which name the input.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import gradio as gr
 
 from studio.core.manager import ModelManager
-from studio.core.params import ParamError, coerce
+from studio.core.params import coerce
 from studio.core.results import to_grid
-from studio.data.drawings import MAX_BYTES, DrawingError, open_image, to_digit
 from studio.core.sampling import Progress
 from studio.methods import edit, method
-from components.widgets import PngFolder, param_inputs, shows_errors
+from components.widgets import (CANVAS, PngFolder, canvas_or_upload, drawing_input, param_inputs, read_upload,
+                                shows_errors)
 
-CANVAS = (256, 256)
 GRID_PIXELS = 64  # each digit's side in the Generate grid
 CORRUPTION_LABELS = {"none": "none (project as is)", "noise": "Gaussian noise", "box": "random box",
                      "mask": "painted mask"}
@@ -37,18 +35,6 @@ def table_frame(rows: list[dict]):
     import pandas as pd
 
     return pd.DataFrame(rows) if rows else pd.DataFrame({"note": ["no judge registered"]})
-
-
-def ink(sketch) -> bool:
-    """Whether a Sketchpad value (dict with a 'composite' RGBA array) has anything drawn on it."""
-    comp = (sketch or {}).get("composite") if isinstance(sketch, dict) else None
-    if comp is None:
-        return False
-    try:
-        to_digit(comp)
-    except DrawingError:
-        return False
-    return True
 
 
 INTRO = (
@@ -90,12 +76,7 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                 with gr.Column(scale=2, min_width=300):
                     edit_inputs = param_inputs(edit.Params, choices={"model": models}, id_prefix="sign-edit-",
                                                names=("model", "source", "test_index"))
-                    sketch = gr.Sketchpad(label="Draw a digit (source: drawing); a drawing wins over an upload",
-                                          type="numpy", image_mode="RGBA", canvas_size=CANVAS, height=300,
-                                          layers=False, transforms=(), placeholder="Pick the brush (left), then draw",
-                                          brush=gr.Brush(colors=["#000000"], default_size=20), elem_id="sign-sketch")
-                    upload = gr.File(label=f"...or upload an image (any size, up to {MAX_BYTES // 2**20} MB)",
-                                     file_types=["image"], type="filepath", height=90, elem_id="sign-upload")
+                    sketch, upload = drawing_input("sign-", "Draw a digit (source: drawing); a drawing wins over an upload")
                     edit_inputs.update(param_inputs(
                         edit.Params, id_prefix="sign-edit-", labels={"corruption": CORRUPTION_LABELS},
                         names=("corruption", "strength")))
@@ -143,25 +124,18 @@ def build_edit_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
                                      outputs=[mask_pad], queue=False, api_visibility="private")
 
     @shows_errors
-    def read_upload(path):
-        if not path:
-            return None, ""
-        size = Path(path).stat().st_size
-        if size > MAX_BYTES:
-            raise ParamError(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_BYTES // 2**20} MB")
-        image, _ = open_image(Path(path).read_bytes())
-        _, notes = to_digit(image)  # checked now, converted again (same notes) when projected
-        return image, "Upload read: " + ("; ".join(notes) if notes else "already a 16 x 16 digit") + \
-            ". Pick *drawing* as the source to project it (clear the canvas first)."
+    def on_upload(path):
+        image, note = read_upload(path)  # checked now, converted again (same notes) when projected
+        return image, note and note + ". Pick *drawing* as the source to project it (clear the canvas first)."
 
-    upload.upload(read_upload, inputs=[upload], outputs=[upload_state, edit_info], api_name="sign_upload",
+    upload.upload(on_upload, inputs=[upload], outputs=[upload_state, edit_info], api_name="sign_upload",
                   concurrency_limit=4)
     upload.clear(lambda: (None, ""), outputs=[upload_state, edit_info], queue=False, api_visibility="private")
 
     @shows_errors
     def read_canvas(sketch_value, mask_value, uploaded):
         """Canvas / upload / mask -> session state (Gradio has checked and decoded the files)."""
-        image = sketch_value["composite"] if ink(sketch_value) else uploaded
+        image = canvas_or_upload(sketch_value, uploaded)
         mask = (mask_value or {}).get("composite") if isinstance(mask_value, dict) else None
         return image, mask
 

@@ -24,7 +24,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from studio.core.params import choices_of, coerce, field_types
+from studio.core.params import ParamError, choices_of, coerce, field_types
 from studio.core.results import ImageResult, to_pil
 from studio.core.sampling import Progress
 from studio.errors import UserError
@@ -157,6 +157,58 @@ class PngFolder:
         for d in self._root.iterdir():
             if d.is_dir() and d.stat().st_mtime < cutoff:
                 shutil.rmtree(d, ignore_errors=True)
+
+
+# drawings ------------------------------------------------------------------------------------
+
+CANVAS = (256, 256)
+
+
+def drawing_input(id_prefix: str, label: str) -> tuple[gr.Sketchpad, gr.File]:
+    """A canvas to draw a digit on and an image upload (element ids ``{id_prefix}sketch``,
+    ``{id_prefix}upload``); read them with :func:`read_upload` and :func:`canvas_or_upload`."""
+    from studio.data.drawings import MAX_BYTES
+
+    sketch = gr.Sketchpad(label=label, type="numpy", image_mode="RGBA", canvas_size=CANVAS, height=300,
+                          layers=False, transforms=(), placeholder="Pick the brush (left), then draw",
+                          brush=gr.Brush(colors=["#000000"], default_size=20), elem_id=f"{id_prefix}sketch")
+    upload = gr.File(label=f"...or upload an image (any size, up to {MAX_BYTES // 2**20} MB)",
+                     file_types=["image"], type="filepath", height=90, elem_id=f"{id_prefix}upload")
+    return sketch, upload
+
+
+def has_ink(sketch) -> bool:
+    """Whether a Sketchpad value (dict with a 'composite' RGBA array) has a digit drawn on it."""
+    from studio.data.drawings import DrawingError, to_digit
+
+    comp = (sketch or {}).get("composite") if isinstance(sketch, dict) else None
+    if comp is None:
+        return False
+    try:
+        to_digit(comp)
+    except DrawingError:
+        return False
+    return True
+
+
+def read_upload(path) -> tuple[Image.Image | None, str]:
+    """An uploaded image file -> (the image, what reading it as a digit did), checked now (size,
+    format, ink) so a bad upload is refused at once; None and "" for a cleared upload."""
+    from studio.data.drawings import MAX_BYTES, open_image, to_digit
+
+    if not path:
+        return None, ""
+    size = Path(path).stat().st_size
+    if size > MAX_BYTES:
+        raise ParamError(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_BYTES // 2**20} MB")
+    image, _ = open_image(Path(path).read_bytes())
+    _, notes = to_digit(image)
+    return image, "Upload read: " + ("; ".join(notes) if notes else "already a 16 x 16 digit")
+
+
+def canvas_or_upload(sketch_value, uploaded):
+    """The drawing to use: the canvas when something is drawn on it, else the upload (or None)."""
+    return sketch_value["composite"] if has_ink(sketch_value) else uploaded
 
 
 # errors --------------------------------------------------------------------------------------

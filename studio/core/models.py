@@ -71,6 +71,11 @@ class DiffusionModel:
         return (cfg.in_channels, size, size)
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the model's images: its sample shape (latent models: the VAE's output)."""
+        return tuple(self.sample_shape)
+
+    @property
     def modules(self) -> list[torch.nn.Module]:
         return [self.unet]
 
@@ -111,6 +116,11 @@ class LatentDiffusionModel(DiffusionModel):
         """(B, 4, h, w) latents -> (B, 3, 8h, 8w) images in [-1, 1]."""
         image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
         return image.clamp(-1, 1)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (self.vae.config.out_channels, self.sample_shape[1] * scale, self.sample_shape[2] * scale)
 
     @property
     def modules(self) -> list[torch.nn.Module]:

@@ -119,3 +119,26 @@ def to_mask(source) -> np.ndarray | None:
     small = Image.fromarray((np.clip(ink, 0, 1) * 255).astype(np.uint8), "L").resize(
         (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
     return np.asarray(small) > 40
+
+
+def to_picture(source, size: int) -> tuple[np.ndarray, list[str]]:
+    """Any image -> ``(RGB (3, size, size) float32 in [-1, 1], notes)`` for a text-to-image model: over
+    white where transparent, centre-cropped to a square and resized (bicubic), as the Diffusion
+    Classifier's code prepares its inputs (``Resize`` then ``CenterCrop``)."""
+    img, notes = open_image(source)
+    if getattr(img, "n_frames", 1) > 1:
+        notes.append("an animated image: its first frame is used")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    img = img.convert("RGB")
+    side = min(img.size)
+    if img.width != img.height:
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        notes.append(f"centre-cropped to {side} x {side}")
+    if side != size:
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+        notes.append(f"resized to {size} x {size}")
+    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    return arr, notes

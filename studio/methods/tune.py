@@ -201,15 +201,6 @@ class Tuned:
         return adapters.tuned_model(self.base_model, self.unet, name, self.params)
 
 
-def image_shape(dm: DiffusionModel) -> tuple[int, int, int]:
-    """(C, H, W) of the model's images: its sample shape, or the VAE's output for a latent model."""
-    vae = getattr(dm, "vae", None)
-    if vae is None:
-        return tuple(dm.sample_shape)
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    return (vae.config.out_channels, dm.sample_shape[1] * scale, dm.sample_shape[2] * scale)
-
-
 def check_targets(dm: DiffusionModel, images: torch.Tensor, labels: list) -> None:
     if len(images) != len(labels):
         raise ParamError(f"{len(images)} target images but {len(labels)} conditions")
@@ -217,7 +208,7 @@ def check_targets(dm: DiffusionModel, images: torch.Tensor, labels: list) -> Non
         raise ParamError(f"PSO needs {MIN_TARGETS} to {MAX_TARGETS} target images, got {len(images)}")
     if not torch.isfinite(images).all():
         raise ParamError("the target images contain NaN or infinite values")
-    expected = image_shape(dm)
+    expected = dm.image_shape
     if tuple(images.shape[1:]) != expected:
         raise ParamError(f"target images must be {expected} (channels, height, width), got {tuple(images.shape[1:])}")
 
