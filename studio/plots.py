@@ -175,3 +175,31 @@ def efficiency_chart(curves: dict[str, tuple], target: float | None = None, titl
                       yaxis_title="best validation accuracy so far", margin={"l": 50, "r": 10, "t": 40, "b": 40},
                       legend={"orientation": "h", "y": -0.3})
     return fig
+
+
+def classify_errors(result, height: int | None = None):
+    """A :class:`studio.methods.classify.ClassifyResult` as bars: each candidate's mean denoising error
+    (lower = more likely), the answer in green, candidates dropped in an adaptive round greyed out
+    (lighter the earlier), the true candidate outlined when the source knows it."""
+    import plotly.graph_objects as go
+
+    n_rounds = max([d for d in result.dropped_in if d] or [1])
+    colours, labels = [], []
+    for c, dropped in enumerate(result.dropped_in):
+        if dropped is None:
+            colours.append("#2ca02c")
+            labels.append("the answer")
+        else:
+            grey = int(200 - 90 * (dropped - 1) / max(1, n_rounds - 1)) if n_rounds > 1 else 170
+            colours.append(f"rgb({grey},{grey},{grey})")
+            labels.append(f"dropped in round {dropped}")
+    widths = [3 if result.truth == c else 0 for c in range(len(result.candidates))]
+    fig = go.Figure(go.Bar(
+        x=result.errors, y=result.candidates, orientation="h", marker={"color": colours,
+                                                                         "line": {"color": "black", "width": widths}},
+        customdata=np.stack([labels, result.evaluations], axis=-1),
+        hovertemplate="%{y}: mean error %{x:.4f}<br>%{customdata[0]}, %{customdata[1]} evaluations<extra></extra>"))
+    fig.update_layout(height=height or 120 + 26 * len(result.candidates), margin={"l": 10, "r": 10, "t": 40, "b": 40},
+                      title=f"Mean denoising error per candidate ({result.evals} network evaluations)",
+                      xaxis_title="mean error (lower = more likely)", yaxis={"autorange": "reversed"})
+    return fig

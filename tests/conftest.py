@@ -208,6 +208,21 @@ def serving(manager):
         demo.close()
 
 
+def sketch_value(tmp_path, blank=False) -> dict:
+    """A Sketchpad value as the API takes it: a black "1" (one vertical stroke) on a transparent
+    256 x 256 canvas, or nothing drawn."""
+    import numpy as np
+    from gradio_client import handle_file
+    from PIL import Image
+
+    canvas = np.zeros((256, 256, 4), np.uint8)
+    if not blank:
+        canvas[60:200, 120:140, 3] = 255
+    path = tmp_path / ("blank.png" if blank else "one.png")
+    Image.fromarray(canvas, "RGBA").save(path)
+    return {"background": None, "layers": [], "composite": handle_file(str(path))}
+
+
 @pytest.fixture
 def app_client(app_manager, tmp_path):
     """The studio on ``app_manager`` (:func:`serving`); yields ``(gradio_client.Client, manager)``.

@@ -66,6 +66,24 @@ def open_tab(browser, url: str, tab: str | None = None, height: int = 1000):
     return page
 
 
+def draw_a_one(page, params_prefix: str, sketch_prefix: str) -> None:
+    """Pick *drawing* as the source and draw a "1" (one vertical stroke) on the tab's Sketchpad."""
+    from playwright.sync_api import expect
+
+    page.locator(f"#{params_prefix}param-source input").click()
+    page.get_by_role("option", name="drawing").click()
+    page.locator(f"#{sketch_prefix}sketch button[aria-label='Brush']").click()
+    canvas = page.locator(f"#{sketch_prefix}sketch canvas").first
+    expect(canvas).to_be_visible()
+    box = canvas.bounding_box()
+    cx, top, bottom = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2, box["y"] + box["height"] * 0.8
+    page.mouse.move(cx, top)
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(cx, top + (bottom - top) * i / 10)
+    page.mouse.up()
+
+
 def served_parameters(page, url: str, src: str) -> dict:
     """What "download" saves: the PNG the server sends, with its parameters chunk."""
     assert src and src.split("?")[0].endswith(".png"), src
@@ -206,18 +224,7 @@ def test_draw_corrupt_and_project_in_a_real_browser(sign_url, browser, tmp_path)
 
     page = open_tab(browser, sign_url, "Edit", height=1400)
     page.get_by_role("tab", name="Project: edit a corrupted digit").click()
-    page.locator("#sign-edit-param-source input").click()
-    page.get_by_role("option", name="drawing").click()
-    page.locator("#sign-sketch button[aria-label='Brush']").click()
-    canvas = page.locator("#sign-sketch canvas").first
-    expect(canvas).to_be_visible()
-    box = canvas.bounding_box()
-    cx, top, bottom = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2, box["y"] + box["height"] * 0.8
-    page.mouse.move(cx, top)
-    page.mouse.down()
-    for i in range(1, 11):  # a "1": one vertical stroke
-        page.mouse.move(cx, top + (bottom - top) * i / 10)
-    page.mouse.up()
+    draw_a_one(page, "sign-edit-", "sign-")
     set_number(page, "#sign-edit-param-k", 2)
     page.locator("#sign-project-btn").click()
     expect(page.locator("#sign-edit-gallery img")).to_have_count(5, timeout=TIMEOUT_MS)
@@ -286,3 +293,28 @@ def test_architectures_generate_draw_and_train_a_cell_in_a_real_browser(zoo_url,
     page.locator("#nag-train-btn").click()
     expect(page.get_by_text("2 incoming edge(s)").first).to_be_visible()
     page.screenshot(path=str(tmp_path / "architectures.png"), full_page=True)
+
+
+def test_classify_a_drawing_in_a_real_browser(studio_url, browser, tmp_path):
+    """Draw a digit, classify it with a short schedule: the verdict names the rounds, the chart and
+    the CSV of every evaluation appear."""
+    from playwright.sync_api import expect
+
+    page = open_tab(browser, studio_url, "Classify", height=1400)
+    draw_a_one(page, "classify-", "classify-")
+    for name, value in (("n_samples", "2 4"), ("to_keep", "2 1")):
+        field = page.locator(f"#classify-param-{name} textarea, #classify-param-{name} input").first
+        field.fill(value)
+        field.press("Tab")
+    page.locator("#classify-btn").click()
+    info = page.locator("#classify-info")
+    expect(info).to_contain_text("Diffusion classifier", timeout=TIMEOUT_MS)
+    expect(info).to_contain_text("24 network evaluations")
+    expect(info).to_contain_text("Round 2")
+    expect(info).to_contain_text("inverted")  # the drawing was classified, not a test digit
+    expect(page.locator("#classify-chart .js-plotly-plot")).to_have_count(1)
+    link = page.locator("#classify-csv a").first
+    expect(link).to_be_visible()
+    csv = page.request.get(link.get_attribute("href")).text()
+    assert csv.startswith('# method: "classify"') and '# source: "drawing"' in csv
+    page.screenshot(path=str(tmp_path / "classify.png"), full_page=True)

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from studio.core.params import ParamError
+from studio.data import shapes
 from studio.core.sampling import make_scheduler, predicted_eps, run_to_end
 from studio.methods import classify
 from studio.train.diffusion import noise_scheduler
+from tests.contract import MethodContract
 
 T = 1000
 
@@ -24,7 +26,7 @@ def plan_of(n_samples, to_keep):
 @pytest.mark.parametrize("n_candidates,n_samples,to_keep,evals", [
     (10, (50, 500), (5, 1), 2750),                         # CIFAR-10's command: 10 x 50 + 5 x 450
     (1000, (50, 100, 500, 1000), (500, 50, 10, 1), 124500),  # ImageNet's: 1000 x 50 + 500 x 100 + 50 x 400 + 10 x 450
-    (10, (10, 50), (3, 1), 220),                           # the tab's default on digits
+    (10, (5, 25), (3, 1), 110),                            # the tab's default on digits: 10 x 5 + 3 x 20
 ])
 def test_the_cost_is_the_official_codes(n_candidates, n_samples, to_keep, evals):
     grid = classify.timestep_grid(T, max(n_samples))
@@ -143,3 +145,92 @@ def test_a_bad_schedule_gets_a_clear_message(n_samples, to_keep, message):
 def test_bad_candidates_get_a_clear_message(text, message):
     with pytest.raises(ParamError, match=message):
         classify.custom_candidates(text)
+
+
+# ---- the method through the manager -----------------------------------------------------------
+
+FAST = {"n_samples": "2 4", "to_keep": "2 1"}
+
+
+class TestClassifyContract(MethodContract):
+    method_id = "classify"
+    bad = [({"n_samples": "4 2"}, "must increase"), ({"source": "shapes scene"}, "digits model"),
+           ({"model": "nope"}, "unknown model"), ({"source": "drawing"}, "draw a digit")]
+
+    @pytest.fixture
+    def manager(self, tiny_manager):
+        return tiny_manager
+
+    def params(self):
+        return classify.Params(test_index=5, **FAST)
+
+    def output(self, result):
+        return [result.errors, result.predicted, result.evals]
+
+
+@pytest.fixture
+def shapes_manager(tiny_manager):
+    """``tiny_manager`` whose tiny text model says it draws the shapes world."""
+    from studio.core.models import DiffusionModel
+    from tests.conftest import tiny_shapes_unet
+
+    sched = dict(noise_scheduler().config)
+    tiny_manager.register("shapes-t2i", lambda: DiffusionModel("shapes-t2i", tiny_shapes_unet(), sched, "epsilon", "text",
+                                                               {"domain": "shapes"}),
+                          replace=True, info={"kind": "diffusion", "conditioning": "text", "domain": "shapes"})
+    return tiny_manager
+
+
+def test_a_shapes_question_asks_one_attribute_and_knows_the_answer(shapes_manager):
+    p = classify.Params(model="shapes-t2i", source="shapes scene", scene_seed=4, question="colour", **FAST)
+    *progress, r = classify.run(p, shapes_manager)
+    assert progress[-1].step == progress[-1].total == r.evals == 6 * 2 + 2 * 2
+    obj = shapes.random_scene(np.random.default_rng(4), n_objects=1).objects[0]
+    assert r.candidates[r.truth] == shapes.concept_caption(obj.shape, obj.colour, obj.region)
+    masked = {" ".join("?" if w in shapes.COLOURS else w for w in c.split()) for c in r.candidates}
+    assert masked == {shapes.concept_caption(obj.shape, "?", obj.region)}  # only the colour differs
+    assert len(r.candidates) == len(shapes.COLOURS)
+    csv = r.csv().decode()
+    assert '# question: "colour"' in csv and csv.count("\n") == len(r.parameters) + 1 + r.evals
+
+
+def test_a_digits_drawing_and_an_upload_to_a_text_model_are_read(tiny_manager, shapes_manager):
+    canvas = np.full((64, 64, 3), 255, np.uint8)
+    canvas[10:54, 28:36] = 0  # a dark "1" on white
+    *_, r = classify.run(classify.Params(source="drawing", **FAST), tiny_manager, drawing=canvas)
+    assert r.truth is None and r.image.shape == (1, 16, 16) and any("inverted" in n for n in r.notes)
+    photo = np.zeros((40, 60, 3), np.uint8)
+    p = classify.Params(model="shapes-t2i", source="image", question="custom", candidates="a red circle | a blue square",
+                        **FAST)
+    *_, r = classify.run(p, shapes_manager, drawing=photo)
+    assert r.image.shape == (3, 32, 32) and r.candidates == ["a red circle", "a blue square"]
+    assert any("centre-cropped" in n for n in r.notes)
+    with pytest.raises(ParamError, match="pick 'custom'"):
+        list(classify.run(classify.Params(model="shapes-t2i", source="image", **FAST), shapes_manager, drawing=photo))
+
+
+@pytest.mark.parametrize("tiny_sd_folder", ["epsilon", "v_prediction"], indirect=True)
+def test_a_stable_diffusion_folder_classifies_in_its_latent_space(tiny_sd_folder):
+    from studio.core.manager import ModelManager
+
+    m = ModelManager(device="cpu")
+    m.add_source(str(tiny_sd_folder), key="tiny-sd")
+    p = classify.Params(model="tiny-sd", source="image", question="custom", candidates="a castle | a boat | a cat",
+                        n_samples="2 4", to_keep="2 1", seed=3)
+    *_, r = classify.run(p, m, drawing=np.full((70, 50, 3), 128, np.uint8))
+    assert r.image.shape == (3, 16, 16) and r.evals == 3 * 2 + 2 * 2 and np.isfinite(r.errors).all()
+    with m.use("tiny-sd") as dm:
+        assert dm.encode(r.image[None]).shape == (1, *dm.sample_shape)
+
+
+def test_the_tabs_default_schedule_is_the_one_the_benchmark_chose():
+    """``bench_classify.py`` chose the default on training digits (never the reported test digits)."""
+    import json
+    from pathlib import Path
+
+    result = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "classify.json").read_text())
+    chosen = result["selection"]["rows"][result["selection"]["chosen"]]
+    p = classify.Params()
+    plan = classify.schedule(p, 10, T)
+    assert chosen["evals_per_image"] == classify.planned_evals(plan, 10, classify.timestep_grid(T, plan[-1][0]), 1)
+    assert result["selection"]["chosen"] == ", ".join(f"{n}/{k}" for n, k in plan)

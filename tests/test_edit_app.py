@@ -10,6 +10,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from studio.core.results import read_png_parameters
+from tests.conftest import sketch_value
 
 
 @pytest.fixture
@@ -17,13 +18,6 @@ def app_manager(sign_manager):
     return sign_manager
 
 
-def _sketch(tmp_path, blank=False) -> dict:
-    canvas = np.zeros((256, 256, 4), np.uint8)
-    if not blank:
-        canvas[60:200, 120:140, 3] = 255  # a black vertical stroke: a "1"
-    path = tmp_path / ("blank.png" if blank else "one.png")
-    Image.fromarray(canvas, "RGBA").save(path)
-    return {"background": None, "layers": [], "composite": handle_file(str(path))}
 
 
 def test_generate_pane_returns_rows_of_pngs_with_parameters(app_client):
@@ -40,7 +34,7 @@ def test_generate_pane_returns_rows_of_pngs_with_parameters(app_client):
 
 def test_draw_then_project_with_noise(app_client, tmp_path):
     client, _ = app_client
-    client.predict(_sketch(tmp_path), _sketch(tmp_path, blank=True), api_name="/sign_read")
+    client.predict(sketch_value(tmp_path), sketch_value(tmp_path, blank=True), api_name="/sign_read")
     gallery, info, table, parameters = client.predict(source="drawing", corruption="noise", strength=0.3, k=2,
                                                       compare_sdedit=True, api_name="/sign_project")
     names = [row[0] for row in table["data"]]
@@ -50,7 +44,7 @@ def test_draw_then_project_with_noise(app_client, tmp_path):
 
 def test_bad_inputs_get_messages_and_the_server_keeps_serving(app_client, tmp_path):
     client, _ = app_client
-    client.predict(_sketch(tmp_path, blank=True), _sketch(tmp_path, blank=True), api_name="/sign_read")
+    client.predict(sketch_value(tmp_path, blank=True), sketch_value(tmp_path, blank=True), api_name="/sign_read")
     with pytest.raises(AppError, match="draw a digit"):
         client.predict(source="drawing", api_name="/sign_project")
     text = tmp_path / "notes.png"
@@ -73,7 +67,7 @@ def test_an_upload_of_any_size_is_resized_and_projected(app_client, tmp_path):
     Image.fromarray(img).save(path)
     info = client.predict(handle_file(str(path)), api_name="/sign_upload")
     assert "resized from 500 x 300" in info and "inverted" in info
-    client.predict(_sketch(tmp_path, blank=True), _sketch(tmp_path, blank=True), api_name="/sign_read")
+    client.predict(sketch_value(tmp_path, blank=True), sketch_value(tmp_path, blank=True), api_name="/sign_read")
     gallery, info, table, parameters = client.predict(source="drawing", corruption="box", strength=0.25, k=1,
                                                       compare_sdedit=False, api_name="/sign_project")
     assert len(gallery) == 3 and parameters["corruption"] == "box"

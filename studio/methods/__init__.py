@@ -60,6 +60,7 @@ METHODS: tuple[Method, ...] = (
     Method("edit", "Edit", ("idempotent",), "components.edit_tab.build_edit_tab"),
     Method("tune", "Tune", ("image",), "components.tune_tab.build_tune_tab"),
     Method("nag", "Architectures", ("nag",), "components.nag_tab.build_nag_tab"),
+    Method("classify", "Classify", ("image",), "components.classify_tab.build_classify_tab"),
 )
 
 

@@ -12,7 +12,7 @@ candidates ``c``:
   candidates much less);
 * the error of candidate ``c`` at ``(t, eps)``: ``|| eps - eps_theta(sqrt(abar_t) x0 +
   sqrt(1 - abar_t) eps, t, c) ||^2`` averaged over elements (``l2``; ``l1`` and ``huber`` as options);
-* adaptive rounds (``n_samples`` / ``to_keep``, e.g. 10 / 3 then 50 / 1): round r evaluates the
+* adaptive rounds (``n_samples`` / ``to_keep``, e.g. 5 / 3 then 25 / 1): round r evaluates the
   still-remaining candidates on ``n_samples[r]`` timesteps of the grid (``grid[len // n // 2 ::
   len // n][:n]``) not evaluated before, re-using earlier evaluations, ranks them by their mean
   error over everything evaluated so far and keeps the ``to_keep[r]`` lowest; the last one kept
@@ -48,9 +48,9 @@ from studio.core.models import DiffusionModel
 from studio.core.params import ParamError, spec, validate
 from studio.core.sampling import Progress, make_scheduler, predicted_eps
 from studio.data import digits, shapes
-from studio.data.drawings import to_digit
+from studio.data.drawings import to_digit, to_picture
 
-Source = Literal["test digit", "drawing", "shapes scene"]
+Source = Literal["test digit", "drawing", "shapes scene", "image"]
 Question = Literal["shape", "colour", "region", "caption", "custom"]
 Loss = Literal["l2", "l1", "huber"]
 MAX_CANDIDATES = 50
@@ -62,7 +62,8 @@ class Params:
     model: str = field(default="digits-cond", metadata=spec(
         "Model", "A conditional diffusion model: digits-cond (the ten classes are the candidates) or a text model."))
     source: Source = field(default="test digit", metadata=spec(
-        "Image", "A test digit, your drawing, or a rendered shapes scene (for text models of the shapes world)."))
+        "Image", "Digits models: a test digit or your drawing. Text models: a rendered shapes scene (shapes world) "
+        "or an uploaded image (centre-cropped and resized to the model's size)."))
     test_index: int = field(default=0, metadata=spec("Test digit", "Which of the 360 test digits.", minimum=0,
                                                      maximum=359, step=1))
     scene_seed: int = field(default=0, metadata=spec("Scene seed", "The shapes scene (one object) to render.",
@@ -73,7 +74,8 @@ class Params:
     candidates: str = field(default="", metadata=spec(
         "Candidates", "Custom candidates separated by '|' (2 to 50), e.g. 'a red circle | a blue circle'.",
         max_chars=MAX_CANDIDATES * 80))
-    n_samples: str = field(default="10 50", metadata=spec(
+    # the default schedule: bench_classify.py's choice on training digits (the cheapest at the best accuracy; tested)
+    n_samples: str = field(default="5 25", metadata=spec(
         "Timesteps per round", "Evenly spaced timesteps evaluated by the end of each adaptive round, increasing "
         "(official CIFAR-10: '50 500').", max_chars=40))
     to_keep: str = field(default="3 1", metadata=spec(
@@ -272,7 +274,7 @@ def prepare(p: Params, dm: DiffusionModel, drawing=None) -> tuple[torch.Tensor, 
     (class: {"class_labels": (n,)}; text: the prompts))."""
     notes: list[str] = []
     if dm.conditioning == "class":
-        if p.source == "shapes scene":
+        if p.source in ("shapes scene", "image"):
             raise ParamError(f"{p.model!r} is a digits model: pick a test digit or draw one")
         if p.question == "custom" and p.candidates.strip():
             raise ParamError(f"{p.model!r} classifies among its classes; custom candidates are for text models")
@@ -288,8 +290,16 @@ def prepare(p: Params, dm: DiffusionModel, drawing=None) -> tuple[torch.Tensor, 
         return image, list(names), truth, notes, {"class_labels": torch.arange(len(names))}
     if dm.conditioning != "text":
         raise ParamError(f"{p.model!r} is not conditional: a diffusion classifier needs a class or text model")
-    if p.source != "shapes scene":
-        raise ParamError(f"{p.model!r} is a text model: pick 'shapes scene' as the image")
+    if p.source in ("test digit", "drawing"):
+        raise ParamError(f"{p.model!r} is a text model: pick 'shapes scene' or upload an image")
+    if p.source == "image":
+        if drawing is None:
+            raise ParamError("upload an image to classify (or pick a shapes scene)")
+        if p.question != "custom":
+            raise ParamError("an uploaded image has no known object: pick 'custom' and type the candidates")
+        arr, notes = to_picture(drawing, dm.image_shape[-1])
+        names = custom_candidates(p.candidates)
+        return torch.from_numpy(arr), names, None, notes, {"prompts": names}
     if dm.info.get("domain") != "shapes":
         raise ParamError(f"{p.model!r} does not draw the shapes world; its scenes are for shapes-t2i")
     scene = shapes.random_scene(np.random.default_rng(p.scene_seed), n_objects=1)

@@ -1,0 +1,117 @@
+"""Classify tab: a conditional diffusion model read as a classifier (Diffusion Classifier, Li et al.,
+ICCV 2023; the official ``eval_prob_adaptive``): per-candidate denoising errors, the candidates each
+adaptive round drops, the evaluations used, and the verdict beside the judge's and a supervised
+classifier's.
+
+Images reach the handler through Gradio's own preprocessing (a first ``classify_read`` step turns
+the canvas or the upload into an array in session state); the classification step then takes
+plain parameter values (``preprocess=False``) so out-of-range values get the studio's messages.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio import plots
+from studio.core.manager import ModelManager
+from studio.core.params import coerce
+from studio.core.results import to_pil
+from studio.core.sampling import Progress
+from studio.methods import classify, method
+from studio.data.drawings import open_image
+from components.widgets import PngFolder, canvas_or_upload, drawing_input, param_inputs, shows_errors
+
+SHOWN_PIXELS = 160
+INTRO = (
+    "**Diffusion Classifier** (Li, Prabhudesai, Duggal, Brown, Pathak; ICCV 2023): the candidate whose noise "
+    "prediction best explains the noised image is the most likely label (Bayes' rule with the ELBO). As the "
+    "official `eval_prob_adaptive`: evenly spaced timesteps, one noise per timestep **shared by every "
+    "candidate**, and adaptive rounds that drop the worst candidates early and re-use what was evaluated. "
+    "Deviation: `shapes-t2i` predicts v, scored here in noise space (its v turned into an epsilon estimate). "
+    "The errors of dropped candidates are not probabilities (the authors say so)."
+)
+
+
+def conditional_models(manager: ModelManager) -> list[str]:
+    """The image models a diffusion classifier can read with: class or text conditional."""
+    return [k for k in method("classify").models(manager)
+            if manager.info(k).get("conditioning") in ("class", "text") and not manager.info(k).get("few_step")]
+
+
+def verdict_text(result: classify.ClassifyResult) -> str:
+    lines = [f"**Diffusion classifier: {result.label}** (mean error {result.errors[result.predicted]:.4f}), "
+             f"{result.evals} network evaluations in {result.seconds:.2f} s"]
+    if result.truth is not None:
+        right = "right" if result.truth == result.predicted else f"wrong: the truth is {result.candidates[result.truth]}"
+        lines[0] += f": **{right}**"
+    for rd in result.rounds:
+        dropped = [result.candidates[c] for c in rd["evaluated"] if c not in rd["kept"]]
+        lines.append(f"Round {rd['round']}: {len(rd['evaluated'])} candidates x {len(rd['timesteps_added'])} new "
+                     f"timesteps; dropped {', '.join(dropped) if dropped else 'none'}")
+    lines += [f"{r['reader']} ({r['who']}) reads **{r['reads']}**"
+              + (f" (probability {r['probability']:.3f})" if r.get("probability") is not None else "")
+              for r in result.readings]
+    lines += result.notes
+    return "\n\n".join(lines)
+
+
+def build_classify_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
+    models = conditional_models(manager)
+    files = PngFolder()
+    gr.Markdown(INTRO, elem_id="classify-intro")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=300):
+            inputs = param_inputs(classify.Params, choices={"model": models}, id_prefix="classify-",
+                                  names=("model", "source", "test_index", "scene_seed", "question", "candidates"))
+            sketch, upload = drawing_input("classify-", "Draw a digit (image: drawing); a drawing wins over an upload")
+            inputs.update(param_inputs(classify.Params, id_prefix="classify-",
+                                       names=("n_samples", "to_keep", "n_trials", "loss", "shared_noise", "seed",
+                                              "batch_size")))
+            with gr.Row():
+                run_btn = gr.Button("Classify", variant="primary", scale=3, elem_id="classify-btn")
+                stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="classify-stop-btn")
+        with gr.Column(scale=3, min_width=320):
+            picture = gr.Image(label="The image classified", type="pil", interactive=False, height=200,
+                               elem_id="classify-image")
+            info = gr.Markdown(elem_id="classify-info")
+            chart = gr.Plot(label="Denoising error per candidate", elem_id="classify-chart")
+            csv = gr.File(label="Every evaluation (CSV, the parameters in its header)", interactive=False,
+                          elem_id="classify-csv")
+            parameters = gr.JSON(label="Parameters", open=False, elem_id="classify-parameters")
+    drawing = gr.State(None)
+    upload_state = gr.State(None)
+
+    @shows_errors
+    def on_upload(path):
+        if not path:
+            return None, ""
+        image, _ = open_image(path)  # size-limited; a digits model crops it to the ink, a text model centre-crops it
+        return image, (f"Upload read ({image.width} x {image.height}). Pick *drawing* (digits models) or *image* "
+                       "(text models) as the image to classify it (clear the canvas first).")
+
+    upload.upload(on_upload, inputs=[upload], outputs=[upload_state, info], api_name="classify_upload",
+                  concurrency_limit=4)
+    upload.clear(lambda: (None, ""), outputs=[upload_state, info], queue=False, api_visibility="private")
+
+    @shows_errors
+    def classify_image(image, progress=gr.Progress(), **values):
+        p = coerce(classify.Params, values)
+        yield {info: ""}  # registered for cancellation before any model work
+        for item in classify.run(p, manager, drawing=image):
+            if isinstance(item, Progress):
+                progress((item.step, item.total), desc=f"Round {item.info['round']} of {item.info['rounds']}",
+                         unit="evaluations")
+                continue
+            stem = f"classify-{p.model}"
+            yield {picture: to_pil(item.image[None], max(1, SHOWN_PIXELS // item.image.shape[-1]))[0],
+                   info: verdict_text(item), chart: plots.classify_errors(item),
+                   csv: files.write_file(f"{stem}.csv", item.csv()), parameters: item.parameters}
+
+    read = run_btn.click(lambda s, u: canvas_or_upload(s, u), inputs=[sketch, upload_state], outputs=[drawing],
+                         api_name="classify_read", concurrency_limit=4)
+    event = read.success(classify_image, inputs_kwargs={**inputs, "image": drawing},
+                         outputs=[picture, info, chart, csv, parameters], preprocess=False, api_name="classify",
+                         concurrency_id="models", concurrency_limit=1, show_progress_on=[chart])
+    stop_btn.click(None, cancels=[event], api_name="classify_stop", queue=False)
+    return {**inputs, "classify": run_btn, "stop": stop_btn, "sketch": sketch, "upload": upload, "picture": picture, "info": info,
+            "chart": chart, "csv": csv, "parameters": parameters}
