@@ -90,10 +90,12 @@ def prompt_conditions(prompts: list[str], encoder=None) -> tuple[dict, dict]:
 
 
 def evaluate_shapes(manager: ModelManager, sweep=SHAPES_SWEEP, repeats: int = 2, steps: int = 20,
-                    seed: int = 2000, scheduler: str = "ddim") -> dict:
+                    seed: int = 2000, scheduler: str = "ddim", prompts: list[dict] | None = None,
+                    fd_boot: int = 200) -> dict:
     """The REPORT prompts, ``repeats`` images each (image i: noise seed ``seed`` + i), at each
     guidance scale: shape and colour, region, FD-shapes, and the background of the outer ring."""
-    concepts = REPORT_PROMPTS * repeats
+    prompts = REPORT_PROMPTS if prompts is None else prompts  # fewer only to test the procedure
+    concepts = prompts * repeats
     with manager.use("text-encoder") as enc:
         cond, uncond = prompt_conditions([c["prompt"] for c in concepts], enc)
     n = len(concepts)
@@ -114,7 +116,7 @@ def evaluate_shapes(manager: ModelManager, sweep=SHAPES_SWEEP, repeats: int = 2,
             row = {"guidance": scale,
                    "shape_and_colour": metrics.bootstrap_mean(hits["shape_colour"]).to_dict(),
                    "region": metrics.bootstrap_mean(hits["all"]).to_dict(),
-                   "fd_shapes": metrics.frechet(fdnet, x, real).to_dict(),
+                   "fd_shapes": metrics.frechet(fdnet, x, real, n_boot=fd_boot).to_dict(),
                    "background_mean": metrics.bootstrap_mean(bg["mean"][np.isfinite(bg["mean"])]).to_dict(),
                    "background_grain": metrics.bootstrap_mean(bg["grain"][np.isfinite(bg["grain"])]).to_dict(),
                    "seconds": round(time.perf_counter() - t0, 1)}
@@ -130,7 +132,8 @@ def evaluate_shapes(manager: ModelManager, sweep=SHAPES_SWEEP, repeats: int = 2,
         # what a visitor gets: the tabs' own sampler and steps at the default guidance, same prompts and seeds
         at_tab = measure(default, *tab) if tab != (scheduler, steps) else None
         # the floor at the generated sets' size: FD-shapes grows as the sample shrinks
-        floor = metrics.frechet(fdnet, shapes.to_model_range(shapes.make_dataset(n, seed=434343)[0]), real)
+        floor = metrics.frechet(fdnet, shapes.to_model_range(shapes.make_dataset(n, seed=434343)[0]), real,
+                                n_boot=fd_boot)
     best = max(rows, key=lambda r: r["shape_and_colour"]["value"] + r["region"]["value"])
     at_default = next((r for r in rows if r["guidance"] == default), None)
     return {"sweep": rows, "default_guidance": default, "at_default": at_default,
@@ -138,7 +141,8 @@ def evaluate_shapes(manager: ModelManager, sweep=SHAPES_SWEEP, repeats: int = 2,
             # the best scale is picked on these same prompts: context, not a result
             "best_guidance": best["guidance"], "best_shape_and_colour": best["shape_and_colour"],
             "best_region": best["region"], "sampler": f"{scheduler}, {steps} steps", "images_per_scale": n,
-            "prompts": f"REPORT_PROMPTS ({len(REPORT_PROMPTS)} of the 162 single-object prompts) x {repeats}",
+            "prompts": f"REPORT_PROMPTS ({len(prompts)} of the 162 single-object prompts) x {repeats}"
+                       if prompts is REPORT_PROMPTS else f"{len(prompts)} given prompts x {repeats}",
             "fd_shapes_real_vs_real": floor.to_dict(),
             "real_background": {"mean": float(np.mean(real_bg["mean"])), "grain": float(np.mean(real_bg["grain"]))},
             "goal": "at the default guidance: shape and colour >= 0.92, region >= 0.90, background mean within 0.05 "
