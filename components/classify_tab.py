@@ -33,9 +33,10 @@ INTRO = (
 
 
 def conditional_models(manager: ModelManager) -> list[str]:
-    """The image models a diffusion classifier can read with: class or text conditional."""
+    """The image models a diffusion classifier can read with: class or text conditional (a loaded
+    pipeline folder says nothing until it is loaded: it is listed, and checked when used)."""
     return [k for k in method("classify").models(manager)
-            if manager.info(k).get("conditioning") in ("class", "text") and not manager.info(k).get("few_step")]
+            if manager.info(k).get("conditioning", "text") in ("class", "text") and not manager.info(k).get("few_step")]
 
 
 def verdict_text(result: classify.ClassifyResult) -> str:

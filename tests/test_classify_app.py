@@ -48,3 +48,12 @@ def test_bad_input_gets_a_message_and_the_app_keeps_serving(app_client, values, 
     assert all(row["in use"] == 0 for row in manager.status())
     *_, parameters = client.predict(**FAST, api_name="/classify")
     assert parameters["test_index"] == 0
+
+
+@pytest.mark.parametrize("tiny_sd_folder", ["epsilon"], indirect=True)
+def test_the_dropdown_lists_conditional_models_and_a_loaded_pipeline_folder(tiny_manager, tiny_sd_folder):
+    from components.classify_tab import conditional_models
+
+    tiny_manager.add_source(str(tiny_sd_folder), key="tiny-sd")
+    tiny_manager.register("uncond", lambda: None, info={"kind": "diffusion", "conditioning": "none"})
+    assert conditional_models(tiny_manager) == ["digits-cond", "shapes-t2i", "tiny-sd"]
