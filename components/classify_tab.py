@@ -108,7 +108,7 @@ def build_classify_tab(manager: ModelManager) -> dict[str, gr.components.Compone
                    info: verdict_text(item), chart: plots.classify_errors(item),
                    csv: files.write_file(f"{stem}.csv", item.csv()), parameters: item.parameters}
 
-    read = run_btn.click(lambda s, u: canvas_or_upload(s, u), inputs=[sketch, upload_state], outputs=[drawing],
+    read = run_btn.click(canvas_or_upload, inputs=[sketch, upload_state], outputs=[drawing],
                          api_name="classify_read", concurrency_limit=4)
     event = read.success(classify_image, inputs_kwargs={**inputs, "image": drawing},
                          outputs=[picture, info, chart, csv, parameters], preprocess=False, api_name="classify",

@@ -14,7 +14,6 @@ messages, which name the input.
 
 from __future__ import annotations
 
-
 import gradio as gr
 
 from studio.core.manager import ModelManager

@@ -90,7 +90,6 @@ def frechet(net: torch.nn.Module, images_a: torch.Tensor, images_b: torch.Tensor
 
 
 @torch.no_grad()
-@torch.no_grad()
 def judge_reading(judge: torch.nn.Module, images: torch.Tensor, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """(class, probability) a classifier reads on each image in [-1, 1] (``kwargs``: e.g. ``t`` for a
     noise-aware one)."""
@@ -100,6 +99,7 @@ def judge_reading(judge: torch.nn.Module, images: torch.Tensor, **kwargs) -> tup
     return c.cpu().numpy(), p.cpu().numpy()
 
 
+@torch.no_grad()
 def digits_accuracy(judge: torch.nn.Module, images: torch.Tensor, labels) -> Estimate:
     """Share of images the digits judge reads as the asked class."""
     judge.eval()

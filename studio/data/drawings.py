@@ -64,18 +64,23 @@ def open_image(source) -> tuple[Image.Image, list[str]]:
     return img, notes
 
 
+def over_white(img: Image.Image, notes: list[str]) -> Image.Image:
+    """The first frame, laid over white where transparent (a note for an animated image)."""
+    if getattr(img, "n_frames", 1) > 1:
+        notes.append("an animated image: its first frame is used")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img
+
+
 def to_digit(source) -> tuple[np.ndarray, list[str]]:
     """``(image (1, 16, 16) float32 in [-1, 1], notes)``; raises :class:`DrawingError` for a blank
     or unreadable input."""
     img, notes = open_image(source)
     if img.width * img.height > MAX_PIXELS:
         raise DrawingError(f"the image is {img.width} x {img.height} pixels; the limit is 4096 x 4096")
-    if getattr(img, "n_frames", 1) > 1:
-        notes.append("an animated image: its first frame is used")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
+    img = over_white(img, notes)
     if img.mode != "L":
         notes.append(f"converted from {img.mode} to greyscale")
     gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
@@ -126,12 +131,7 @@ def to_picture(source, size: int) -> tuple[np.ndarray, list[str]]:
     white where transparent, centre-cropped to a square and resized (bicubic), as the Diffusion
     Classifier's code prepares its inputs (``Resize`` then ``CenterCrop``)."""
     img, notes = open_image(source)
-    if getattr(img, "n_frames", 1) > 1:
-        notes.append("an animated image: its first frame is used")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    img = img.convert("RGB")
+    img = over_white(img, notes).convert("RGB")
     side = min(img.size)
     if img.width != img.height:
         left, top = (img.width - side) // 2, (img.height - side) // 2

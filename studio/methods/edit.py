@@ -182,7 +182,6 @@ def noises(seed: int, n: int, shape) -> torch.Tensor:
                       for i in range(n)])
 
 
-@torch.no_grad()
 def device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
