@@ -56,6 +56,37 @@ def verdict_text(result: classify.ClassifyResult) -> str:
     return "\n\n".join(lines)
 
 
+PROBE = "probe-digits"
+
+
+def probe_panel(manager: ModelManager, model: str | None, readings: list[dict] | None = None):
+    """The feature-probe panel for ``model``: (heat map of the probe's validation accuracy by decoder block
+    and t, read from its studio.json without loading anything; a note with the probe's reading of the
+    last classified image). Only digits models show it: the probe reads ``digits-cond``'s features."""
+    if PROBE not in manager:
+        return None, "No feature probe is registered (`studio train probe-digits` makes it)."
+    info = manager.info(PROBE)
+    m_info = manager.info(model) if model and model in manager else {}
+    if m_info.get("domain", "digits" if m_info.get("conditioning") == "class" else "") != "digits":
+        return None, (f"The feature probe reads {info.get('base', 'digits-cond')}'s features of a digit: it is for "
+                      "digits models, not this one.")
+    g = info.get("grid", {})
+    fig = (plots.probe_grid(g["blocks"], g["timesteps"], g["validation_accuracy"], "validation",
+                            best=(info["block"], info["t"])) if g.get("validation_accuracy") else None)
+    lines = [f"**Diffusion features (DDAE's linear probe).** Forward hooks on every decoder block of "
+             f"`{info.get('base', 'digits-cond')}`, its input noised to t, the null class as condition, each "
+             "block's output averaged over the image, one linear head per (block, t). The heat map is "
+             "**validation** accuracy (training digits held out from the heads; the test digits choose nothing: "
+             "their grid is in `benchmarks/results/probe.md`). The probe is the best cell: "
+             f"**block {info.get('block')}, t = {info.get('t')}**."]
+    row = next((r for r in readings or [] if r.get("reader") == PROBE), None)
+    if row is not None:
+        lines.append(f"The probe reads this image as **{row['reads']}** (probability {row['probability']:.3f}).")
+    else:
+        lines.append("Classify a digit to see the probe's reading of it.")
+    return fig, "\n\n".join(lines)
+
+
 def build_classify_tab(manager: ModelManager) -> dict[str, gr.components.Component]:
     models = conditional_models(manager)
     files = PngFolder()
@@ -79,7 +110,13 @@ def build_classify_tab(manager: ModelManager) -> dict[str, gr.components.Compone
             csv = gr.File(label="Every evaluation (CSV, the parameters in its header)", interactive=False,
                           elem_id="classify-csv")
             parameters = gr.JSON(label="Parameters", open=False, elem_id="classify-parameters")
+            first_fig, first_note = probe_panel(manager, models[0] if models else None)
+            with gr.Accordion("Diffusion features (linear probe)", open=False, elem_id="classify-probe"):
+                probe_chart = gr.Plot(value=first_fig, label="Linear-probe accuracy by decoder block and t",
+                                      elem_id="classify-probe-chart")
+                probe_info = gr.Markdown(first_note, elem_id="classify-probe-info")
     drawing = gr.State(None)
+    probe_readings = gr.State(None)
     upload_state = gr.State(None)
 
     @shows_errors
@@ -106,13 +143,18 @@ def build_classify_tab(manager: ModelManager) -> dict[str, gr.components.Compone
             stem = f"classify-{p.model}"
             yield {picture: to_pil(item.image[None], max(1, SHOWN_PIXELS // item.image.shape[-1]))[0],
                    info: verdict_text(item), chart: plots.classify_errors(item),
-                   csv: files.write_file(f"{stem}.csv", item.csv()), parameters: item.parameters}
+                   csv: files.write_file(f"{stem}.csv", item.csv()), parameters: item.parameters,
+                   probe_readings: item.readings}
 
     read = run_btn.click(canvas_or_upload, inputs=[sketch, upload_state], outputs=[drawing],
                          api_name="classify_read", concurrency_limit=4)
     event = read.success(classify_image, inputs_kwargs={**inputs, "image": drawing},
-                         outputs=[picture, info, chart, csv, parameters], preprocess=False, api_name="classify",
-                         concurrency_id="models", concurrency_limit=1, show_progress_on=[chart])
+                         outputs=[picture, info, chart, csv, parameters, probe_readings], preprocess=False,
+                         api_name="classify", concurrency_id="models", concurrency_limit=1, show_progress_on=[chart])
+    event.then(lambda model, rows: probe_panel(manager, model, rows), inputs=[inputs["model"], probe_readings],
+               outputs=[probe_chart, probe_info], queue=False, api_visibility="private")
+    inputs["model"].change(lambda model: probe_panel(manager, model), inputs=[inputs["model"]],
+                           outputs=[probe_chart, probe_info], queue=False, api_visibility="private")
     stop_btn.click(None, cancels=[event], api_name="classify_stop", queue=False)
     return {**inputs, "classify": run_btn, "stop": stop_btn, "sketch": sketch, "upload": upload, "picture": picture, "info": info,
-            "chart": chart, "csv": csv, "parameters": parameters}
+            "chart": chart, "csv": csv, "parameters": parameters, "probe_chart": probe_chart, "probe_info": probe_info}

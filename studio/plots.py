@@ -203,3 +203,27 @@ def classify_errors(result, height: int | None = None):
                       title=f"Mean denoising error per candidate ({result.evals} network evaluations)",
                       xaxis_title="mean error (lower = more likely)", yaxis={"autorange": "reversed"})
     return fig
+
+
+def probe_grid(blocks: list[str], timesteps: list[int], accuracy, which: str = "validation",
+               best: tuple[str, int] | None = None, height: int = 300):
+    """Linear-probe accuracy over (decoder block, t) as a heat map (DDAE / diffssl's grid search):
+    blocks on the y axis in forward order, t on the x axis, ``which`` names the digits it was measured
+    on (validation or test); ``best`` (block, t) is marked."""
+    import plotly.graph_objects as go
+
+    z = np.asarray(accuracy, dtype=float)
+    x = [str(t) for t in timesteps]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=x, y=list(blocks), colorscale="Viridis", colorbar={"title": "accuracy"},
+        text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
+        hovertemplate="block %{y}, t = %{x}: " + which + " accuracy %{z:.3f}<extra></extra>"))
+    if best is not None:
+        fig.add_trace(go.Scatter(x=[str(best[1])], y=[best[0]], mode="markers", showlegend=False,
+                                 marker={"symbol": "square-open", "size": 34, "color": "red", "line": {"width": 3}},
+                                 hovertemplate="the probe: block %{y}, t = %{x}<extra></extra>"))
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 40},
+                      title=f"Linear-probe {which} accuracy by decoder block and t",
+                      xaxis={"title": "t (noise level, of 1000)", "type": "category"},
+                      yaxis={"title": "decoder block (forward order)", "autorange": "reversed", "type": "category"})
+    return fig

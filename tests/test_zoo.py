@@ -47,6 +47,9 @@ def test_each_entry_passes_its_checksums_and_loads(zoo_manager, name):
         elif MANIFEST[name]["kind"] == "nag":
             assert isinstance(obj, NAGModel) and obj.info["space"] == "nas-bench-201" and loading.module_bytes(obj) > 0
             assert not any(p.requires_grad for p in [*obj.score.parameters(), *obj.predictor.parameters()])
+        elif MANIFEST[name]["kind"] == "probe":
+            assert type(obj).__name__ == "LinearProbe" and obj.info["base"] == "digits-cond"
+            assert obj.block in obj.info["grid"]["blocks"] and not any(p.requires_grad for p in obj.parameters())
         elif MANIFEST[name]["kind"] == "classifier":
             assert isinstance(obj, GuideNet) and not any(p.requires_grad for p in obj.parameters())
         else:

@@ -223,6 +223,32 @@ def _load_experts(folder: Path, info: dict) -> Any:
         raise WeightsError(f"could not build the experts of {folder}: {exc}") from exc
 
 
+def _load_probe(folder: Path, info: dict) -> torch.nn.Module:
+    """A linear probe on a zoo diffusion model's decoder features (:class:`studio.core.features.LinearProbe`):
+    the base model (a sibling folder), its (block, t) and the head in ``probe.safetensors``."""
+    from safetensors.torch import load_file
+
+    features = lazy.module("studio.core.features")
+    base_name = info.get("base", "")
+    if not re.fullmatch(r"[A-Za-z0-9][\w-]*", str(base_name)) or not (folder.parent / base_name).is_dir():
+        raise WeightsError(f"{folder} names base model {base_name!r}, which is not beside it")
+    base = (load_zoo(base_name, folder.parent) if (folder.parent / "MANIFEST.json").exists()
+            else _load_entry(folder.parent / base_name))
+    check_weight_files(folder)
+    state = load_file(folder / "probe.safetensors")
+    try:
+        channels = features.block_channels(base.unet)[info["block"]]
+        if state["weight"].shape[1] != channels or state["mean"].shape != (channels,):
+            raise ValueError(f"head is {tuple(state['weight'].shape)}, block {info['block']} has {channels} channels")
+        probe = features.LinearProbe(base.unet, features.alphas_cumprod(base.scheduler_config), info["block"],
+                                     info["t"], state["mean"], state["std"], state["weight"], state["bias"],
+                                     null_class=base.info.get("null_class"), seed=info.get("seed", 0),
+                                     name=folder.name, info=info)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"could not build the probe of {folder}: {exc}") from exc
+    return probe.eval().requires_grad_(False)
+
+
 # studio.json ``kind`` -> loader(folder, info): the one table a new kind of model is added to
 LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "diffusion": _load_diffusion,
@@ -231,6 +257,7 @@ LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "experts": _load_experts,
     "idempotent": _load_idempotent,
     "nag": _load_nag,
+    "probe": _load_probe,
 }
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 ModelKind = Literal["image", "series", "idempotent", "nag", "judge", "classifier", "experts", "text-encoder",
-                    "other"]
+                    "probe", "other"]
 
 
 def model_kind(info: dict) -> ModelKind:
@@ -34,7 +34,7 @@ def model_kind(info: dict) -> ModelKind:
     kind = info.get("kind")
     if kind == "diffusion":
         return "series" if info.get("domain") == "series" else "image"
-    return kind if kind in ("idempotent", "nag", "judge", "classifier", "experts", "text-encoder") else "other"
+    return kind if kind in ("idempotent", "nag", "judge", "classifier", "experts", "text-encoder", "probe") else "other"
 
 
 @dataclass

@@ -313,7 +313,8 @@ def prepare(p: Params, dm: DiffusionModel, drawing=None) -> tuple[torch.Tensor, 
 
 # the readers beside the verdict: the measuring instrument, and a classifier trained for the job
 DIGIT_READERS = {"judge-digits": "the judge (the measuring instrument)",
-                 "guide-clean": "a supervised classifier (Guide's, trained on clean digits)"}
+                 "guide-clean": "a supervised classifier (Guide's, trained on clean digits)",
+                 "probe-digits": "a linear probe on digits-cond's own features (block {block}, t={t})"}
 
 
 def readings(manager, dm: DiffusionModel, image: torch.Tensor) -> list[dict]:
@@ -327,7 +328,8 @@ def readings(manager, dm: DiffusionModel, image: torch.Tensor) -> list[dict]:
             if key in manager:
                 with manager.use(key) as net:
                     c, prob = judge_reading(net, image[None])
-                rows.append({"reader": key, "who": who, "reads": str(int(c[0])), "probability": round(float(prob[0]), 3)})
+                rows.append({"reader": key, "who": who.format_map(manager.info(key)), "reads": str(int(c[0])),
+                             "probability": round(float(prob[0]), 3)})
     elif dm.info.get("domain") == "shapes" and "judge-shapes" in manager:
         with manager.use("judge-shapes") as judge:
             s_cells, c_cells = judge.read(image[None].float().to(next(judge.parameters()).device))

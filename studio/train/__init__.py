@@ -9,7 +9,8 @@ FORECAST = ("tsdiff-co2", "tsdiff-elnino", "tsdiff-sunspots", "tsdiff-unemployme
 SIGN = ("sign-digits", "ign-digits")
 FEWSTEP = ("digits-fewstep",)
 NAG = ("nag-digits",)
-ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG
+PROBE = ("probe-digits",)
+ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG + PROBE
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0,
@@ -60,4 +61,8 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
         from studio.train import nag
 
         return nag.train(seed=seed, steps=steps)
+    if name in PROBE:
+        from studio.train import probe
+
+        return probe.train(seed=seed)
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")
