@@ -36,8 +36,8 @@ import torch
 from studio.core import metrics
 from studio.core.loading import load_zoo
 from studio.core.sampling import make_scheduler, predicted_eps, run_to_end
-from studio.data import digits
-from studio.methods import classify
+from studio.data import digits, shapes
+from studio.methods import classify, compose
 from studio.train.common import RUNS_DIR, machine_description
 
 ROOT = Path(__file__).resolve().parent
@@ -102,6 +102,254 @@ def speed(n: int = 20) -> dict:
             "schedule": f"{p.n_samples} / {p.to_keep}"}
 
 
+# ----------------------------------------------------------------------------- shapes (shapes-t2i)
+
+SCENE_SEED = 52000  # report scene i: classify.binding_scene(SCENE_SEED + i) / one object from rng(SCENE_SEED + i)
+GEN_SEED = 62000  # the model's own image of scene i: noise seed GEN_SEED + i
+SHAPES_NOISE = 72000  # the classifier's noises for image i: seed SHAPES_NOISE + i
+SPLIT_SEED = 21  # the learned timestep weights' fixed 50 % test half, then train / val 0.8 / 0.2
+N_BIND, N_QUESTION = 160, 80
+BIND_T = 30  # Self-Bench's default sampling_steps: 30 evenly spaced timesteps, every candidate at each
+QUESTIONS = ("shape", "colour", "region", "caption")
+SOURCES = {"renders": "real renders of the scene", "own": "shapes-t2i's own images of it, kept where judge-shapes "
+           "confirms every object and nothing else (Self-Bench's in-domain set)"}
+
+
+def shapes_partial(part: str) -> Path:
+    return RUNS_DIR / f"classify-shapes-{part}.json"
+
+
+class ShapesWorld:
+    """shapes-t2i, its text encoder, the judge and the contrastive baseline, on one manager."""
+
+    def __init__(self):
+        from studio.core.manager import ModelManager
+
+        self.manager = ModelManager(device="cpu")
+        self.manager.register_zoo()
+        self.dm = load_zoo("shapes-t2i")
+        self.sched = make_scheduler("ddpm", self.dm.scheduler_config, self.dm.prediction_type)
+        self.T = int(self.sched.config.num_train_timesteps)
+
+    def conds(self, prompts: list[str]) -> dict:
+        from studio.core.conditioning import text_conditions
+        from studio.core.guidance import cat_conds
+
+        return cat_conds(text_conditions(self.dm, self.manager, prompts))
+
+    def errors(self, image: torch.Tensor, prompts: list[str], plan, seed: int) -> dict:
+        table = self.conds(prompts)
+
+        def eps_fn(x_t, t, idx):
+            cond = {k: v[idx] for k, v in table.items()}
+            return predicted_eps(self.sched, self.dm.model_fn(x_t, t, cond), x_t, t, self.dm.prediction_type)
+
+        return run_to_end(classify.adaptive(eps_fn, image, len(prompts), plan, self.sched.alphas_cumprod, seed=seed,
+                                            batch_size=128, T=self.T))
+
+    def generate(self, captions: list[list[str]], seeds: list[int]) -> torch.Tensor:
+        """Each image composes its captions (one: classifier-free guidance) at the Compose tab's defaults."""
+        from bench_compose import Sampler
+
+        sampler = Sampler(self.manager, self.dm, compose.Params.scheduler, compose.Params.steps)
+        k = len(captions[0])
+        return sampler.images([""] * len(seeds), [[c[j] for c in captions] for j in range(k)],
+                              [compose.Params.guidance] * k, seeds)
+
+    def confirmed(self, images: torch.Tensor, scenes: list, strict: bool) -> np.ndarray:
+        """judge-shapes reads every object of the scene at its region and, ``strict``, nothing else;
+        otherwise other objects may appear where none has the kind (shape and colour) of a scene
+        object, so that no other candidate is also true (one-object captions were trained on scenes
+        with up to three objects, and the model draws the others too)."""
+        with self.manager.use("judge-shapes") as judge:
+            s_cells, c_cells = (v.numpy() for v in judge.read(images.float()))
+        ok = []
+        for i, scene in enumerate(scenes):
+            s_want, c_want = scene.cell_labels()
+            asked = s_want > 0
+            right = (s_cells[i][asked] == s_want[asked]).all() and (c_cells[i][asked] == c_want[asked]).all()
+            kinds = {(int(s), int(c)) for s, c in zip(s_want[asked], c_want[asked])}
+            others = [(int(s), int(c)) for s, c in zip(s_cells[i][~asked], c_cells[i][~asked]) if s > 0]
+            ok.append(bool(right and (not others if strict else not kinds & set(others))))
+        return np.array(ok)
+
+    def extra_objects(self, images: torch.Tensor, scenes: list) -> int:
+        """How many images hold more objects than their scene."""
+        with self.manager.use("judge-shapes") as judge:
+            s_cells, _ = judge.read(images.float())
+        return int(sum(int((s_cells[i] > 0).sum()) > len(sc.objects) for i, sc in enumerate(scenes)))
+
+    def clip_pick(self, image: torch.Tensor, prompts: list[str]) -> int:
+        """The contrastive baseline's choice (-1 without one: only a --quick run goes on without it)."""
+        read = classify.contrastive_reading(self.manager, self.dm, image, prompts)
+        return prompts.index(read[0]["reads"]) if read else -1
+
+
+def shapes_images(world: ShapesWorld, kind: str, n: int, cache: Path) -> dict:
+    """Scenes, their renders and the model's own (judge-confirmed) images; cached in ``cache``."""
+    if kind == "binding":
+        scenes = [classify.binding_scene(SCENE_SEED + i) for i in range(n)]
+    else:
+        scenes = [shapes.random_scene(np.random.default_rng(SCENE_SEED + i), n_objects=1) for i in range(n)]
+    renders = shapes.to_model_range(np.stack([shapes.render(s) for s in scenes]).transpose(0, 3, 1, 2))
+    own = torch.from_numpy(np.load(cache)["own"]).float() if cache.exists() else None
+    if own is None or len(own) != n:
+        own = world.generate([[o.caption() for o in s.objects] for s in scenes], [GEN_SEED + i for i in range(n)])
+        cache.parent.mkdir(exist_ok=True)
+        np.savez_compressed(cache, own=own.numpy().astype(np.float16))
+        own = own.half().float()  # as a resumed run reads them back
+    ok = world.confirmed(own, scenes, strict=kind == "binding")
+    return {"scenes": scenes, "renders": renders, "own": own, "confirmed": ok,
+            "extra_objects": world.extra_objects(own, scenes)}
+
+
+def binding_part(world: ShapesWorld, n: int, quick: bool) -> dict:
+    """Per source, image and task: the two candidates' errors at BIND_T timesteps (true first), and the
+    contrastive baseline's pick. Resumable per image."""
+    path = shapes_partial("binding" + ("-quick" if quick else ""))
+    done = json.loads(path.read_text()) if path.exists() else {}
+    data = shapes_images(world, "binding", n, RUNS_DIR / f"classify-shapes-binding-own{'-quick' if quick else ''}.npz")
+    for source in SOURCES:
+        rows = done.setdefault(source, {})
+        for i, scene in enumerate(data["scenes"]):
+            if str(i) in rows or (source == "own" and not data["confirmed"][i]):
+                continue
+            image = data[source][i]
+            tasks = {task: classify.binding_candidates(*scene.objects, task) for task in classify.BINDING}
+            prompts = sorted({c for cands in tasks.values() for c in cands})
+            out = world.errors(image, prompts, [(BIND_T, 1)], SHAPES_NOISE + i)
+            grid = classify.timestep_grid(world.T, BIND_T)
+            err = np.zeros((len(prompts), BIND_T))
+            for r in out["table"]:
+                err[r["candidate"], grid.index(r["t"])] = r["error"]
+            rows[str(i)] = {task: {"errors": [err[prompts.index(c)].round(6).tolist() for c in cands]}
+                            for task, cands in tasks.items()}
+            if i % 10 == 9:
+                path.write_text(json.dumps(done) + "\n")
+                print(source, i + 1, "images", flush=True)
+        path.write_text(json.dumps(done) + "\n")
+    return with_baseline(world, done, data, lambda scene: {
+        task: (classify.binding_candidates(*scene.objects, task), 0) for task in classify.BINDING})
+
+
+def with_baseline(world: ShapesWorld, done: dict, data: dict, tasks) -> dict:
+    """The contrastive baseline's verdicts on the same images and candidates (``tasks(scene)``: task ->
+    (candidates, true index)), and what was kept of the model's own images."""
+    if classify.CONTRASTIVE in world.manager:
+        for source in SOURCES:
+            for i, row in done.get(source, {}).items():
+                for task, (cands, truth) in tasks(data["scenes"][int(i)]).items():
+                    row[task]["clip_right"] = int(world.clip_pick(data[source][int(i)], cands) == truth)
+    done["confirmed"] = data["confirmed"].astype(int).tolist()
+    done["extra_objects"] = data["extra_objects"]
+    return done
+
+
+def question_part(world: ShapesWorld, n: int, quick: bool) -> dict:
+    """Per source, one-object image and question: right or wrong at the tab's default schedule, the
+    evaluations used, and the contrastive baseline's verdict. Resumable per image."""
+    path = shapes_partial("questions" + ("-quick" if quick else ""))
+    done = json.loads(path.read_text()) if path.exists() else {}
+    data = shapes_images(world, "questions", n, RUNS_DIR / f"classify-shapes-questions-own{'-quick' if quick else ''}.npz")
+    p = classify.Params(model="shapes-t2i", source="shapes scene")
+    for source in SOURCES:
+        rows = done.setdefault(source, {})
+        for i, scene in enumerate(data["scenes"]):
+            if str(i) in rows or (source == "own" and not data["confirmed"][i]):
+                continue
+            image, row = data[source][i], {}
+            for q in QUESTIONS:
+                names, truth = classify.question_candidates(scene.objects[0], q)
+                out = world.errors(image, names, classify.schedule(p, len(names), world.T), SHAPES_NOISE + i)
+                row[q] = {"right": int(out["predicted"] == truth), "evals": out["evals"]}
+            rows[str(i)] = row
+            if i % 10 == 9:
+                path.write_text(json.dumps(done) + "\n")
+                print(source, i + 1, "images", flush=True)
+        path.write_text(json.dumps(done) + "\n")
+    return with_baseline(world, done, data, lambda scene: {
+        q: classify.question_candidates(scene.objects[0], q) for q in QUESTIONS})
+
+
+def split_halves(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The official split: a fixed 50 % test half; the rest train / val 0.8 / 0.2."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    test, rest = order[: n // 2], order[n // 2:]
+    n_val = max(1, round(0.2 * len(rest)))
+    return rest[n_val:], rest[:n_val], test
+
+
+def binding_report(done: dict) -> dict:
+    est = lambda v: metrics.bootstrap_mean(np.asarray(v, float)).to_dict()
+    out = {}
+    for source in SOURCES:
+        rows = done.get(source, {})
+        if not rows:
+            continue
+        for task in classify.BINDING:
+            err = np.array([rows[i][task]["errors"] for i in sorted(rows, key=int)])  # (N, 2, T)
+            clip_right = np.array([rows[i][task].get("clip_right", 0) for i in sorted(rows, key=int)], float)
+            truth = np.zeros(len(err), dtype=int)
+            uniform = (classify.weighted_choice(err) == truth).astype(float)
+            tr, va, te = split_halves(len(err))
+            learned = classify.learn_timestep_weights(err, truth, tr, va)
+            per_t = [(np.argmin(err[:, :, k], 1) == truth).astype(float) for k in range(err.shape[-1])]
+            best_t = int(np.argmax([v[np.concatenate([tr, va])].mean() for v in per_t]))  # chosen off the test half
+            lw = (classify.weighted_choice(err[te], learned["weights"]) == 0).astype(float)
+            out[f"{source} / {task}"] = {
+                "images": len(err),
+                "diffusion uniform (all)": est(uniform), "contrastive (all)": est(clip_right),
+                "diffusion - contrastive (all, paired)": est(uniform - clip_right),
+                "test half": {"diffusion uniform": est(uniform[te]), "diffusion learned weights": est(lw),
+                              f"diffusion single t (best on the other half)": est(per_t[best_t][te]),
+                              "contrastive": est(clip_right[te]),
+                              "learned - uniform (paired)": est(lw - uniform[te])},
+                "best_single_t": classify.timestep_grid(1000, BIND_T)[best_t],
+                "accuracy_by_t": [round(float(v.mean()), 3) for v in per_t],
+                "learned": {"weights": np.round(learned["weights"], 3).tolist(), "step": learned["step"],
+                            "val_accuracy": learned["val_accuracy"], "train": len(tr), "val": len(va), "test": len(te)},
+                "correct_uniform": uniform.astype(int).tolist(),
+            }
+    for task in classify.BINDING:  # the domain gap: renders vs own images (independent samples)
+        a, b = out.get(f"renders / {task}"), out.get(f"own / {task}")
+        if a and b:
+            out[f"gap / {task}"] = metrics.bootstrap_difference(a["correct_uniform"], b["correct_uniform"]).to_dict()
+    return out
+
+
+def question_report(done: dict) -> dict:
+    out = {}
+    for source in SOURCES:
+        rows = [done[source][i] for i in sorted(done.get(source, {}), key=int)]
+        for q in QUESTIONS if rows else ():
+            right = np.array([r[q]["right"] for r in rows], float)
+            clip = np.array([r[q].get("clip_right", 0) for r in rows], float)
+            out[f"{source} / {q}"] = {"images": len(rows), "diffusion": metrics.bootstrap_mean(right).to_dict(),
+                                      "contrastive": metrics.bootstrap_mean(clip).to_dict(),
+                                      "diffusion - contrastive (paired)": metrics.bootstrap_mean(right - clip).to_dict(),
+                                      "evals_per_image": float(np.mean([r[q]["evals"] for r in rows]))}
+    return out
+
+
+def shapes_main(part: str, quick: bool = False) -> dict:
+    torch.set_num_threads(1)
+    n_bind, n_q = (4, 8) if quick else (N_BIND, N_QUESTION)
+    world = ShapesWorld()
+    if classify.CONTRASTIVE not in world.manager and part == "all" and not quick:
+        raise SystemExit(f"the contrastive baseline is missing: run `studio train {classify.CONTRASTIVE}` first")
+    result = {}
+    if part in ("binding", "all"):
+        b = binding_part(world, n_bind, quick)
+        result["binding"] = {"confirmed_own": f"{sum(b['confirmed'])} of {len(b['confirmed'])} (strict: both objects, "
+                             f"nothing else)", **binding_report(b)}
+    if part in ("questions", "all"):
+        q = question_part(world, n_q, quick)
+        result["questions"] = {"confirmed_own": f"{sum(q['confirmed'])} of {len(q['confirmed'])} (the object at its "
+                               f"region and no other object of its kind; {q['extra_objects']} of the images drew "
+                               "other objects too)", **question_report(q)}
+    return result
+
+
 def main(quick: bool = False) -> dict:
     torch.set_num_threads(1)
     done = json.loads(PARTIAL.read_text()) if PARTIAL.exists() and not quick else {}
@@ -151,6 +399,52 @@ def main(quick: bool = False) -> dict:
     return result
 
 
+def shapes_markdown(r: dict) -> str:
+    fmt = lambda e: f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+    lines = [f"# Classify benchmark, shapes world: `shapes-t2i` as a Diffusion Classifier ({r['machine']}, {r['date']})",
+             "", "Images: " + "; ".join(f"**{k}**, {v}" for k, v in SOURCES.items()) + ". The model's own images: "
+             f"Compose tab defaults ({compose.Params.scheduler} {compose.Params.steps} steps, weight "
+             f"{compose.Params.guidance} per object), noise seed {GEN_SEED} + i. Classifier noises: seed "
+             f"{SHAPES_NOISE} + i. The contrastive baseline is `clip-shapes` (same scenes and captions, same frozen "
+             "text encoder). Toy scale: the papers' figures are context only.", ""]
+    if "questions" in r:
+        q = r["questions"]
+        lines += [f"## One object, one question at a time (tab defaults {classify.Params.n_samples} / "
+                  f"{classify.Params.to_keep}); own images confirmed: {q['confirmed_own']}", "",
+                  "| source / question | images | diffusion classifier | contrastive | diffusion - contrastive (paired) "
+                  "| evaluations / image |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['images']} | {fmt(v['diffusion'])} | {fmt(v['contrastive'])} | "
+                  f"{fmt(v['diffusion - contrastive (paired)'])} | {v['evals_per_image']:.0f} |"
+                  for k, v in q.items() if isinstance(v, dict)]
+        lines.append("")
+    if "binding" in r:
+        b = r["binding"]
+        lines += [f"## Binding (two objects, two candidates, chance 0.5; {BIND_T} timesteps); own images confirmed: "
+                  f"{b['confirmed_own']}", "", "Tasks: " + "; ".join(f"**{k}**: {v}" for k, v in classify.BINDING.items())
+                  + ".", "", "| source / task | images | diffusion, uniform | contrastive | diffusion - contrastive (paired) |",
+                  "|---|---|---|---|---|"]
+        rows = {k: v for k, v in b.items() if isinstance(v, dict) and "images" in v}
+        lines += [f"| {k} | {v['images']} | {fmt(v['diffusion uniform (all)'])} | {fmt(v['contrastive (all)'])} | "
+                  f"{fmt(v['diffusion - contrastive (all, paired)'])} |" for k, v in rows.items()]
+        lines += ["", "Timestep weighting, on the fixed test half (the official split: 50 % test; the rest train / "
+                  "val 0.8 / 0.2; the single t and the learned weights are chosen without the test half):", "",
+                  "| source / task | test images | uniform | learned weights | best single t | contrastive | learned - uniform |",
+                  "|---|---|---|---|---|---|---|"]
+        for k, v in rows.items():
+            h = v["test half"]
+            lines.append(f"| {k} | {v['learned']['test']} | {fmt(h['diffusion uniform'])} | {fmt(h['diffusion learned weights'])} "
+                         f"| {fmt(h['diffusion single t (best on the other half)'])} (t = {v['best_single_t']}) | "
+                         f"{fmt(h['contrastive'])} | {fmt(h['learned - uniform (paired)'])} |")
+        lines += ["", "Accuracy by single timestep (t = " + ", ".join(map(str, classify.timestep_grid(1000, BIND_T))) + "):", ""]
+        lines += [f"- {k}: " + " ".join(f"{a:.2f}" for a in v["accuracy_by_t"]) for k, v in rows.items()]
+        gaps = {k: v for k, v in b.items() if k.startswith("gap / ")}
+        if gaps:
+            lines += ["", "Domain gap, renders minus own images (diffusion, uniform; independent samples): "
+                      + "; ".join(f"{k[6:]} {fmt(v)}" for k, v in gaps.items()) + "."]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def markdown(r: dict) -> str:
     fmt = lambda e: f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
     sel, rep = r["selection"], r["report"]
@@ -177,7 +471,19 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="20 selection and 40 test digits, nothing written")
     ap.add_argument("--speed-only", action="store_true", help="re-time the tab's defaults in classify.json (quiet machine)")
+    ap.add_argument("--shapes", choices=("binding", "questions", "all"),
+                    help="the shapes-t2i part (binding tasks, per-question accuracy) -> classify_shapes.{json,md}; "
+                         "'binding' and 'questions' can run side by side, 'all' then writes the results")
     args = ap.parse_args()
+    if args.shapes:
+        out = shapes_main(args.shapes, args.quick)
+        out.update({"machine": machine_description(), "date": time.strftime("%Y-%m-%d")})
+        text = shapes_markdown(out)
+        if args.shapes == "all" and not args.quick:
+            (ROOT / "results" / "classify_shapes.json").write_text(json.dumps(out, indent=2) + "\n")
+            (ROOT / "results" / "classify_shapes.md").write_text(text)
+        print(text)
+        raise SystemExit(0)
     if args.speed_only:
         out = json.loads((ROOT / "results" / "classify.json").read_text())
         out["speed"] = {**speed(), "measured": time.strftime("%Y-%m-%d")}

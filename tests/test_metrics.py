@@ -21,6 +21,16 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_n():
         metrics.bootstrap_mean([])
 
 
+def test_an_unpaired_difference_covers_zero_only_when_the_means_agree():
+    rng = np.random.default_rng(1)
+    same = metrics.bootstrap_difference(rng.random(300) < 0.6, rng.random(200) < 0.6)
+    apart = metrics.bootstrap_difference(rng.random(300) < 0.9, rng.random(200) < 0.5)
+    assert same.low < 0 < same.high
+    assert 0.3 < apart.low <= apart.value <= apart.high < 0.5 and apart.n == 200
+    with pytest.raises(ValueError):
+        metrics.bootstrap_difference([], [1.0])
+
+
 def test_frechet_distance_closed_form_for_gaussians():
     """Two Gaussians with diagonal covariances: |mu1 - mu2|^2 + sum (sqrt(s1) - sqrt(s2))^2."""
     mu1, mu2 = np.array([0.0, 1.0]), np.array([2.0, -1.0])

@@ -129,6 +129,7 @@ NET_MODULES: dict[str, tuple[str, ...]] = {
     "studio.nets.classifiers": ("GuideNet",),
     "studio.nets.tsdiff": ("TSDiffNet",),
     "studio.nets.nag": ("ScoreNet", "AccuracyPredictor"),
+    "studio.nets.contrastive": ("ShapesCLIP",),
 }
 NET_CLASSES: dict[str, str] = {cls: mod for mod, names in NET_MODULES.items() for cls in names}
 
@@ -254,6 +255,7 @@ LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "diffusion": _load_diffusion,
     "judge": _load_module,
     "classifier": _load_module,
+    "contrastive": _load_module,
     "experts": _load_experts,
     "idempotent": _load_idempotent,
     "nag": _load_nag,

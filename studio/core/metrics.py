@@ -39,6 +39,20 @@ def bootstrap_mean(values, n_boot: int = 1000, level: float = 0.95, seed: int = 
     return Estimate(float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a)), int(v.size))
 
 
+def bootstrap_difference(a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """mean(a) - mean(b) for two *independent* samples (e.g. accuracy on renders vs on generated
+    images), each resampled on its own; for paired samples bootstrap the differences instead."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("no values to average")
+    rng = np.random.default_rng(seed)
+    diffs = (a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(1)
+             - b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(1))
+    q = (1 - level) / 2
+    return Estimate(float(a.mean() - b.mean()), float(np.quantile(diffs, q)), float(np.quantile(diffs, 1 - q)),
+                    int(min(a.size, b.size)))
+
+
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     f = np.asarray(features, dtype=np.float64)
     return f.mean(0), np.cov(f, rowvar=False)

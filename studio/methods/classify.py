@@ -51,7 +51,7 @@ from studio.data import digits, shapes
 from studio.data.drawings import to_digit, to_picture
 
 Source = Literal["test digit", "drawing", "shapes scene", "image"]
-Question = Literal["shape", "colour", "region", "caption", "custom"]
+Question = Literal["shape", "colour", "region", "caption", "bind colour", "bind shape", "bind object", "custom"]
 Loss = Literal["l2", "l1", "huber"]
 MAX_CANDIDATES = 50
 MAX_EVALS = 20000  # network evaluations one run may cost (a 50-candidate, 400-timestep run)
@@ -70,7 +70,9 @@ class Params:
                                                      minimum=0, maximum=MAX_SEED, step=1))
     question: Question = field(default="shape", metadata=spec(
         "Question", "Text models: candidates that differ only in the shape, colour or region of the scene's "
-        "object, or every shape and colour at its region (caption); custom: your own candidates."))
+        "object, or every shape and colour at its region (caption); bind ...: a two-object scene and two "
+        "candidates that name only what is in it, so only binding tells them apart (colour of a shape, shape at "
+        "a region, which shape has a colour); custom: your own candidates."))
     candidates: str = field(default="", metadata=spec(
         "Candidates", "Custom candidates separated by '|' (2 to 50), e.g. 'a red circle | a blue circle'.",
         max_chars=MAX_CANDIDATES * 80))
@@ -256,6 +258,75 @@ def question_candidates(obj: shapes.ShapeObject, question: str) -> tuple[list[st
     return [shapes.concept_caption(*o) for o in options], options.index((obj.shape, obj.colour, obj.region))
 
 
+# Binding tasks (Self-Bench style, Jeong et al. 2025): a two-object scene and candidates that name
+# only attributes present in the scene, so that what tells them apart is which attribute belongs to
+# which object. Object A is the one asked about, B the other (distinct shape, colour and region).
+BINDING: dict[str, str] = {
+    "bind colour": "the colour of A's shape: 'a <A's colour> <A's shape>' vs 'a <B's colour> <A's shape>'",
+    "bind shape": "the shape at A's region: 'a <A's shape> at <A's region>' vs 'a <B's shape> at <A's region>'",
+    "bind object": "which shape has A's colour: 'a <A's colour> <A's shape>' vs 'a <A's colour> <B's shape>'",
+}
+
+
+def binding_candidates(a: shapes.ShapeObject, b: shapes.ShapeObject, task: str) -> list[str]:
+    """The two candidates of a binding task, the true one first (see :data:`BINDING`)."""
+    if task == "bind colour":
+        return [shapes.concept_caption(a.shape, a.colour, None), shapes.concept_caption(a.shape, b.colour, None)]
+    if task == "bind shape":
+        return [shapes.concept_caption(a.shape, None, a.region), shapes.concept_caption(b.shape, None, a.region)]
+    if task == "bind object":
+        return [shapes.concept_caption(a.shape, a.colour, None), shapes.concept_caption(b.shape, a.colour, None)]
+    raise ValueError(f"unknown binding task {task!r}; choose one of {', '.join(BINDING)}")
+
+
+def binding_scene(seed: int) -> shapes.Scene:
+    """A two-object scene whose objects differ in shape, colour and region (no held-out pair, as in
+    training), drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    while True:
+        scene = shapes.random_scene(rng, n_objects=2, exclude=shapes.HELD_OUT_PAIRS)
+        a, b = scene.objects
+        if a.shape != b.shape and a.colour != b.colour:
+            return scene
+
+
+def learn_timestep_weights(errors: np.ndarray, truth: np.ndarray, train: np.ndarray, val: np.ndarray, *,
+                           l1: float = 1e-3, steps: int = 5000, lr: float = 0.01, seed: int = 0) -> dict:
+    """The official ``learn_timestep_weights.py`` (Jeong et al.): free weights ``w_t``, score
+    ``-sum_t w_t err_t / T``, cross-entropy on the right candidate plus ``l1 * ||w||_1``, Adam at
+    ``lr`` for ``steps`` steps on the images ``train``; the weights with the best accuracy on ``val``
+    are kept. ``errors`` (N, candidates, T); returns the weights (T,), the step chosen and the
+    validation accuracy (the official code also reports the weights with negatives clipped at 0)."""
+    torch.manual_seed(seed)
+    e = torch.as_tensor(errors, dtype=torch.float64)
+    y = torch.as_tensor(truth, dtype=torch.long)
+    n_t = e.shape[-1]
+    w = torch.ones(n_t, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=lr)
+    e_tr, y_tr, e_va, y_va = e[train], y[train], e[val], y[val]
+
+    def accuracy(weights):
+        with torch.no_grad():
+            return float((torch.argmax(-(e_va @ weights), 1) == y_va).double().mean())
+
+    best = {"weights": w.detach().clone(), "step": 0, "val_accuracy": accuracy(w)}
+    for step in range(1, steps + 1):
+        loss = F.cross_entropy(-(e_tr @ w) / n_t, y_tr) + l1 * w.abs().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        acc = accuracy(w)
+        if acc > best["val_accuracy"]:
+            best = {"weights": w.detach().clone(), "step": step, "val_accuracy": acc}
+    return {"weights": best["weights"].numpy(), "step": best["step"], "val_accuracy": best["val_accuracy"]}
+
+
+def weighted_choice(errors: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """The candidate each image picks from (N, candidates, T) errors: the lowest (weighted) mean."""
+    w = np.ones(errors.shape[-1]) if weights is None else np.asarray(weights)
+    return np.argmax(-(errors * w).sum(-1), axis=1)
+
+
 def custom_candidates(text: str) -> list[str]:
     items = [c.strip() for c in text.split("|")]
     if any(not c for c in items):
@@ -302,6 +373,13 @@ def prepare(p: Params, dm: DiffusionModel, drawing=None) -> tuple[torch.Tensor, 
         return torch.from_numpy(arr), names, None, notes, {"prompts": names}
     if dm.info.get("domain") != "shapes":
         raise ParamError(f"{p.model!r} does not draw the shapes world; its scenes are for shapes-t2i")
+    if p.question in BINDING:
+        scene = binding_scene(p.scene_seed)
+        image = shapes.to_model_range(shapes.render(scene).transpose(2, 0, 1)[None].copy())[0]
+        names, truth = binding_candidates(*scene.objects, p.question), 0
+        if p.scene_seed % 2:  # the true candidate is not always listed first
+            names, truth = names[::-1], 1
+        return image, names, truth, notes, {"prompts": names}
     scene = shapes.random_scene(np.random.default_rng(p.scene_seed), n_objects=1)
     image = shapes.to_model_range(shapes.render(scene).transpose(2, 0, 1)[None].copy())[0]
     if p.question == "custom":
@@ -338,6 +416,29 @@ def readings(manager, dm: DiffusionModel, image: torch.Tensor) -> list[dict]:
         rows.append({"reader": "judge-shapes", "who": "the judge (the measuring instrument)",
                      "reads": "; ".join(found) or "nothing", "probability": None})
     return rows
+
+
+CONTRASTIVE = "clip-shapes"  # the discriminative baseline of the shapes world (studio.nets.contrastive)
+
+
+def contrastive_reading(manager, dm: DiffusionModel, image: torch.Tensor, names: list[str]) -> list[dict]:
+    """The contrastive baseline's choice among the same candidates (shapes world only): the candidate
+    whose text embedding is most similar to the image's."""
+    if dm.info.get("domain") != "shapes" or CONTRASTIVE not in manager:
+        return []
+    from studio.data import text
+
+    with manager.use("text-encoder") as enc:
+        e = text.encode(enc, names)
+    with manager.use(CONTRASTIVE) as clip:
+        device = next(clip.parameters()).device
+        with torch.no_grad():
+            sim = clip.encode_image(image[None].float().to(device)) @ clip.encode_text(
+                e["encoder_hidden_states"].to(device), e["encoder_attention_mask"].to(device)).T
+    prob = torch.softmax(sim[0] * clip.logit_scale.clamp(max=np.log(100)).exp(), 0)
+    best = int(prob.argmax())
+    return [{"reader": CONTRASTIVE, "who": "a contrastive image-text model trained on the same scenes (CLIP-style)",
+             "reads": names[best], "probability": round(float(prob[best]), 3)}]
 
 
 def check(p: Params, manager) -> None:
@@ -383,7 +484,7 @@ def run(p: Params, manager, drawing=None) -> Iterator[Progress | ClassifyResult]
                 yield item
             else:
                 out = item
-    read = readings(manager, dm, image)
+    read = readings(manager, dm, image) + contrastive_reading(manager, dm, image, names)
     parameters = {"method": "classify", **asdict(p), "candidate_names": names, "studio_version": __version__}
     for row in out["table"]:
         row["candidate"] = names[row["candidate"]]

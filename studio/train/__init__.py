@@ -9,8 +9,9 @@ FORECAST = ("tsdiff-co2", "tsdiff-elnino", "tsdiff-sunspots", "tsdiff-unemployme
 SIGN = ("sign-digits", "ign-digits")
 FEWSTEP = ("digits-fewstep",)
 NAG = ("nag-digits",)
+CONTRASTIVE = ("clip-shapes",)
 PROBE = ("probe-digits",)
-ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG + PROBE
+ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG + CONTRASTIVE + PROBE
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0,
@@ -61,6 +62,10 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
         from studio.train import nag
 
         return nag.train(seed=seed, steps=steps)
+    if name in CONTRASTIVE:
+        from studio.train import contrastive
+
+        return contrastive.train(seed=seed, steps=steps)
     if name in PROBE:
         from studio.train import probe
 
