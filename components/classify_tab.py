@@ -78,7 +78,9 @@ def probe_panel(manager: ModelManager, model: str | None, readings: list[dict] |
              "block's output averaged over the image, one linear head per (block, t). The heat map is "
              "**validation** accuracy (training digits held out from the heads; the test digits choose nothing: "
              "their grid is in `benchmarks/results/probe.md`). The probe is the best cell: "
-             f"**block {info.get('block')}, t = {info.get('t')}**."]
+             f"**block {info.get('block')}, t = {info.get('t')}**. Deviations from DDAE: the head is a logistic "
+             "regression fit to convergence (DDAE: Adam, 15 epochs), and the cell is chosen on held-out training "
+             "digits (DDAE reads its grid off the test set)."]
     row = next((r for r in readings or [] if r.get("reader") == PROBE), None)
     if row is not None:
         lines.append(f"The probe reads this image as **{row['reads']}** (probability {row['probability']:.3f}).")
