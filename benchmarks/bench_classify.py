@@ -203,31 +203,35 @@ def shapes_images(world: ShapesWorld, kind: str, n: int, cache: Path) -> dict:
             "extra_objects": world.extra_objects(own, scenes)}
 
 
-def binding_part(world: ShapesWorld, n: int, quick: bool) -> dict:
-    """Per source, image and task: the two candidates' errors at BIND_T timesteps (true first), and the
-    contrastive baseline's pick. Resumable per image."""
-    path = shapes_partial("binding" + ("-quick" if quick else ""))
-    done = json.loads(path.read_text()) if path.exists() else {}
-    data = shapes_images(world, "binding", n, RUNS_DIR / f"classify-shapes-binding-own{'-quick' if quick else ''}.npz")
+def binding_part(world: ShapesWorld, n: int, quick: bool, sources=tuple(SOURCES)) -> dict:
+    """Per source, image and task: the two candidates' errors (noise space, unrounded: at the highest
+    timesteps a v model's noise-space errors are below 1e-6) at BIND_T timesteps, the true candidate
+    first. Resumable per image; one partial file per source, so the sources can run side by side."""
+    tag = "-quick" if quick else ""
+    data = shapes_images(world, "binding", n, RUNS_DIR / f"classify-shapes-binding-own{tag}.npz")
+    done = {}
     for source in SOURCES:
-        rows = done.setdefault(source, {})
+        path = shapes_partial(f"binding-{source}{tag}")
+        rows = done[source] = json.loads(path.read_text()) if path.exists() else {}
         for i, scene in enumerate(data["scenes"]):
-            if str(i) in rows or (source == "own" and not data["confirmed"][i]):
+            missing = [task for task in classify.BINDING if task not in rows.get(str(i), {})]
+            if source not in sources or not missing or (source == "own" and not data["confirmed"][i]):
                 continue
             image = data[source][i]
-            tasks = {task: classify.binding_candidates(*scene.objects, task) for task in classify.BINDING}
+            tasks = {task: classify.binding_candidates(*scene.objects, task) for task in missing}
             prompts = sorted({c for cands in tasks.values() for c in cands})
             out = world.errors(image, prompts, [(BIND_T, 1)], SHAPES_NOISE + i)
             grid = classify.timestep_grid(world.T, BIND_T)
             err = np.zeros((len(prompts), BIND_T))
             for r in out["table"]:
                 err[r["candidate"], grid.index(r["t"])] = r["error"]
-            rows[str(i)] = {task: {"errors": [err[prompts.index(c)].round(6).tolist() for c in cands]}
-                            for task, cands in tasks.items()}
+            rows.setdefault(str(i), {}).update({task: {"errors": [err[prompts.index(c)].tolist() for c in cands]}
+                                                for task, cands in tasks.items()})
             if i % 10 == 9:
-                path.write_text(json.dumps(done) + "\n")
+                path.write_text(json.dumps(rows) + "\n")
                 print(source, i + 1, "images", flush=True)
-        path.write_text(json.dumps(done) + "\n")
+        if source in sources:
+            path.write_text(json.dumps(rows) + "\n")
     return with_baseline(world, done, data, lambda scene: {
         task: (classify.binding_candidates(*scene.objects, task), 0) for task in classify.BINDING})
 
@@ -279,41 +283,59 @@ def split_halves(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rest[n_val:], rest[:n_val], test
 
 
-def binding_report(done: dict) -> dict:
+def right_share(scores: np.ndarray) -> np.ndarray:
+    """Per image, 1 when the true candidate (index 0) has the highest score, 0 when another has, and
+    1 / k when k candidates tie for the highest (the expected hit of a random tie-break: the errors
+    are stored with the truth first, so an argmax would count every tie as right)."""
+    top = scores >= scores.max(1, keepdims=True)
+    return top[:, 0] / top.sum(1)
+
+
+def binding_report(done: dict, abar: np.ndarray) -> dict:
+    """Accuracy per source and task. Errors as the classifier computes them (noise space) and in the
+    model's own space (v: the noise-space error divided by abar_t, exactly, as eps_hat - eps =
+    sqrt(abar_t) (v_hat - v)); uniform, learned (the official learner) and single-timestep weighting."""
     est = lambda v: metrics.bootstrap_mean(np.asarray(v, float)).to_dict()
+    grid = classify.timestep_grid(1000, BIND_T)
     out = {}
     for source in SOURCES:
         rows = done.get(source, {})
         if not rows:
             continue
         for task in classify.BINDING:
-            err = np.array([rows[i][task]["errors"] for i in sorted(rows, key=int)])  # (N, 2, T)
-            clip_right = np.array([rows[i][task].get("clip_right", 0) for i in sorted(rows, key=int)], float)
-            truth = np.zeros(len(err), dtype=int)
-            uniform = (classify.weighted_choice(err) == truth).astype(float)
-            tr, va, te = split_halves(len(err))
-            learned = classify.learn_timestep_weights(err, truth, tr, va)
-            per_t = [(np.argmin(err[:, :, k], 1) == truth).astype(float) for k in range(err.shape[-1])]
-            best_t = int(np.argmax([v[np.concatenate([tr, va])].mean() for v in per_t]))  # chosen off the test half
-            lw = (classify.weighted_choice(err[te], learned["weights"]) == 0).astype(float)
-            out[f"{source} / {task}"] = {
-                "images": len(err),
-                "diffusion uniform (all)": est(uniform), "contrastive (all)": est(clip_right),
-                "diffusion - contrastive (all, paired)": est(uniform - clip_right),
-                "test half": {"diffusion uniform": est(uniform[te]), "diffusion learned weights": est(lw),
-                              f"diffusion single t (best on the other half)": est(per_t[best_t][te]),
-                              "contrastive": est(clip_right[te]),
-                              "learned - uniform (paired)": est(lw - uniform[te])},
-                "best_single_t": classify.timestep_grid(1000, BIND_T)[best_t],
-                "accuracy_by_t": [round(float(v.mean()), 3) for v in per_t],
-                "learned": {"weights": np.round(learned["weights"], 3).tolist(), "step": learned["step"],
-                            "val_accuracy": learned["val_accuracy"], "train": len(tr), "val": len(va), "test": len(te)},
-                "correct_uniform": uniform.astype(int).tolist(),
-            }
+            keys = sorted(rows, key=int)
+            clip_right = np.array([rows[i][task].get("clip_right", 0) for i in keys], float)
+            tr, va, te = split_halves(len(keys))
+            truth = np.zeros(len(keys), dtype=int)
+            entry = {"images": len(keys), "contrastive (all)": est(clip_right), "test half": {"contrastive": est(clip_right[te])},
+                     "learned": {"train": len(tr), "val": len(va), "test": len(te)}}
+            for space in ("noise", "v"):
+                err = np.array([rows[i][task]["errors"] for i in keys])  # (N, 2, T)
+                if space == "v":
+                    err = err / abar[grid]
+                uniform = right_share(-err.mean(-1))
+                learned = classify.learn_timestep_weights(err, truth, tr, va)
+                lw = right_share(-(err[te] * learned["weights"]).sum(-1))
+                per_t = [right_share(-err[:, :, k]) for k in range(BIND_T)]
+                best_t = int(np.argmax([v[np.concatenate([tr, va])].mean() for v in per_t]))  # chosen off the test half
+                entry[f"{space}: uniform (all)"] = est(uniform)
+                entry[f"{space}: uniform - contrastive (all, paired)"] = est(uniform - clip_right)
+                entry["test half"].update({
+                    f"{space}: uniform": est(uniform[te]), f"{space}: learned weights": est(lw),
+                    f"{space}: best single t": est(per_t[best_t][te]),
+                    f"{space}: learned - uniform (paired)": est(lw - uniform[te])})
+                entry[f"{space}: best_single_t"] = grid[best_t]
+                entry[f"{space}: accuracy_by_t"] = [round(float(v.mean()), 3) for v in per_t]
+                entry["learned"][space] = {"weights": [float(f"{w:.3g}") for w in learned["weights"]],
+                                           "step": learned["step"], "val_accuracy": learned["val_accuracy"]}
+                entry[f"{space}: correct_uniform"] = uniform.tolist()
+            out[f"{source} / {task}"] = entry
     for task in classify.BINDING:  # the domain gap: renders vs own images (independent samples)
         a, b = out.get(f"renders / {task}"), out.get(f"own / {task}")
         if a and b:
-            out[f"gap / {task}"] = metrics.bootstrap_difference(a["correct_uniform"], b["correct_uniform"]).to_dict()
+            out[f"gap / {task}"] = {space: metrics.bootstrap_difference(a[f"{space}: correct_uniform"],
+                                                                        b[f"{space}: correct_uniform"]).to_dict()
+                                    for space in ("noise", "v")}
     return out
 
 
@@ -338,10 +360,10 @@ def shapes_main(part: str, quick: bool = False) -> dict:
     if classify.CONTRASTIVE not in world.manager and part == "all" and not quick:
         raise SystemExit(f"the contrastive baseline is missing: run `studio train {classify.CONTRASTIVE}` first")
     result = {}
-    if part in ("binding", "all"):
-        b = binding_part(world, n_bind, quick)
+    if part.startswith("binding") or part == "all":
+        b = binding_part(world, n_bind, quick, tuple(SOURCES) if "-" not in part else (part.split("-")[1],))
         result["binding"] = {"confirmed_own": f"{sum(b['confirmed'])} of {len(b['confirmed'])} (strict: both objects, "
-                             f"nothing else)", **binding_report(b)}
+                             f"nothing else)", **binding_report(b, world.sched.alphas_cumprod.double().numpy())}
     if part in ("questions", "all"):
         q = question_part(world, n_q, quick)
         result["questions"] = {"confirmed_own": f"{sum(q['confirmed'])} of {len(q['confirmed'])} (the object at its "
@@ -419,28 +441,39 @@ def shapes_markdown(r: dict) -> str:
         lines.append("")
     if "binding" in r:
         b = r["binding"]
-        lines += [f"## Binding (two objects, two candidates, chance 0.5; {BIND_T} timesteps); own images confirmed: "
-                  f"{b['confirmed_own']}", "", "Tasks: " + "; ".join(f"**{k}**: {v}" for k, v in classify.BINDING.items())
-                  + ".", "", "| source / task | images | diffusion, uniform | contrastive | diffusion - contrastive (paired) |",
-                  "|---|---|---|---|---|"]
         rows = {k: v for k, v in b.items() if isinstance(v, dict) and "images" in v}
-        lines += [f"| {k} | {v['images']} | {fmt(v['diffusion uniform (all)'])} | {fmt(v['contrastive (all)'])} | "
-                  f"{fmt(v['diffusion - contrastive (all, paired)'])} |" for k, v in rows.items()]
-        lines += ["", "Timestep weighting, on the fixed test half (the official split: 50 % test; the rest train / "
-                  "val 0.8 / 0.2; the single t and the learned weights are chosen without the test half):", "",
-                  "| source / task | test images | uniform | learned weights | best single t | contrastive | learned - uniform |",
+        lines += [f"## Binding (two objects, two candidates, chance 0.5; {BIND_T} timesteps, every candidate at each, "
+                  f"one shared noise per timestep); own images confirmed: {b['confirmed_own']}", "",
+                  "Tasks: " + "; ".join(f"**{k}**: {v}" for k, v in classify.BINDING.items()) + ".", "",
+                  "Two error spaces from the same evaluations: **noise** (what the classifier and the tab use: "
+                  "`shapes-t2i` predicts v, turned into an epsilon estimate) and **v**, the model's own space (the "
+                  "noise-space error divided by abar_t, exactly; the follow-up paper scores SD3 by its velocity error). "
+                  "Ties count 1/2 (a random tie-break).", "",
+                  "| source / task | images | noise, uniform | v, uniform | contrastive | noise - contrastive | v - contrastive |",
                   "|---|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['images']} | {fmt(v['noise: uniform (all)'])} | {fmt(v['v: uniform (all)'])} | "
+                  f"{fmt(v['contrastive (all)'])} | {fmt(v['noise: uniform - contrastive (all, paired)'])} | "
+                  f"{fmt(v['v: uniform - contrastive (all, paired)'])} |" for k, v in rows.items()]
+        lines += ["", "Timestep weighting on the fixed test half (the official split: 50 % test, the rest train / val "
+                  "0.8 / 0.2; the learned weights (the official learner: weights start at 1, Adam lr 0.01, 5,000 steps, "
+                  "L1 1e-3, the step with the best validation accuracy kept) and the single t are chosen without the "
+                  "test half):", "",
+                  "| source / task | test images | space | uniform | learned weights | best single t | learned - uniform | contrastive |",
+                  "|---|---|---|---|---|---|---|---|"]
         for k, v in rows.items():
             h = v["test half"]
-            lines.append(f"| {k} | {v['learned']['test']} | {fmt(h['diffusion uniform'])} | {fmt(h['diffusion learned weights'])} "
-                         f"| {fmt(h['diffusion single t (best on the other half)'])} (t = {v['best_single_t']}) | "
-                         f"{fmt(h['contrastive'])} | {fmt(h['learned - uniform (paired)'])} |")
-        lines += ["", "Accuracy by single timestep (t = " + ", ".join(map(str, classify.timestep_grid(1000, BIND_T))) + "):", ""]
-        lines += [f"- {k}: " + " ".join(f"{a:.2f}" for a in v["accuracy_by_t"]) for k, v in rows.items()]
+            for space in ("noise", "v"):
+                lines.append(f"| {k} | {v['learned']['test']} | {space} | {fmt(h[f'{space}: uniform'])} | "
+                             f"{fmt(h[f'{space}: learned weights'])} | {fmt(h[f'{space}: best single t'])} "
+                             f"(t = {v[f'{space}: best_single_t']}) | {fmt(h[f'{space}: learned - uniform (paired)'])} | "
+                             f"{fmt(h['contrastive'])} |")
+        lines += ["", "Accuracy by single timestep (t = " + ", ".join(map(str, classify.timestep_grid(1000, BIND_T))) + "; "
+                  "the same in both spaces, which differ by a factor per t):", ""]
+        lines += [f"- {k}: " + " ".join(f"{a:.2f}" for a in v["noise: accuracy_by_t"]) for k, v in rows.items()]
         gaps = {k: v for k, v in b.items() if k.startswith("gap / ")}
         if gaps:
-            lines += ["", "Domain gap, renders minus own images (diffusion, uniform; independent samples): "
-                      + "; ".join(f"{k[6:]} {fmt(v)}" for k, v in gaps.items()) + "."]
+            lines += ["", "Domain gap, renders minus own images (uniform; independent samples): "
+                      + "; ".join(f"{k[6:]}: noise {fmt(v['noise'])}, v {fmt(v['v'])}" for k, v in gaps.items()) + "."]
         lines.append("")
     return "\n".join(lines)
 
@@ -471,9 +504,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="20 selection and 40 test digits, nothing written")
     ap.add_argument("--speed-only", action="store_true", help="re-time the tab's defaults in classify.json (quiet machine)")
-    ap.add_argument("--shapes", choices=("binding", "questions", "all"),
+    ap.add_argument("--shapes", choices=("binding", "binding-renders", "binding-own", "questions", "all"),
                     help="the shapes-t2i part (binding tasks, per-question accuracy) -> classify_shapes.{json,md}; "
-                         "'binding' and 'questions' can run side by side, 'all' then writes the results")
+                         "'binding-renders', 'binding-own' and 'questions' can run side by side, 'all' then writes the results")
     args = ap.parse_args()
     if args.shapes:
         out = shapes_main(args.shapes, args.quick)

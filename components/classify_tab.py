@@ -28,7 +28,10 @@ INTRO = (
     "official `eval_prob_adaptive`: evenly spaced timesteps, one noise per timestep **shared by every "
     "candidate**, and adaptive rounds that drop the worst candidates early and re-use what was evaluated. "
     "Deviation: `shapes-t2i` predicts v, scored here in noise space (its v turned into an epsilon estimate). "
-    "The errors of dropped candidates are not probabilities (the authors say so)."
+    "The errors of dropped candidates are not probabilities (the authors say so). "
+    "The *bind* questions (Jeong et al., NeurIPS 2025, Self-Bench style) render a two-object scene and ask two "
+    "candidates that name only what is in it, so only binding tells them apart; beside the verdict, `clip-shapes` "
+    "(a small CLIP-style model trained contrastively on the same scenes and captions) reads the same candidates."
 )
 
 

@@ -51,7 +51,8 @@ from studio.data import digits, shapes
 from studio.data.drawings import to_digit, to_picture
 
 Source = Literal["test digit", "drawing", "shapes scene", "image"]
-Question = Literal["shape", "colour", "region", "caption", "bind colour", "bind shape", "bind object", "custom"]
+Question = Literal["shape", "colour", "region", "caption", "bind colour", "bind shape", "bind object", "bind place",
+                   "custom"]
 Loss = Literal["l2", "l1", "huber"]
 MAX_CANDIDATES = 50
 MAX_EVALS = 20000  # network evaluations one run may cost (a 50-candidate, 400-timestep run)
@@ -72,7 +73,7 @@ class Params:
         "Question", "Text models: candidates that differ only in the shape, colour or region of the scene's "
         "object, or every shape and colour at its region (caption); bind ...: a two-object scene and two "
         "candidates that name only what is in it, so only binding tells them apart (colour of a shape, shape at "
-        "a region, which shape has a colour); custom: your own candidates."))
+        "a region, which shape has a colour, colour at a region); custom: your own candidates."))
     candidates: str = field(default="", metadata=spec(
         "Candidates", "Custom candidates separated by '|' (2 to 50), e.g. 'a red circle | a blue circle'.",
         max_chars=MAX_CANDIDATES * 80))
@@ -265,6 +266,8 @@ BINDING: dict[str, str] = {
     "bind colour": "the colour of A's shape: 'a <A's colour> <A's shape>' vs 'a <B's colour> <A's shape>'",
     "bind shape": "the shape at A's region: 'a <A's shape> at <A's region>' vs 'a <B's shape> at <A's region>'",
     "bind object": "which shape has A's colour: 'a <A's colour> <A's shape>' vs 'a <A's colour> <B's shape>'",
+    "bind place": "the colour at A's region: 'a <A's colour> <A's shape> at <A's region>' vs "
+                  "'a <B's colour> <A's shape> at <A's region>'",
 }
 
 
@@ -276,6 +279,8 @@ def binding_candidates(a: shapes.ShapeObject, b: shapes.ShapeObject, task: str) 
         return [shapes.concept_caption(a.shape, None, a.region), shapes.concept_caption(b.shape, None, a.region)]
     if task == "bind object":
         return [shapes.concept_caption(a.shape, a.colour, None), shapes.concept_caption(b.shape, a.colour, None)]
+    if task == "bind place":
+        return [shapes.concept_caption(a.shape, a.colour, a.region), shapes.concept_caption(a.shape, b.colour, a.region)]
     raise ValueError(f"unknown binding task {task!r}; choose one of {', '.join(BINDING)}")
 
 
