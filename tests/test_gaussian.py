@@ -103,3 +103,45 @@ def test_explained_variance_is_one_for_the_same_output_and_near_zero_for_the_mea
     assert gaussian.explained_variance(learned, learned) == pytest.approx(1.0)
     assert gaussian.explained_variance(learned, learned.mean(0).expand_as(learned)) == pytest.approx(0.0, abs=1e-9)
     assert np.isnan(gaussian.explained_variance(torch.ones(3, 2), torch.ones(3, 2)))
+
+
+class ExactGaussianModel:
+    """A 'model' whose denoiser is the exact one of a Gaussian: teleporting must not change where
+    a deterministic sampler lands, only save its first steps."""
+
+    def __init__(self, stats, abar):
+        self.stats, self.abar = stats, abar
+        self.unet = torch.nn.Linear(1, 1)
+        self.sample_shape, self.prediction_type = stats.shape, "epsilon"
+        self.calls = 0
+
+    def decode(self, x):
+        return x
+
+    def denoise(self, x_in, t, scheduler):
+        self.calls += 1
+        a = float(self.abar[int(t)]) ** 0.5
+        s = (1 - a * a) ** 0.5
+        return (x_in - a * gaussian.denoise(self.stats, x_in, a, s)) / s
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm++", "euler"])
+def test_teleporting_the_first_steps_lands_where_the_full_sampler_does(name):
+    from studio.core.sampling import make_scheduler, run_to_end, sample_images
+    from studio.train.diffusion import noise_scheduler
+
+    stats, *_ = toy_stats(rank=4)
+    config = dict(noise_scheduler().config)
+    model = ExactGaussianModel(stats, noise_scheduler().alphas_cumprod)
+    steps, skip = 60, 20
+    runs = {}
+    for k in (0, skip):
+        sched = make_scheduler(name, config, "epsilon")
+        model.calls = 0
+        runs[k] = run_to_end(sample_images(model, lambda x, t, sched=sched: model.denoise(x, t, sched), sched,
+                                           list(range(6)), num_inference_steps=steps, teleport_to=(stats, k)))
+        assert model.calls == steps - k
+    assert (runs[0] - runs[skip]).abs().max() < 0.03, (runs[0] - runs[skip]).abs().max()
+    with pytest.raises(ValueError, match="skip must be between"):
+        run_to_end(sample_images(model, lambda x, t: model.denoise(x, t, None), make_scheduler(name, config), [0],
+                                 num_inference_steps=steps, teleport_to=(stats, steps)))

@@ -199,16 +199,66 @@ def start_timestep(scheduler, num_inference_steps: int, strength: float) -> tupl
     return start, scheduler.timesteps[start * getattr(scheduler, "order", 1)]
 
 
+def _ve_scaled(scheduler) -> bool:
+    """Whether the scheduler's sample is variance-exploding scaled (Euler-type: ``x / alpha``)."""
+    return float(getattr(scheduler, "init_noise_sigma", 1.0)) > 1.0 and hasattr(scheduler, "sigmas")
+
+
+def schedule_point(scheduler, index: int) -> tuple[float, float]:
+    """``(alpha, sigma)`` of the variance-preserving ``x_t = alpha x0 + sigma eps`` at step ``index`` of
+    the scheduler's current grid (``set_timesteps`` called)."""
+    if _ve_scaled(scheduler):
+        s = float(scheduler.sigmas[index])
+        return 1 / (1 + s * s) ** 0.5, s / (1 + s * s) ** 0.5
+    abar = float(scheduler.alphas_cumprod[int(scheduler.timesteps[index * getattr(scheduler, "order", 1)])])
+    return abar ** 0.5, (1 - abar) ** 0.5
+
+
+def teleport(stats, scheduler, latents: torch.Tensor, num_inference_steps: int, skip: int) -> torch.Tensor:
+    """Analytical teleportation (Wang & Vastola): carry the initial noise ``latents`` along the exact
+    probability flow of the data's Gaussian model ``stats`` (:mod:`studio.core.gaussian`) from the
+    grid's first step to step ``skip``; returns what :func:`sample` takes as ``latents`` with
+    ``start_index=skip`` (it multiplies by ``init_noise_sigma``)."""
+    from studio.core import gaussian
+
+    if not 0 < skip < num_inference_steps:
+        raise ValueError(f"skip must be between 1 and {num_inference_steps - 1} of {num_inference_steps} steps")
+    if tuple(latents.shape[1:]) != tuple(stats.shape):
+        raise SchedulerError(f"the Gaussian statistics are for samples of shape {tuple(stats.shape)}, "
+                             f"this model draws {tuple(latents.shape[1:])}")
+    scheduler.set_timesteps(num_inference_steps)
+    init = float(getattr(scheduler, "init_noise_sigma", 1.0))
+    ve = _ve_scaled(scheduler)
+    (a0, s0), (ak, sk) = schedule_point(scheduler, 0), schedule_point(scheduler, skip)
+    x0 = latents.double() * init * (a0 if ve else 1.0)  # the variance-preserving x at the first step
+    xk = gaussian.pf_ode(stats.to(latents.device, torch.float64), x0, a0, s0, ak, sk)
+    return ((xk / ak if ve else xk) / init).to(latents.dtype)
+
+
 def sample_images(model, denoise: Denoiser, scheduler, seeds: list[int], *, num_inference_steps: int,
-                  preview_every: int = 0) -> Iterator[Progress | torch.Tensor]:
+                  preview_every: int = 0, teleport_to: tuple | None = None) -> Iterator[Progress | torch.Tensor]:
     """:func:`sample` for a loaded model (a ``DiffusionModel``: ``unet``, ``sample_shape``,
     ``prediction_type``, ``decode``), image i drawn from ``seeds[i]``; previews and the final sample
     pass through ``model.decode`` (a latent model's VAE; the identity for pixel models). Yields
-    Progress items, then the images (B, C, H, W) in [-1, 1] on the CPU."""
+    Progress items, then the images (B, C, H, W) in [-1, 1] on the CPU.
+
+    ``teleport_to=(stats, k)``: the first ``k`` of the ``num_inference_steps`` steps are replaced by
+    the exact flow of the data's Gaussian model (:func:`teleport`); the sampler runs the rest of its
+    grid from there. Deviation: the official code recomputes a fresh grid of N - k steps from the
+    skip level; diffusers' DDIM cannot take a custom grid, so every scheduler here continues on the
+    tail of its own N-step grid (the same N - k network evaluations)."""
     device = next(model.unet.parameters()).device
+    shape = (len(seeds), *model.sample_shape)
+    generator = [make_generator(s) for s in seeds]
+    latents, start = None, 0
+    if teleport_to is not None and teleport_to[1] > 0:
+        stats, start = teleport_to
+        randn_tensor = lazy.module("diffusers.utils.torch_utils").randn_tensor
+        latents = teleport(stats, scheduler, randn_tensor(shape, generator=generator, device=device),
+                           num_inference_steps, start)
     with torch.no_grad():
-        steps = sample(denoise, scheduler, (len(seeds), *model.sample_shape), num_inference_steps=num_inference_steps,
-                       generator=[make_generator(s) for s in seeds], device=device,
+        steps = sample(denoise, scheduler, shape, num_inference_steps=num_inference_steps,
+                       generator=generator, device=device, latents=latents, start_index=start,
                        prediction_type=model.prediction_type, preview_every=preview_every)
         for item in steps:
             if isinstance(item, Progress):
