@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume-from-zoo", action="store_true",
                    help="diffusion models: with no checkpoint in runs/, continue from the shipped weights")
     p.add_argument("--variant", default="", help="shapes-t2i: a side-by-side recipe variant (kept in runs/)")
+    p.add_argument("--gaussian-stats", action="store_true",
+                   help="digits-cond / shapes-t2i: only (re)compute the Gaussian statistics of its training data "
+                        "beside the entry (teleportation; seconds, no training)")
     p = sub.add_parser("eval", help="measure a zoo diffusion model with the judges; writes MANIFEST quality")
     p.add_argument("name", choices=["digits-cond", "shapes-t2i"])
     p.add_argument("--no-write", action="store_true")
@@ -50,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         from studio.core.device import set_threads
 
         set_threads(args.threads)
+        if args.gaussian_stats:
+            from studio.train import gaussian
+
+            print(json.dumps(gaussian.write_stats(args.name), indent=2))
+            return 0
         print(json.dumps(train.run(args.name, minutes=args.minutes, steps=args.steps, seed=args.seed,
                                    resume_from_zoo=args.resume_from_zoo, variant=args.variant), indent=2))
         return 0

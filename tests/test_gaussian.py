@@ -145,3 +145,21 @@ def test_teleporting_the_first_steps_lands_where_the_full_sampler_does(name):
     with pytest.raises(ValueError, match="skip must be between"):
         run_to_end(sample_images(model, lambda x, t: model.denoise(x, t, None), make_scheduler(name, config), [0],
                                  num_inference_steps=steps, teleport_to=(stats, steps)))
+
+
+def test_generate_teleports_on_a_zoo_model_and_says_why_it_cannot_elsewhere(zoo_manager, tiny_manager):
+    from studio.core.params import ParamError
+    from studio.core.sampling import SchedulerError
+    from studio.methods import generate
+
+    p = generate.Params(model="digits-cond", scheduler="ddim", steps=8, teleport=3, n_images=2, preview_every=0)
+    *progress, r = generate.run(p, zoo_manager)
+    assert progress[-1].total == 5 and r.parameters["teleport"] == 3
+    with zoo_manager.use("digits-cond") as dm:
+        assert dm.gaussian.shape == dm.sample_shape and dm.gaussian.n_samples == 1437
+    with pytest.raises(SchedulerError, match="leaves none"):
+        list(generate.run(generate.Params(model="digits-cond", steps=8, teleport=8), zoo_manager))
+    with pytest.raises(SchedulerError, match="no Gaussian statistics"):
+        list(generate.run(generate.Params(model="digits-cond", steps=8, teleport=2), tiny_manager))
+    with pytest.raises(ParamError):
+        generate.check(generate.Params(teleport=-1), tiny_manager)

@@ -122,6 +122,8 @@ def verify_zoo_entry(name: str, zoo: Path = ZOO_DIR) -> Path:
     return folder
 
 
+GAUSSIAN_FILE = "gaussian.safetensors"  # a diffusion entry's data statistics (studio.core.gaussian)
+
 # The studio's own network classes a zoo config.json may name, by module (diffusers' classes are
 # found in diffusers). The loader and the app's warm-up both read this one map.
 NET_MODULES: dict[str, tuple[str, ...]] = {
@@ -188,7 +190,20 @@ def _load_diffusion(folder: Path, info: dict) -> DiffusionModel:
         return SeriesDiffusion(name=folder.name, unet=module, scheduler_config=sched, info=info)
     return DiffusionModel(name=folder.name, unet=module, scheduler_config=sched,
                           prediction_type=info.get("prediction_type", "epsilon"),
-                          conditioning=info.get("conditioning", "none"), info=info)
+                          conditioning=info.get("conditioning", "none"), info=info, gaussian=_gaussian_beside(folder))
+
+
+def _gaussian_beside(folder: Path):
+    """The Gaussian statistics written beside a zoo entry (``studio train NAME --gaussian-stats``), if any."""
+    path = folder / GAUSSIAN_FILE
+    if not path.exists():
+        return None
+    from studio.core.gaussian import GaussianStats
+
+    try:
+        return GaussianStats.load(path)
+    except (ValueError, OSError) as exc:
+        raise WeightsError(f"{folder.name}: {GAUSSIAN_FILE} could not be read ({exc})") from exc
 
 
 def _load_idempotent(folder: Path, info: dict) -> torch.nn.Module:

@@ -52,6 +52,7 @@ class DiffusionModel:
     prediction_type: str = "epsilon"
     conditioning: Literal["none", "class", "text"] = "none"
     info: dict = field(default_factory=dict)
+    gaussian: Any = None  # the training data's Gaussian model (studio.core.gaussian.GaussianStats), for teleportation
 
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.unet(x, t, **cond).sample

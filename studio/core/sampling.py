@@ -235,6 +235,25 @@ def teleport(stats, scheduler, latents: torch.Tensor, num_inference_steps: int, 
     return ((xk / ak if ve else xk) / init).to(latents.dtype)
 
 
+TELEPORT_HELP = ("Skip the first k steps: the exact probability flow of the training data's Gaussian model carries "
+                 "the noise there, the model runs the rest (analytical teleportation, Wang & Vastola, TMLR 2024). "
+                 "0 = off.")
+
+
+def teleport_plan(model, skip: int, steps: int) -> tuple | None:
+    """``sample_images``' ``teleport_to`` for a method's "Teleported steps" value; clear messages when
+    the model has no data statistics or nothing would be left for it to do."""
+    if not skip:
+        return None
+    stats = getattr(model, "gaussian", None)
+    if stats is None:
+        raise SchedulerError(f"{model.name!r} has no Gaussian statistics of its training data, which teleportation "
+                             f"needs (zoo models: `studio train {model.name} --gaussian-stats`); set it to 0")
+    if skip >= steps:
+        raise SchedulerError(f"teleporting {skip} of {steps} steps leaves none for the model; teleport at most {steps - 1}")
+    return stats, skip
+
+
 def sample_images(model, denoise: Denoiser, scheduler, seeds: list[int], *, num_inference_steps: int,
                   preview_every: int = 0, teleport_to: tuple | None = None) -> Iterator[Progress | torch.Tensor]:
     """:func:`sample` for a loaded model (a ``DiffusionModel``: ``unet``, ``sample_shape``,

@@ -22,7 +22,8 @@ from studio.core.models import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import DISPLAY_SIZE, ImageResult, to_pil
-from studio.core.sampling import Progress, SchedulerError, SchedulerName, make_scheduler, sample_images
+from studio.core.sampling import (TELEPORT_HELP, Progress, SchedulerError, SchedulerName, make_scheduler,
+                                  sample_images, teleport_plan)
 from studio.data.text import MAX_PROMPT_CHARS
 from studio.methods import method
 
@@ -48,6 +49,8 @@ class Params:
     preview_every: int = field(default=5, metadata=spec(
         "Preview every", "Show the predicted clean image every k steps (0 = no previews).", minimum=0, maximum=50,
         step=1, advanced=True))
+    teleport: int = field(default=0, metadata=spec("Teleported steps", TELEPORT_HELP, minimum=0, maximum=199, step=1,
+                                                   advanced=True))
 
 
 def _conditions(dm: DiffusionModel, p: Params, manager: ModelManager, n: int) -> tuple[dict | None, dict | None]:
@@ -101,6 +104,7 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:
             denoise = G.cfg(dm.model_fn, cond, uncond, p.guidance)
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(p.n_images)]
         for item in sample_images(dm, denoise, scheduler, seeds, num_inference_steps=p.steps,
+                                  teleport_to=teleport_plan(dm, p.teleport, p.steps),
                                   preview_every=p.preview_every):
             if isinstance(item, Progress):
                 yield item
