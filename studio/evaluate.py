@@ -25,7 +25,7 @@ from studio.core import guidance as G
 from studio.core import metrics
 from studio.core.device import make_generator
 from studio.core.manager import ModelManager
-from studio.core.sampling import make_scheduler, run_to_end, sample
+from studio.core.sampling import make_scheduler, run_to_end, sample, start_latents, teleport_plan
 from studio.data import digits, shapes
 
 DIGITS_SWEEP = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
@@ -34,16 +34,19 @@ SHAPES_SWEEP = (1.0, 2.0, 3.0, 4.0, 5.0)
 
 @torch.no_grad()
 def sample_batch(dm, cond: dict, uncond: dict, scale: float, n: int, seed: int, steps: int = 20,
-                 scheduler: str = "ddim") -> torch.Tensor:
-    """``n`` samples with classifier-free guidance ``scale``; image i uses seed + i."""
+                 scheduler: str = "ddim", teleport: int = 0) -> torch.Tensor:
+    """``n`` samples with classifier-free guidance ``scale``; image i uses seed + i; the first
+    ``teleport`` steps by the model's Gaussian statistics (analytical teleportation)."""
     denoise = G.bind(dm.model_fn, cond) if scale == 1.0 else G.cfg(dm.model_fn, cond, uncond, scale)
     sched = make_scheduler(scheduler, dm.scheduler_config, dm.prediction_type)
-    return run_to_end(sample(denoise, sched, (n, *dm.sample_shape), num_inference_steps=steps,
-                             generator=[make_generator(seed + i) for i in range(n)]))
+    shape, generator = (n, *dm.sample_shape), [make_generator(seed + i) for i in range(n)]
+    latents, start = start_latents(sched, shape, generator, "cpu", steps, teleport_plan(dm, teleport, steps))
+    return run_to_end(sample(denoise, sched, shape, num_inference_steps=steps, generator=generator,
+                             latents=latents, start_index=start))
 
 
 def evaluate_digits(manager: ModelManager, per_class: int = 30, sweep=DIGITS_SWEEP, steps: int = 20,
-                    seed: int = 1000) -> dict:
+                    seed: int = 1000, scheduler: str = "ddim", teleport: int = 0) -> dict:
     labels = torch.arange(10).repeat_interleave(per_class)
     rows = []
     test = torch.from_numpy(digits.load("test").images)
@@ -53,7 +56,7 @@ def evaluate_digits(manager: ModelManager, per_class: int = 30, sweep=DIGITS_SWE
             t0 = time.perf_counter()
             x = torch.cat([sample_batch(dm, {"class_labels": labels[i:i + 100]},
                                         {"class_labels": torch.full_like(labels[i:i + 100], 10)},
-                                        scale, len(labels[i:i + 100]), seed + i, steps)
+                                        scale, len(labels[i:i + 100]), seed + i, steps, scheduler, teleport)
                            for i in range(0, len(labels), 100)])
             rows.append({"guidance": scale, "accuracy": metrics.digits_accuracy(judge, x, labels.numpy()).to_dict(),
                          "fd_digits": metrics.frechet(fdnet, x, test).to_dict(),
@@ -62,7 +65,7 @@ def evaluate_digits(manager: ModelManager, per_class: int = 30, sweep=DIGITS_SWE
                   f"FD-digits {rows[-1]['fd_digits']['value']:.2f}", flush=True)
     best = max(rows, key=lambda r: r["accuracy"]["value"])
     return {"sweep": rows, "best_guidance": best["guidance"], "best_accuracy": best["accuracy"],
-            "fd_digits_train_vs_test": floor.to_dict(), "sampler": f"ddim, {steps} steps",
+            "fd_digits_train_vs_test": floor.to_dict(), "sampler": f"{scheduler}, {steps} steps",
             "images_per_scale": len(labels), "goal": "asked-for class >= 0.95 at the best scale"}
 
 
@@ -91,7 +94,7 @@ def prompt_conditions(prompts: list[str], encoder=None) -> tuple[dict, dict]:
 
 def evaluate_shapes(manager: ModelManager, sweep=SHAPES_SWEEP, repeats: int = 2, steps: int = 20,
                     seed: int = 2000, scheduler: str = "ddim", prompts: list[dict] | None = None,
-                    fd_boot: int = 200) -> dict:
+                    fd_boot: int = 200, teleport: int = 0) -> dict:
     """The REPORT prompts, ``repeats`` images each (image i: noise seed ``seed`` + i), at each
     guidance scale: shape and colour, region, FD-shapes, and the background of the outer ring."""
     prompts = REPORT_PROMPTS if prompts is None else prompts  # fewer only to test the procedure
@@ -109,7 +112,7 @@ def evaluate_shapes(manager: ModelManager, sweep=SHAPES_SWEEP, repeats: int = 2,
                 sl = slice(i, min(i + 64, n))
                 parts.append(sample_batch(dm, {k: v[sl] for k, v in cond.items()},
                                           {k: v[sl] for k, v in uncond.items()}, scale, sl.stop - sl.start,
-                                          seed + i, n_steps, sampler))
+                                          seed + i, n_steps, sampler, teleport))
             x = torch.cat(parts)
             hits = metrics.shapes_concept_hits(judge, x, concepts)
             bg = metrics.background_stats(x)

@@ -235,6 +235,19 @@ def teleport(stats, scheduler, latents: torch.Tensor, num_inference_steps: int, 
     return ((xk / ak if ve else xk) / init).to(latents.dtype)
 
 
+def start_latents(scheduler, shape, generator, device, num_inference_steps: int,
+                  teleport_to: tuple | None = None) -> tuple[torch.Tensor | None, int]:
+    """``(latents, start_index)`` for :func:`sample`: ``(None, 0)`` without teleportation (sample
+    draws the noise itself); with ``teleport_to=(stats, k)``, the same noise drawn from the same
+    generators, carried to step ``k`` by :func:`teleport`."""
+    if teleport_to is None or not teleport_to[1]:
+        return None, 0
+    stats, start = teleport_to
+    randn_tensor = lazy.module("diffusers.utils.torch_utils").randn_tensor
+    noise = randn_tensor(shape, generator=generator, device=torch.device(device))
+    return teleport(stats, scheduler, noise, num_inference_steps, start), start
+
+
 TELEPORT_HELP = ("Skip the first k steps: the exact probability flow of the training data's Gaussian model carries "
                  "the noise there, the model runs the rest (analytical teleportation, Wang & Vastola, TMLR 2024). "
                  "0 = off.")
@@ -269,12 +282,7 @@ def sample_images(model, denoise: Denoiser, scheduler, seeds: list[int], *, num_
     device = next(model.unet.parameters()).device
     shape = (len(seeds), *model.sample_shape)
     generator = [make_generator(s) for s in seeds]
-    latents, start = None, 0
-    if teleport_to is not None and teleport_to[1] > 0:
-        stats, start = teleport_to
-        randn_tensor = lazy.module("diffusers.utils.torch_utils").randn_tensor
-        latents = teleport(stats, scheduler, randn_tensor(shape, generator=generator, device=device),
-                           num_inference_steps, start)
+    latents, start = start_latents(scheduler, shape, generator, device, num_inference_steps, teleport_to)
     with torch.no_grad():
         steps = sample(denoise, scheduler, shape, num_inference_steps=num_inference_steps,
                        generator=generator, device=device, latents=latents, start_index=start,

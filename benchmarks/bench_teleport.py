@@ -1,0 +1,158 @@
+"""Teleport benchmark (issue 22): analytical teleportation (Wang & Vastola, TMLR 2024) on the zoo models.
+
+Each model at its tab's sampler and guidance (``digits-cond``: DDIM 20, guidance 2; ``shapes-t2i``:
+DPM-Solver++ 15, guidance 2), the first k steps replaced by the exact flow of its training data's
+Gaussian model (``gaussian.safetensors`` beside the zoo entry), k = 0, 10, ..., 50 % of the steps.
+Measured per k: the judge's accuracy (digits: the asked class; shapes: shape and colour, and
+region), FD-digits / FD-shapes, network evaluations per image (two per step: classifier-free
+guidance) and seconds, with 95 % bootstrap intervals.
+
+* **Selection** (chooses k): digits, 20 per class from noise seed ``DIGITS_SELECT`` + i; shapes, the
+  81 SELECTION prompts once from seed ``SHAPES_SELECT`` + i. The chosen k is the largest whose FD
+  and accuracy values both lie inside the k = 0 intervals on the selection set.
+* **Report** (never chooses): digits, 30 per class from seed 1000 + i (``studio eval``'s set);
+  shapes, the 81 REPORT prompts twice from seed 2000 + i (``studio eval``'s set).
+
+The paper's claim is that the first 15-30 % of the steps can be skipped at near-identical quality
+(their CIFAR-10 FID 1.93 is context only). Goal (issue 22): at least 20 % fewer network
+evaluations at FD within the interval of the full-step sampler.
+
+Run: ``python benchmarks/bench_teleport.py --model digits`` and ``--model shapes`` (side by side,
+resumable per k from ``runs/teleport-<model>.json``), then ``--report`` writes
+``benchmarks/results/teleport.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from studio import evaluate
+from studio.core.manager import ModelManager
+from studio.train.common import RUNS_DIR, machine_description
+
+ROOT = Path(__file__).resolve().parent
+FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+DIGITS_SELECT, SHAPES_SELECT = 41000, 52000
+SETTINGS = {"digits": {"model": "digits-cond", "sampler": ("ddim", 20), "guidance": 2.0},
+            "shapes": {"model": "shapes-t2i", "sampler": ("dpm++", 15), "guidance": 2.0}}
+
+
+def skips(steps: int) -> list[int]:
+    return sorted({round(f * steps) for f in FRACTIONS})
+
+
+def measure(manager: ModelManager, which: str, split: str, k: int, quick: bool) -> dict:
+    s = SETTINGS[which]
+    sched, steps = s["sampler"]
+    t0 = time.perf_counter()
+    if which == "digits":
+        per_class = (3 if quick else 20) if split == "selection" else (5 if quick else 30)
+        seed = DIGITS_SELECT if split == "selection" else 1000
+        out = evaluate.evaluate_digits(manager, per_class=per_class, sweep=(s["guidance"],), steps=steps, seed=seed,
+                                       scheduler=sched, teleport=k)
+        row = out["sweep"][0]
+        quality = {"accuracy": row["accuracy"], "fd": row["fd_digits"], "fd_floor": out["fd_digits_train_vs_test"],
+                   "images": out["images_per_scale"]}
+    else:
+        prompts = evaluate.SELECTION_PROMPTS if split == "selection" else evaluate.REPORT_PROMPTS
+        if quick:
+            prompts = prompts[:12]
+        out = evaluate.evaluate_shapes(manager, sweep=(s["guidance"],), repeats=1 if split == "selection" else 2,
+                                       steps=steps, seed=SHAPES_SELECT if split == "selection" else 2000,
+                                       scheduler=sched, prompts=prompts, teleport=k)
+        row = out["sweep"][0]
+        quality = {"accuracy": row["shape_and_colour"], "region": row["region"], "fd": row["fd_shapes"],
+                   "fd_floor": out["fd_shapes_real_vs_real"], "images": out["images_per_scale"]}
+    return {"k": k, "steps": steps, "evals_per_image": 2 * (steps - k),
+            "seconds_per_image_1_thread": round((time.perf_counter() - t0) / quality["images"], 3), **quality}
+
+
+def inside(value: float, interval: dict) -> bool:
+    return interval["low"] <= value <= interval["high"]
+
+
+def choose(selection: list[dict]) -> int:
+    """The largest k whose selection FD and accuracy values lie inside the k = 0 intervals."""
+    base = next(r for r in selection if r["k"] == 0)
+    ok = [r["k"] for r in selection if inside(r["fd"]["value"], base["fd"]) and inside(r["accuracy"]["value"], base["accuracy"])]
+    return max(ok)
+
+
+def run_model(which: str, quick: bool) -> dict:
+    torch.set_num_threads(1)
+    path = RUNS_DIR / f"teleport-{which}{'-quick' if quick else ''}.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    manager = ModelManager(device="cpu")
+    manager.register_zoo()
+    steps = SETTINGS[which]["sampler"][1]
+    for split in ("selection", "report"):
+        for k in skips(steps):
+            key = f"{split} {k}"
+            if key not in done:
+                done[key] = measure(manager, which, split, k, quick)
+                path.parent.mkdir(exist_ok=True)
+                path.write_text(json.dumps(done, indent=1) + "\n")
+                r = done[key]
+                print(which, key, f"accuracy {r['accuracy']['value']:.3f}, FD {r['fd']['value']:.1f}", flush=True)
+    return done
+
+
+def summarise(which: str, done: dict) -> dict:
+    selection = [v for k, v in done.items() if k.startswith("selection")]
+    report = [v for k, v in done.items() if k.startswith("report")]
+    chosen = choose(selection)
+    base = next(r for r in report if r["k"] == 0)
+    pick = next(r for r in report if r["k"] == chosen)
+    saving = 1 - pick["evals_per_image"] / base["evals_per_image"]
+    return {**SETTINGS[which], "sampler": "{} {}".format(*SETTINGS[which]["sampler"]), "selection": selection,
+            "report": report, "chosen_k": chosen, "evaluations_saved": round(saving, 3),
+            "fd_inside_full_interval": inside(pick["fd"]["value"], base["fd"]),
+            "goal_met": bool(saving >= 0.2 and inside(pick["fd"]["value"], base["fd"]))}
+
+
+def markdown(r: dict) -> str:
+    fmt = lambda e: f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+    fdf = lambda e: f"{e['value']:.1f} [{e['low']:.1f}, {e['high']:.1f}]"
+    lines = [f"# Teleport benchmark: analytical teleportation on the zoo models ({r['machine']}, {r['date']})", "",
+             __doc__.split("\n\n")[1].replace("\n", " "), "",
+             "Selection and report sets as in `bench_teleport.py`'s docstring. Toy scale: the paper's CIFAR-10 FID "
+             "1.93 is context, not comparable.", ""]
+    for which, m in r["models"].items():
+        lines += [f"## `{m['model']}`, {m['sampler']}, guidance {m['guidance']}", ""]
+        for split in ("selection", "report"):
+            extra = " | region" if which == "shapes" else ""
+            lines += [f"**{split.capitalize()}**", "", f"| k skipped | evaluations / image | accuracy{extra} | FD | s / image |",
+                      "|---|---|---|---|---|" + ("---|" if extra else "")]
+            for row in m[split]:
+                reg = f" | {fmt(row['region'])}" if which == "shapes" else ""
+                lines.append(f"| {row['k']} of {row['steps']} | {row['evals_per_image']} | {fmt(row['accuracy'])}{reg} | "
+                             f"{fdf(row['fd'])} | {row['seconds_per_image_1_thread']} |")
+            lines.append("")
+        lines += [f"FD floor (real vs real at this size): {fdf(m['report'][0]['fd_floor'])}.", "",
+                  f"Chosen on selection: **k = {m['chosen_k']}** ({m['evaluations_saved']:.0%} fewer evaluations); on "
+                  f"the report set its FD is {'inside' if m['fd_inside_full_interval'] else 'outside'} the full "
+                  f"sampler's interval. Goal (>= 20 % fewer evaluations at FD inside that interval): "
+                  f"**{'met' if m['goal_met'] else 'not met'}**.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=tuple(SETTINGS), help="measure one model (resumable)")
+    ap.add_argument("--report", action="store_true", help="write benchmarks/results/teleport.{json,md}")
+    ap.add_argument("--quick", action="store_true", help="a few images, nothing written to results")
+    args = ap.parse_args()
+    models = [args.model] if args.model else list(SETTINGS)
+    results = {w: summarise(w, run_model(w, args.quick)) for w in models}
+    out = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "models": results}
+    text = markdown(out)
+    if args.report and not args.quick:
+        (ROOT / "results").mkdir(exist_ok=True)
+        (ROOT / "results" / "teleport.json").write_text(json.dumps(out, indent=2) + "\n")
+        (ROOT / "results" / "teleport.md").write_text(text)
+    print(text)
