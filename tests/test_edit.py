@@ -216,6 +216,8 @@ def test_training_loop_runs_both_phases_and_the_export_loads_back(tmp_path, monk
 
     before = {k: v.clone() for k, v in sign.build_fake_score().state_dict().items()}
     monkeypatch.setattr(sign, "BATCH", 4)
+    pairs = sign.teacher_pairs  # the teacher's pairs in chunks of 4, not the recipe's 512 (two minutes of DDIM)
+    monkeypatch.setattr(sign, "teacher_pairs", lambda n, **kw: pairs(n, chunk=4, **kw))
     result = sign.train("sign-digits", seed=0, warmup=1, joint=1, root=tmp_path, n_pairs=4, progress=False,
                         export=False, checkpoint_every=1)
     assert result["steps"] == 2 and (tmp_path / "sign-digits-seed0-1-1" / "fake.safetensors").exists()
