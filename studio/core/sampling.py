@@ -250,7 +250,7 @@ def start_latents(scheduler, shape, generator, device, num_inference_steps: int,
 
 TELEPORT_HELP = ("Skip the first k steps: the exact probability flow of the training data's Gaussian model carries "
                  "the noise there, the model runs the rest (analytical teleportation, Wang & Vastola, TMLR 2024). "
-                 "0 = off.")
+                 "The Gaussian is the unconditional data's: those steps ignore the prompt or class. 0 = off.")
 
 
 def teleport_plan(model, skip: int, steps: int) -> tuple | None:
