@@ -163,3 +163,19 @@ def test_generate_teleports_on_a_zoo_model_and_says_why_it_cannot_elsewhere(zoo_
         list(generate.run(generate.Params(model="digits-cond", steps=8, teleport=2), tiny_manager))
     with pytest.raises(ParamError):
         generate.check(generate.Params(teleport=-1), tiny_manager)
+
+
+def test_the_gaussian_explains_all_of_a_gaussian_denoiser_and_less_of_a_different_one():
+    from studio.train.diffusion import noise_scheduler
+
+    stats, *_ = toy_stats(rank=4)
+    abar = noise_scheduler().alphas_cumprod
+    x0 = stats.mean + torch.randn(500, 4, generator=torch.Generator().manual_seed(6)) @ (
+        stats.eigvecs * stats.eigvals.sqrt()).T
+    x0 = x0.reshape(500, 1, 2, 3)
+    exact = gaussian.explained_by_gaussian(lambda x, t: gaussian.denoise(
+        stats, x, float(abar[t]) ** 0.5, float(1 - abar[t]) ** 0.5), stats, x0, abar, [10, 500, 990])
+    assert all(r["explained_variance"] == pytest.approx(1.0) and r["relative_error"] < 1e-9 for r in exact)
+    # a denoiser that returns the noisy input: far from the Gaussian at low noise
+    other = gaussian.explained_by_gaussian(lambda x, t: x / float(abar[t]) ** 0.5, stats, x0, abar, [500])
+    assert other[0]["explained_variance"] < 0.5

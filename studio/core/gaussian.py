@@ -143,3 +143,26 @@ def explained_variance(learned: torch.Tensor, gaussian: torch.Tensor) -> float:
     l, g = _flat(learned).double(), _flat(gaussian).double()
     total = ((l - l.mean(0)) ** 2).sum()
     return float(1 - ((l - g) ** 2).sum() / total) if total > 0 else float("nan")
+
+
+@torch.no_grad()
+def explained_by_gaussian(denoiser, stats: GaussianStats, x0: torch.Tensor, abar: torch.Tensor, timesteps,
+                          seed: int = 0) -> list[dict]:
+    """The paper's central measure, per timestep: noise clean samples ``x0`` (N, *shape) to
+    ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (one seeded noise per sample, the same at every t),
+    and compare the learned denoiser's clean estimate ``denoiser(x_t, t) -> x0_hat`` with the
+    Gaussian's (:func:`denoise`): the share of the learned estimate's variance the Gaussian explains,
+    and the relative error ``|learned - gaussian|^2 / |learned|^2`` about the data mean."""
+    gen = torch.Generator().manual_seed(seed)
+    eps = torch.randn(x0.shape, generator=gen)
+    rows = []
+    for t in timesteps:
+        a, s = float(abar[int(t)]) ** 0.5, float(1 - abar[int(t)]) ** 0.5
+        x_t = a * x0 + s * eps
+        learned = denoiser(x_t, int(t))
+        gauss = denoise(stats, x_t, a, s)
+        centred = _flat(learned).double() - stats.mean.double()
+        rows.append({"t": int(t), "alpha": round(a, 5), "sigma": round(s, 5), "snr": a * a / max(s * s, 1e-12),
+                     "explained_variance": explained_variance(learned, gauss),
+                     "relative_error": float(((_flat(learned) - _flat(gauss)).double() ** 2).sum() / (centred ** 2).sum())})
+    return rows
