@@ -231,3 +231,56 @@ def to_model_range(images_uint8: np.ndarray):
     import torch
 
     return torch.from_numpy(images_uint8).float().div(127.5).sub(1.0)
+
+
+# ----------------------------------------------------------------------------- questions about a scene
+# (the Classify tab's candidate sets)
+
+def question_candidates(obj: ShapeObject, question: str) -> tuple[list[str], int]:
+    """Candidates that differ from the object's full caption only in the asked attribute (the
+    others as they are), and the index of the true one. ``caption``: every shape and colour at its region."""
+    if question == "shape":
+        options = [(s, obj.colour, obj.region) for s in SHAPES]
+    elif question == "colour":
+        options = [(obj.shape, c, obj.region) for c in COLOURS]
+    elif question == "region":
+        options = [(obj.shape, obj.colour, r) for r in range(9)]
+    else:
+        options = [(s, c, obj.region) for s in SHAPES for c in COLOURS]
+    return [concept_caption(*o) for o in options], options.index((obj.shape, obj.colour, obj.region))
+
+
+# Binding tasks (Self-Bench style, Jeong et al. 2025): a two-object scene and candidates that name
+# only attributes present in the scene, so that what tells them apart is which attribute belongs to
+# which object. Object A is the one asked about, B the other (distinct shape, colour and region).
+BINDING: dict[str, str] = {
+    "bind colour": "the colour of A's shape: 'a <A's colour> <A's shape>' vs 'a <B's colour> <A's shape>'",
+    "bind shape": "the shape at A's region: 'a <A's shape> at <A's region>' vs 'a <B's shape> at <A's region>'",
+    "bind object": "which shape has A's colour: 'a <A's colour> <A's shape>' vs 'a <A's colour> <B's shape>'",
+    "bind place": "the colour at A's region: 'a <A's colour> <A's shape> at <A's region>' vs "
+                  "'a <B's colour> <A's shape> at <A's region>'",
+}
+
+
+def binding_candidates(a: ShapeObject, b: ShapeObject, task: str) -> list[str]:
+    """The two candidates of a binding task, the true one first (see :data:`BINDING`)."""
+    if task == "bind colour":
+        return [concept_caption(a.shape, a.colour, None), concept_caption(a.shape, b.colour, None)]
+    if task == "bind shape":
+        return [concept_caption(a.shape, None, a.region), concept_caption(b.shape, None, a.region)]
+    if task == "bind object":
+        return [concept_caption(a.shape, a.colour, None), concept_caption(b.shape, a.colour, None)]
+    if task == "bind place":
+        return [concept_caption(a.shape, a.colour, a.region), concept_caption(a.shape, b.colour, a.region)]
+    raise ValueError(f"unknown binding task {task!r}; choose one of {', '.join(BINDING)}")
+
+
+def binding_scene(seed: int) -> Scene:
+    """A two-object scene whose objects differ in shape, colour and region (no held-out pair, as in
+    training), drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    while True:
+        scene = random_scene(rng, n_objects=2, exclude=HELD_OUT_PAIRS)
+        a, b = scene.objects
+        if a.shape != b.shape and a.colour != b.colour:
+            return scene

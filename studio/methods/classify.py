@@ -48,7 +48,10 @@ from studio.core.models import DiffusionModel
 from studio.core.params import ParamError, spec, validate
 from studio.core.sampling import Progress, make_scheduler, predicted_eps
 from studio.data import digits, shapes
+from studio.core.readers import CONTRASTIVE, DIGIT_READERS, contrastive_reading, readings  # noqa: F401
+from studio.core.timestep_weights import learn_timestep_weights, weighted_choice  # noqa: F401 (the method's API)
 from studio.data.drawings import to_digit, to_picture
+from studio.data.shapes import BINDING, binding_candidates, binding_scene, question_candidates  # noqa: F401
 
 Source = Literal["test digit", "drawing", "shapes scene", "image"]
 Question = Literal["shape", "colour", "region", "caption", "bind colour", "bind shape", "bind object", "bind place",
@@ -245,93 +248,6 @@ def adaptive(eps_fn, x0: torch.Tensor, n_candidates: int, plan: list[tuple[int, 
 
 # ----------------------------------------------------------------------------- inputs and candidates
 
-def question_candidates(obj: shapes.ShapeObject, question: str) -> tuple[list[str], int]:
-    """Candidates that differ from the object's full caption only in the asked attribute (the
-    others as they are), and the index of the true one. ``caption``: every shape and colour at its region."""
-    if question == "shape":
-        options = [(s, obj.colour, obj.region) for s in shapes.SHAPES]
-    elif question == "colour":
-        options = [(obj.shape, c, obj.region) for c in shapes.COLOURS]
-    elif question == "region":
-        options = [(obj.shape, obj.colour, r) for r in range(9)]
-    else:
-        options = [(s, c, obj.region) for s in shapes.SHAPES for c in shapes.COLOURS]
-    return [shapes.concept_caption(*o) for o in options], options.index((obj.shape, obj.colour, obj.region))
-
-
-# Binding tasks (Self-Bench style, Jeong et al. 2025): a two-object scene and candidates that name
-# only attributes present in the scene, so that what tells them apart is which attribute belongs to
-# which object. Object A is the one asked about, B the other (distinct shape, colour and region).
-BINDING: dict[str, str] = {
-    "bind colour": "the colour of A's shape: 'a <A's colour> <A's shape>' vs 'a <B's colour> <A's shape>'",
-    "bind shape": "the shape at A's region: 'a <A's shape> at <A's region>' vs 'a <B's shape> at <A's region>'",
-    "bind object": "which shape has A's colour: 'a <A's colour> <A's shape>' vs 'a <A's colour> <B's shape>'",
-    "bind place": "the colour at A's region: 'a <A's colour> <A's shape> at <A's region>' vs "
-                  "'a <B's colour> <A's shape> at <A's region>'",
-}
-
-
-def binding_candidates(a: shapes.ShapeObject, b: shapes.ShapeObject, task: str) -> list[str]:
-    """The two candidates of a binding task, the true one first (see :data:`BINDING`)."""
-    if task == "bind colour":
-        return [shapes.concept_caption(a.shape, a.colour, None), shapes.concept_caption(a.shape, b.colour, None)]
-    if task == "bind shape":
-        return [shapes.concept_caption(a.shape, None, a.region), shapes.concept_caption(b.shape, None, a.region)]
-    if task == "bind object":
-        return [shapes.concept_caption(a.shape, a.colour, None), shapes.concept_caption(b.shape, a.colour, None)]
-    if task == "bind place":
-        return [shapes.concept_caption(a.shape, a.colour, a.region), shapes.concept_caption(a.shape, b.colour, a.region)]
-    raise ValueError(f"unknown binding task {task!r}; choose one of {', '.join(BINDING)}")
-
-
-def binding_scene(seed: int) -> shapes.Scene:
-    """A two-object scene whose objects differ in shape, colour and region (no held-out pair, as in
-    training), drawn from ``seed``."""
-    rng = np.random.default_rng(seed)
-    while True:
-        scene = shapes.random_scene(rng, n_objects=2, exclude=shapes.HELD_OUT_PAIRS)
-        a, b = scene.objects
-        if a.shape != b.shape and a.colour != b.colour:
-            return scene
-
-
-def learn_timestep_weights(errors: np.ndarray, truth: np.ndarray, train: np.ndarray, val: np.ndarray, *,
-                           l1: float = 1e-3, steps: int = 5000, lr: float = 0.01, seed: int = 0) -> dict:
-    """The official ``learn_timestep_weights.py`` (Jeong et al.): free weights ``w_t``, score
-    ``-sum_t w_t err_t / T``, cross-entropy on the right candidate plus ``l1 * ||w||_1``, Adam at
-    ``lr`` for ``steps`` steps on the images ``train``; the weights with the best accuracy on ``val``
-    are kept. ``errors`` (N, candidates, T); returns the weights (T,), the step chosen and the
-    validation accuracy (the official code also reports the weights with negatives clipped at 0)."""
-    torch.manual_seed(seed)
-    e = torch.as_tensor(errors, dtype=torch.float64)
-    y = torch.as_tensor(truth, dtype=torch.long)
-    n_t = e.shape[-1]
-    w = torch.ones(n_t, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([w], lr=lr)
-    e_tr, y_tr, e_va, y_va = e[train], y[train], e[val], y[val]
-
-    def accuracy(weights):
-        with torch.no_grad():
-            return float((torch.argmax(-(e_va @ weights), 1) == y_va).double().mean())
-
-    best = {"weights": w.detach().clone(), "step": 0, "val_accuracy": accuracy(w)}
-    for step in range(1, steps + 1):
-        loss = F.cross_entropy(-(e_tr @ w) / n_t, y_tr) + l1 * w.abs().sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        acc = accuracy(w)
-        if acc > best["val_accuracy"]:
-            best = {"weights": w.detach().clone(), "step": step, "val_accuracy": acc}
-    return {"weights": best["weights"].numpy(), "step": best["step"], "val_accuracy": best["val_accuracy"]}
-
-
-def weighted_choice(errors: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """The candidate each image picks from (N, candidates, T) errors: the lowest (weighted) mean."""
-    w = np.ones(errors.shape[-1]) if weights is None else np.asarray(weights)
-    return np.argmax(-(errors * w).sum(-1), axis=1)
-
-
 def custom_candidates(text: str) -> list[str]:
     items = [c.strip() for c in text.split("|")]
     if any(not c for c in items):
@@ -392,58 +308,6 @@ def prepare(p: Params, dm: DiffusionModel, drawing=None) -> tuple[torch.Tensor, 
     else:
         names, truth = question_candidates(scene.objects[0], p.question)
     return image, names, truth, notes, {"prompts": names}
-
-
-# the readers beside the verdict: the measuring instrument, and a classifier trained for the job
-DIGIT_READERS = {"judge-digits": "the judge (the measuring instrument)",
-                 "guide-clean": "a supervised classifier (Guide's, trained on clean digits)",
-                 "probe-digits": "a linear probe on digits-cond's own features (block {block}, t={t})"}
-
-
-def readings(manager, dm: DiffusionModel, image: torch.Tensor) -> list[dict]:
-    """What the registered readers see in ``image`` (C, H, W): for digits the judge and the supervised
-    classifier (class, probability); for the shapes world the judge's objects."""
-    from studio.core.metrics import judge_reading
-
-    rows = []
-    if dm.conditioning == "class":
-        for key, who in DIGIT_READERS.items():
-            if key in manager:
-                with manager.use(key) as net:
-                    c, prob = judge_reading(net, image[None])
-                rows.append({"reader": key, "who": who.format_map(manager.info(key)), "reads": str(int(c[0])),
-                             "probability": round(float(prob[0]), 3)})
-    elif dm.info.get("domain") == "shapes" and "judge-shapes" in manager:
-        with manager.use("judge-shapes") as judge:
-            s_cells, c_cells = judge.read(image[None].float().to(next(judge.parameters()).device))
-        found = [shapes.concept_caption(shapes.SHAPES[int(s) - 1], shapes.COLOURS[int(c)], r)
-                 for r, (s, c) in enumerate(zip(s_cells[0].tolist(), c_cells[0].tolist())) if s > 0]
-        rows.append({"reader": "judge-shapes", "who": "the judge (the measuring instrument)",
-                     "reads": "; ".join(found) or "nothing", "probability": None})
-    return rows
-
-
-CONTRASTIVE = "clip-shapes"  # the discriminative baseline of the shapes world (studio.nets.contrastive)
-
-
-def contrastive_reading(manager, dm: DiffusionModel, image: torch.Tensor, names: list[str]) -> list[dict]:
-    """The contrastive baseline's choice among the same candidates (shapes world only): the candidate
-    whose text embedding is most similar to the image's."""
-    if dm.info.get("domain") != "shapes" or CONTRASTIVE not in manager:
-        return []
-    from studio.data import text
-
-    with manager.use("text-encoder") as enc:
-        e = text.encode(enc, names)
-    with manager.use(CONTRASTIVE) as clip:
-        device = next(clip.parameters()).device
-        with torch.no_grad():
-            sim = clip.encode_image(image[None].float().to(device)) @ clip.encode_text(
-                e["encoder_hidden_states"].to(device), e["encoder_attention_mask"].to(device)).T
-    prob = torch.softmax(sim[0] * clip.logit_scale.clamp(max=np.log(100)).exp(), 0)
-    best = int(prob.argmax())
-    return [{"reader": CONTRASTIVE, "who": "a contrastive image-text model trained on the same scenes (CLIP-style)",
-             "reads": names[best], "probability": round(float(prob[best]), 3)}]
 
 
 def check(p: Params, manager) -> None:

@@ -27,13 +27,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-
-def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
-        nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
-        nn.MaxPool2d(2),
-    )
+from studio.nets.judges import _block  # the judges' conv block (two 3 x 3 convs, BatchNorm, ReLU, 2 x 2 max-pool)
 
 
 class ShapesCLIP(ModelMixin, ConfigMixin):
@@ -61,6 +55,11 @@ class ShapesCLIP(ModelMixin, ConfigMixin):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         scale = self.logit_scale.clamp(max=math.log(100)).exp()
         return scale * self.encode_image(images) @ self.encode_text(tokens, mask).T
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each image's softmax over the texts (B_images, B_texts)."""
+        return self(images, tokens, mask).softmax(-1)
 
 
 def clip_loss(logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
