@@ -428,7 +428,11 @@ def shapes_markdown(r: dict) -> str:
              f"Compose tab defaults ({compose.Params.scheduler} {compose.Params.steps} steps, weight "
              f"{compose.Params.guidance} per object), noise seed {GEN_SEED} + i. Classifier noises: seed "
              f"{SHAPES_NOISE} + i. The contrastive baseline is `clip-shapes` (same scenes and captions, same frozen "
-             "text encoder). Toy scale: the papers' figures are context only.", ""]
+             "text encoder). Toy scale: the papers' figures are context only.", "",
+             "**Selection sets** (nothing is chosen on the reported scenes): the tab's schedule was chosen on 100 "
+             "training digits (`classify.md`); the learned timestep weights and the best single timestep are chosen "
+             f"on the train / val part (seed {SPLIT_SEED} split) and reported on the other, fixed test half. **Report "
+             f"sets**: one-object scenes and two-object scenes from seed {SCENE_SEED} + i.", ""]
     if "questions" in r:
         q = r["questions"]
         lines += [f"## One object, one question at a time (tab defaults {classify.Params.n_samples} / "

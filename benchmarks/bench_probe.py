@@ -221,6 +221,10 @@ def write(r: dict) -> None:
         "Intervals: 95 % bootstrap over test digits (1000 resamples). Toy scale: DDAE's CIFAR-10 linear probe "
         "(95.9 %) is context, not comparable.",
         "",
+        f"**Selection set** (chooses the cell, each head's C and the supervised network's stopping step): the "
+        f"{r['splits']['validation']} validation digits held out of the training split. **Report set**: the "
+        f"{r['splits']['test']} test digits.",
+        "",
         "## Validation accuracy (chooses the cell; each cell's L2 strength C chosen on validation too)",
         "",
         "| block \\ t | " + " | ".join(str(t) for t in g["timesteps"]) + " |",
