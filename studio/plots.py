@@ -227,3 +227,98 @@ def probe_grid(blocks: list[str], timesteps: list[int], accuracy, which: str = "
                       xaxis={"title": "t (noise level, of 1000)", "type": "category"},
                       yaxis={"title": "decoder block (forward order)", "autorange": "reversed", "type": "category"})
     return fig
+
+
+def _arrows(go, points: np.ndarray, vectors: np.ndarray, spacing: float, colour: str, name: str):
+    """A vector field as line segments with arrowheads; lengths compressed (square root of the norm,
+    the longest one ``0.9 spacing``) so both slow and fast regions stay readable."""
+    norm = np.linalg.norm(vectors, axis=1)
+    top = norm.max() if norm.size and norm.max() > 0 else 1.0
+    scale = 0.9 * spacing * np.sqrt(norm / top) / np.maximum(norm, 1e-12)
+    ends = points + vectors * scale[:, None]
+    seg = np.full((len(points) * 3, 2), np.nan)
+    seg[0::3], seg[1::3] = points, ends
+    angle = 90 - np.degrees(np.arctan2(vectors[:, 1], vectors[:, 0]))
+    return [go.Scatter(x=seg[:, 0], y=seg[:, 1], mode="lines", line={"color": colour, "width": 1.2}, name=name,
+                       hoverinfo="skip", legendgroup=name),
+            go.Scatter(x=ends[:, 0], y=ends[:, 1], mode="markers", showlegend=False, legendgroup=name,
+                       marker={"symbol": "triangle-up", "size": 6, "color": colour, "angle": angle},
+                       customdata=norm, hovertemplate="|field| = %{customdata:.3g}<extra></extra>")]
+
+
+def playground(result, height: int = 520):
+    """A :class:`studio.methods.theory.PlaygroundResult`: the noised density at the shown time, the chosen
+    parametrisation's field as arrows (x0 drawn as the step x0_hat - x), a few particles' paths up to
+    the shown time and the particles there."""
+    import plotly.graph_objects as go
+
+    p = result.parameters
+    kind = p["parametrisation"]
+    t = float(result.times[result.shown])
+    axis = result.density_axis
+    field = result.fields[kind] - (result.grid if kind == "x0" else 0)
+    fig = go.Figure(go.Heatmap(x=axis, y=axis, z=np.exp(result.density), colorscale="Blues", showscale=False,
+                               hovertemplate="p_t = %{z:.3g}<extra></extra>", name="density"))
+    spacing = result.grid[1, 0] - result.grid[0, 0]
+    for trace in _arrows(go, result.grid, field, spacing, "#444444", f"{kind} field"):
+        fig.add_trace(trace)
+    trails = result.states[: result.shown + 1, : int(p.get("trails", 30))]
+    if trails.shape[1]:
+        xy = np.concatenate([trails, np.full((1, trails.shape[1], 2), np.nan)]).transpose(1, 0, 2).reshape(-1, 2)
+        fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="lines", name="paths",
+                                 line={"color": "rgba(214,39,40,0.45)", "width": 1}, hoverinfo="skip"))
+    now = result.states[result.shown]
+    fig.add_trace(go.Scatter(x=now[:, 0], y=now[:, 1], mode="markers", name=f"particles at t = {t:.3f}",
+                             marker={"size": 4, "color": "#d62728"}, hoverinfo="skip"))
+    lim = float(axis[-1])
+    fig.update_layout(height=height, template="plotly_white", margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      title=f"{p['distribution']}, {p['process']}, t = {t:.3f}: the {kind} field and the particles",
+                      xaxis={"range": [-lim, lim], "constrain": "domain"},
+                      yaxis={"range": [-lim, lim], "scaleanchor": "x"}, legend={"orientation": "h", "y": -0.05})
+    return fig
+
+
+def parametrisations(result, height: int = 300):
+    """The same field four ways at the shown time: each parametrisation's prediction (x0 as x0_hat - x)
+    above, and under each title the largest difference between the velocity it converts to and the
+    chosen one's (the conversions of the Principles monograph; float64 round-off when they agree)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    kinds = list(result.fields)
+    chosen = result.velocity_from[result.parameters["parametrisation"]]
+    titles = [f"{k}<br><sub>-> velocity: max diff {np.abs(result.velocity_from[k] - chosen).max():.1e}</sub>"
+              for k in kinds]
+    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=titles, horizontal_spacing=0.03)
+    spacing = result.grid[1, 0] - result.grid[0, 0]
+    for i, k in enumerate(kinds, start=1):
+        field = result.fields[k] - (result.grid if k == "x0" else 0)
+        for trace in _arrows(go, result.grid, field, spacing, "#1f77b4", k):
+            trace.showlegend = False
+            fig.add_trace(trace, row=1, col=i)
+        fig.update_xaxes(showticklabels=False, row=1, col=i)
+        fig.update_yaxes(showticklabels=False, scaleanchor=f"x{i if i > 1 else ''}", row=1, col=i)
+    fig.update_layout(height=height, template="plotly_white", margin={"l": 10, "r": 10, "t": 70, "b": 10})
+    return fig
+
+
+def explained_curve(curve: dict, space: str = "score", height: int = 360):
+    """One model's Gaussian-score diagnostic (``benchmarks/bench_gaussian_score.py``): the explained
+    variance of each reference against the noise level, with 95 % intervals, and the 90 % line."""
+    import plotly.graph_objects as go
+
+    rows = curve["rows"]
+    x = [r["sigma_over_alpha"] for r in rows]
+    fig = go.Figure()
+    for ref in [k.split("/")[0] for k in rows[0] if k.endswith(f"/{space}")]:
+        v = np.array([r[f"{ref}/{space}"] for r in rows])
+        fig.add_trace(go.Scatter(x=x, y=v[:, 0], mode="lines+markers", name=ref,
+                                 error_y={"type": "data", "symmetric": False, "array": v[:, 2] - v[:, 0],
+                                          "arrayminus": v[:, 0] - v[:, 1]}))
+    fig.add_hline(y=0.9, line={"dash": "dot", "color": "grey"})
+    fig.update_layout(height=height, template="plotly_white", margin={"l": 50, "r": 10, "t": 40, "b": 40},
+                      title=f"{curve['model']}: learned {space} explained by closed-form references",
+                      xaxis={"title": "noise level sigma / alpha", "type": "log"},
+                      yaxis={"title": "explained variance", "range": [-0.5, 1.05]},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig

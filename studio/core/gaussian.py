@@ -136,33 +136,20 @@ def pf_ode(stats: GaussianStats, x_t: torch.Tensor, alpha_t, sigma_t, alpha_s, s
     return out.reshape(x_t.shape)
 
 
-def explained_variance(learned: torch.Tensor, gaussian: torch.Tensor) -> float:
-    """The share of the learned denoiser's output variance (over a batch, about its mean) that the
-    Gaussian denoiser explains: ``1 - sum |learned - gaussian|^2 / sum |learned - mean(learned)|^2``
-    (the paper's central measure)."""
-    l, g = _flat(learned).double(), _flat(gaussian).double()
-    total = ((l - l.mean(0)) ** 2).sum()
-    return float(1 - ((l - g) ** 2).sum() / total) if total > 0 else float("nan")
+def log_density(stats: GaussianStats, x_t: torch.Tensor, alpha, sigma) -> torch.Tensor:
+    """``log N(x_t; alpha mu, alpha^2 Sigma + sigma^2 I)`` per sample (B,), in float64: the noised
+    Gaussian's log-density (a mixture component's weight in :mod:`studio.core.analytic`)."""
+    x = _flat(x_t).double()
+    a, s = float(alpha), float(sigma)
+    y = x - a * stats.mean.double()
+    coeff = y @ stats.eigvecs.double()
+    var_in = a * a * stats.eigvals.double() + s * s
+    rest = stats.dim - len(stats.eigvals)
+    quad = (coeff ** 2 / var_in).sum(1)
+    logdet = torch.log(var_in).sum()
+    if rest:
+        var_out = a * a * stats.residual + s * s
+        quad = quad + ((y ** 2).sum(1) - (coeff ** 2).sum(1)).clamp(min=0) / var_out
+        logdet = logdet + rest * torch.log(torch.tensor(var_out, dtype=torch.float64))
+    return -0.5 * (quad + logdet + stats.dim * torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64)))
 
-
-@torch.no_grad()
-def explained_by_gaussian(denoiser, stats: GaussianStats, x0: torch.Tensor, abar: torch.Tensor, timesteps,
-                          seed: int = 0) -> list[dict]:
-    """The paper's central measure, per timestep: noise clean samples ``x0`` (N, *shape) to
-    ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (one seeded noise per sample, the same at every t),
-    and compare the learned denoiser's clean estimate ``denoiser(x_t, t) -> x0_hat`` with the
-    Gaussian's (:func:`denoise`): the share of the learned estimate's variance the Gaussian explains,
-    and the relative error ``|learned - gaussian|^2 / |learned|^2`` about the data mean."""
-    gen = torch.Generator().manual_seed(seed)
-    eps = torch.randn(x0.shape, generator=gen)
-    rows = []
-    for t in timesteps:
-        a, s = float(abar[int(t)]) ** 0.5, float(1 - abar[int(t)]) ** 0.5
-        x_t = a * x0 + s * eps
-        learned = denoiser(x_t, int(t))
-        gauss = denoise(stats, x_t, a, s)
-        centred = _flat(learned).double() - stats.mean.double()
-        rows.append({"t": int(t), "alpha": round(a, 5), "sigma": round(s, 5), "snr": a * a / max(s * s, 1e-12),
-                     "explained_variance": explained_variance(learned, gauss),
-                     "relative_error": float(((_flat(learned) - _flat(gauss)).double() ** 2).sum() / (centred ** 2).sum())})
-    return rows

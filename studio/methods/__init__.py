@@ -61,6 +61,7 @@ METHODS: tuple[Method, ...] = (
     Method("tune", "Tune", ("image",), "components.tune_tab.build_tune_tab"),
     Method("nag", "Architectures", ("nag",), "components.nag_tab.build_nag_tab"),
     Method("classify", "Classify", ("image",), "components.classify_tab.build_classify_tab"),
+    Method("theory", "Theory", ("image",), "components.theory_tab.build_theory_tab"),
 )
 
 
