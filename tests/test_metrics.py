@@ -67,3 +67,19 @@ def test_linear_predictive_score_of_a_clean_sine_is_near_zero():
     assert metrics.linear_predictive_score(windows / scale, windows[250:], 18, alpha=1e-6) < 1e-3
     noise = np.random.default_rng(0).normal(size=(300, 24))
     assert metrics.linear_predictive_score(noise, windows[250:], 18) > 0.1
+
+
+def test_the_paired_fd_difference_is_zero_for_the_same_set_and_sees_a_shift():
+    from studio.core.metrics import frechet_features, frechet_paired_difference
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(400, 4))
+    a = rng.normal(size=(300, 4)) * 1.3  # a generator with the wrong spread
+    same = frechet_paired_difference(real, a, a.copy())
+    assert same.value == 0 and same.low == pytest.approx(0, abs=1e-12) and same.high == pytest.approx(0, abs=1e-12)
+    b = a + 0.4  # the same seeds, each sample moved
+    diff = frechet_paired_difference(real, a, b)
+    assert diff.low > 0 and diff.value == pytest.approx(
+        frechet_features(b, real, n_boot=2).value - frechet_features(a, real, n_boot=2).value)
+    with pytest.raises(ValueError, match="one row per seed"):
+        frechet_paired_difference(real, a, b[:-1])
