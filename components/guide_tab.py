@@ -79,7 +79,8 @@ def build_guide_tab(manager: ModelManager) -> dict[str, gr.components.Component]
                 with gr.Row():
                     inputs.update(param_inputs(guide.Params, names=TRICKS, id_prefix=PREFIX))
             inputs.update(param_inputs(guide.Params, names=("sampler", "steps", "seed", "randomize_seed", "n_images",
-                                                            "softplus_beta", "tau2_ratio", "gamma", "preview_every"),
+                                                            "softplus_beta", "tau2_ratio", "gamma", "preview_every",
+                                                            "teleport"),
                                        labels={"sampler": {"ddpm": "DDPM (ancestral)", "ddim": "DDIM"}},
                                        id_prefix=PREFIX))
         with gr.Column(scale=3):

@@ -156,3 +156,12 @@ def test_generate_teleports_on_a_zoo_model_and_says_why_it_cannot_elsewhere(zoo_
         list(generate.run(generate.Params(model="digits-cond", steps=8, teleport=2), tiny_manager))
     with pytest.raises(ParamError):
         generate.check(generate.Params(teleport=-1), tiny_manager)
+
+
+def test_guide_teleports_its_unconditional_model(zoo_manager):
+    from studio.methods import guide
+
+    p = guide.Params(recipe="noise-aware", steps=6, teleport=2, n_images=2, preview_every=0)
+    *progress, r = guide.run(p, zoo_manager)
+    assert len(progress) == 4 and progress[-1].total == 4 and r.parameters["teleport"] == 2
+    assert len(r.trace.timesteps) == 4 and r.tensors.shape == (2, 1, 16, 16)

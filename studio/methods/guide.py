@@ -50,7 +50,8 @@ from studio.core.models import DiffusionModel
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import DISPLAY_SIZE, ImageResult, to_pil
-from studio.core.sampling import Denoiser, Progress, make_scheduler, predicted_x0, sample_images
+from studio.core.sampling import (TELEPORT_HELP, Denoiser, Progress, make_scheduler, predicted_x0, sample_images,
+                                  teleport_plan)
 
 Method = Literal["elucd", "noise-aware", "naive", "ppap", "experts", "cfg"]
 Sampler = Literal["ddpm", "ddim"]
@@ -171,6 +172,9 @@ class Params:
     preview_every: int = field(default=5, metadata=spec(
         "Preview every", "Show the predicted clean image every k steps (0 = no previews).", minimum=0, maximum=50,
         step=1, advanced=True))
+    teleport: int = field(default=0, metadata=spec(
+        "Teleported steps", TELEPORT_HELP + " No guidance acts in those steps.", minimum=0, maximum=249, step=1,
+        advanced=True))
 
     @property
     def tricks(self) -> Tricks:
@@ -305,7 +309,8 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | GuideResult]:
             denoise = guided_denoiser(dm, p.recipe, torch.full((p.n_images,), p.target), p.scale, scheduler,
                                       sampler=p.sampler, tricks=p.tricks, classifier=classifier, trace=steps_trace,
                                       conditional=p.conditional)
-            for item in sample_images(dm, denoise, scheduler, seeds, num_inference_steps=p.steps, preview_every=1):
+            for item in sample_images(dm, denoise, scheduler, seeds, num_inference_steps=p.steps, preview_every=1,
+                                      teleport_to=teleport_plan(dm, p.teleport, p.steps)):
                 if isinstance(item, Progress):
                     trace.timesteps.append(int(item.timestep))
                     if judged:
