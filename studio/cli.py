@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="", help="shapes-t2i: a side-by-side recipe variant (kept in runs/)")
     p.add_argument("--gaussian-stats", action="store_true",
                    help="digits-cond / shapes-t2i: only (re)compute the Gaussian statistics of its training data "
-                        "beside the entry (teleportation; seconds, no training)")
+                        "beside the entry (teleportation; seconds, no training); with --images, NAME is a "
+                        "diffusion model folder and the statistics are those of the images (latents for latent models)")
+    p.add_argument("--images", default=None, metavar="FOLDER", help="with --gaussian-stats: a folder of images")
+    p.add_argument("--rank", type=int, default=256, help="with --images: eigen-directions kept (plus a residual)")
     p = sub.add_parser("eval", help="measure a zoo diffusion model with the judges; writes MANIFEST quality")
     p.add_argument("name", choices=["digits-cond", "shapes-t2i"])
     p.add_argument("--no-write", action="store_true")
@@ -56,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.gaussian_stats:
             from studio.train import gaussian
 
-            print(json.dumps(gaussian.write_stats(args.name), indent=2))
+            out = (gaussian.folder_stats(args.name, args.images, args.rank) if args.images
+                   else gaussian.write_stats(args.name))
+            print(json.dumps(out, indent=2))
             return 0
         print(json.dumps(train.run(args.name, minutes=args.minutes, steps=args.steps, seed=args.seed,
                                    resume_from_zoo=args.resume_from_zoo, variant=args.variant), indent=2))

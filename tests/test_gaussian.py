@@ -3,6 +3,8 @@ probability-flow ODE's exact solution, each checked against an independent compu
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -165,3 +167,39 @@ def test_guide_teleports_its_unconditional_model(zoo_manager):
     *progress, r = guide.run(p, zoo_manager)
     assert len(progress) == 4 and progress[-1].total == 4 and r.parameters["teleport"] == 2
     assert len(r.trace.timesteps) == 4 and r.tensors.shape == (2, 1, 16, 16)
+
+
+@pytest.mark.parametrize("tiny_sd_folder", ["epsilon"], indirect=True)
+def test_statistics_of_a_user_folder_in_a_pipelines_latent_space_make_it_teleport(tiny_sd_folder, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from studio import cli
+    from studio.core.loading import load_folder
+    from studio.core.sampling import make_scheduler, run_to_end, sample_images, teleport_plan
+    from studio.train.gaussian import folder_stats
+
+    model = tmp_path / "tiny-sd"
+    shutil.copytree(tiny_sd_folder, model)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):  # different sizes: each is scaled and centre-cropped to the model's 16 x 16
+        Image.fromarray(rng.integers(0, 255, (20 + i, 30, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    (images / "notes.txt").write_text("not an image")
+    (images / "broken.png").write_bytes(b"not a png")
+    assert cli.main(["train", str(model), "--gaussian-stats", "--images", str(images), "--rank", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "broken.png" in printed and str(tmp_path) not in printed.split("{")[0]
+    out = json.loads(printed[printed.index("{"):])
+    assert out["images"] == 12 and out["shape"] == [4, 8, 8] and out["rank"] == 8
+    dm = load_folder(model)
+    assert dm.gaussian.shape == dm.sample_shape and dm.gaussian.n_samples == 12
+    cond = dm.encode_prompts(["a cat", "a cat"])
+    sched = make_scheduler("ddim", dm.scheduler_config, dm.prediction_type)
+    x = run_to_end(sample_images(dm, lambda x, t: dm.model_fn(x, t, cond), sched, [0, 1], num_inference_steps=4,
+                                 teleport_to=teleport_plan(dm, 2, 4)))
+    assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="at least two"):
+        folder_stats(model, tmp_path / "tiny-sd" / "unet", rank=8)

@@ -290,7 +290,11 @@ def load_folder(path: Path) -> Any:
                                                                             low_cpu_mem_usage=LOW_CPU_MEM_USAGE)
         from studio.core import pipelines
 
-        return pipelines.from_pipeline(pipe, path.name) if pipelines.is_text_to_image(pipe) else pipe
+        if not pipelines.is_text_to_image(pipe):
+            return pipe
+        dm = pipelines.from_pipeline(pipe, path.name)
+        dm.gaussian = _gaussian_beside(path)
+        return dm
     if (path / "config.json").exists():
         module = load_module_folder(path)
         sched_dir = next((d for d in (path / "scheduler", path.parent / "scheduler") if d.is_dir()), None)
@@ -298,7 +302,7 @@ def load_folder(path: Path) -> Any:
             return module
         sched = json.loads((sched_dir / "scheduler_config.json").read_text())
         return DiffusionModel(name=path.name, unet=module, scheduler_config=sched,
-                              prediction_type=sched.get("prediction_type", "epsilon"))
+                              prediction_type=sched.get("prediction_type", "epsilon"), gaussian=_gaussian_beside(path))
     raise ModelNotFound(f"{path} is not a diffusers folder (no model_index.json or config.json)")
 
 
