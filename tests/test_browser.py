@@ -318,3 +318,26 @@ def test_classify_a_drawing_in_a_real_browser(studio_url, browser, tmp_path):
     csv = page.request.get(link.get_attribute("href")).text()
     assert csv.startswith('# method: "classify"') and '# source: "drawing"' in csv
     page.screenshot(path=str(tmp_path / "classify.png"), full_page=True)
+
+
+def test_theory_playground_draws_and_the_time_slider_redraws_in_a_real_browser(studio_url, browser, tmp_path):
+    """Draw the playground, change the process (it redraws by itself), then move the time slider to the
+    data end: the figures are plotly plots and the summary follows."""
+    from playwright.sync_api import expect
+
+    page = open_tab(browser, studio_url, "Theory", height=1400)
+    page.locator("#theory-btn").click()
+    info = page.locator("#theory-info")
+    expect(info).to_contain_text("Energy distance")
+    expect(info).to_contain_text("t = 0.50")
+    expect(page.locator("#theory-field .js-plotly-plot")).to_have_count(1)
+    expect(page.locator("#theory-four .js-plotly-plot")).to_have_count(1)
+    page.locator("#theory-param-process input").click()
+    page.get_by_role("option", name="Rectified flow ODE").click()
+    expect(info).to_contain_text("Rectified flow ODE")
+    number = page.locator("#theory-param-time input[type=number]")
+    number.fill("0")
+    number.press("Enter")
+    page.locator("#theory-param-time input[type=range]").dispatch_event("pointerup")
+    expect(info).to_contain_text("t = 0.001")
+    page.screenshot(path=str(tmp_path / "theory.png"), full_page=True)
