@@ -154,14 +154,20 @@ def teleport_panel(manager: ModelManager) -> dict[str, gr.components.Component]:
                 full_img = gr.Image(label="Full sampler", type="pil", interactive=False, elem_id=f"{TELE}full")
                 tele_img = gr.Image(label="Teleported", type="pil", interactive=False, elem_id=f"{TELE}teleported")
             tele_info = gr.Markdown(elem_id=f"{TELE}info")
-    bench = teleport_figure()
-    gr.Plot(value=bench, label="Measured: quality against evaluations (benchmark)", visible=bench is not None,
-            elem_id=f"{TELE}bench")
-    curves = _load("gaussian_score.json")
-    if curves:
+    with gr.Accordion("Measured: quality against evaluations, and how Gaussian the learned score is "
+                      "(benchmarks)", open=False) as measured:
+        bench_plot = gr.Plot(label="Teleport benchmark", elem_id=f"{TELE}bench")
         with gr.Row():
-            for c in curves["curves"]:
-                gr.Plot(value=plots.explained_curve(c), label=f"Gaussian-score diagnostic: {c['model']}")
+            curve_plots = [gr.Plot(label=f"Gaussian-score diagnostic: {name}", elem_id=f"{TELE}curve-{i}")
+                           for i, name in enumerate(("digits-cond", "shapes-t2i"))]
+
+    def show_measured():
+        """The benchmarks' figures, drawn when the accordion is first opened (not at app build)."""
+        curves = (_load("gaussian_score.json") or {}).get("curves", [])
+        by_model = {c["model"]: plots.explained_curve(c) for c in curves}
+        return [teleport_figure()] + [by_model.get(name) for name in ("digits-cond", "shapes-t2i")]
+
+    measured.expand(show_measured, outputs=[bench_plot, *curve_plots], api_name="theory_measured")
 
     def on_model(model):
         cond = manager.info(model).get("conditioning") if model else None
@@ -181,5 +187,5 @@ def teleport_panel(manager: ModelManager) -> dict[str, gr.components.Component]:
     handler = stream(theory.compare_teleport, generate.Params, manager, preview=tele_img, first=tele_info, done=done)
     compare_btn.click(handler, inputs_kwargs=inputs, outputs=[full_img, tele_img, tele_info], preprocess=False,
                       api_name="theory_teleport", concurrency_id="models", concurrency_limit=1)
-    return {f"tele_{k}": v for k, v in inputs.items()} | {"compare": compare_btn, "full": full_img,
+    return {f"tele_{k}": v for k, v in inputs.items()} | {"compare": compare_btn, "full": full_img, "measured": measured,
                                                           "teleported": tele_img, "tele_info": tele_info}
