@@ -30,7 +30,7 @@ INTRO = (
     "clean sample, score or velocity) and the sampler converts it. The particles move the same whichever you "
     "pick; the four small panels show the field in each parametrisation and how far each one's velocity is "
     "from the others (round-off). The VP reverse SDE and its probability-flow ODE reach the same distribution "
-    "by different paths; rectified flow's paths are straighter. Notebook `08_one_velocity_field` goes further "
+    "by different paths. Rectified flow noises along straight lines, but its sampling paths need not be straight (on the eight Gaussians they are longer than VP's). Notebook `08_one_velocity_field` goes further "
     "(a trained field, flow maps, likelihoods).")
 TELEPORT_INTRO = (
     "**Analytical teleportation** (Wang & Vastola, TMLR 2024). At high noise a trained denoiser is almost exactly "

@@ -56,7 +56,7 @@ class Params:
         "move the same whichever you pick."))
     process: Process = field(default="vp-ode", metadata=spec(
         "Process", "The path and the sampler: variance preserving (DDPM) with its probability-flow ODE or its "
-        "reverse SDE, or rectified flow (straight paths from data to noise) with its ODE."))
+        "reverse SDE, or rectified flow (noised along straight lines, x_t = (1 - t) x0 + t eps) with its ODE."))
     time: float = field(default=0.5, metadata=spec(
         "Time t", "Show the particles and the field at this time: 1 is noise, 0 is data.", minimum=0.0,
         maximum=1.0, step=0.01))
