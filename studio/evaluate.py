@@ -25,7 +25,7 @@ from studio.core import guidance as G
 from studio.core import metrics
 from studio.core.device import make_generator
 from studio.core.manager import ModelManager
-from studio.core.sampling import make_scheduler, run_to_end, sample, start_latents, teleport_plan
+from studio.core.sampling import continuation, make_scheduler, run_to_end, sample, start_latents, teleport_plan
 from studio.data import digits, shapes
 
 DIGITS_SWEEP = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
@@ -34,15 +34,17 @@ SHAPES_SWEEP = (1.0, 2.0, 3.0, 4.0, 5.0)
 
 @torch.no_grad()
 def sample_batch(dm, cond: dict, uncond: dict, scale: float, n: int, seed: int, steps: int = 20,
-                 scheduler: str = "ddim", teleport: int = 0) -> torch.Tensor:
+                 scheduler: str = "ddim", teleport: int = 0, regrid: bool = False) -> torch.Tensor:
     """``n`` samples with classifier-free guidance ``scale``; image i uses seed + i; the first
     ``teleport`` steps by the model's Gaussian statistics (analytical teleportation)."""
     denoise = G.bind(dm.model_fn, cond) if scale == 1.0 else G.cfg(dm.model_fn, cond, uncond, scale)
     sched = make_scheduler(scheduler, dm.scheduler_config, dm.prediction_type)
     shape, generator = (n, *dm.sample_shape), [make_generator(seed + i) for i in range(n)]
-    latents, start = start_latents(sched, shape, generator, "cpu", steps, teleport_plan(dm, teleport, steps))
+    plan = teleport_plan(dm, teleport, steps, regrid)
+    latents, start = start_latents(sched, shape, generator, "cpu", steps, plan)
+    latents, start, grid = continuation(sched, steps, plan, latents, start)
     return run_to_end(sample(denoise, sched, shape, num_inference_steps=steps, generator=generator,
-                             latents=latents, start_index=start))
+                             latents=latents, start_index=start, timesteps=grid))
 
 
 def evaluate_digits(manager: ModelManager, per_class: int = 30, sweep=DIGITS_SWEEP, steps: int = 20,

@@ -130,13 +130,17 @@ def test_teleporting_the_first_steps_lands_where_the_full_sampler_does(name):
     model = ExactGaussianModel(stats, noise_scheduler().alphas_cumprod)
     steps, skip = 60, 20
     runs = {}
-    for k in (0, skip):
+    for k, plan in ((0, None), (skip, (stats, skip)), ("fresh", (stats, skip, True))):
         sched = make_scheduler(name, config, "epsilon")
         model.calls = 0
         runs[k] = run_to_end(sample_images(model, lambda x, t, sched=sched: model.denoise(x, t, sched), sched,
-                                           list(range(6)), num_inference_steps=steps, teleport_to=(stats, k)))
-        assert model.calls == steps - k
-    assert (runs[0] - runs[skip]).abs().max() < 0.03, (runs[0] - runs[skip]).abs().max()
+                                           list(range(6)), num_inference_steps=steps, teleport_to=plan))
+        assert model.calls == steps - (0 if plan is None else skip)
+        if k == "fresh":  # the official continuation where the scheduler takes a custom grid (not DDIM)
+            grid = sched.timesteps.tolist()
+            assert (grid == sorted(grid, reverse=True) and len(grid) == steps - skip) if name != "ddim" else True
+    for k in (skip, "fresh"):
+        assert (runs[0] - runs[k]).abs().max() < 0.03, (k, (runs[0] - runs[k]).abs().max())
     with pytest.raises(ValueError, match="skip must be between"):
         run_to_end(sample_images(model, lambda x, t: model.denoise(x, t, None), make_scheduler(name, config), [0],
                                  num_inference_steps=steps, teleport_to=(stats, steps)))

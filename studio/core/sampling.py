@@ -146,6 +146,7 @@ def sample(
     eta: float = 0.0,
     correct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     start_index: int = 0,
+    timesteps: list[int] | None = None,
 ) -> Iterator[Progress | torch.Tensor]:
     """Yield a :class:`Progress` per step, then the final sample ``(B, C, H, W)`` in model range.
 
@@ -157,6 +158,9 @@ def sample(
     SDEdit: ``latents`` is then the image already noised to ``scheduler.timesteps[start_index]``
     (:func:`start_timestep`).
 
+    ``timesteps``: a custom grid (schedulers whose ``set_timesteps`` takes one) instead of the
+    scheduler's own ``num_inference_steps`` grid.
+
     Noise comes from ``generator`` on the CPU, as diffusers' pipelines draw it, so the loop
     reproduces ``DDPMPipeline`` / ``DDIMPipeline`` exactly for the same seed.
     """
@@ -164,7 +168,10 @@ def sample(
         raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
     randn_tensor = lazy.module("diffusers.utils.torch_utils").randn_tensor
     device = torch.device(device)
-    scheduler.set_timesteps(num_inference_steps, device=device)
+    if timesteps is not None:
+        scheduler.set_timesteps(timesteps=list(timesteps), device=device)
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=device)
     if latents is None:
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
     x = latents.to(device=device, dtype=dtype) * getattr(scheduler, "init_noise_sigma", 1.0)
@@ -242,10 +249,25 @@ def start_latents(scheduler, shape, generator, device, num_inference_steps: int,
     generators, carried to step ``k`` by :func:`teleport`."""
     if teleport_to is None or not teleport_to[1]:
         return None, 0
-    stats, start = teleport_to
+    stats, start = teleport_to[:2]
     randn_tensor = lazy.module("diffusers.utils.torch_utils").randn_tensor
     noise = randn_tensor(shape, generator=generator, device=torch.device(device))
     return teleport(stats, scheduler, noise, num_inference_steps, start), start
+
+
+def fresh_grid(scheduler, num_inference_steps: int, skip: int) -> list[int] | None:
+    """The official code's continuation after teleporting: a fresh grid of ``N - k`` steps from the skip
+    level down (evenly spaced over ``[0, t_k]`` as diffusers' ``linspace`` spacing spaces ``[0, T)``),
+    instead of the tail of the N-step grid. ``None`` where the scheduler takes no custom timesteps
+    (DDIM, UniPC) or is not first order."""
+    if not _accepts(scheduler.set_timesteps, "timesteps") or getattr(scheduler, "order", 1) != 1:
+        return None
+    import numpy as np
+
+    scheduler.set_timesteps(num_inference_steps)
+    t_k = int(scheduler.timesteps[skip])
+    grid = [int(t) for t in np.linspace(0, t_k, num_inference_steps - skip + 1).round()[::-1][:-1]]
+    return grid if len(set(grid)) == len(grid) else None
 
 
 TELEPORT_HELP = ("Skip the first k steps: the exact probability flow of the training data's Gaussian model carries "
@@ -253,9 +275,10 @@ TELEPORT_HELP = ("Skip the first k steps: the exact probability flow of the trai
                  "The Gaussian is the unconditional data's: those steps ignore the prompt or class. 0 = off.")
 
 
-def teleport_plan(model, skip: int, steps: int) -> tuple | None:
+def teleport_plan(model, skip: int, steps: int, regrid: bool = False) -> tuple | None:
     """``sample_images``' ``teleport_to`` for a method's "Teleported steps" value; clear messages when
-    the model has no data statistics or nothing would be left for it to do."""
+    the model has no data statistics or nothing would be left for it to do. ``regrid``: continue on
+    a :func:`fresh_grid` (the official code's way) where the scheduler allows it."""
     if not skip:
         return None
     stats = getattr(model, "gaussian", None)
@@ -264,7 +287,21 @@ def teleport_plan(model, skip: int, steps: int) -> tuple | None:
                              f"needs (zoo models: `studio train {model.name} --gaussian-stats`); set it to 0")
     if skip >= steps:
         raise SchedulerError(f"teleporting {skip} of {steps} steps leaves none for the model; teleport at most {steps - 1}")
-    return stats, skip
+    return (stats, skip, True) if regrid else (stats, skip)
+
+
+def continuation(scheduler, num_inference_steps: int, teleport_to: tuple | None, latents, start: int):
+    """``(latents, start_index, timesteps)`` for :func:`sample` after :func:`start_latents`: the tail of the
+    grid, or a :func:`fresh_grid` when ``teleport_to`` asks for one and the scheduler takes it (the latents
+    then rescaled to the new grid's ``init_noise_sigma``, which :func:`sample` multiplies by)."""
+    if teleport_to is None or len(teleport_to) < 3 or not teleport_to[2] or not start:
+        return latents, start, None
+    grid = fresh_grid(scheduler, num_inference_steps, start)
+    if grid is None:
+        return latents, start, None
+    before = float(getattr(scheduler, "init_noise_sigma", 1.0))
+    scheduler.set_timesteps(timesteps=grid)
+    return latents * (before / float(getattr(scheduler, "init_noise_sigma", 1.0))), 0, grid
 
 
 def sample_images(model, denoise: Denoiser, scheduler, seeds: list[int], *, num_inference_steps: int,
@@ -283,8 +320,9 @@ def sample_images(model, denoise: Denoiser, scheduler, seeds: list[int], *, num_
     shape = (len(seeds), *model.sample_shape)
     generator = [make_generator(s) for s in seeds]
     latents, start = start_latents(scheduler, shape, generator, device, num_inference_steps, teleport_to)
+    latents, start, grid = continuation(scheduler, num_inference_steps, teleport_to, latents, start)
     with torch.no_grad():
-        steps = sample(denoise, scheduler, shape, num_inference_steps=num_inference_steps,
+        steps = sample(denoise, scheduler, shape, num_inference_steps=num_inference_steps, timesteps=grid,
                        generator=generator, device=device, latents=latents, start_index=start,
                        prediction_type=model.prediction_type, preview_every=preview_every)
         for item in steps:
