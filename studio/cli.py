@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     p.add_argument("--resume-from-zoo", action="store_true",
                    help="diffusion models: with no checkpoint in runs/, continue from the shipped weights")
-    p.add_argument("--variant", default="", help="shapes-t2i: a side-by-side recipe variant (kept in runs/)")
+    p.add_argument("--variant", default="", help="a side-by-side recipe variant, kept in runs/ (shapes-t2i: recipe "
+                   "changes; digits-cond: objectives eps, v, rf-uniform, rf-lognorm, rf-mode, rf-cosmap)")
     p.add_argument("--gaussian-stats", action="store_true",
                    help="digits-cond / shapes-t2i: only (re)compute the Gaussian statistics of its training data "
                         "beside the entry (teleportation; seconds, no training); with --images, NAME is a "

@@ -84,3 +84,30 @@ def test_the_ddpm_targets_are_the_noise_and_diffusers_velocity():
     with pytest.raises(ValueError, match="unknown timestep density"):
         O.TimestepDensity("beta")
     assert math.isclose(float(O.pdf(O.TimestepDensity("cosmap"), torch.tensor(0.5))), 4 / math.pi)
+
+
+@pytest.mark.parametrize("variant", ["v", "rf-lognorm", "rf-cosmap"])
+def test_a_digits_objective_trains_exports_and_samples_with_its_own_scheduler(variant, tmp_path, monkeypatch):
+    from studio.core.loading import load_folder
+    from studio.core.sampling import make_scheduler, run_to_end, sample_images
+    from studio.train import common, diffusion
+    from tests.conftest import tiny_digits_unet
+
+    monkeypatch.setattr(common, "RUNS_DIR", tmp_path / "runs")
+    recipe = diffusion.DigitsRecipe(steps=50, variant=variant)
+    recipe.make_model, recipe.batch_size = tiny_digits_unet, 8
+    result = diffusion.train(recipe, until=2, export=False, export_to=tmp_path / "model")
+    assert result["step"] == 2 and math.isfinite(result["loss"])
+    assert (tmp_path / "runs" / f"digits-cond-{variant}" / "state.json").exists()
+    dm = load_folder(tmp_path / "model")
+    assert dm.prediction_type == recipe.prediction_type == dm.info["prediction_type"]
+    scheduler_name = dm.info["default_scheduler"]
+    assert scheduler_name == ("flow-euler" if variant.startswith("rf") else "ddim")
+    if variant.startswith("rf"):
+        assert dm.info["timestep_density"]["name"] == recipe.density.name
+    sched = make_scheduler(scheduler_name, dm.scheduler_config, dm.prediction_type)
+    x = run_to_end(sample_images(dm, lambda x, t: dm.model_fn(x, t, {"class_labels": torch.tensor([3, 10])}), sched,
+                                 [0, 1], num_inference_steps=3))
+    assert x.shape == (2, 1, 16, 16) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="unknown variant"):
+        diffusion.DigitsRecipe(variant="bigger")

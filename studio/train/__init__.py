@@ -18,14 +18,13 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
         resume_from_zoo: bool = False, variant: str = "") -> dict:
     """Train the zoo entry ``name`` and export it to ``studio/zoo/<name>``. ``resume_from_zoo``
     (diffusion recipes): continue from the shipped weights when ``runs/`` has no checkpoint;
-    ``variant`` (shapes-t2i): a side-by-side run of one recipe change, kept in ``runs/``."""
+    ``variant``: a side-by-side run of one recipe change, kept in ``runs/`` (shapes-t2i: its recipe
+    variants; digits-cond: the objectives of ``diffusion.DIGITS_VARIANTS``)."""
     if (resume_from_zoo or variant) and name not in DIFFUSION:
         raise ValueError(f"--resume-from-zoo and --variant are for {', '.join(DIFFUSION)}")
     if name in DIFFUSION:
         from studio.train import diffusion
 
-        if variant and name != "shapes-t2i":
-            raise ValueError("--variant is for shapes-t2i")
         recipe = diffusion.RECIPES[name](**({"steps": steps} if steps else {}), **({"variant": variant} if variant else {}))
         return diffusion.train(recipe, seed=seed, minutes=minutes, resume_from_zoo=resume_from_zoo)
     if name in JUDGES:

@@ -10,6 +10,7 @@ empty caption) so one model serves both conditional and unconditional sampling.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from studio.data import digits, shapes
 from studio.nets import unets
+from studio.train.objectives import TimestepDensity, rf_example, sample_t
 from studio.train.common import (ZOO_DIR, Checkpoint, LossLog, Timer, machine_description, optimizer_step,
                                  write_manifest_entry)
 
@@ -66,7 +68,8 @@ class DiffusionRecipe:
     info: dict  # written to studio.json next to the weights
     init_from: str | None = None  # zoo entry whose weights start a fresh run (a fine-tune); None: random init
     warmup: int = 200  # linear lr warm-up steps, then cosine down to 0.1 lr at ``steps``
-    prediction_type: str = "epsilon"  # or "v_prediction"
+    prediction_type: str = "epsilon"  # or "v_prediction", or "flow" (rectified flow, studio.train.objectives)
+    timesteps: TimestepDensity | None = None  # flow: how t is drawn (None: SD3's logit-normal(0, 1))
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None: the plain MSE
     zero_snr: bool = False  # zero-terminal-SNR betas (with v-prediction)
     clip_sample: bool = True  # written to the exported scheduler config (see noise_scheduler)
@@ -76,22 +79,53 @@ class DiffusionRecipe:
     def run_name(self) -> str:
         return f"{self.name}-{self.variant}" if self.variant else self.name
 
-    def scheduler(self) -> DDPMScheduler:
+    def scheduler(self):
+        """The training schedule, saved with the model: DDPM's, or for flow diffusers'
+        ``FlowMatchEulerDiscreteScheduler`` with the density's shift (Generate samples with it)."""
+        if self.prediction_type == "flow":
+            from diffusers import FlowMatchEulerDiscreteScheduler
+
+            if self.snr_gamma is not None or self.zero_snr:
+                raise ValueError("min-SNR weights and zero-SNR betas are for the DDPM path, not rectified flow")
+            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.density.shift)
         return noise_scheduler(self.prediction_type, self.zero_snr, self.clip_sample)
+
+    @property
+    def density(self) -> TimestepDensity:
+        return self.timesteps or TimestepDensity()
 
     def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
 
+# Side-by-side objectives of the digits recipe (``studio train digits-cond --variant NAME``, kept in
+# ``runs/``; issue 23's Train tab): each changes only the objective. "eps" is the shipped recipe's.
+DIGITS_VARIANTS: dict[str, dict] = {
+    "eps": {},
+    "v": {"prediction_type": "v_prediction"},
+    "rf-uniform": {"prediction_type": "flow", "timesteps": TimestepDensity("uniform")},
+    "rf-lognorm": {"prediction_type": "flow", "timesteps": TimestepDensity("logit-normal", 0.0, 1.0)},
+    "rf-mode": {"prediction_type": "flow", "timesteps": TimestepDensity("mode", mode_scale=1.29)},
+    "rf-cosmap": {"prediction_type": "flow", "timesteps": TimestepDensity("cosmap")},
+}
+
+
 class DigitsRecipe(DiffusionRecipe):
-    def __init__(self, steps: int = 3000):
+    def __init__(self, steps: int = 3000, variant: str = ""):
+        if variant and variant not in DIGITS_VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(DIGITS_VARIANTS)}")
         super().__init__(
             name="digits-cond", make_model=unets.digits_unet, batch_size=128, lr=2e-3, steps=steps,
             info={"domain": "digits", "conditioning": "class", "null_class": digits.NUM_CLASSES,
                   "prediction_type": "epsilon", "default_guidance": 2.0, "default_scheduler": "ddim",
                   "default_steps": 20,
                   "class_names": [str(i) for i in range(10)]},
+            variant=variant, **DIGITS_VARIANTS[variant or "eps"],
         )
+        self.info["prediction_type"] = self.prediction_type
+        if self.prediction_type == "flow":
+            self.info["default_scheduler"] = "flow-euler"
+            self.info["timestep_density"] = dataclasses.asdict(self.density)
         self.data = digits.load("train")
 
     def batch(self, rng):
@@ -257,14 +291,16 @@ RESTART_WARMUP = 50  # lr warm-up steps when a run restarts from the zoo's weigh
 
 def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
           checkpoint_every: int = 200, export: bool = True, resume_from_zoo: bool = False,
-          until: int | None = None) -> dict:
+          until: int | None = None, export_to: Path | None = None) -> dict:
     """Train (resuming from ``runs/<run_name>`` if present) until ``recipe.steps`` or ``minutes``.
 
     ``resume_from_zoo``: with no checkpoint in ``runs/``, continue from the shipped weights (any
     machine has them) at the step count the MANIFEST records: the network and its EMA both start
     from the shipped EMA weights, the optimizer starts afresh with a :data:`RESTART_WARMUP`-step
     warm-up into the cosine schedule where it left off. A ``recipe.variant`` run is never exported.
-    ``until``: stop at this step (a checkpoint is kept) without shortening the lr schedule."""
+    ``until``: stop at this step (a checkpoint is kept) without shortening the lr schedule.
+    ``export_to``: also write the EMA model there in the zoo's layout (a variant too; no MANIFEST entry),
+    a folder the loader reads as a model Generate can drive."""
     from accelerate import Accelerator
 
     accelerator = Accelerator()
@@ -331,13 +367,17 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         cond = {k: v.to(accelerator.device) for k, v in cond.items()}
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         noise = torch.randn(x0.shape, generator=gen).to(accelerator.device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(accelerator.device)
-        x_t = sched.add_noise(x0, noise, t)  # q(x_t | x_0)
+        if recipe.prediction_type == "flow":  # rectified flow: t from the recipe's density, velocity target
+            x_t, target, t = rf_example(x0, noise, sample_t(recipe.density, x0.shape[0], gen).to(accelerator.device))
+            weights = None
+        else:
+            t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(accelerator.device)
+            x_t = sched.add_noise(x0, noise, t)  # q(x_t | x_0)
+            target = sched.get_velocity(x0, noise, t) if recipe.prediction_type == "v_prediction" else noise
+            weights = loss_weights(sched, t, recipe.snr_gamma)
         for g in opt.param_groups:
             g["lr"] = float(lr_at(step))
         pred = model(x_t, t, **cond).sample
-        target = sched.get_velocity(x0, noise, t) if recipe.prediction_type == "v_prediction" else noise
-        weights = loss_weights(sched, t, recipe.snr_gamma)
         if weights is None:
             loss = F.mse_loss(pred, target)
         else:
@@ -356,20 +396,29 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         result["resumed_from_zoo_at"] = restart
         if restart_objective is not None:
             result["objective_before_resume"] = restart_objective
-    if export and not recipe.variant and accelerator.is_main_process:
+    if accelerator.is_main_process and ((export and not recipe.variant) or export_to is not None):
         holder = recipe.make_model()
         ema.copy_to(holder.parameters())
-        export_diffusion(recipe, holder, sched, result)
+        if export_to is not None:
+            write_model_folder(recipe, holder, sched, Path(export_to))
+        if export and not recipe.variant:
+            export_diffusion(recipe, holder, sched, result)
     return result
+
+
+def write_model_folder(recipe: DiffusionRecipe, model: torch.nn.Module, sched, folder: Path) -> None:
+    """EMA weights in fp16 (they load back as fp32) + scheduler config + studio.json, in zoo layout."""
+    import copy
+
+    copy.deepcopy(model).to(torch.float16).save_pretrained(folder / "model", safe_serialization=True)
+    sched.save_pretrained(folder / "scheduler")
+    (folder / "studio.json").write_text(json.dumps({"kind": "diffusion", "model_class": type(model).__name__,
+                                                    **recipe.info}, indent=2) + "\n")
 
 
 def export_diffusion(recipe: DiffusionRecipe, model: torch.nn.Module, sched: DDPMScheduler, result: dict) -> None:
     """EMA weights in fp16 (they load back as fp32) + scheduler config + studio.json, then MANIFEST."""
-    folder = ZOO_DIR / recipe.name
-    model.to(torch.float16).save_pretrained(folder / "model", safe_serialization=True)
-    sched.save_pretrained(folder / "scheduler")
-    (folder / "studio.json").write_text(json.dumps({"kind": "diffusion", "model_class": type(model).__name__,
-                                                    **recipe.info}, indent=2) + "\n")
+    write_model_folder(recipe, model, sched, ZOO_DIR / recipe.name)
     write_manifest_entry(recipe.name, {
         "recipe": f"studio train {recipe.name}", "kind": "diffusion", "train_steps": result["step"],
         "train_seconds": result["seconds"], "final_loss": result["loss"], "machine": machine_description(),
