@@ -52,6 +52,8 @@ class Checkpoint:
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "seconds": seconds, **(extra or {})}))
+        for log in self.dir.glob("*.jsonl") if self.dir.exists() else ():  # logs the run appends to are kept
+            shutil.copy2(log, tmp / log.name)
         old = self.dir.with_name(self.dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if self.dir.exists():

@@ -286,6 +286,7 @@ RECIPES: dict[str, Callable[..., DiffusionRecipe]] = {"digits-cond": DigitsRecip
                                                       "shapes-t2i-joined": ShapesJoinedRecipe}
 
 
+LOSS_FILE = "loss.jsonl"  # in runs/<run_name>: {"step", "loss" (mean over processes), "lr", "seconds"} per step
 RESTART_WARMUP = 50  # lr warm-up steps when a run restarts from the zoo's weights with a fresh optimizer
 
 
@@ -384,14 +385,21 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
             loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
         optimizer_step(loss, opt, accelerator.unwrap_model(model).parameters(), clip=1.0,
                        accelerator=accelerator, ema=ema, log=losses)
+        mean_loss = float(accelerator.reduce(loss.detach(), reduction="mean"))  # over every process's batch
         step += 1
+        if accelerator.is_main_process:
+            ckpt.dir.mkdir(parents=True, exist_ok=True)
+            with open(ckpt.dir / LOSS_FILE, "a") as fh:  # one line per step: the Train tab's live curve
+                fh.write(json.dumps({"step": step, "loss": round(mean_loss, 6), "lr": lr_at(step - 1),
+                                     "seconds": round(timer.seconds, 2)}) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{losses.mean(last=50):.4f}")
         if step % checkpoint_every == 0:
             save()
     save()
     bar.close()
-    result = {"step": step, "seconds": round(timer.seconds, 1), "loss": losses.mean(last=100) if losses else saved_loss}
+    result = {"step": step, "seconds": round(timer.seconds, 1), "loss": losses.mean(last=100) if losses else saved_loss,
+              "processes": accelerator.num_processes, "weights_sha256": weights_digest(accelerator.unwrap_model(model))}
     if restart is not None:
         result["resumed_from_zoo_at"] = restart
         if restart_objective is not None:
@@ -404,6 +412,16 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         if export and not recipe.variant:
             export_diffusion(recipe, holder, sched, result)
     return result
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's parameters in order: equal on every process of a data-parallel run."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()
 
 
 def write_model_folder(recipe: DiffusionRecipe, model: torch.nn.Module, sched, folder: Path) -> None:
