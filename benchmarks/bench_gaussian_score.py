@@ -81,19 +81,9 @@ def curve(name: str, quick: bool) -> dict:
     refs = analytic.references_for(dm.gaussian, train, clusters=(10,), rank=rank)
     rows = analytic.explain(learned, refs, x0, sched.alphas_cumprod, TIMESTEPS, seed=NOISE_SEED)
     return {"model": name, "held_out": held, "references_from": source, "rows": rows,
-            "gaussian_from": first_level(rows, "gaussian"), "mean_from": first_level(rows, "mean"),
+            "gaussian_from": analytic.explained_from(rows, "gaussian", THRESHOLD),
+            "mean_from": analytic.explained_from(rows, "mean", THRESHOLD),
             "seconds": round(time.perf_counter() - t0, 1)}
-
-
-def first_level(rows: list[dict], ref: str, space: str = "score") -> dict | None:
-    """The lowest timestep from which on (every larger one too) the reference explains >= THRESHOLD."""
-    best = None
-    for row in sorted(rows, key=lambda r: -r["t"]):
-        if row[f"{ref}/{space}"][0] >= THRESHOLD:
-            best = {"t": row["t"], "sigma_over_alpha": round(row["sigma_over_alpha"], 4)}
-        else:
-            break
-    return best
 
 
 def fmt(v) -> str:

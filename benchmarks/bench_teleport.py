@@ -125,9 +125,15 @@ def summarise(which: str, done: dict) -> dict:
             "goal_met": bool(saving >= 0.2 and inside(pick["fd"]["value"], base["fd"]))}
 
 
+def fmt(e: dict) -> str:
+    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
+def fdf(e: dict) -> str:
+    return f"{e['value']:.1f} [{e['low']:.1f}, {e['high']:.1f}]"
+
+
 def markdown(r: dict) -> str:
-    fmt = lambda e: f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
-    fdf = lambda e: f"{e['value']:.1f} [{e['low']:.1f}, {e['high']:.1f}]"
     lines = [f"# Teleport benchmark: analytical teleportation on the zoo models ({r['machine']}, {r['date']})", "",
              __doc__.split("\n\n")[1].replace("\n", " "), "",
              "Selection and report sets as in `bench_teleport.py`'s docstring. Toy scale: the paper's CIFAR-10 FID "
@@ -303,7 +309,6 @@ def regrid_comparison(which: str = "shapes") -> dict:
 
 
 def regrid_markdown(r: dict) -> str:
-    fmt = lambda e: f"{e['value']:.1f} [{e['low']:.1f}, {e['high']:.1f}]"
     lines = ["", f"## The official continuation: a fresh grid after teleporting ({r['date']})", "",
              "`shapes-t2i` DPM-Solver++ 15 on the report set (the 81 REPORT prompts twice, seeds 2000 + i): after "
              "teleporting k steps, the official code samples a fresh grid of 15 - k steps from the skip level; the "
@@ -313,15 +318,13 @@ def regrid_markdown(r: dict) -> str:
         lines += [f"**{setting}**", "", "| k | FD, fresh grid | change vs full: tail | change vs full: fresh | fresh - tail |",
                   "|---|---|---|---|---|"]
         for row in rows:
-            lines.append(f"| {row['k']} | {fmt(row['fd_fresh'])} | {fmt(row['tail_vs_full'])} | {fmt(row['fresh_vs_full'])} | "
-                         f"{fmt(row['fresh_vs_tail'])} |")
+            lines.append(f"| {row['k']} | {fdf(row['fd_fresh'])} | {fdf(row['tail_vs_full'])} | {fdf(row['fresh_vs_full'])} | "
+                         f"{fdf(row['fresh_vs_tail'])} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def paired_markdown(r: dict) -> str:
-    fmt = lambda e: f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
-    fdf = lambda e: f"{e['value']:.1f} [{e['low']:.1f}, {e['high']:.1f}]"
     lines = [f"# Teleport benchmark, paired: the FD change teleporting causes ({r['machine']}, {r['date']})", "",
              "Command: `python benchmarks/bench_teleport.py --paired --model digits` and `--model shapes`, then "
              "`--paired --report`. Every k from the same seeds; `FD change` is FD(k) - FD(0) with a paired "

@@ -101,20 +101,20 @@ def build_theory_tab(manager: ModelManager) -> dict[str, gr.components.Component
         parameters = gr.JSON(label="Parameters")
     state = gr.State(None)
 
-    @shows_errors
-    def draw(**values):
-        p = coerce(theory.Params, values)
-        *_, r = theory.run(p, manager)
+    def show(r: theory.PlaygroundResult) -> dict:
         return {state: r, field_plot: plots.playground(r), four_plot: plots.parametrisations(r),
                 info: playground_summary(r), parameters: r.parameters}
+
+    @shows_errors
+    def draw(**values):
+        *_, r = theory.run(coerce(theory.Params, values), manager)
+        return show(r)
 
     @shows_errors
     def scrub(result, t):
         if result is None:
             return {info: "Press **Draw** first."}
-        r = theory.at_time(result, float(t))
-        return {state: r, field_plot: plots.playground(r), four_plot: plots.parametrisations(r),
-                info: playground_summary(r), parameters: r.parameters}
+        return show(theory.at_time(result, float(t)))
 
     outputs = [state, field_plot, four_plot, info, parameters]
     draw_btn.click(draw, inputs_kwargs=inputs, outputs=outputs, preprocess=False, api_name="theory_draw")

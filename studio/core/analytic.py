@@ -50,17 +50,12 @@ def fit_svd(samples: torch.Tensor, rank: int | None = None, floor: float = 0.0) 
     """:func:`studio.core.gaussian.fit` through the SVD of the centred samples: the same statistics, cheap
     when there are fewer samples than dimensions (a cluster of 3,072-d images)."""
     x = samples.reshape(samples.shape[0], -1).double()
-    n, d = x.shape
+    n = x.shape[0]
     if n < 2:
         raise ValueError("need at least two samples to fit a covariance")
     mean = x.mean(0)
     _, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
-    vals = s ** 2 / (n - 1)
-    r = len(vals) if rank is None else min(rank, len(vals))
-    rest = d - r
-    residual = float((vals[r:].sum()) / rest) if rest else 0.0
-    return GaussianStats(mean.float(), (vals[:r] + floor).float(), vt[:r].T.contiguous().float(),
-                         residual + floor, tuple(samples.shape[1:]), n)
+    return G.from_spectrum(mean, s ** 2 / (n - 1), vt.T, rank, tuple(samples.shape[1:]), n, floor)
 
 
 def fit_mixture(samples: torch.Tensor, n_clusters: int, rank: int | None = None, seed: int = 42,
@@ -127,6 +122,17 @@ def explain(denoiser: Callable[[torch.Tensor, int], torch.Tensor], references: d
                 row[f"{name}/{space}"] = [est.value, est.low, est.high]
         rows.append(row)
     return rows
+
+
+def explained_from(rows: list[dict], ref: str, threshold: float = 0.9, space: str = "score") -> dict | None:
+    """The lowest timestep of :func:`explain`'s ``rows`` from which on (every larger one too) ``ref`` explains at
+    least ``threshold`` of the learned ``space`` (``{"t", "sigma_over_alpha"}``), or None."""
+    best = None
+    for row in sorted(rows, key=lambda r: -r["t"]):
+        if row[f"{ref}/{space}"][0] < threshold:
+            break
+        best = {"t": row["t"], "sigma_over_alpha": round(row["sigma_over_alpha"], 4)}
+    return best
 
 
 def references_for(stats: GaussianStats, train: torch.Tensor, clusters: tuple[int, ...] = (10,),

@@ -84,12 +84,21 @@ def fit(samples: torch.Tensor, rank: int | None = None) -> GaussianStats:
         raise ValueError("need at least two samples to fit a covariance")
     mean = x.mean(0)
     xc = x - mean
-    cov = xc.T @ xc / (n - 1)
-    vals, vecs = torch.linalg.eigh(cov)  # ascending
-    vals, vecs = vals.flip(0).clamp(min=0), vecs.flip(1)
-    r = d if rank is None else min(rank, d)
-    residual = float(vals[r:].mean()) if r < d else 0.0
-    return GaussianStats(mean.float(), vals[:r].float(), vecs[:, :r].float(), residual, tuple(samples.shape[1:]), n)
+    vals, vecs = torch.linalg.eigh(xc.T @ xc / (n - 1))  # ascending
+    return from_spectrum(mean, vals.flip(0).clamp(min=0), vecs.flip(1), rank, tuple(samples.shape[1:]), n)
+
+
+def from_spectrum(mean: torch.Tensor, vals: torch.Tensor, vecs: torch.Tensor, rank: int | None,
+                  shape: tuple[int, ...], n: int, floor: float = 0.0) -> GaussianStats:
+    """:class:`GaussianStats` from a mean and the covariance's eigenvalues (descending) and eigenvectors (columns):
+    the top ``rank``, the rest's mean variance over the whole space's remaining dimensions as the residual,
+    ``floor`` added to every variance."""
+    d = mean.numel()
+    r = len(vals) if rank is None else min(rank, len(vals))
+    rest = d - r
+    residual = float(vals[r:].sum() / rest) if rest else 0.0
+    return GaussianStats(mean.float(), (vals[:r] + floor).float(), vecs[:, :r].contiguous().float(),
+                         residual + floor, shape, n)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,8 @@ from typing import Callable
 
 import torch
 
-from studio.core.toy2d import DTYPE, GMM, Path
+from studio.core.flows2d import divergence, gaussian_log_prior
+from studio.core.toy2d import DTYPE, GMM, Path, ode, prior, velocity
 
 Score = Callable[[torch.Tensor, float], torch.Tensor]
 Reward = Callable[[torch.Tensor], torch.Tensor]
@@ -125,18 +126,8 @@ def cfg_score(uncond: GMM, cond: GMM, eta: float, path: Path) -> Score:
 # --- sampling with the exact log-density -----------------------------------------------------------
 
 def pf_velocity(score_fn: Score, path: Path) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """The probability-flow velocity ``f x - g^2 s / 2`` of a score field."""
-    return lambda x, t: path.f(t) * x - 0.5 * path.g2(t) * score_fn(x, t)
-
-
-def _divergence(v: Callable, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``v(x, t)`` and its exact divergence (one backward pass per dimension)."""
-    with torch.enable_grad():
-        xi = x.detach().requires_grad_(True)
-        out = v(xi, t)
-        div = sum(torch.autograd.grad(out[:, i].sum(), xi, retain_graph=i < x.shape[1] - 1)[0][:, i]
-                  for i in range(x.shape[1]))
-    return out.detach(), div.detach()
+    """The probability-flow velocity ``f x - g^2 s / 2`` of a score field (:func:`studio.core.toy2d.velocity`)."""
+    return velocity(score_fn, "score", path)
 
 
 def flow_with_log_density(score_fn: Score, path: Path, x: torch.Tensor, steps: int = 100
@@ -146,13 +137,12 @@ def flow_with_log_density(score_fn: Score, path: Path, x: torch.Tensor, steps: i
     log-density under the law the discretised flow actually produces (up to the divergence's own
     discretisation error)."""
     v = pf_velocity(score_fn, path)
-    var0 = path.sigma(path.t_max) ** 2 + path.alpha(path.t_max) ** 2
-    logq = -0.5 * (x ** 2).sum(1) / var0 - 0.5 * x.shape[1] * math.log(2 * math.pi * var0)
+    logq = gaussian_log_prior(path)(x)
     times = path.grid(steps).tolist()
     for t, s in zip(times[:-1], times[1:]):
-        d, div = _divergence(v, x, t)
+        d, div = divergence(v, x, t)
         x_e = x + (s - t) * d
-        d2, div2 = _divergence(v, x_e, s)
+        d2, div2 = divergence(v, x_e, s)
         x = x + (s - t) * 0.5 * (d + d2)
         logq = logq - (s - t) * 0.5 * (div + div2)
     return x, logq
@@ -160,10 +150,8 @@ def flow_with_log_density(score_fn: Score, path: Path, x: torch.Tensor, steps: i
 
 def sample(score_fn: Score, path: Path, n: int, steps: int = 100, seed: int = 0, dim: int = 2) -> torch.Tensor:
     """``n`` end points of the probability-flow ODE (Heun) from the prior, without the log-density."""
-    from studio.core.toy2d import ode, prior, velocity
-
     x = prior(n, dim, path, torch.Generator().manual_seed(seed))
-    *_, end = ode(velocity(score_fn, "score", path), x, path.grid(steps), heun=True)
+    *_, end = ode(pf_velocity(score_fn, path), x, path.grid(steps), heun=True)
     return end
 
 
