@@ -5,6 +5,17 @@ the optimizer state with ``torch.save`` (read back with ``weights_only=True``), 
 the step count and elapsed seconds, written atomically every ``every`` steps so a stopped run
 loses little. Recipes run under Hugging Face ``accelerate``: ``accelerate launch -m
 studio.cli train <name>`` spreads the batch over several GPUs unchanged.
+
+Under accelerate every recipe follows one pattern (:func:`make_accelerator`): the networks and
+optimizers go through ``accelerator.prepare`` (data parallel: each process draws its own batch,
+the gradients are averaged), each process draws from its own random stream (:func:`process_seed`,
+:func:`process_entropy`: process 0 draws exactly what a plain one-process run always drew, so
+``studio train NAME`` rebuilds the shipped weights bit for bit), the logged loss is the mean over
+processes (:class:`StepLog`, ``runs/<run>/loss.jsonl``, one line per step), and only the main
+process writes checkpoints and exports. The global batch is the recipe's batch times the number
+of processes; the recipes take no gradient accumulation (their batches are a few hundred small
+images, far from any GPU's memory, and accumulation would change what a recipe "step" means for
+their lr schedules, EMA and checkpoints).
 """
 
 from __future__ import annotations
@@ -16,12 +27,82 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from studio.core.loading import ZOO_DIR, read_manifest, sha256
 
 RUNS_DIR = Path(os.environ.get("STUDIO_RUNS", Path.cwd() / "runs"))
+LOSS_FILE = "loss.jsonl"  # in runs/<run>: {"step", "loss" (mean over processes), ...} per optimizer step
+
+
+def make_accelerator():
+    """This process's ``accelerate.Accelerator`` (one process, the plain CPU/GPU, outside ``accelerate launch``)."""
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def process_index(accelerator=None) -> int:
+    return 0 if accelerator is None else accelerator.process_index
+
+
+def process_seed(seed: int, accelerator=None) -> int:
+    """The seed of this process's data stream: ``seed`` itself on process 0 (a one-process run draws
+    exactly what the recipe always drew), a seed derived from ``(seed, i)`` on process i > 0."""
+    i = process_index(accelerator)
+    return seed if i == 0 else int(np.random.default_rng([seed, i]).integers(2**31))
+
+
+def process_entropy(accelerator, *words: int) -> list[int]:
+    """Entropy for ``np.random.default_rng``: ``words`` on process 0 (the recipe's old stream),
+    ``words + [i]`` on process i > 0 (numpy pads entropy with zeros, so i = 0 could not be appended)."""
+    i = process_index(accelerator)
+    return list(words) if i == 0 else [*words, i]
+
+
+def is_main(accelerator=None) -> bool:
+    return accelerator is None or accelerator.is_main_process
+
+
+class StepLog:
+    """``runs/<run>/loss.jsonl``: one line per optimizer step, the loss (or several named terms)
+    averaged over every process's batch (``accelerator.reduce``, a collective: every process calls
+    :meth:`write`), written by the main process only. ``start``: the step the run starts (or resumes) at; lines of later steps (a stopped run's steps
+    past its last checkpoint) are dropped, so the file holds one line per step."""
+
+    def __init__(self, accelerator, run: str | Path, start: int = 0, root: Path | None = None):
+        self.accelerator = accelerator
+        self.path = Path(run) / LOSS_FILE if isinstance(run, Path) else (root or RUNS_DIR) / run / LOSS_FILE
+        if is_main(accelerator) and self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines()
+                    if start and line.strip() and json.loads(line)["step"] <= start]
+            self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, step: int, loss: torch.Tensor | dict, **extra) -> dict:
+        """Log ``loss`` (a tensor, or a dict of named scalar tensors) at ``step``; returns the means written."""
+        terms = loss if isinstance(loss, dict) else {"loss": loss}
+        values = torch.stack([torch.as_tensor(v).detach().float().reshape(()) for v in terms.values()])
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values.to(self.accelerator.device), reduction="mean")
+        row = {"step": step, **{k: round(float(v), 6) for k, v in zip(terms, values.cpu())}, **extra}
+        if is_main(self.accelerator):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        return row
+
+
+def weights_digest(*modules: torch.nn.Module) -> str:
+    """SHA-256 of the modules' parameters in order: equal on every process of a data-parallel run."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for module in modules:
+        for p in module.parameters():
+            h.update(p.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()
 
 
 def machine_description() -> str:
@@ -52,8 +133,10 @@ class Checkpoint:
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "seconds": seconds, **(extra or {})}))
-        for log in self.dir.glob("*.jsonl") if self.dir.exists() else ():  # logs the run appends to are kept
-            shutil.copy2(log, tmp / log.name)
+        written = {p.name for p in tmp.iterdir()}
+        for item in list(self.dir.iterdir()) if self.dir.exists() else ():  # the run's logs, samples, exports stay
+            if item.name not in written:
+                shutil.move(item, tmp / item.name)
         old = self.dir.with_name(self.dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if self.dir.exists():

@@ -23,6 +23,7 @@ Expert entries store only what each expert trains (LoRA factors and BatchNorm st
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import shutil
@@ -34,8 +35,8 @@ from tqdm.auto import tqdm
 
 from studio.data import digits
 from studio.nets.classifiers import GuideNet, expert_state, lora_config, make_lora, parameter_count
-from studio.train.common import (RUNS_DIR, ZOO_DIR, Timer, machine_description, optimizer_step, random_shift,
-                                 write_manifest_entry)
+from studio.train.common import (RUNS_DIR, ZOO_DIR, StepLog, Timer, machine_description, make_accelerator,
+                                 optimizer_step, process_seed, random_shift, weights_digest, write_manifest_entry)
 
 N_EXPERTS = 5
 T_TRAIN = 1000
@@ -147,20 +148,29 @@ def _optimizer(params, lr: float, steps: int):
 def train_single(name: str, seed: int, steps: int) -> dict:
     """``guide-clean`` (clean inputs) or ``guide-noisy`` (time-conditional, noised inputs)."""
     noisy = name == "guide-noisy"
+    accelerator = make_accelerator()
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(process_seed(seed, accelerator))
     net = GuideNet(width=WIDTH, time_conditional=noisy)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    net, opt = accelerator.prepare(net, opt)
+    device, log = accelerator.device, StepLog(accelerator, name)
     timer = Timer()
     net.train()
-    for _ in tqdm(range(steps), desc=name):
+    for step in tqdm(range(steps), desc=name, disable=not accelerator.is_main_process):
         x, y = labelled_batch(gen)
         t = torch.randint(0, T_TRAIN, (len(y),), generator=gen)
-        loss = F.cross_entropy(net(q_sample(x, t, gen), t) if noisy else net(x), y)
-        optimizer_step(loss, opt, clip=None, scheduler=sched)
+        x, y, t_in = (x if not noisy else q_sample(x, t, gen)).to(device), y.to(device), t.to(device)
+        loss = F.cross_entropy(net(x, t_in) if noisy else net(x), y)
+        optimizer_step(loss, opt, clip=None, scheduler=sched, accelerator=accelerator)
+        log.write(step + 1, loss)
     seconds = timer.seconds
-    net.eval()
+    net = accelerator.unwrap_model(net).cpu().eval()
+    result = {"name": name, "seconds": round(seconds, 1), "processes": accelerator.num_processes,
+              "weights_sha256": weights_digest(net)}
+    if not accelerator.is_main_process:  # evaluation and export: the main process's
+        return result
     clean_acc = evaluate_clean(net)
     quality = {"clean_test_accuracy": clean_acc, "noised_test_accuracy_by_bin": accuracy_by_bin(net)}
     info = {"kind": "classifier", "model_class": "GuideNet", "domain": "digits", "role": "guidance",
@@ -168,7 +178,7 @@ def train_single(name: str, seed: int, steps: int) -> dict:
     _export(name, {}, info, {"recipe": f"studio train {name}", "kind": "classifier", "train_steps": steps,
                              "train_seconds": round(seconds, 1), "seed": seed, "params": parameter_count(net),
                              "trainable_params": parameter_count(net), "quality": quality}, net=net)
-    return {"name": name, "seconds": round(seconds, 1), **quality}
+    return {**result, **quality}
 
 
 @torch.no_grad()
@@ -182,34 +192,46 @@ def train_experts(name: str, seed: int, steps: int) -> dict:
     from studio.core.loading import load_zoo
 
     lora = name == "guide-ppap"
+    accelerator = make_accelerator()
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(process_seed(seed, accelerator))
     teacher = load_zoo("guide-clean")
     student = make_lora(teacher, lora_config()) if lora else load_zoo("guide-clean").requires_grad_(True)
     trainable = [p for p in student.parameters() if p.requires_grad]
     per_expert = steps // N_EXPERTS
     opt, sched = _optimizer(trainable, lr=1e-3, steps=per_expert * N_EXPERTS)
-    pool = synthetic_digits() if lora else None
+    with accelerator.main_process_first():  # the main process writes the cache, the others read it
+        pool = synthetic_digits() if lora else None
+    wrapped, opt = accelerator.prepare(student, opt)
+    device, log = accelerator.device, StepLog(accelerator, name)
+    teacher.to(device)  # frozen (the student is a copy), read on this process's device
     timer = Timer()
     files, by_bin = {}, []
     for i in range(N_EXPERTS):
-        student.train()
-        for _ in tqdm(range(per_expert), desc=f"{name} expert {i}"):
+        wrapped.train()
+        for step in tqdm(range(per_expert), desc=f"{name} expert {i}", disable=not accelerator.is_main_process):
             if lora:
                 x0 = pool[torch.randint(len(pool), (128,), generator=gen)]
                 with torch.no_grad():
-                    target = F.softmax(teacher(x0) / KD_TEMPERATURE, -1)
+                    target = F.softmax(teacher(x0.to(device)) / KD_TEMPERATURE, -1)
                 t = bin_timesteps(i, len(x0), gen)
-                loss = F.kl_div(F.log_softmax(student(q_sample(x0, t, gen)), -1), target, reduction="batchmean")
+                loss = F.kl_div(F.log_softmax(wrapped(q_sample(x0, t, gen).to(device)), -1), target,
+                                reduction="batchmean")
             else:
                 x0, y = labelled_batch(gen)
                 t = bin_timesteps(i, len(y), gen)
-                loss = F.cross_entropy(student(q_sample(x0, t, gen)), y)
-            optimizer_step(loss, opt, clip=None, scheduler=sched)
+                loss = F.cross_entropy(wrapped(q_sample(x0, t, gen).to(device)), y.to(device))
+            optimizer_step(loss, opt, clip=None, scheduler=sched, accelerator=accelerator)
+            log.write(i * per_expert + step + 1, loss, expert=i)
         student.eval()
-        files[f"experts/expert_{i}.safetensors"] = expert_state(student, lora)
-        by_bin.append(accuracy_by_bin(student))
+        if accelerator.is_main_process:  # the expert's weights (equal on every process) and its evaluation
+            files[f"experts/expert_{i}.safetensors"] = {k: v.cpu() for k, v in expert_state(student, lora).items()}
+            by_bin.append(accuracy_by_bin(student if device.type == "cpu" else copy.deepcopy(student).cpu()))
     seconds = timer.seconds
+    result = {"name": name, "seconds": round(seconds, 1), "processes": accelerator.num_processes,
+              "weights_sha256": weights_digest(student)}
+    if not accelerator.is_main_process:
+        return result
     per = parameter_count(student, trainable_only=True)
     base_params = parameter_count(teacher)
     info = {"kind": "experts", "base": "guide-clean", "adapter": "lora" if lora else "full",
@@ -223,7 +245,7 @@ def train_experts(name: str, seed: int, steps: int) -> dict:
         "trainable_params_per_expert": per, "trainable_params": per * N_EXPERTS,
         "data": "digits-cond unconditional samples (data-free)" if lora else "labelled training digits",
         "quality": quality})
-    return {"name": name, "seconds": round(seconds, 1), "trainable_params": per * N_EXPERTS, **quality}
+    return {**result, "trainable_params": per * N_EXPERTS, **quality}
 
 
 def train(name: str, seed: int | None = None, steps: int | None = None) -> dict:

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from studio.data import digits, shapes
 from studio.nets.judges import DigitsNet, ShapesGridNet
-from studio.train.common import ZOO_DIR, Timer, machine_description, optimizer_step, random_shift, write_manifest_entry
+from studio.train.common import (ZOO_DIR, StepLog, Timer, machine_description, make_accelerator, optimizer_step,
+                                 process_entropy, process_seed, random_shift, weights_digest, write_manifest_entry)
 
 SPECS = {
     #  name            net class       config                                   seed  steps
@@ -136,27 +137,39 @@ def read_accuracy(net: ShapesGridNet, x: torch.Tensor, scenes: list) -> dict:
 
 
 def train(name: str, seed: int | None = None, steps: int | None = None) -> dict:
+    """Train the judge ``name`` and export it (main process). Under ``accelerate launch`` each process
+    draws its own batches (process 0 the one-process run's stream) and the gradients are averaged;
+    ``runs/<name>/loss.jsonl`` logs the loss per step, averaged over processes."""
     cls, config, default_seed, default_steps = SPECS[name]
     seed = default_seed if seed is None or seed == 0 else seed
     steps = steps or default_steps
+    accelerator = make_accelerator()
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(process_seed(seed, accelerator))
+    rng = np.random.default_rng(process_entropy(accelerator, seed))
     net = cls(**config)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    net, opt = accelerator.prepare(net, opt)
+    device = accelerator.device
     data = digits.load("train") if cls is DigitsNet else None
+    log = StepLog(accelerator, name)
     timer = Timer()
     net.train()
-    for _ in tqdm(range(steps), desc=name):
+    for step in tqdm(range(steps), desc=name, disable=not accelerator.is_main_process):
         if data is not None:
             x, y = _digits_batch(gen, data)
-            loss = F.cross_entropy(net(x), y)
+            loss = F.cross_entropy(net(x.to(device)), y.to(device))
         else:
-            loss = shapes_loss(net, *_shapes_batch(rng, gen))
-        optimizer_step(loss, opt, clip=None, scheduler=sched)
+            loss = shapes_loss(net, *(v.to(device) for v in _shapes_batch(rng, gen)))
+        optimizer_step(loss, opt, clip=None, scheduler=sched, accelerator=accelerator)
+        log.write(step + 1, loss)
     seconds = timer.seconds
-    net.eval()
+    net = accelerator.unwrap_model(net).cpu().eval()
+    result = {"name": name, "seconds": round(seconds, 1), "processes": accelerator.num_processes,
+              "weights_sha256": weights_digest(net)}
+    if not accelerator.is_main_process:  # the export (and its evaluation) is the main process's
+        return result
     quality = ({"test_accuracy": evaluate_digits(net), "test_images": 360} if data is not None
                else evaluate_shapes(net))
     folder = ZOO_DIR / name
@@ -167,4 +180,4 @@ def train(name: str, seed: int | None = None, steps: int | None = None) -> dict:
     write_manifest_entry(name, {"recipe": f"studio train {name}", "kind": "judge", "train_steps": steps,
                                 "train_seconds": round(seconds, 1), "machine": machine_description(),
                                 "seed": seed, "quality": quality})
-    return {"name": name, "seconds": round(seconds, 1), **quality}
+    return {**result, **quality}
