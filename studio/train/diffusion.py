@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from studio.data import digits, shapes
 from studio.nets import unets
-from studio.train.objectives import TimestepDensity, rf_example, sample_t
+from studio.train.objectives import Projector, TimestepDensity, repa_loss, rf_example, sample_t, tap
 from studio.train.common import (ZOO_DIR, Checkpoint, LossLog, Timer, machine_description, optimizer_step,
                                  write_manifest_entry)
 
@@ -74,10 +75,19 @@ class DiffusionRecipe:
     zero_snr: bool = False  # zero-terminal-SNR betas (with v-prediction)
     clip_sample: bool = True  # written to the exported scheduler config (see noise_scheduler)
     variant: str = ""  # a side-by-side run: checkpoints in runs/<name>-<variant>, never exported
+    repa: float = 0.0  # REPA's lambda (0: off; the paper's 0.5), aligning block repa_block to `encoder`
+    repa_block: int = 1  # index of the down block whose output is aligned (its grid must be the encoder's)
+    encoder: str = "simclr-digits"  # the frozen, pretrained zoo encoder REPA aligns to (not a judge)
+    run: str = ""  # a run folder name that overrides runs/<name>[-<variant>] (the Train tab's runs; never exported)
 
     @property
     def run_name(self) -> str:
-        return f"{self.name}-{self.variant}" if self.variant else self.name
+        return self.run or (f"{self.name}-{self.variant}" if self.variant else self.name)
+
+    @property
+    def exportable(self) -> bool:
+        """Only the recipe as shipped writes the zoo: no variant, no named run."""
+        return not (self.variant or self.run)
 
     def scheduler(self):
         """The training schedule, saved with the model: DDPM's, or for flow diffusers'
@@ -98,9 +108,9 @@ class DiffusionRecipe:
         raise NotImplementedError
 
 
-# Side-by-side objectives of the digits recipe (``studio train digits-cond --variant NAME``, kept in
-# ``runs/``; issue 23's Train tab): each changes only the objective. "eps" is the shipped recipe's.
-DIGITS_VARIANTS: dict[str, dict] = {
+# The objectives of the digits recipe (issue 23): the path, the prediction target and, for rectified flow,
+# SD3's timestep density. "eps" is the shipped recipe's.
+OBJECTIVES: dict[str, dict] = {
     "eps": {},
     "v": {"prediction_type": "v_prediction"},
     "rf-uniform": {"prediction_type": "flow", "timesteps": TimestepDensity("uniform")},
@@ -108,24 +118,50 @@ DIGITS_VARIANTS: dict[str, dict] = {
     "rf-mode": {"prediction_type": "flow", "timesteps": TimestepDensity("mode", mode_scale=1.29)},
     "rf-cosmap": {"prediction_type": "flow", "timesteps": TimestepDensity("cosmap")},
 }
+# Side-by-side runs of the digits recipe (``studio train digits-cond --variant NAME``, kept in ``runs/``): an
+# objective, REPA on its paper's path (rectified flow, uniform t, lambda 0.5), self-conditioning (DDAE++) on
+# the DDPM epsilon path its pixel-space UNets use. Each differs from its base row in the one switch.
+DIGITS_VARIANTS: dict[str, dict] = {
+    **{name: {"objective": name} for name in OBJECTIVES},
+    "rf-uniform-repa": {"objective": "rf-uniform", "repa": 0.5},
+    "eps-selfcond": {"objective": "eps", "self_condition": True},
+}
 
 
 class DigitsRecipe(DiffusionRecipe):
-    def __init__(self, steps: int = 3000, variant: str = ""):
-        if variant and variant not in DIGITS_VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(DIGITS_VARIANTS)}")
+    """``digits-cond`` and its switches: ``objective`` (:data:`OBJECTIVES`), ``size`` of the UNet
+    (``unets.DIGITS_SIZES``), ``repa`` (lambda; 0 off), ``self_condition``; or a named ``variant`` of them."""
+
+    def __init__(self, steps: int = 3000, variant: str = "", *, objective: str = "eps", size: str = "base",
+                 repa: float = 0.0, self_condition: bool = False, batch_size: int = 128, lr: float = 2e-3,
+                 warmup: int = 200, run: str = ""):
+        if variant:
+            if variant not in DIGITS_VARIANTS:
+                raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(DIGITS_VARIANTS)}")
+            objective = DIGITS_VARIANTS[variant]["objective"]
+            repa = DIGITS_VARIANTS[variant].get("repa", repa)
+            self_condition = DIGITS_VARIANTS[variant].get("self_condition", self_condition)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if size not in unets.DIGITS_SIZES:
+            raise ValueError(f"unknown network size {size!r}; choose one of {', '.join(unets.DIGITS_SIZES)}")
         super().__init__(
-            name="digits-cond", make_model=unets.digits_unet, batch_size=128, lr=2e-3, steps=steps,
+            name="digits-cond", make_model=lambda: unets.digits_unet(size, self_condition), batch_size=batch_size,
+            lr=lr, steps=steps, warmup=warmup,
             info={"domain": "digits", "conditioning": "class", "null_class": digits.NUM_CLASSES,
                   "prediction_type": "epsilon", "default_guidance": 2.0, "default_scheduler": "ddim",
                   "default_steps": 20,
                   "class_names": [str(i) for i in range(10)]},
-            variant=variant, **DIGITS_VARIANTS[variant or "eps"],
+            variant=variant, repa=float(repa), run=run, **OBJECTIVES[objective],
         )
+        self.objective, self.size, self.self_condition = objective, size, bool(self_condition)
         self.info["prediction_type"] = self.prediction_type
         if self.prediction_type == "flow":
             self.info["default_scheduler"] = "flow-euler"
             self.info["timestep_density"] = dataclasses.asdict(self.density)
+        if not self.exportable:
+            self.info["training"] = {"objective": objective, "network": size, "repa": self.repa,
+                                     "self_condition": self.self_condition, "batch_size": batch_size, "lr": lr}
         self.data = digits.load("train")
 
     def batch(self, rng):
@@ -290,9 +326,14 @@ LOSS_FILE = "loss.jsonl"  # in runs/<run_name>: {"step", "loss" (mean over proce
 RESTART_WARMUP = 50  # lr warm-up steps when a run restarts from the zoo's weights with a fresh optimizer
 
 
+STOP_FILE = "STOP"  # in runs/<run_name>: its presence ends the run at the next step, with a checkpoint
+EVAL_FILE = "eval.jsonl"  # in runs/<run_name>: one line per evaluation, {"step", **what the evaluator measured}
+
+
 def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
           checkpoint_every: int = 200, export: bool = True, resume_from_zoo: bool = False,
-          until: int | None = None, export_to: Path | None = None) -> dict:
+          until: int | None = None, export_to: Path | None = None,
+          evaluate_every: int = 0, evaluator: Callable | None = None) -> dict:
     """Train (resuming from ``runs/<run_name>`` if present) until ``recipe.steps`` or ``minutes``.
 
     ``resume_from_zoo``: with no checkpoint in ``runs/``, continue from the shipped weights (any
@@ -301,7 +342,10 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
     warm-up into the cosine schedule where it left off. A ``recipe.variant`` run is never exported.
     ``until``: stop at this step (a checkpoint is kept) without shortening the lr schedule.
     ``export_to``: also write the EMA model there in the zoo's layout (a variant too; no MANIFEST entry),
-    a folder the loader reads as a model Generate can drive."""
+    a folder the loader reads as a model Generate can drive.
+    ``evaluator(model, scheduler, step, folder) -> dict``: called by the main process on the EMA weights every
+    ``evaluate_every`` steps and at the end; each result is a line of ``runs/<run>/eval.jsonl``.
+    A file ``runs/<run>/STOP`` ends the run after the current step as if ``until`` were reached."""
     from accelerate import Accelerator
 
     accelerator = Accelerator()
@@ -314,9 +358,17 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         model.load_state_dict(load_zoo(recipe.init_from).unet.state_dict())
         init_sha = read_manifest()[recipe.init_from]["files"]["model/diffusion_pytorch_model.safetensors"]["sha256"]
     ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    projector, encoder = None, None
+    if recipe.repa:  # REPA: a projector of block k's tokens, trained with the model, aligned to a frozen encoder
+        from studio.core.loading import load_zoo
+
+        encoder = load_zoo(recipe.encoder).eval().requires_grad_(False)
+        projector = Projector(model.config.block_out_channels[recipe.repa_block], encoder.dim)
+    trained = list(model.parameters()) + (list(projector.parameters()) if projector is not None else [])
+    opt = torch.optim.AdamW(trained, lr=recipe.lr, weight_decay=0.0)
     sched = recipe.scheduler()
     ckpt = Checkpoint(recipe.run_name)
+    extra = {"projector": projector} if projector is not None else {}
     step, seconds, restart, restart_objective, saved_loss = 0, 0.0, None, None, None
     if resume_from_zoo and not ckpt.exists():
         from studio.core.loading import load_zoo, read_manifest
@@ -332,14 +384,21 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         if init_sha is not None and json.loads(ckpt.meta_path.read_text()).get("init_sha") != init_sha:
             raise RuntimeError(f"runs/{recipe.run_name} is a fine-tune of another {recipe.init_from} than the shipped "
                                f"one; move it away to fine-tune the shipped model")
-        state = ckpt.load({"model": model, "ema": ema_holder}, opt)
+        state = ckpt.load({"model": model, "ema": ema_holder, **extra}, opt)
         ema = EMAModel(ema_holder.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
         ema.optimization_step = state["step"]
         step, seconds = state["step"], state["seconds"]
         restart, restart_objective = state.get("restart"), state.get("restart_objective")
         saved_loss = state.get("loss")  # kept when this call takes no step (an export of a finished run)
-    model, opt = accelerator.prepare(model, opt)
+    if projector is not None:
+        model, projector, opt = accelerator.prepare(model, projector, opt)
+        encoder.to(accelerator.device)
+        extra = {"projector": accelerator.unwrap_model(projector)}
+    else:
+        model, opt = accelerator.prepare(model, opt)
     ema.to(accelerator.device)
+    trained = list(accelerator.unwrap_model(model).parameters()) + (
+        list(extra["projector"].parameters()) if extra else [])
     timer = Timer(seconds)
     warmup = recipe.warmup
 
@@ -356,12 +415,24 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         if accelerator.is_main_process:
             holder = recipe.make_model()
             ema.copy_to(holder.parameters())
-            ckpt.save(step, timer.seconds, {"model": accelerator.unwrap_model(model), "ema": holder}, opt,
+            ckpt.save(step, timer.seconds, {"model": accelerator.unwrap_model(model), "ema": holder, **extra}, opt,
                       {"loss": losses.mean(last=100) if losses else saved_loss, "restart": restart,
                        "restart_objective": restart_objective, "init_sha": init_sha})
 
+    def evaluate():
+        if evaluator is not None and accelerator.is_main_process:
+            began = time.perf_counter()
+            holder = recipe.make_model()
+            ema.copy_to(holder.parameters())
+            row = {"step": step, "train_seconds": round(timer.seconds, 2),
+                   **evaluator(holder.eval(), sched, step, ckpt.dir)}
+            timer.start += time.perf_counter() - began  # the run's seconds count training only
+            with open(ckpt.dir / EVAL_FILE, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
     last = recipe.steps if until is None else min(until, recipe.steps)
-    while step < last and (minutes is None or timer.seconds < minutes * 60):
+    evaluated = -1
+    while step < last and (minutes is None or timer.seconds < minutes * 60) and not (ckpt.dir / STOP_FILE).exists():
         rng = np.random.default_rng([seed, accelerator.process_index, step])
         x0, cond = recipe.batch(rng)
         x0 = x0.to(accelerator.device)
@@ -378,25 +449,38 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
             weights = loss_weights(sched, t, recipe.snr_gamma)
         for g in opt.param_groups:
             g["lr"] = float(lr_at(step))
-        pred = model(x_t, t, **cond).sample
+        with tap(accelerator.unwrap_model(model).down_blocks[recipe.repa_block]) as hidden:
+            pred = model(x_t, t, **cond).sample
         if weights is None:
             loss = F.mse_loss(pred, target)
         else:
             loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
-        optimizer_step(loss, opt, accelerator.unwrap_model(model).parameters(), clip=1.0,
-                       accelerator=accelerator, ema=ema, log=losses)
+        total, line = loss, {}
+        if projector is not None:
+            with torch.no_grad():
+                z = encoder.tokens(x0)  # the frozen encoder's patch tokens of the clean images
+            align = repa_loss(hidden["h"], z, projector)
+            total = loss + recipe.repa * align
+            line["repa"] = round(float(accelerator.reduce(align.detach(), reduction="mean")), 6)
+        optimizer_step(total, opt, trained, clip=1.0, accelerator=accelerator, log=losses)
+        ema.step(accelerator.unwrap_model(model).parameters())
         mean_loss = float(accelerator.reduce(loss.detach(), reduction="mean"))  # over every process's batch
         step += 1
         if accelerator.is_main_process:
             ckpt.dir.mkdir(parents=True, exist_ok=True)
             with open(ckpt.dir / LOSS_FILE, "a") as fh:  # one line per step: the Train tab's live curve
-                fh.write(json.dumps({"step": step, "loss": round(mean_loss, 6), "lr": lr_at(step - 1),
+                fh.write(json.dumps({"step": step, "loss": round(mean_loss, 6), **line, "lr": lr_at(step - 1),
                                      "seconds": round(timer.seconds, 2)}) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{losses.mean(last=50):.4f}")
         if step % checkpoint_every == 0:
             save()
+        if evaluate_every and step % evaluate_every == 0:
+            evaluate()
+            evaluated = step
     save()
+    if evaluated != step:
+        evaluate()
     bar.close()
     result = {"step": step, "seconds": round(timer.seconds, 1), "loss": losses.mean(last=100) if losses else saved_loss,
               "processes": accelerator.num_processes, "weights_sha256": weights_digest(accelerator.unwrap_model(model))}
@@ -404,12 +488,12 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         result["resumed_from_zoo_at"] = restart
         if restart_objective is not None:
             result["objective_before_resume"] = restart_objective
-    if accelerator.is_main_process and ((export and not recipe.variant) or export_to is not None):
+    if accelerator.is_main_process and ((export and recipe.exportable) or export_to is not None):
         holder = recipe.make_model()
         ema.copy_to(holder.parameters())
         if export_to is not None:
             write_model_folder(recipe, holder, sched, Path(export_to))
-        if export and not recipe.variant:
+        if export and recipe.exportable:
             export_diffusion(recipe, holder, sched, result)
     return result
 

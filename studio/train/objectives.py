@@ -22,6 +22,12 @@ the noise level of each training example is drawn.
   a loss weight with uniform draws), so it is drawn here by its inverse CDF. The result is used as ``t``
   directly: diffusers' SD3 scripts instead index a descending sigma table with it, which flips the sign of
   the logit-normal mean relative to the paper.
+* **REPA** (Yu et al., "Representation Alignment for Generation", ICLR 2025; sihyun-yu/REPA ``loss.py``):
+  the hidden state ``h`` of the denoiser's block ``k`` on ``x_t`` is mapped token by token by a projector MLP
+  (``Linear -> SiLU -> Linear -> SiLU -> Linear``, as the official ``build_mlp``) and pulled towards a frozen,
+  pretrained encoder's patch tokens ``z`` of the *clean* image: ``L_REPA = -mean_n cos(z_n, MLP(h_n))`` over
+  tokens and batch, added as ``loss = L_diffusion + lambda L_REPA`` with ``lambda = 0.5``. The projector is
+  trained with the denoiser and dropped afterwards. :class:`Projector`, :func:`repa_loss`, :func:`tap`.
 * **Shift** (SD3's resolution-dependent shift, also ``FlowMatchEulerDiscreteScheduler(shift=...)``):
   ``t -> shift t / (1 + (shift - 1) t)``, applied in training and in sampling as the paper does.
 """
@@ -29,10 +35,13 @@ the noise level of each training example is drawn.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 Density = Literal["uniform", "logit-normal", "mode", "cosmap"]
 DENSITIES: tuple[str, ...] = ("uniform", "logit-normal", "mode", "cosmap")
@@ -108,3 +117,46 @@ def vp_example(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_cump
     if prediction_type == "v_prediction":
         return x_t, abar.sqrt() * eps - (1 - abar).sqrt() * x0
     raise ValueError(f"the DDPM path trains epsilon or v_prediction, not {prediction_type!r}")
+
+
+REPA_LAMBDA = 0.5  # the official proj_coeff
+
+
+class Projector(nn.Sequential):
+    """REPA's projector: ``Linear -> SiLU -> Linear -> SiLU -> Linear`` applied to every token (the official
+    one has 2048 hidden units on SiT's 768- to 1152-wide tokens; ``hidden`` is scaled down with the network)."""
+
+    def __init__(self, width: int, dim: int, hidden: int = 256):
+        super().__init__(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                         nn.Linear(hidden, dim))
+
+
+def tokens(h: torch.Tensor) -> torch.Tensor:
+    """A feature map (B, C, H, W) as (B, H W, C) tokens in row-major order (a ViT's patch order)."""
+    return h.flatten(2).transpose(1, 2)
+
+
+def repa_loss(h: torch.Tensor, z: torch.Tensor, projector: nn.Module) -> torch.Tensor:
+    """``-mean cos(z_n, projector(h_n))`` over tokens and batch: ``h`` the denoiser's block-k feature map
+    (B, C, H, W), ``z`` the frozen encoder's tokens of the clean images (B, H W, D), on the same grid."""
+    projected = projector(tokens(h))
+    if projected.shape != z.shape:
+        raise ValueError(f"block tokens {tuple(projected.shape)} do not match the encoder's {tuple(z.shape)}; "
+                         "align a block whose grid is the encoder's")
+    return -F.cosine_similarity(projected, z.detach(), dim=-1).mean()
+
+
+@contextmanager
+def tap(module: nn.Module):
+    """Capture ``module``'s output tensor during a forward pass: yields a dict whose ``"h"`` the pass fills
+    (a diffusers down block returns ``(hidden_states, residuals)``: the hidden states are kept)."""
+    out: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        out["h"] = output[0] if isinstance(output, tuple) else output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield out
+    finally:
+        handle.remove()
