@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from studio.data import shapes, text
 from studio.nets.contrastive import ShapesCLIP, clip_loss
-from studio.train.common import (ZOO_DIR, Checkpoint, LossLog, Timer, machine_description, optimizer_step,
-                                 write_manifest_entry)
+from studio.train.common import (ZOO_DIR, Checkpoint, LossLog, StepLog, Timer, machine_description, make_accelerator,
+                                 optimizer_step, process_entropy, process_seed, weights_digest, write_manifest_entry)
 from studio.train.diffusion import one_object_caption
 from studio.train.judges import augment_shapes
 
@@ -68,7 +68,11 @@ def evaluate(net: ShapesCLIP, captions: list[str], table: dict[str, torch.Tensor
 
 
 def train(seed: int = 0, steps: int | None = None) -> dict:
+    """Train (resuming from ``runs/clip-shapes``) and export. Under ``accelerate launch`` each process draws
+    its own batch of 128 (process 0: the one-process stream) and the contrastive loss contrasts the pairs
+    of that batch (no gathering of embeddings across processes); the gradients are averaged."""
     seed, steps = seed or SEED, steps or STEPS
+    accelerator = make_accelerator()
     torch.manual_seed(seed)
     captions, table = caption_table()
     index = {c: i for i, c in enumerate(captions)}
@@ -81,18 +85,30 @@ def train(seed: int = 0, steps: int | None = None) -> dict:
         start, timer = state["step"], Timer(state["seconds"])
         for _ in range(start):
             sched.step()
+    model, opt = accelerator.prepare(net, opt)
+    device = accelerator.device
+    table = {k: v.to(device) for k, v in table.items()}
+    steplog = StepLog(accelerator, NAME, start=start)
     # one stream per step: a resumed run draws the same batches as an uninterrupted one
-    for step in tqdm(range(start, steps), desc=NAME, initial=start, total=steps):
-        net.train()
-        rng = np.random.default_rng([seed, step])
-        gen = torch.Generator().manual_seed(seed * 100_003 + step)
+    for step in tqdm(range(start, steps), desc=NAME, initial=start, total=steps, disable=not accelerator.is_main_process):
+        model.train()
+        rng = np.random.default_rng(process_entropy(accelerator, seed, step))
+        gen = torch.Generator().manual_seed(process_seed(seed * 100_003 + step, accelerator))
         x, idx = batch(rng, gen, index)
-        logits = net(x, table["encoder_hidden_states"][idx], table["encoder_attention_mask"][idx])
-        optimizer_step(clip_loss(logits, idx[:, None] == idx[None, :]), opt, clip=None, scheduler=sched, log=log)
-        if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
+        x, idx = x.to(device), idx.to(device)
+        logits = model(x, table["encoder_hidden_states"][idx], table["encoder_attention_mask"][idx])
+        loss = clip_loss(logits, idx[:, None] == idx[None, :])
+        optimizer_step(loss, opt, clip=None, scheduler=sched, log=log, accelerator=accelerator)
+        steplog.write(step + 1, loss)
+        if ((step + 1) % CHECK_EVERY == 0 or step + 1 == steps) and accelerator.is_main_process:
             ckpt.save(step + 1, timer.seconds, {"model": net}, opt, {"loss": log.mean(CHECK_EVERY)})
     seconds = timer.seconds
-    quality = evaluate(net, captions, table)
+    net = accelerator.unwrap_model(model).cpu()
+    result = {"name": NAME, "seconds": round(seconds, 1), "processes": accelerator.num_processes,
+              "weights_sha256": weights_digest(net)}
+    if not accelerator.is_main_process:  # evaluation and export: the main process's
+        return result
+    quality = evaluate(net, captions, {k: v.cpu() for k, v in table.items()})
     folder = ZOO_DIR / NAME
     net.save_pretrained(folder / "model", safe_serialization=True)
     (folder / "studio.json").write_text(json.dumps(
@@ -101,4 +117,4 @@ def train(seed: int = 0, steps: int | None = None) -> dict:
     write_manifest_entry(NAME, {"recipe": f"studio train {NAME}", "kind": "contrastive", "train_steps": steps,
                                 "train_seconds": round(seconds, 1), "machine": machine_description(), "seed": seed,
                                 "params": sum(p.numel() for p in net.parameters()), "quality": quality})
-    return {"name": NAME, "seconds": round(seconds, 1), **quality}
+    return {**result, **quality}

@@ -32,8 +32,8 @@ from studio.core.series_sampling import DEFAULT_TAU, denoising_loss, model_sched
 from studio.data import series as S
 from studio.nets.tsdiff import TSDiffNet, tsdiff_scheduler_config
 from studio.threads import building
-from studio.train.common import (Checkpoint, LossLog, Timer, machine_description, optimizer_step,
-                                 write_manifest_entry)
+from studio.train.common import (Checkpoint, LossLog, StepLog, Timer, is_main, machine_description, make_accelerator,
+                                 optimizer_step, process_seed, weights_digest, write_manifest_entry)
 
 ZOO_STEPS = {"co2": 4000, "elnino": 4000, "sunspots": 2500, "unemployment": 2500}  # fewer windows, fewer steps
 UPLOAD_STEPS = 1500
@@ -76,36 +76,53 @@ class TrainProgress(Progress):
 
 def train_steps(series: S.Series, *, steps: int, seed: int = 0, train_end: int | None = None,
                 checkpoint: Checkpoint | None = None, every: int = 500, report_every: int = 10,
-                stop: Callable[[], bool] = lambda: False) -> Iterator[TrainProgress | tuple[SeriesDiffusion, dict]]:
+                stop: Callable[[], bool] = lambda: False, accelerator=None
+                ) -> Iterator[TrainProgress | tuple[SeriesDiffusion, dict]]:
     """Train a TSDiff model on ``series.values[:train_end]``: yields a :class:`TrainProgress`
     every ``report_every`` steps, then ``(model, log)``. ``stop`` is polled before every step:
     when it answers True training ends there and the model so far still comes out (its tau
-    :data:`DEFAULT_TAU`, ``log["stopped"]`` True). A ``checkpoint`` makes it resumable."""
+    :data:`DEFAULT_TAU`, ``log["stopped"]`` True). A ``checkpoint`` makes it resumable.
+
+    ``accelerator`` (the zoo recipe, :func:`train`; under ``accelerate launch`` several processes):
+    each process draws its own windows, noises and steps (process 0: the one-process stream), the
+    gradients are averaged, the checkpoint's directory gets ``loss.jsonl`` (the loss per step averaged
+    over processes) and only the main process saves. ``stop`` must then answer alike on every process."""
     train_end = series.train_end if train_end is None else train_end
     model = build(series, train_end, seed)
     net = model.unet.train()
     windows = S.training_windows(series.values, train_end, series.window, series.lags, series.context)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     sched = model_scheduler(model, "ddpm")  # the training noise schedule: add_noise
-    gen = make_generator(seed)
+    gen = make_generator(process_seed(seed, accelerator))
     done, timer, losses = 0, Timer(), LossLog()
     if checkpoint is not None and checkpoint.exists():
         state = checkpoint.load({"model": net}, opt)
         done, timer = state["step"], Timer(state["seconds"])
+    wrapped, device, steplog = net, None, None
+    if accelerator is not None:
+        wrapped, opt = accelerator.prepare(net, opt)
+        device = accelerator.device
+        if checkpoint is not None:
+            steplog = StepLog(accelerator, checkpoint.dir, start=done)
     while done < steps and not stop():
         idx = torch.randint(0, len(windows), (min(BATCH, len(windows) * 4),), generator=gen)
         x0 = windows[idx]
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
-        loss = ((net(sched.add_noise(x0, noise, t), t) - noise) ** 2).mean()  # the official p_losses, mean
-        optimizer_step(loss, opt, net.parameters(), clip=GRAD_CLIP, log=losses)
+        x_t = sched.add_noise(x0, noise, t)
+        if device is not None:
+            x_t, t, noise = x_t.to(device), t.to(device), noise.to(device)
+        loss = ((wrapped(x_t, t) - noise) ** 2).mean()  # the official p_losses, mean
+        optimizer_step(loss, opt, net.parameters(), clip=GRAD_CLIP, log=losses, accelerator=accelerator)
         done += 1
-        if checkpoint is not None and done % every == 0:
+        if steplog is not None:
+            steplog.write(done, loss)
+        if checkpoint is not None and done % every == 0 and is_main(accelerator):
             checkpoint.save(done, timer.seconds, {"model": net}, opt)
         if done % report_every == 0:
             mean = losses.mean(last=report_every)
             yield TrainProgress(done, steps, info={"loss": mean}, loss=mean, seconds=timer.seconds, model=model)
-    net.eval().requires_grad_(False)
+    net.cpu().eval().requires_grad_(False)
     stopped = done < steps
     model.info["tau"] = DEFAULT_TAU if stopped else best_diffusion_step(model, windows[: min(len(windows), 128)],
                                                                         seed=seed)
@@ -123,10 +140,11 @@ def snapshot(model: SeriesDiffusion) -> SeriesDiffusion:
 
 
 def fit(series: S.Series, *, steps: int, seed: int = 0, train_end: int | None = None,
-        checkpoint: Checkpoint | None = None, report: Callable[[TrainProgress], None] | None = None
-        ) -> tuple[SeriesDiffusion, dict]:
+        checkpoint: Checkpoint | None = None, report: Callable[[TrainProgress], None] | None = None,
+        accelerator=None) -> tuple[SeriesDiffusion, dict]:
     """:func:`train_steps` run to the end."""
-    for item in train_steps(series, steps=steps, seed=seed, train_end=train_end, checkpoint=checkpoint):
+    for item in train_steps(series, steps=steps, seed=seed, train_end=train_end, checkpoint=checkpoint,
+                            accelerator=accelerator):
         if isinstance(item, TrainProgress):
             if report is not None:
                 report(item)
@@ -160,7 +178,11 @@ def train(name: str, seed: int = 0, steps: int | None = None, zoo: Path = ZOO_DI
             last[0] = time.perf_counter()
             print(f"{name}: step {p.step}/{p.total} loss {p.loss:.4f}", flush=True)
 
-    model, log = fit(series, steps=steps or ZOO_STEPS[series.name], seed=seed, report=report, checkpoint=Checkpoint(name))
+    accelerator = make_accelerator()
+    model, log = fit(series, steps=steps or ZOO_STEPS[series.name], seed=seed, report=report if accelerator.is_main_process
+                     else None, checkpoint=Checkpoint(name), accelerator=accelerator)
+    if not accelerator.is_main_process:  # the export is the main process's
+        return {"processes": accelerator.num_processes, "weights_sha256": weights_digest(model.unet)}
     export(model, zoo / name)
     params = sum(p.numel() for p in model.unet.parameters())
     return write_manifest_entry(name, {"kind": "diffusion", "recipe": f"studio train {name}",
