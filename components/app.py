@@ -50,12 +50,27 @@ def build_app(manager: ModelManager | None = None) -> gr.Blocks:
         build_job_banner(manager)
         with gr.Tabs():
             for method in METHODS:
-                with gr.Tab(method.title, id=method.id):
-                    tab_builder(method.tab)(manager)
+                with gr.Tab(method.title, id=method.id) as tab:
+                    parts = tab_builder(method.tab)(manager)
+                refresh_models_on_select(tab, method, parts or {}, manager)
             with gr.Tab("Models", id="models") as models_tab:
                 build_models_tab(manager, models_tab)
     demo.queue(max_size=64)
     return demo
+
+
+def refresh_models_on_select(tab: gr.Tab, method, parts: dict, manager: ModelManager) -> None:
+    """When ``tab`` is opened, its model dropdowns (``model`` / ``*_model``) list what the manager holds now:
+    a model registered after the page was built (Train's Register, Tune's tuned model) appears without a reload."""
+    dropdowns = [c for k, c in parts.items() if isinstance(c, gr.Dropdown) and (k == "model" or k.endswith("_model"))]
+    if not dropdowns:
+        return
+
+    def choices():
+        keys = method.models(manager)
+        return [gr.update(choices=keys)] * len(dropdowns) if len(dropdowns) > 1 else gr.update(choices=keys)
+
+    tab.select(choices, outputs=dropdowns, queue=False, api_visibility="private", show_progress="hidden")
 
 
 def launch(manager: ModelManager | None = None, **kw) -> gr.Blocks:

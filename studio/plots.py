@@ -91,6 +91,41 @@ def loss_chart(history: list[dict], total: int, keys: tuple[str, ...], title: st
     return fig
 
 
+def training_runs(runs: list[tuple[str, dict]], height: int = 300):
+    """The Train tab's curves, one colour per run (``(label, curves)``, curves as
+    :func:`studio.methods.train.read_curves` gives them): loss (a 25-step running mean), FD-digits and judge
+    accuracy of the fixed-seed sample against training steps, each evaluation with its bootstrap interval."""
+    import plotly.graph_objects as go
+    from plotly.colors import DEFAULT_PLOTLY_COLORS
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss (25-step mean)", "FD-digits (lower is better)",
+                                                         "judge accuracy"), horizontal_spacing=0.07)
+    for i, (label, curves) in enumerate(runs):
+        colour = DEFAULT_PLOTLY_COLORS[i % len(DEFAULT_PLOTLY_COLORS)]
+        loss = np.asarray(curves.get("loss") or [], dtype=float).reshape(-1, 2)
+        if len(loss):
+            smooth = np.convolve(loss[:, 1], np.ones(25) / 25, mode="valid") if len(loss) >= 25 else loss[:, 1]
+            fig.add_trace(go.Scatter(x=loss[len(loss) - len(smooth):, 0], y=smooth, mode="lines", name=label,
+                                     legendgroup=label, line={"color": colour}), 1, 1)
+        evals = curves.get("evals") or []
+        for col, key in ((2, "fd_digits"), (3, "judge_accuracy")):
+            if evals:
+                y = [e[key]["value"] for e in evals]
+                fig.add_trace(go.Scatter(
+                    x=[e["step"] for e in evals], y=y, mode="lines+markers", name=label, legendgroup=label,
+                    showlegend=False, line={"color": colour},
+                    error_y={"type": "data", "symmetric": False, "array": [e[key]["high"] - v for e, v in zip(evals, y)],
+                             "arrayminus": [v - e[key]["low"] for e, v in zip(evals, y)]}), 1, col)
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=3)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(template="plotly_white", height=height, margin={"l": 50, "r": 10, "t": 40, "b": 40},
+                      legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
 OP_COLOURS = {"skip_connect": "#7f7f7f", "nor_conv_1x1": "#1f77b4", "nor_conv_3x3": "#d62728",
               "avg_pool_3x3": "#2ca02c", "none": "#dddddd"}
 

@@ -62,6 +62,7 @@ METHODS: tuple[Method, ...] = (
     Method("nag", "Architectures", ("nag",), "components.nag_tab.build_nag_tab"),
     Method("classify", "Classify", ("image",), "components.classify_tab.build_classify_tab"),
     Method("theory", "Theory", ("image",), "components.theory_tab.build_theory_tab"),
+    Method("train", "Train", ("image",), "components.train_tab.build_train_tab"),
 )
 
 

@@ -51,14 +51,15 @@ def grid_png(images: torch.Tensor, path: Path, rows: int = GRID_PER_CLASS, scale
 class DigitsWatch:
     """``watch(unet, scheduler, step, folder) -> {"fd_digits": ..., "judge_accuracy": ..., "eval_seconds": ...}``:
     the evaluator :func:`studio.train.diffusion.train` calls. ``n`` images (a multiple of 10 keeps the classes
-    balanced) at ``steps`` sampler steps."""
+    balanced) at ``steps`` sampler steps. ``keep``: also write each evaluation's FD features and the judge's
+    hits to ``watch-<step>.npz`` (for paired comparisons across runs: image i has the same seed in every run)."""
 
-    def __init__(self, n: int = 200, steps: int = 20, seed: int = WATCH_SEED, grid: bool = True):
+    def __init__(self, n: int = 200, steps: int = 20, seed: int = WATCH_SEED, grid: bool = True, keep: bool = False):
         from studio.core.loading import load_zoo
 
         if n < 20:
             raise ValueError("the watch needs at least 20 images (two per class) for an FD")
-        self.n, self.steps, self.seed, self.grid = n, steps, seed, grid
+        self.n, self.steps, self.seed, self.grid, self.keep = n, steps, seed, grid, keep
         self.judge, self.fdnet = load_zoo("judge-digits"), load_zoo("fd-digits")
         self.real = metrics.features(self.fdnet, torch.from_numpy(digits.load("test").images))
         self.labels = torch.arange(n) % digits.NUM_CLASSES
@@ -72,13 +73,18 @@ class DigitsWatch:
         return run_to_end(sample_images(dm, denoise, sched, [self.seed + i for i in range(self.n)],
                                         num_inference_steps=self.steps))
 
+    @torch.no_grad()
     def __call__(self, unet: torch.nn.Module, scheduler, step: int, folder: Path) -> dict:
         began = time.perf_counter()
         x = self.images(unet, scheduler)
-        fd = metrics.frechet_features(metrics.features(self.fdnet, x), self.real)
+        feats = metrics.features(self.fdnet, x)
+        fd = metrics.frechet_features(feats, self.real)
         acc = metrics.digits_accuracy(self.judge, x, self.labels.numpy())
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.keep:
+            hits = metrics.judge_reading(self.judge, x)[0] == self.labels.numpy()
+            np.savez_compressed(folder / f"watch-{step}.npz", features=feats.astype(np.float32), hits=hits)
         if self.grid:
-            folder.mkdir(parents=True, exist_ok=True)
             grid_png(x, folder / f"samples-{step}.png")
             grid_png(x, folder / SAMPLES_FILE)
         return {"fd_digits": fd.to_dict(), "judge_accuracy": acc.to_dict(), "images": self.n,
