@@ -299,3 +299,21 @@ def test_the_contrastive_baseline_reads_renders_and_sits_beside_the_verdict(zoo_
     p = classify.Params(model="shapes-t2i", source="shapes scene", question="shape", n_samples="2 4", to_keep="2 1")
     *_, r = classify.run(p, zoo_manager)
     assert [row["reader"] for row in r.readings] == ["judge-shapes", "clip-shapes"]
+
+
+def test_adaptive_on_the_rectified_flow_path_compares_velocities():
+    """A flow model (the Train tab's): x_t = (1 - s) x0 + s eps and the error is on the velocity eps - x0. An
+    oracle whose candidate 0 knows the true x0 has zero error there; candidate 1 believes in another image."""
+    from studio.core.sampling import run_to_end
+    from studio.methods.classify import adaptive
+
+    x0 = torch.rand(1, 8, 8) * 2 - 1
+    other = torch.flip(x0, dims=(-1,))
+
+    def velocity(x_t, t, idx):
+        s = (t.float() / 1000).view(-1, 1, 1, 1)
+        guess = torch.stack([x0 if int(i) == 0 else other for i in idx])
+        return (x_t - guess) / s  # the velocity eps - x0 if guess were x0
+
+    out = run_to_end(adaptive(velocity, x0, 2, [(6, 1)], None, flow=True, T=1000))
+    assert out["predicted"] == 0 and out["errors"][0] < 1e-8 < out["errors"][1]

@@ -207,3 +207,29 @@ def test_statistics_of_a_user_folder_in_a_pipelines_latent_space_make_it_telepor
     assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
     with pytest.raises(ValueError, match="at least two"):
         folder_stats(model, tmp_path / "tiny-sd" / "unet", rank=8)
+
+
+def test_teleporting_a_rectified_flow_model_lands_where_flow_euler_does():
+    """The same on the rectified-flow path (x_t = (1 - s) x0 + s eps, FlowMatch Euler): the Train tab's models."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from studio.core.sampling import make_scheduler, run_to_end, sample_images
+
+    stats, *_ = toy_stats(rank=4)
+    model = ExactGaussianModel(stats, None)
+    model.prediction_type = "flow"
+
+    def velocity(x, t):
+        model.calls += 1
+        s = float(t) / 1000
+        x0 = gaussian.denoise(stats, x, 1 - s, s)
+        return (x - (1 - s) * x0) / s - x0  # eps - x0
+
+    config = dict(FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000).config)
+    steps, skip, runs = 60, 20, {}
+    for k, plan in ((0, None), (skip, (stats, skip))):
+        model.calls = 0
+        runs[k] = run_to_end(sample_images(model, velocity, make_scheduler("flow-euler", config, "flow"), list(range(6)),
+                                           num_inference_steps=steps, teleport_to=plan))
+        assert model.calls == steps - k
+    assert (runs[0] - runs[skip]).abs().max() < 0.05, (runs[0] - runs[skip]).abs().max()

@@ -213,7 +213,11 @@ def _ve_scaled(scheduler) -> bool:
 
 def schedule_point(scheduler, index: int) -> tuple[float, float]:
     """``(alpha, sigma)`` of the variance-preserving ``x_t = alpha x0 + sigma eps`` at step ``index`` of
-    the scheduler's current grid (``set_timesteps`` called)."""
+    the scheduler's current grid (``set_timesteps`` called); for a flow-matching scheduler, the rectified-flow
+    path ``x_t = (1 - s) x0 + s eps`` (alpha = 1 - s, sigma = s)."""
+    if "FlowMatch" in type(scheduler).__name__ or getattr(scheduler.config, "use_flow_sigmas", False):
+        s = float(scheduler.sigmas[index])
+        return 1 - s, s
     if _ve_scaled(scheduler):
         s = float(scheduler.sigmas[index])
         return 1 / (1 + s * s) ** 0.5, s / (1 + s * s) ** 0.5

@@ -194,11 +194,13 @@ def error_of(eps: torch.Tensor, eps_hat: torch.Tensor, loss: str) -> torch.Tenso
 
 def adaptive(eps_fn, x0: torch.Tensor, n_candidates: int, plan: list[tuple[int, int]], abar: torch.Tensor, *,
              n_trials: int = 1, loss: str = "l2", shared_noise: bool = True, seed: int = 0, batch_size: int = 64,
-             T: int = 1000) -> Iterator[Progress | dict]:
+             T: int = 1000, flow: bool = False) -> Iterator[Progress | dict]:
     """The official ``eval_prob_adaptive`` on one image ``x0`` (C, H, W) in model space.
 
     ``eps_fn(x_t, t, idx)``: the noise estimates for candidates ``idx`` (B,) at ``x_t`` (B, C, H, W),
-    timesteps ``t`` (B,). Yields a Progress per forward batch, then a dict: ``errors`` (mean per
+    timesteps ``t`` (B,). ``flow``: a rectified-flow model (``abar`` unused): ``x_t = (1 - s) x0 + s eps`` with
+    ``s = t / T``, and ``eps_fn`` returns the velocity, compared with ``eps - x0`` (the follow-up paper's SD3
+    variant, ``target = noise - x0``). Yields a Progress per forward batch, then a dict: ``errors`` (mean per
     candidate), ``evaluations``, ``dropped_in``, ``predicted``, ``evals``, ``rounds``, ``table``."""
     max_n = max(n for n, _ in plan)
     grid = timestep_grid(T, max_n)
@@ -223,10 +225,14 @@ def adaptive(eps_fn, x0: torch.Tensor, n_candidates: int, plan: list[tuple[int, 
             t = torch.tensor([t for _, t, _, _ in chunk])
             slot = torch.tensor([s if shared_noise else c * max_n * n_trials + s for c, _, _, s in chunk])
             eps = noise[slot]
-            a = abar[t].to(x0.device, x0.dtype).view(-1, *[1] * x0.dim())
-            x_t = a.sqrt() * x0[None] + (1 - a).sqrt() * eps
+            if flow:
+                sig = (t.float() / T).to(x0.device, x0.dtype).view(-1, *[1] * x0.dim())
+                x_t, target = (1 - sig) * x0[None] + sig * eps, eps - x0[None]
+            else:
+                a = abar[t].to(x0.device, x0.dtype).view(-1, *[1] * x0.dim())
+                x_t, target = a.sqrt() * x0[None] + (1 - a).sqrt() * eps, eps
             with torch.no_grad():
-                err = error_of(eps, eps_fn(x_t, t.to(x0.device), cand.to(x0.device)), loss).double().cpu()
+                err = error_of(target, eps_fn(x_t, t.to(x0.device), cand.to(x0.device)), loss).double().cpu()
             sums.index_add_(0, cand, err)
             counts.index_add_(0, cand, torch.ones_like(cand))
             table += [{"candidate": c, "t": tt, "trial": k, "error": float(e)} for (c, tt, k, _), e in zip(chunk, err)]
@@ -327,7 +333,8 @@ def run(p: Params, manager, drawing=None) -> Iterator[Progress | ClassifyResult]
         image, names, truth, notes, conds = prepare(p, dm, drawing)
         if len(names) > MAX_CANDIDATES:
             raise ParamError(f"{len(names)} candidates; the limit is {MAX_CANDIDATES}")
-        sched = make_scheduler("ddpm", dm.scheduler_config, dm.prediction_type)
+        flow = dm.prediction_type == "flow"  # rectified flow: velocity errors on its own path
+        sched = make_scheduler("flow-euler" if flow else "ddpm", dm.scheduler_config, dm.prediction_type)
         T = int(sched.config.num_train_timesteps)
         plan = schedule(p, len(names), T)
         cost = planned_evals(plan, len(names), timestep_grid(T, max(n for n, _ in plan)), p.n_trials)
@@ -344,11 +351,13 @@ def run(p: Params, manager, drawing=None) -> Iterator[Progress | ClassifyResult]
 
         def eps_fn(x_t, t, idx):
             cond = {k: v[idx] for k, v in table.items()}
-            return predicted_eps(sched, dm.model_fn(x_t, t, cond), x_t, t, dm.prediction_type)
+            pred = dm.model_fn(x_t, t, cond)
+            return pred if flow else predicted_eps(sched, pred, x_t, t, dm.prediction_type)
 
         out = None
-        for item in adaptive(eps_fn, x0, len(names), plan, sched.alphas_cumprod, n_trials=p.n_trials,
-                             loss=p.loss, shared_noise=p.shared_noise, seed=p.seed, batch_size=p.batch_size, T=T):
+        for item in adaptive(eps_fn, x0, len(names), plan, None if flow else sched.alphas_cumprod, n_trials=p.n_trials,
+                             loss=p.loss, shared_noise=p.shared_noise, seed=p.seed, batch_size=p.batch_size, T=T,
+                             flow=flow):
             if isinstance(item, Progress):
                 yield item
             else:

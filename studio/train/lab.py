@@ -4,7 +4,9 @@ several GPUs trains on all of them): ``python -m studio.train.lab --run NAME [sw
 
 It trains :class:`studio.train.diffusion.DigitsRecipe` with the given switches in ``runs/NAME`` (resumable),
 watched by :class:`studio.train.watch.DigitsWatch` every ``--evaluate-every`` steps, and writes the EMA model
-to ``runs/NAME/model`` in the zoo's layout (what the tab registers), also when stopped early (``runs/NAME/STOP``).
+to ``runs/NAME/model`` in the zoo's layout (what the tab registers), also when stopped early (``runs/NAME/STOP``),
+with the Gaussian statistics of the training digits beside it (``digits-cond``'s: the same data in the same space),
+so the Theory tab can teleport it.
 The run's settings are kept in ``runs/NAME/lab.json``; its end, or its error, in ``runs/NAME/result.json``.
 """
 
@@ -67,6 +69,12 @@ def main(argv: list[str] | None = None) -> dict:
         result = diffusion.train(recipe, seed=args.seed, checkpoint_every=args.checkpoint_every, export=False,
                                  export_to=folder / MODEL_DIR, evaluate_every=args.evaluate_every, evaluator=watch)
         result["stopped"] = (folder / diffusion.STOP_FILE).exists()
+        if state.is_main_process:  # the training digits' Gaussian (as digits-cond's): Theory's teleportation
+            import shutil
+
+            from studio.core.loading import GAUSSIAN_FILE, ZOO_DIR
+
+            shutil.copy(ZOO_DIR / "digits-cond" / GAUSSIAN_FILE, folder / MODEL_DIR / GAUSSIAN_FILE)
     except Exception as exc:  # the tab shows the message; the traceback stays in the run's log
         traceback.print_exc()
         result = {"error": f"{type(exc).__name__}: {exc}"}
