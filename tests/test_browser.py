@@ -341,3 +341,34 @@ def test_theory_playground_draws_and_the_time_slider_redraws_in_a_real_browser(s
     page.locator("#theory-param-time input[type=range]").dispatch_event("pointerup")
     expect(info).to_contain_text("t = 0.001")
     page.screenshot(path=str(tmp_path / "theory.png"), full_page=True)
+
+
+@pytest.fixture
+def train_url(tiny_manager, tmp_path, monkeypatch):
+    import studio.train.common as common
+
+    monkeypatch.setattr(common, "RUNS_DIR", tmp_path / "runs")
+    with serving_url(tiny_manager) as url:
+        yield url
+
+
+def test_train_a_few_steps_register_and_generate_lists_it_in_a_real_browser(train_url, browser, tmp_path):
+    """Train 3 steps in the accelerate subprocess: the status follows it, the curves and the sample grid appear;
+    Register names the model, and the Generate tab, opened afterwards, lists it without a page reload."""
+    from playwright.sync_api import expect
+
+    page = open_tab(browser, train_url, "Train", height=1600)
+    set_number(page, "#train-param-steps", 3)
+    set_number(page, "#train-param-batch", 8)
+    page.locator("#train-btn").click()
+    expect(page.locator("#train-status")).to_contain_text("finished after 3 steps", timeout=180_000)
+    expect(page.locator("#train-plot .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#train-grid img")).to_be_visible()
+    page.locator("#train-register-btn").click()
+    expect(page.locator("#train-status")).to_contain_text("Registered")
+    key = page.locator("#train-status strong").first.inner_text()
+    assert key.startswith("trained-")
+    page.get_by_role("tab", name="Generate", exact=True).click()
+    page.locator("#param-model input").click()
+    expect(page.get_by_role("option", name=key)).to_be_visible()
+    page.screenshot(path=str(tmp_path / "train.png"), full_page=True)
