@@ -109,15 +109,21 @@ def train(name: str = "digits-fewstep", seed: int = 0, *, boot: int | None = Non
     """Both stages, resumable from ``runs/<name>``; ``teacher`` (a UNet) defaults to ``digits-cond``'s.
 
     ``boot``/``student`` override the recipe's step counts. Returns the run's record.
+
+    Under ``accelerate launch`` g and D are data parallel: each process draws its own noises, classes and times
+    (process 0: the one-process stream), the gradients are averaged, ``runs/<name>/loss.jsonl`` logs the step's
+    terms averaged over processes (so does the history), and only the main process saves and exports.
     """
     import numpy as np
     from tqdm.auto import tqdm
 
-    from studio.train.common import Checkpoint, Timer
+    from studio.train.common import (Checkpoint, StepLog, Timer, make_accelerator, optimizer_step, process_entropy,
+                                     weights_digest)
 
     steps = dict(RECIPES[name])
     steps.update({k: v for k, v in (("boot", boot), ("student", student)) if v is not None})
     total = steps["boot"] + steps["student"]
+    accelerator = make_accelerator()
     if teacher is None:
         from studio.core.loading import load_zoo
 
@@ -134,33 +140,38 @@ def train(name: str = "digits-fewstep", seed: int = 0, *, boot: int | None = Non
     if ckpt.exists():
         state = ckpt.load(modules, opt)
         step, seconds, history = state["step"], state["seconds"], state.get("history", [])
-    alpha, sigma = signal_scales()
+    g_train, d_train, opt = accelerator.prepare(g, d, opt)
+    device = accelerator.device
+    teacher.to(device)
+    alpha, sigma = (v.to(device) for v in signal_scales())
     distilled = torch.tensor(DISTILLED)
+    steplog = StepLog(accelerator, ckpt.dir, start=step)
     timer = Timer(seconds)
-    bar = tqdm(total=total, initial=step, desc=name, disable=not progress)
+    bar = tqdm(total=total, initial=step, desc=name, disable=not (progress and accelerator.is_main_process))
     recent: dict[str, list[float]] = {}
 
     def save():
-        ckpt.save(step, timer.seconds, modules, opt, {"history": history, "recipe": steps})
+        if accelerator.is_main_process:
+            ckpt.save(step, timer.seconds, modules, opt, {"history": history, "recipe": steps})
 
     while step < total:
-        gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, step]).integers(2**31)))
+        gen = torch.Generator().manual_seed(int(np.random.default_rng(process_entropy(accelerator, seed, step)).integers(2**31)))
         eps = torch.randn(BATCH, teacher.config.in_channels, *[teacher.config.sample_size] * 2, generator=gen)
         c = torch.randint(0, 10, (BATCH,), generator=gen)
         if step < steps["boot"]:
             module = g
-            terms = boot_losses(g, teacher, eps, c, torch.randint(1, K + 1, (BATCH,), generator=gen), alpha, sigma)
+            k = torch.randint(1, K + 1, (BATCH,), generator=gen)
+            terms = boot_losses(g_train, teacher, eps.to(device), c.to(device), k.to(device), alpha, sigma)
         else:
             module = d
             t = distilled[torch.randint(0, len(DISTILLED), (BATCH,), generator=gen)]
-            terms = student_loss(d, g.eval(), eps, c, t, alpha, sigma)
+            terms = student_loss(d_train, g.eval(), eps.to(device), c.to(device), t.to(device), alpha, sigma)
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        opt.step()
-        for key, v in terms.items():
-            recent.setdefault(key, []).append(float(v.detach()))
+        optimizer_step(loss, opt, module.parameters(), clip=1.0, accelerator=accelerator)
+        means = steplog.write(step + 1, terms)  # every term, averaged over processes
+        for key in terms:
+            recent.setdefault(key, []).append(means[key])
         step += 1
         bar.update(1)
         if step % 25 == 0 or step == total:
@@ -173,8 +184,8 @@ def train(name: str = "digits-fewstep", seed: int = 0, *, boot: int | None = Non
     save()
     bar.close()
     result = {"name": name, "seed": seed, "steps": step, "seconds": round(timer.seconds, 1), "recipe": steps,
-              "history": history}
-    if export and (boot, student) == (None, None):
+              "history": history, "processes": accelerator.num_processes, "weights_sha256": weights_digest(g, d)}
+    if export and (boot, student) == (None, None) and accelerator.is_main_process:
         export_student(name, d, result, g=g)
     return result
 

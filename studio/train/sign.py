@@ -42,7 +42,8 @@ from safetensors.torch import load_file, save_file
 
 from studio.core.device import make_generator
 from studio.core.sampling import make_scheduler, predicted_x0, run_to_end, sample
-from studio.train.common import RUNS_DIR, LossLog, optimizer_step
+from studio.train.common import (RUNS_DIR, LossLog, StepLog, make_accelerator, optimizer_step, process_entropy,
+                                 weights_digest)
 
 TIGHT_CLAMP = 1.5  # a in tanh(L / (a L_ref)) a L_ref
 PAIR_STEPS = 25  # DDIM steps of the teacher's deterministic (eta 0) sample
@@ -89,7 +90,7 @@ def dmd_loss(x: torch.Tensor, real_eps: Callable, fake_eps: Callable, scheduler,
     """Distribution-matching loss on generated images ``x`` (gradient flows into x only); ``scheduler``:
     the teacher's training scheduler (diffusers), which noises x and reads x0 from the two epsilons."""
     T = scheduler.config.num_train_timesteps
-    t = torch.randint(int(t_range[0] * T), int(t_range[1] * T), (x.shape[0],), generator=generator)
+    t = torch.randint(int(t_range[0] * T), int(t_range[1] * T), (x.shape[0],), generator=generator).to(x.device)
     noise = torch.randn(x.shape, generator=generator).to(x)
     with torch.no_grad():
         xt = scheduler.add_noise(x, noise, t)
@@ -102,7 +103,7 @@ def dmd_loss(x: torch.Tensor, real_eps: Callable, fake_eps: Callable, scheduler,
 
 def denoising_loss(eps_fn: Callable, x0: torch.Tensor, scheduler, generator: torch.Generator) -> torch.Tensor:
     """Epsilon-MSE at a random step of ``scheduler``: trains the fake score on samples of f (``x0`` detached)."""
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     return ((eps_fn(scheduler.add_noise(x0.detach(), noise, t), t) - noise) ** 2).mean()
 
@@ -244,7 +245,7 @@ def sign_step(f, f_copy, fake, teacher, batch: dict, scheduler, gen, *, joint: b
         it = idem_tight(f, f_copy, z, fz)
         out.update({k: v for k, v in it.items() if k in use})
     if "dmd" in use:
-        null = torch.full((b,), 10)
+        null = torch.full((b,), 10, device=z.device)
         out["dmd"] = dmd_loss(fz, lambda xt, t: teacher(xt, t, class_labels=null).sample,
                               lambda xt, t: fake(xt, t, class_labels=null).sample, scheduler, gen)
     return out
@@ -271,6 +272,10 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
     ``pair_block`` (SIGN): train on block b of ``n_pairs`` cached pairs (:func:`pair_range`) instead of the first
     ``n_pairs``; ``init="teacher"`` (IGN): start f from the teacher's weights. Both are kept under their own run names
     (:func:`run_name_of`), never exported.
+
+    Under ``accelerate launch`` f and the fake score are data parallel: each process draws its own batch (process 0:
+    the one-process stream), the gradients are averaged, ``runs/<run>/loss.jsonl`` logs every term per step averaged
+    over processes (so does the history), and only the main process computes missing teacher pairs, saves and exports.
     """
     import numpy as np
     from diffusers.training_utils import EMAModel
@@ -282,6 +287,7 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
 
     if threads:
         torch.set_num_threads(threads)
+    accelerator = make_accelerator()
     recipe = dict(RECIPES[name])
     method = recipe["method"]
     init = init or ("teacher" if method == "sign" else "random")
@@ -326,7 +332,9 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
         if not shared.exists() or json_step(shared) < recipe["warmup"]:
             train(name, seed, warmup=recipe["warmup"], joint=0, root=root, export=False, progress=progress,
                   n_pairs=n_pairs, ladder="distil", checkpoint_every=checkpoint_every)
-        shutil.copytree(shared.dir, ckpt.dir)
+        if accelerator.is_main_process:
+            shutil.copytree(shared.dir, ckpt.dir)
+        accelerator.wait_for_everyone()
     if ckpt.exists():  # (a ladder run copied from the shared warm-up has no fake score yet: it stays the teacher's)
         state = ckpt.load({k: m for k, m in modules.items() if (ckpt.dir / f"{k}.safetensors").exists()}, opt)
         step, seconds, history = state["step"], state["seconds"], state.get("history", [])
@@ -339,42 +347,56 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
     pairs = None
     if method == "sign":
         k0, k1 = pair_range(n_pairs, pair_block)
-        pairs = tuple(p[k0:k1] for p in teacher_pairs(k1, root=root))
+        with accelerator.main_process_first():  # missing pairs: computed and cached by the main process
+            pairs = tuple(p[k0:k1] for p in teacher_pairs(k1, root=root))
+    device = accelerator.device
+    if fake is not None:
+        f_train, opt, fake_train, fake_opt = accelerator.prepare(f, opt, fake, fake_opt)
+    else:
+        f_train, opt = accelerator.prepare(f, opt)
+    ema.to(device)
+    f_copy.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    steplog = StepLog(accelerator, ckpt.dir, start=step)
     timer = Timer(seconds)
-    bar = tqdm(total=total, initial=step, desc=run_name, disable=not progress)
+    bar = tqdm(total=total, initial=step, desc=run_name, disable=not (progress and accelerator.is_main_process))
     recent: dict[str, LossLog] = {}
 
     def save():
         ema.copy_to(ema_holder.parameters())
-        ckpt.save(step, timer.seconds, modules, opt, {"history": history, "recipe": recipe, "method": method})
+        if accelerator.is_main_process:
+            ckpt.save(step, timer.seconds, modules, opt, {"history": history, "recipe": recipe, "method": method})
 
     while step < total:
-        rng = np.random.default_rng([seed, step])
+        rng = np.random.default_rng(process_entropy(accelerator, seed, step))
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        x = data[torch.from_numpy(rng.integers(0, len(data), BATCH))]
+        x = data[torch.from_numpy(rng.integers(0, len(data), BATCH))].to(device)
         joint_phase = step >= recipe["warmup"]
         if method == "sign":
             phase_use = use if use is None or joint_phase else LADDER["distil"]
             idx = torch.from_numpy(rng.integers(0, n_pairs, BATCH))
-            batch = {"x": x, "z": pairs[0][idx], "target": pairs[1][idx]}
+            batch = {"x": x, "z": pairs[0][idx].to(device), "target": pairs[1][idx].to(device)}
             if (joint_phase and use is None) or (phase_use is not None and "idem" in phase_use):
                 sync(f_copy, f)
-            terms = sign_step(f, f_copy, fake, teacher, batch, scheduler, gen, joint=joint_phase, terms=phase_use)
+            terms = sign_step(f_train, f_copy, fake, teacher, batch, scheduler, gen, joint=joint_phase,
+                              terms=phase_use)
         else:
-            batch = {"x": x, "z": torch.randn(x.shape, generator=gen)}
+            batch = {"x": x, "z": torch.randn(x.shape, generator=gen).to(device)}
             sync(f_copy, f)
-            terms = ign_step(f, f_copy, batch)
+            terms = ign_step(f_train, f_copy, batch)
         loss = sum(LAMBDA[k] * v for k, v in terms.items())
-        optimizer_step(loss, opt, f.parameters(), clip=1.0, ema=ema)
+        optimizer_step(loss, opt, f.parameters(), clip=1.0, ema=ema, accelerator=accelerator)
         if fake is not None and "dmd" in terms:  # fake score: DSM on the current samples of f, one update per f update
             with torch.no_grad():
                 fz = f(batch["z"])
-            null = torch.full((BATCH,), 10)
-            fake_loss = denoising_loss(lambda xt, t: fake(xt, t, class_labels=null).sample, fz, scheduler, gen)
-            optimizer_step(fake_loss, fake_opt, clip=None)
+            null = torch.full((BATCH,), 10, device=device)
+            fake_loss = denoising_loss(lambda xt, t: fake_train(xt, t, class_labels=null).sample, fz, scheduler, gen)
+            optimizer_step(fake_loss, fake_opt, fake.parameters(), clip=None, accelerator=accelerator)
             terms["fake_dsm"] = fake_loss
-        for k, v in terms.items():
-            recent.setdefault(k, LossLog()).append(float(v.detach()))
+        means = steplog.write(step + 1, terms)  # every term, averaged over processes
+        for k in terms:
+            recent.setdefault(k, LossLog()).append(means[k])
         step += 1
         bar.update(1)
         if step % 25 == 0:
@@ -387,9 +409,11 @@ def train(name: str, seed: int = 0, *, warmup: int | None = None, joint: int | N
     save()
     bar.close()
     result = {"name": name, "run": run_name, "method": method, "seed": seed, "steps": step,
-              "seconds": round(timer.seconds, 1), "recipe": recipe, "history": history}
-    if export and not custom:
+              "seconds": round(timer.seconds, 1), "recipe": recipe, "history": history,
+              "processes": accelerator.num_processes, "weights_sha256": weights_digest(f)}
+    if export and not custom and accelerator.is_main_process:
         export_f(name, ema_holder, result)
+    accelerator.wait_for_everyone()  # (a ladder's caller copies this run's checkpoint next)
     return result
 
 
