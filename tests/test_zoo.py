@@ -50,6 +50,9 @@ def test_each_entry_passes_its_checksums_and_loads(zoo_manager, name):
         elif MANIFEST[name]["kind"] == "probe":
             assert type(obj).__name__ == "LinearProbe" and obj.info["base"] == "digits-cond"
             assert obj.block in obj.info["grid"]["blocks"] and not any(p.requires_grad for p in obj.parameters())
+        elif MANIFEST[name]["kind"] == "encoder":
+            assert type(obj).__name__ == "DigitsSSLEncoder" and obj.tokens(torch.zeros(2, 1, 16, 16)).shape == (2, 16, obj.dim)
+            assert not any(p.requires_grad for p in obj.parameters())
         elif MANIFEST[name]["kind"] == "contrastive":
             assert type(obj).__name__ == "ShapesCLIP" and MANIFEST[name]["quality"]["full_caption_top1"] >= 0.95
             assert not any(p.requires_grad for p in obj.parameters())

@@ -132,6 +132,7 @@ NET_MODULES: dict[str, tuple[str, ...]] = {
     "studio.nets.tsdiff": ("TSDiffNet",),
     "studio.nets.nag": ("ScoreNet", "AccuracyPredictor"),
     "studio.nets.contrastive": ("ShapesCLIP",),
+    "studio.nets.ssl": ("DigitsSSLEncoder",),
 }
 NET_CLASSES: dict[str, str] = {cls: mod for mod, names in NET_MODULES.items() for cls in names}
 
@@ -271,6 +272,7 @@ LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "judge": _load_module,
     "classifier": _load_module,
     "contrastive": _load_module,
+    "encoder": _load_module,
     "experts": _load_experts,
     "idempotent": _load_idempotent,
     "nag": _load_nag,

@@ -11,7 +11,8 @@ FEWSTEP = ("digits-fewstep",)
 NAG = ("nag-digits",)
 CONTRASTIVE = ("clip-shapes",)
 PROBE = ("probe-digits",)
-ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG + CONTRASTIVE + PROBE
+ENCODERS = ("simclr-digits",)
+ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG + CONTRASTIVE + PROBE + ENCODERS
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0,
@@ -69,4 +70,8 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
         from studio.train import probe
 
         return probe.train(seed=seed)
+    if name in ENCODERS:
+        from studio.train import simclr
+
+        return simclr.train(seed=seed, steps=steps, minutes=minutes)
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")
