@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume-from-zoo", action="store_true",
                    help="diffusion models: with no checkpoint in runs/, continue from the shipped weights")
     p.add_argument("--variant", default="", help="a side-by-side recipe variant, kept in runs/ (shapes-t2i: recipe "
-                   "changes; digits-cond: objectives eps, v, rf-uniform, rf-lognorm, rf-mode, rf-cosmap)")
+                   "changes; digits-cond: objectives eps, v, rf-uniform, rf-lognorm, rf-mode, rf-cosmap, and "
+                   "rf-uniform-repa (REPA), eps-selfcond (DDAE++ self-conditioning); any switch mix: python -m studio.train.lab)")
     p.add_argument("--gaussian-stats", action="store_true",
                    help="digits-cond / shapes-t2i: only (re)compute the Gaussian statistics of its training data "
                         "beside the entry (teleportation; seconds, no training); with --images, NAME is a "
