@@ -138,10 +138,10 @@ def train(seed: int = 0, steps: int | None = None, minutes: float | None = None,
     torch.manual_seed(seed)
     net = DigitsSSLEncoder(**CONFIG)
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
-    ckpt, step, seconds = Checkpoint(NAME, root), 0, 0.0
+    ckpt, step, seconds, saved_loss = Checkpoint(NAME, root), 0, 0.0, None
     if ckpt.exists():
         state = ckpt.load({"model": net}, opt)
-        step, seconds = state["step"], state["seconds"]
+        step, seconds, saved_loss = state["step"], state["seconds"], state.get("loss")
     model, opt = accelerator.prepare(net, opt)
     data = torch.from_numpy(digits.load("train").images)
     per_process = batch // accelerator.num_processes
@@ -150,7 +150,7 @@ def train(seed: int = 0, steps: int | None = None, minutes: float | None = None,
     def save():
         if accelerator.is_main_process:
             ckpt.save(step, timer.seconds, {"model": accelerator.unwrap_model(model)}, opt,
-                      {"loss": log.mean(CHECK_EVERY) if log else None})
+                      {"loss": log.mean(CHECK_EVERY) if log else saved_loss})
 
     bar = tqdm(total=steps, initial=step, desc=NAME, disable=not accelerator.is_main_process)
     while step < steps and (minutes is None or timer.seconds < minutes * 60):
@@ -178,7 +178,8 @@ def train(seed: int = 0, steps: int | None = None, minutes: float | None = None,
             save()
     save()
     bar.close()
-    result = {"name": NAME, "step": step, "seconds": round(timer.seconds, 1), "loss": log.mean(CHECK_EVERY) if log else None,
+    seconds = timer.seconds  # training only (a resumed run's earlier sessions included), not the probe below
+    result = {"name": NAME, "step": step, "seconds": round(seconds, 1), "loss": log.mean(CHECK_EVERY) if log else saved_loss,
               "processes": accelerator.num_processes}
     if export and step >= steps and accelerator.is_main_process:
         encoder = accelerator.unwrap_model(model).eval()
@@ -190,7 +191,7 @@ def train(seed: int = 0, steps: int | None = None, minutes: float | None = None,
              "role": "REPA's frozen target (stands in for DINOv2)", "tokens": [DigitsSSLEncoder.grid ** 2, CONFIG["dim"]],
              "temperature": TEMPERATURE}, indent=2) + "\n")
         write_manifest_entry(NAME, {"recipe": f"studio train {NAME}", "kind": "encoder", "train_steps": steps,
-                                    "train_seconds": round(timer.seconds, 1), "machine": machine_description(),
+                                    "train_seconds": round(seconds, 1), "machine": machine_description(),
                                     "seed": seed, "batch": batch, "params": sum(p.numel() for p in encoder.parameters()),
                                     "quality": quality})
         result.update(quality)
