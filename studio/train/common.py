@@ -81,17 +81,18 @@ class StepLog:
             self.path.write_text("".join(line + "\n" for line in keep))
 
     def write(self, step: int, loss: torch.Tensor | dict, **extra) -> dict:
-        """Log ``loss`` (a tensor, or a dict of named scalar tensors) at ``step``; returns the means written."""
+        """Log ``loss`` (a tensor, or a dict of named scalar tensors) at ``step``; returns the means (unrounded;
+        in a one-process run exactly ``float(loss)``)."""
         terms = loss if isinstance(loss, dict) else {"loss": loss}
         values = torch.stack([torch.as_tensor(v).detach().float().reshape(()) for v in terms.values()])
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             values = self.accelerator.reduce(values.to(self.accelerator.device), reduction="mean")
-        row = {"step": step, **{k: round(float(v), 6) for k, v in zip(terms, values.cpu())}, **extra}
+        means = {k: float(v) for k, v in zip(terms, values.cpu())}
         if is_main(self.accelerator):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-        return row
+                fh.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in means.items()}, **extra}) + "\n")
+        return means
 
 
 def weights_digest(*modules: torch.nn.Module) -> str:
