@@ -129,12 +129,22 @@ def run(path: Path | None = None, seeds=(0,), group: int = 64, device: str = "cp
     """Train what is missing (up to ``limit`` cells per seed), ``group`` cells at a time, appending
     rows to ``path``. Cells go in :func:`visit_order`, every task of a group before the next group,
     so a partial table is a uniform sample of the space. ``part`` (a slice of the visit order, itself
-    a uniform sample) splits the work between processes or machines."""
+    a uniform sample) splits the work between processes or machines.
+
+    Under ``accelerate launch`` (several processes) process i trains every n-th group of cells (from the i-th) into
+    its own CSV, ``<path stem>.rank<i>.csv``, on its own device; :func:`ship` merges them. The cells are independent
+    networks, so there is nothing to average between processes: this is the split, not data parallelism."""
+    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from studio.train.common import RUNS_DIR
 
     path = path or RUNS_DIR / "nasbench-digits.csv"
+    state = PartialState()
+    share = slice(state.process_index, None, state.num_processes)
+    if state.num_processes > 1:
+        path = path.with_name(f"{path.stem}.rank{state.process_index}{path.suffix}")
+        device = str(state.device) if device == "cpu" else device
     path.parent.mkdir(parents=True, exist_ok=True)
     finished = done(path)
     order = visit_order()[part][:limit]
@@ -144,7 +154,7 @@ def run(path: Path | None = None, seeds=(0,), group: int = 64, device: str = "cp
         if new:
             writer.writeheader()
         for seed in seeds:
-            chunks = [order[i:i + group] for i in range(0, len(order), group)]
+            chunks = [order[i:i + group] for i in range(0, len(order), group)][share]
             for chunk in tqdm(chunks, desc=f"seed {seed}: groups of {group} cells", disable=not progress):
                 for task in tasks:
                     todo = [a for a in chunk if (a, task, seed) not in finished]

@@ -172,8 +172,18 @@ def best_cell(cells: dict) -> tuple[str, int]:
 
 
 def train(seed: int = 0) -> dict:
-    """Fit every cell, ship the best one on validation as ``studio/zoo/probe-digits``."""
+    """Fit every cell, ship the best one on validation as ``studio/zoo/probe-digits``.
+
+    Under ``accelerate launch`` only the main process works (feature extraction, the feature cache in
+    ``runs/probe-digits/``, the heads, the export); the others return at once. The heads are scikit-learn
+    lbfgs fits on a few thousand rows and the features one pass of 1,437 x 4 + 360 + 360 small images per t:
+    there is no gradient step to spread over processes, and two processes writing one cache would race."""
     del seed  # the recipe's seeds are fixed above (splits, noises, heads)
+    from studio.train.common import make_accelerator
+
+    accelerator = make_accelerator()
+    if not accelerator.is_main_process:
+        return {"name": NAME, "processes": accelerator.num_processes, "main_process": False}
     timer = Timer()
     cells = grid()
     block, t = best_cell(cells)
