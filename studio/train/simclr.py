@@ -39,6 +39,7 @@ from studio.core.loading import ZOO_DIR, load_zoo
 from studio.core.metrics import bootstrap_mean
 from studio.data import digits
 from studio.nets.ssl import DigitsSSLEncoder, nt_xent
+from studio.train.diffusion import weights_digest
 from studio.train.common import (Checkpoint, LossLog, Timer, machine_description, optimizer_step, random_shift,
                                  write_manifest_entry)
 
@@ -180,7 +181,7 @@ def train(seed: int = 0, steps: int | None = None, minutes: float | None = None,
     bar.close()
     seconds = timer.seconds  # training only (a resumed run's earlier sessions included), not the probe below
     result = {"name": NAME, "step": step, "seconds": round(seconds, 1), "loss": log.mean(CHECK_EVERY) if log else saved_loss,
-              "processes": accelerator.num_processes}
+              "processes": accelerator.num_processes, "weights_sha256": weights_digest(accelerator.unwrap_model(model))}
     if export and step >= steps and accelerator.is_main_process:
         encoder = accelerator.unwrap_model(model).eval()
         quality = evaluate(encoder, seed)
