@@ -1,6 +1,8 @@
 """Issue 23: the digits recipe's objectives, REPA and self-conditioning, trained side by side.
 
     python benchmarks/bench_train.py --run VARIANT[,VARIANT...] [--seeds 0,1,2]   # train + watch (resumable)
+    python benchmarks/bench_train.py --probe                                     # decoder probes (DDPM rows)
+    python benchmarks/bench_train.py --timing                                    # seconds a step, one process
     python benchmarks/bench_train.py --processes                                 # 1 vs 2 accelerate processes
     python benchmarks/bench_train.py --report                                    # tables from what is there
 
@@ -73,9 +75,48 @@ def train_one(variant: str, seed: int) -> None:
         return
     result = diffusion.train(recipe, seed=seed, checkpoint_every=EVERY, export=False, export_to=folder / "model",
                              evaluate_every=EVERY, evaluator=DigitsWatch(n=IMAGES, keep=True))
-    if recipe.prediction_type != "flow":  # the probe reads DDPM-path features (the Classify tab's code)
-        result["probe"] = probe(folder / "model")
     (folder / "result.json").write_text(json.dumps(result, indent=2))
+
+
+def probe_runs() -> None:
+    """The decoder probe of every finished DDPM-path run (the probe reads DDPM-path features, the Classify tab's
+    code), kept in its result.json with the chosen block's hit on each test digit (for paired intervals)."""
+    for v in ROWS:
+        for s in SEEDS:
+            folder = RUNS_DIR / run_name(v, s)
+            path = folder / "result.json"
+            if not path.exists():
+                continue
+            result = json.loads(path.read_text())
+            if json.loads((folder / "model" / "studio.json").read_text())["prediction_type"] == "flow":
+                continue
+            if "hits" not in result.get("probe", {}):
+                result["probe"] = probe(folder / "model")
+                path.write_text(json.dumps(result, indent=2))
+                print(v, s, result["probe"]["test"], flush=True)
+
+
+def timing(steps: int = 30, warm: int = 5) -> dict:
+    """Seconds a training step of every row, measured one after another in this one process (one thread), so
+    the rows are compared under the same load: the runs above shared the machine with other jobs."""
+    import torch
+
+    from studio.train import diffusion
+
+    torch.set_num_threads(1)
+    out = {}
+    for v in ROWS:
+        run = f"bench-train-timing-{v}"
+        subprocess.run(["rm", "-rf", str(RUNS_DIR / run)], check=True)
+        recipe = diffusion.DigitsRecipe(steps=STEPS, variant=v, size=SIZE, batch_size=BATCH, lr=LR, warmup=WARMUP, run=run)
+        diffusion.train(recipe, seed=0, export=False, until=warm + steps, checkpoint_every=10_000)
+        lines = [json.loads(x) for x in (RUNS_DIR / run / "loss.jsonl").read_text().splitlines()]
+        out[v] = round((lines[-1]["seconds"] - lines[warm - 1]["seconds"]) / steps, 4)
+        print(v, out[v], flush=True)
+    (RESULTS / "train_timing.json").write_text(json.dumps({"seconds_per_step": out, "steps": steps, "warm_up": warm,
+                                                           "machine": machine_description(),
+                                                           "date": time.strftime("%Y-%m-%d")}, indent=2))
+    return out
 
 
 def probe(model_folder: Path) -> dict:
@@ -103,7 +144,8 @@ def probe(model_folder: Path) -> dict:
     cells = {b: P.fit_cell(f_fit[b], fit_y, f_val[b], val_y) for b in f_fit}
     block = max(cells, key=lambda b: cells[b]["val"])
     best = cells[block]
-    return {"block": block, "t": PROBE_T, "validation": round(best["val"], 4),
+    hits = (best["head"]((f_test[block] - best["mean"]) / best["std"]).argmax(-1) == test_y).tolist()
+    return {"block": block, "t": PROBE_T, "validation": round(best["val"], 4), "hits": hits,
             "test": round(P.accuracy(best["head"], best["mean"], best["std"], f_test[block], test_y), 4),
             "test_by_block": {b: round(P.accuracy(c["head"], c["mean"], c["std"], f_test[b], test_y), 4)
                               for b, c in cells.items()}}
@@ -220,14 +262,15 @@ def step_ratio(table: dict, method: str, base: str, steps: list[int]) -> dict | 
 
 
 def probe_difference(runs: dict) -> dict | None:
-    a = [runs[("eps-selfcond", s)]["result"].get("probe", {}).get("test") for s in SEEDS if ("eps-selfcond", s) in runs]
-    b = [runs[("eps", s)]["result"].get("probe", {}).get("test") for s in SEEDS if ("eps", s) in runs]
+    """Self-conditioning minus plain, paired by (seed, test digit): a bootstrap over the 3 x 360 pairs."""
+    a = [runs[("eps-selfcond", s)]["result"].get("probe", {}).get("hits") for s in SEEDS if ("eps-selfcond", s) in runs]
+    b = [runs[("eps", s)]["result"].get("probe", {}).get("hits") for s in SEEDS if ("eps", s) in runs]
     if len(a) != len(SEEDS) or len(b) != len(SEEDS) or None in a + b:
         return None
-    diff = np.array(a) - np.array(b)
-    return {"per_seed": [round(float(x), 4) for x in diff], "mean": round(float(diff.mean()), 4),
-            "min": round(float(diff.min()), 4), "max": round(float(diff.max()), 4),
-            "note": "360 test digits per seed; a difference of one digit is 0.0028"}
+    diff = np.concatenate([np.asarray(x, float) - np.asarray(y, float) for x, y in zip(a, b)])
+    per_seed = [round(float(np.mean(x) - np.mean(y)), 4) for x, y in zip(a, b)]
+    return {"per_seed": per_seed, "pooled": metrics.bootstrap_mean(diff).to_dict(),
+            "note": "paired by seed and test digit (3 x 360); one digit of one seed is 0.0028"}
 
 
 def fmt(e: dict, digits_: int = 1) -> str:
@@ -252,7 +295,7 @@ def markdown(out: dict, steps: list[int]) -> str:
          "intervals are 95% bootstrap over the pooled images of the 3 seeds; a paired difference whose interval covers 0 "
          "is called no difference. Lower FD is better.", "",
          "## FD-digits vs training steps (3 seeds pooled)", "",
-         "| row | " + " | ".join(str(s) for s in steps) + " | s / step |", "|---|" + "---|" * (len(steps) + 1)]
+         "| row | " + " | ".join(str(s) for s in steps) + " | s / step (shared load) |", "|---|" + "---|" * (len(steps) + 1)]
     for v in ROWS:
         cells = [f"{out['curves'][f'{v}@{s}']['fd']['value']:.0f}" if f"{v}@{s}" in out["curves"] else "–" for s in steps]
         L.append(f"| {v} | " + " | ".join(cells) + f" | {out['seconds_per_step'].get(v, float('nan')):.3f} |")
@@ -283,7 +326,26 @@ def markdown(out: dict, steps: list[int]) -> str:
         L.append(f"- {v}: test accuracy per seed {p['test']} (blocks {p['block']}), mean {p['mean']}")
     d = out.get("probe_difference")
     if d:
-        L.append(f"- self-cond minus eps, per seed: {d['per_seed']} (mean {d['mean']}); {d['note']}.")
+        L.append(f"- self-cond minus eps: {fmt(d['pooled'], 4)} ({verdict(d['pooled'], False)}); per seed "
+                 f"{d['per_seed']}; {d['note']}.")
+    t = RESULTS / "train_timing.json"
+    if t.exists():
+        timing_ = json.loads(t.read_text())
+        secs = timing_["seconds_per_step"]
+        L += ["", "## Seconds a step, and FD at equal wall clock", "",
+              f"Measured one row after another in one process, one thread ({timing_['steps']} steps after "
+              f"{timing_['warm_up']} warm-up, batch {BATCH}; {timing_['date']}): the table's runs above shared the "
+              "machine with other jobs, so their own seconds are not comparable.", "",
+              "| row | s / step | steps in the time its base row takes for 600 | FD-digits there |", "|---|---|---|---|"]
+        for v, base in (("rf-uniform-repa", "rf-uniform"), ("eps-selfcond", "eps")):
+            if v in secs and base in secs:
+                equal = STEPS * secs[base] / secs[v]
+                fd = np.interp(equal, steps, [out["curves"][f"{v}@{s}"]["fd"]["value"] for s in steps])
+                L.append(f"| {v} (base {base}: {secs[base]:.3f}) | {secs[v]:.3f} | {equal:.0f} | {fd:.1f} "
+                         f"(base at 600: {out['curves'][f'{base}@{STEPS}']['fd']['value']:.1f}) |")
+        for v in ROWS:
+            if v not in ("rf-uniform-repa", "eps-selfcond") and v in secs:
+                L.append(f"| {v} | {secs[v]:.3f} | – | – |")
     procs = RESULTS / "train_processes.json"
     if procs.exists():
         p = json.loads(procs.read_text())
@@ -301,12 +363,18 @@ if __name__ == "__main__":
     ap.add_argument("--run", default="", help="comma-separated rows to train")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--processes", action="store_true")
+    ap.add_argument("--probe", action="store_true")
+    ap.add_argument("--timing", action="store_true")
     ap.add_argument("--report", action="store_true")
     a = ap.parse_args()
     for variant in [v for v in a.run.split(",") if v]:
         for seed in [int(s) for s in a.seeds.split(",")]:
             print(f"{variant} seed {seed}", flush=True)
             train_one(variant, seed)
+    if a.probe:
+        probe_runs()
+    if a.timing:
+        timing()
     if a.processes:
         print(json.dumps(processes(), indent=2))
     if a.report:

@@ -46,6 +46,12 @@ class SelfCondUNet2DModel(UNet2DModel):
     Only the configuration of the studio's UNets is covered (no skip / fourier variants of UNet2DModel).
     """
 
+    # UNet2DModel's other settings stay at its defaults, so they are not written to (or read from) config.json
+    ignore_for_config = ["act_fn", "attention_head_dim", "attn_norm_num_groups", "center_input_sample",
+                         "class_embed_type", "downsample_padding", "downsample_type", "dropout", "flip_sin_to_cos",
+                         "freq_shift", "mid_block_scale_factor", "mid_block_type", "norm_eps", "num_train_timesteps",
+                         "resnet_time_scale_shift", "time_embedding_dim", "time_embedding_type", "upsample_type"]
+
     @register_to_config
     def __init__(self, sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
                  layers_per_block=1, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
