@@ -37,11 +37,13 @@ RUNS_DIR = Path(os.environ.get("STUDIO_RUNS", Path.cwd() / "runs"))
 LOSS_FILE = "loss.jsonl"  # in runs/<run>: {"step", "loss" (mean over processes), ...} per optimizer step
 
 
-def make_accelerator():
-    """This process's ``accelerate.Accelerator`` (one process, the plain CPU/GPU, outside ``accelerate launch``)."""
-    from accelerate import Accelerator
+def make_accelerator(find_unused_parameters: bool = False):
+    """This process's ``accelerate.Accelerator`` (one process, the plain CPU/GPU, outside ``accelerate launch``).
+    ``find_unused_parameters``: for networks with parameters no step uses (DDP must then look for them)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    return Accelerator()
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else None
+    return Accelerator(kwargs_handlers=handlers)
 
 
 def process_index(accelerator=None) -> int:

@@ -178,7 +178,7 @@ def train(name: str, seed: int = 0, steps: int | None = None, zoo: Path = ZOO_DI
             last[0] = time.perf_counter()
             print(f"{name}: step {p.step}/{p.total} loss {p.loss:.4f}", flush=True)
 
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(find_unused_parameters=True)  # TSDiffNet has parameters no step uses (2 of them)
     model, log = fit(series, steps=steps or ZOO_STEPS[series.name], seed=seed, report=report if accelerator.is_main_process
                      else None, checkpoint=Checkpoint(name), accelerator=accelerator)
     if not accelerator.is_main_process:  # the export is the main process's
