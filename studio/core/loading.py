@@ -133,6 +133,7 @@ NET_MODULES: dict[str, tuple[str, ...]] = {
     "studio.nets.nag": ("ScoreNet", "AccuracyPredictor"),
     "studio.nets.contrastive": ("ShapesCLIP",),
     "studio.nets.ssl": ("DigitsSSLEncoder",),
+    "studio.nets.unets": ("SelfCondUNet2DModel",),
 }
 NET_CLASSES: dict[str, str] = {cls: mod for mod, names in NET_MODULES.items() for cls in names}
 
