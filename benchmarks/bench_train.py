@@ -96,83 +96,30 @@ def probe_runs() -> None:
                 print(v, s, result["probe"]["test"], flush=True)
 
 
-def timing(steps: int = 30, warm: int = 5) -> dict:
-    """Seconds a training step of every row, measured one after another in this one process (one thread), so
-    the rows are compared under the same load: the runs above shared the machine with other jobs."""
+def timing(steps: int = 60, warm: int = 5, rounds: int = 2) -> dict:
+    """Seconds a training step of every row, measured one after another in this one process (one thread), in
+    ``rounds`` interleaved rounds (their mean and range), so the rows are compared under the same load: the runs
+    above shared the machine with other jobs."""
     import torch
 
     from studio.train import diffusion
 
     torch.set_num_threads(1)
-    out = {}
-    for v in ROWS:
-        run = f"bench-train-timing-{v}"
-        subprocess.run(["rm", "-rf", str(RUNS_DIR / run)], check=True)
-        recipe = diffusion.DigitsRecipe(steps=STEPS, variant=v, size=SIZE, batch_size=BATCH, lr=LR, warmup=WARMUP, run=run)
-        diffusion.train(recipe, seed=0, export=False, until=warm + steps, checkpoint_every=10_000)
-        lines = [json.loads(x) for x in (RUNS_DIR / run / "loss.jsonl").read_text().splitlines()]
-        out[v] = round((lines[-1]["seconds"] - lines[warm - 1]["seconds"]) / steps, 4)
-        print(v, out[v], flush=True)
-    (RESULTS / "train_timing.json").write_text(json.dumps({"seconds_per_step": out, "steps": steps, "warm_up": warm,
-                                                           "machine": machine_description(),
-                                                           "date": time.strftime("%Y-%m-%d")}, indent=2))
-    return out
-
-
-def probe(model_folder: Path) -> dict:
-    """Linear-probe accuracy of the model's decoder features at t = PROBE_T (studio.train.probe's code): heads
-    fit on the fit part of the training digits, the block and L2 strength chosen on its validation part, the
-    chosen head's accuracy on the 360 test digits."""
-    import torch
-
-    from studio.core.features import alphas_cumprod, pooled_features
-    from studio.core.loading import load_folder
-    from studio.data import digits
-    from studio.train import probe as P
-
-    dm = load_folder(model_folder)
-    abar = alphas_cumprod(dm.scheduler_config)
-    train, test = digits.load("train"), digits.load("test")
-    fit, val = P.fit_val_split()
-    fit_y, val_y, test_y = P.labels()
-
-    def feats(x, seed):
-        return pooled_features(dm.unet, abar, torch.from_numpy(x), PROBE_T, seed=seed, null_class=digits.NUM_CLASSES)
-
-    f_fit, f_val, f_test = feats(train.images[fit], P.FIT_SEED), feats(train.images[val], P.VAL_SEED), \
-        feats(test.images, P.PROBE_SEED)
-    cells = {b: P.fit_cell(f_fit[b], fit_y, f_val[b], val_y) for b in f_fit}
-    block = max(cells, key=lambda b: cells[b]["val"])
-    best = cells[block]
-    hits = (best["head"]((f_test[block] - best["mean"]) / best["std"]).argmax(-1) == test_y).tolist()
-    return {"block": block, "t": PROBE_T, "validation": round(best["val"], 4), "hits": hits,
-            "test": round(P.accuracy(best["head"], best["mean"], best["std"], f_test[block], test_y), 4),
-            "test_by_block": {b: round(P.accuracy(c["head"], c["mean"], c["std"], f_test[b], test_y), 4)
-                              for b, c in cells.items()}}
-
-
-def processes(steps: int = 60) -> dict:
-    """Seconds per step of the same run (eps, small UNet, global batch 64) with 1 and 2 accelerate processes."""
-    out = {}
-    for n in (1, 2):
-        run = f"bench-train-procs-{n}"
-        subprocess.run(["rm", "-rf", str(RUNS_DIR / run)], check=True)
-        cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_machines", "1", "--mixed_precision",
-               "no", "--dynamo_backend", "no"] + (["--multi_gpu", "--num_processes", "2"] if n == 2 else
-                                                  ["--num_processes", "1"])
-        cmd += ["-m", "studio.train.lab", "--run", run, "--objective", "eps", "--steps", str(steps), "--batch",
-                str(BATCH), "--evaluate-every", "0", "--checkpoint-every", str(steps)]
-        env = {**__import__("os").environ, "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true",
-               "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        began = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, cwd=ROOT, capture_output=True)
-        lines = [json.loads(x) for x in (RUNS_DIR / run / "loss.jsonl").read_text().splitlines()]
-        result = json.loads((RUNS_DIR / run / "result.json").read_text())
-        secs = [b["seconds"] - a["seconds"] for a, b in zip(lines[9:], lines[10:])]  # after 10 warm-up steps
-        out[n] = {"seconds_per_step": round(float(np.median(secs)), 4), "steps": steps, "global_batch": BATCH,
-                  "final_loss": lines[-1]["loss"], "weights_sha256": result["weights_sha256"],
-                  "wall_seconds": round(time.perf_counter() - began, 1)}
-    (RESULTS / "train_processes.json").write_text(json.dumps(out, indent=2))
+    per_round: dict[str, list[float]] = {v: [] for v in ROWS}
+    for r in range(rounds):
+        for v in ROWS:
+            run = f"bench-train-timing-{v}"
+            subprocess.run(["rm", "-rf", str(RUNS_DIR / run)], check=True)
+            recipe = diffusion.DigitsRecipe(steps=STEPS, variant=v, size=SIZE, batch_size=BATCH, lr=LR, warmup=WARMUP,
+                                            run=run)
+            diffusion.train(recipe, seed=0, export=False, until=warm + steps, checkpoint_every=10_000)
+            lines = [json.loads(x) for x in (RUNS_DIR / run / "loss.jsonl").read_text().splitlines()]
+            per_round[v].append((lines[-1]["seconds"] - lines[warm - 1]["seconds"]) / steps)
+            print(r, v, round(per_round[v][-1], 4), flush=True)
+    out = {v: round(float(np.mean(x)), 4) for v, x in per_round.items()}
+    (RESULTS / "train_timing.json").write_text(json.dumps({
+        "seconds_per_step": out, "rounds": {v: [round(x, 4) for x in xs] for v, xs in per_round.items()},
+        "steps": steps, "warm_up": warm, "machine": machine_description(), "date": time.strftime("%Y-%m-%d")}, indent=2))
     return out
 
 
@@ -334,7 +281,8 @@ def markdown(out: dict, steps: list[int]) -> str:
         secs = timing_["seconds_per_step"]
         L += ["", "## Seconds a step, and FD at equal wall clock", "",
               f"Measured one row after another in one process, one thread ({timing_['steps']} steps after "
-              f"{timing_['warm_up']} warm-up, batch {BATCH}; {timing_['date']}): the table's runs above shared the "
+              f"{timing_['warm_up']} warm-up, batch {BATCH}, mean of {len(next(iter(timing_['rounds'].values())))} interleaved "
+              f"rounds; {timing_['date']}): the table's runs above shared the "
               "machine with other jobs, so their own seconds are not comparable.", "",
               "| row | s / step | steps in the time its base row takes for 600 | FD-digits there |", "|---|---|---|---|"]
         for v, base in (("rf-uniform-repa", "rf-uniform"), ("eps-selfcond", "eps")):
@@ -345,7 +293,7 @@ def markdown(out: dict, steps: list[int]) -> str:
                          f"(base at 600: {out['curves'][f'{base}@{STEPS}']['fd']['value']:.1f}) |")
         for v in ROWS:
             if v not in ("rf-uniform-repa", "eps-selfcond") and v in secs:
-                L.append(f"| {v} | {secs[v]:.3f} | – | – |")
+                L.append(f"| {v} | {secs[v]:.3f} (rounds {timing_['rounds'][v]}) | – | – |")
     procs = RESULTS / "train_processes.json"
     if procs.exists():
         p = json.loads(procs.read_text())

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from studio.data import digits, shapes
 from studio.nets import unets
 from studio.train.objectives import Projector, TimestepDensity, repa_loss, rf_example, sample_t, tap
-from studio.train.common import (ZOO_DIR, Checkpoint, LossLog, Timer, machine_description, optimizer_step,
-                                 write_manifest_entry)
+from studio.train.common import (LOSS_FILE, ZOO_DIR, Checkpoint, LossLog, StepLog, Timer, machine_description,
+                                 optimizer_step, weights_digest, write_manifest_entry)
 
 COND_DROPOUT = 0.1
 PARTIAL_CAPTION = 0.2  # share of captions with one attribute left out ("a red shape at the top")
@@ -322,7 +322,6 @@ RECIPES: dict[str, Callable[..., DiffusionRecipe]] = {"digits-cond": DigitsRecip
                                                       "shapes-t2i-joined": ShapesJoinedRecipe}
 
 
-LOSS_FILE = "loss.jsonl"  # in runs/<run_name>: {"step", "loss" (mean over processes), "lr", "seconds"} per step
 RESTART_WARMUP = 50  # lr warm-up steps when a run restarts from the zoo's weights with a fresh optimizer
 
 
@@ -409,6 +408,7 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         return recipe.lr * ramp * (0.5 * (1 + np.cos(np.pi * min(s / recipe.steps, 1.0))) * 0.9 + 0.1)
 
     bar = tqdm(total=recipe.steps, initial=step, desc=recipe.run_name, disable=not accelerator.is_main_process)
+    steps_log = StepLog(accelerator, recipe.run_name, start=step)  # runs/<run>/loss.jsonl: the Train tab's live curve
     losses = LossLog()
 
     def save():
@@ -455,22 +455,16 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
             loss = F.mse_loss(pred, target)
         else:
             loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
-        total, line = loss, {}
+        total, terms = loss, {"loss": loss}
         if projector is not None:
             with torch.no_grad():
                 z = encoder.tokens(x0)  # the frozen encoder's patch tokens of the clean images
-            align = repa_loss(hidden["h"], z, projector)
-            total = loss + recipe.repa * align
-            line["repa"] = round(float(accelerator.reduce(align.detach(), reduction="mean")), 6)
+            terms["repa"] = repa_loss(hidden["h"], z, projector)
+            total = loss + recipe.repa * terms["repa"]
         optimizer_step(total, opt, trained, clip=1.0, accelerator=accelerator, log=losses)
         ema.step(accelerator.unwrap_model(model).parameters())
-        mean_loss = float(accelerator.reduce(loss.detach(), reduction="mean"))  # over every process's batch
         step += 1
-        if accelerator.is_main_process:
-            ckpt.dir.mkdir(parents=True, exist_ok=True)
-            with open(ckpt.dir / LOSS_FILE, "a") as fh:  # one line per step: the Train tab's live curve
-                fh.write(json.dumps({"step": step, "loss": round(mean_loss, 6), **line, "lr": lr_at(step - 1),
-                                     "seconds": round(timer.seconds, 2)}) + "\n")
+        steps_log.write(step, terms, lr=lr_at(step - 1), seconds=round(timer.seconds, 2))  # means over processes
         bar.update(1)
         bar.set_postfix(loss=f"{losses.mean(last=50):.4f}")
         if step % checkpoint_every == 0:
@@ -496,16 +490,6 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
         if export and recipe.exportable:
             export_diffusion(recipe, holder, sched, result)
     return result
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's parameters in order: equal on every process of a data-parallel run."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().cpu().float().numpy().tobytes())
-    return h.hexdigest()
 
 
 def write_model_folder(recipe: DiffusionRecipe, model: torch.nn.Module, sched, folder: Path) -> None:

@@ -39,9 +39,8 @@ from studio.core.loading import ZOO_DIR, load_zoo
 from studio.core.metrics import bootstrap_mean
 from studio.data import digits
 from studio.nets.ssl import DigitsSSLEncoder, nt_xent
-from studio.train.diffusion import weights_digest
 from studio.train.common import (Checkpoint, LossLog, Timer, machine_description, optimizer_step, random_shift,
-                                 write_manifest_entry)
+                                 weights_digest, write_manifest_entry)
 
 NAME = "simclr-digits"
 SEED = 2323
