@@ -61,14 +61,17 @@ def test_a_run_logs_every_step_evaluates_and_registers_a_model_generate_can_driv
     assert out.tensors.shape == (1, 1, 16, 16) and torch.isfinite(out.tensors).all()
 
 
-def test_stop_ends_the_run_early_and_keeps_its_model(tiny_manager, tmp_path):
+def test_stop_ends_a_two_process_run_early_and_keeps_its_model(tiny_manager, tmp_path):
     def stop():  # ask to stop once the run has logged its first steps
         return any(tmp_path.glob("runs/lab-*/loss.jsonl"))
 
-    items = list(train.run(small(steps=5000, evaluate_every=5000), tiny_manager, stop=stop))
+    items = list(train.run(small(steps=5000, evaluate_every=5000, processes=2), tiny_manager, stop=stop))
     result = items[-1]
     assert result.stopped and 0 < result.steps_done < 5000
     assert (result.model_folder / "studio.json").exists()
+    # two processes trained together (not two copies side by side) and ended at one step
+    assert json.loads((result.model_folder.parent / "result.json").read_text())["processes"] == 2
+    assert [s for s, _ in result.curves["loss"]] == list(range(1, result.steps_done + 1))
     assert json.loads((result.model_folder / "studio.json").read_text())["prediction_type"] == "flow"
 
 

@@ -430,9 +430,17 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
             with open(ckpt.dir / EVAL_FILE, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
 
+    def asked_to_end() -> bool:
+        """The time budget is spent or runs/<run>/STOP exists, on any process: every process ends at the same step
+        (one that went on alone would wait for the others' gradients for ever)."""
+        flag = float((minutes is not None and timer.seconds >= minutes * 60) or (ckpt.dir / STOP_FILE).exists())
+        if accelerator.num_processes > 1:
+            flag = float(accelerator.reduce(torch.tensor(flag, device=accelerator.device), reduction="sum"))
+        return flag > 0
+
     last = recipe.steps if until is None else min(until, recipe.steps)
     evaluated = -1
-    while step < last and (minutes is None or timer.seconds < minutes * 60) and not (ckpt.dir / STOP_FILE).exists():
+    while step < last and not asked_to_end():
         rng = np.random.default_rng([seed, accelerator.process_index, step])
         x0, cond = recipe.batch(rng)
         x0 = x0.to(accelerator.device)

@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from accelerate import PartialState
+    from accelerate import Accelerator
 
     from studio.train import diffusion
     from studio.train.watch import DigitsWatch
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not RUN_NAME.match(args.run):
         raise SystemExit(f"--run must be lower-case letters, digits and '-', got {args.run!r}")
     folder = RUNS_DIR / args.run
-    state = PartialState()
+    state = Accelerator()  # (a bare PartialState would not read ACCELERATE_USE_CPU: CPU processes would each run alone)
     per_process = max(1, args.batch // state.num_processes)
     recipe = diffusion.DigitsRecipe(steps=args.steps, objective=args.objective, size=args.size, repa=args.repa,
                                     self_condition=args.self_condition, batch_size=per_process, lr=args.lr,
