@@ -31,8 +31,10 @@ ABOUT = ("Train the digits UNet (16 x 16, classes 0-9 and a null class) with one
          "`simclr-digits`, a small SimCLR net trained on the digits here (the paper uses DINOv2). "
          "**Self-conditioning** (DDAE++) feeds the pooled bottleneck features to every decoder block. Every N steps "
          "the EMA weights draw the same fixed-seed images and two judges the run never trained read them: "
-         "FD-digits (a toy Fréchet distance, not FID) and judge accuracy. What 3-seed runs showed is in "
-         "`docs/train.md` (`benchmarks/bench_train.py`).")
+         "FD-digits (a toy Fréchet distance, not FID) and judge accuracy. What 3-seed runs of 600 steps showed "
+         "(`docs/train.md`, `benchmarks/bench_train.py`): rectified flow and v prediction beat epsilon clearly "
+         "(FD-digits 7 to 18 against 53); SD3's densities against uniform t, REPA and self-conditioning showed no "
+         "difference from their baselines at this scale.")
 MAX_SHOWN = 4  # finished runs kept on the plot (the newest)
 
 
