@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -457,7 +458,8 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
             weights = loss_weights(sched, t, recipe.snr_gamma)
         for g in opt.param_groups:
             g["lr"] = float(lr_at(step))
-        with tap(accelerator.unwrap_model(model).down_blocks[recipe.repa_block]) as hidden:
+        with tap(accelerator.unwrap_model(model).down_blocks[recipe.repa_block]) if projector is not None \
+                else nullcontext({}) as hidden:  # REPA reads block k's hidden states
             pred = model(x_t, t, **cond).sample
         if weights is None:
             loss = F.mse_loss(pred, target)
