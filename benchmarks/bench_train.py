@@ -124,18 +124,15 @@ def timing(steps: int = 60, warm: int = 5, rounds: int = 2) -> dict:
 
 
 def processes(steps: int = 60) -> dict:
-    """Seconds per step of the same run (eps, small UNet, global batch 64) with 1 and 2 accelerate processes."""
+    """Seconds per step of the same run (eps, small UNet, global batch 64) with 1 and 2 accelerate processes, launched
+    as the Train tab launches its runs (``studio.methods.train.launch_command``)."""
+    from studio.methods import train
     out = {}
     for n in (1, 2):
         run = f"bench-train-procs-{n}"
         subprocess.run(["rm", "-rf", str(RUNS_DIR / run)], check=True)
-        cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_machines", "1", "--mixed_precision",
-               "no", "--dynamo_backend", "no"] + (["--multi_gpu", "--num_processes", "2"] if n == 2 else
-                                                  ["--num_processes", "1"])
-        cmd += ["-m", "studio.train.lab", "--run", run, "--objective", "eps", "--steps", str(steps), "--batch",
-                str(BATCH), "--evaluate-every", "0", "--checkpoint-every", str(steps)]
-        env = {**__import__("os").environ, "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true",
-               "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        p = train.Params(objective="eps", steps=steps, batch=BATCH, lr=LR, evaluate_every=0)  # 0: no evaluation
+        cmd, env = train.launch_command(p, run, n), {**train.launch_env(n), "OMP_NUM_THREADS": "1"}
         began = time.perf_counter()
         subprocess.run(cmd, env=env, check=True, cwd=ROOT, capture_output=True)
         lines = [json.loads(x) for x in (RUNS_DIR / run / "loss.jsonl").read_text().splitlines()]

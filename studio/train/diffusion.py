@@ -393,12 +393,9 @@ def train(recipe: DiffusionRecipe, seed: int = 0, minutes: float | None = None,
     if projector is not None:
         model, projector, opt = accelerator.prepare(model, projector, opt)
         encoder.to(accelerator.device)
-        extra = {"projector": accelerator.unwrap_model(projector)}
     else:
         model, opt = accelerator.prepare(model, opt)
-    ema.to(accelerator.device)
-    trained = list(accelerator.unwrap_model(model).parameters()) + (
-        list(extra["projector"].parameters()) if extra else [])
+    ema.to(accelerator.device)  # (prepare keeps the parameter objects: `trained` and `extra` still hold them)
     timer = Timer(seconds)
     warmup = recipe.warmup
 

@@ -39,8 +39,8 @@ from studio.core.loading import ZOO_DIR, load_zoo
 from studio.core.metrics import bootstrap_mean
 from studio.data import digits
 from studio.nets.ssl import DigitsSSLEncoder, nt_xent
-from studio.train.common import (Checkpoint, LossLog, Timer, machine_description, optimizer_step, random_shift,
-                                 weights_digest, write_manifest_entry)
+from studio.train.common import (LOSS_FILE, Checkpoint, LossLog, StepLog, Timer, machine_description, optimizer_step,
+                                 random_shift, weights_digest, write_manifest_entry)
 
 NAME = "simclr-digits"
 SEED = 2323
@@ -51,7 +51,6 @@ WARMUP = 50
 TEMPERATURE = 0.2
 CONFIG = {"dim": 64, "width": 32}
 CHECK_EVERY = 100
-LOSS_FILE = "loss.jsonl"
 
 MAX_SHIFT = 2         # pixels
 MAX_ROTATION = 15.0   # degrees
@@ -153,6 +152,7 @@ def train(seed: int = 0, steps: int | None = None, minutes: float | None = None,
                       {"loss": log.mean(CHECK_EVERY) if log else saved_loss})
 
     bar = tqdm(total=steps, initial=step, desc=NAME, disable=not accelerator.is_main_process)
+    steps_log = StepLog(accelerator, ckpt.dir, start=step)
     while step < steps and (minutes is None or timer.seconds < minutes * 60):
         model.train()
         rng = np.random.default_rng([seed, step])  # one draw of the global batch, shared by every process
@@ -166,12 +166,8 @@ def train(seed: int = 0, steps: int | None = None, minutes: float | None = None,
         z = model(views, project=True)
         loss = nt_xent(z[:len(idx)], z[len(idx):], TEMPERATURE)
         optimizer_step(loss, opt, clip=None, accelerator=accelerator, log=log)
-        mean_loss = float(accelerator.reduce(loss.detach(), reduction="mean"))
         step += 1
-        if accelerator.is_main_process:
-            ckpt.dir.mkdir(parents=True, exist_ok=True)
-            with open(ckpt.dir / LOSS_FILE, "a") as fh:
-                fh.write(json.dumps({"step": step, "loss": round(mean_loss, 6), "seconds": round(timer.seconds, 2)}) + "\n")
+        steps_log.write(step, loss, seconds=round(timer.seconds, 2))  # the mean over processes
         bar.update(1)
         bar.set_postfix(loss=f"{log.mean(20):.3f}")
         if step % CHECK_EVERY == 0:

@@ -22,6 +22,7 @@ import torch
 from studio.core import guidance as G
 from studio.core import metrics
 from studio.core.models import DiffusionModel
+from studio.core.results import to_grid
 from studio.core.sampling import make_scheduler, run_to_end, sample_images
 from studio.data import digits
 
@@ -35,17 +36,10 @@ def sampler_for(prediction_type: str) -> str:
 
 
 def grid_png(images: torch.Tensor, path: Path, rows: int = GRID_PER_CLASS, scale: int = 3) -> None:
-    """Images (N, 1, H, W) in [-1, 1], class i in column i % 10: the first ``rows`` rows, upscaled."""
-    from PIL import Image
-
-    n = min(len(images), rows * digits.NUM_CLASSES)
-    x = ((images[:n, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-    h, w = x.shape[1:]
-    canvas = np.zeros((rows * (h + 1) + 1, digits.NUM_CLASSES * (w + 1) + 1), np.uint8) + 40
-    for i, img in enumerate(x):
-        r, c = divmod(i, digits.NUM_CLASSES)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = img
-    Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST).save(path)
+    """Images (N, 1, H, W) in [-1, 1], class i in column i % 10: the first ``rows`` full rows, upscaled."""
+    rows = min(rows, len(images) // digits.NUM_CLASSES)
+    grid = images[:rows * digits.NUM_CLASSES].reshape(rows, digits.NUM_CLASSES, *images.shape[1:])
+    to_grid(grid, scale).save(path)
 
 
 class DigitsWatch:
