@@ -40,8 +40,11 @@ KEEP_RESULTS_SECONDS = 3600  # PNG folders older than this are removed at the ne
 def param_inputs(cls, *, choices: Mapping[str, Sequence] | None = None,
                  labels: Mapping[str, Mapping[Any, str]] | None = None,
                  advanced_label: str = "Advanced", names: Sequence[str] | None = None,
-                 id_prefix: str = "") -> dict[str, gr.components.Component]:
-    """One component per field of dataclass ``cls``, in field order; ``advanced`` ones in an Accordion.
+                 id_prefix: str = "", boxes: dict | None = None) -> dict[str, gr.components.Component]:
+    """One component per field of dataclass ``cls``, in field order; ``advanced`` ones in an Accordion,
+    and the fields of each ``group`` (:func:`studio.core.params.spec`) in an Accordion of their own,
+    after the plain fields (``boxes``, if given, receives ``{group: accordion}``, so a tab can show a
+    method's box only while that method is chosen).
 
     ``choices[name]`` overrides a field's options (e.g. the models the manager holds);
     ``labels[name]`` maps option values to human labels (e.g. ``SCHEDULER_LABELS``);
@@ -51,13 +54,25 @@ def param_inputs(cls, *, choices: Mapping[str, Sequence] | None = None,
     """
     choices, labels = dict(choices or {}), dict(labels or {})
     fields = [f for f in dataclasses.fields(cls) if names is None or f.name in names]
-    out = {f.name: field_input(cls, f, choices.get(f.name), labels.get(f.name), id_prefix)
-           for f in fields if not f.metadata.get("advanced")}
-    advanced = [f for f in fields if f.metadata.get("advanced")]
+
+    def make(f):
+        return field_input(cls, f, choices.get(f.name), labels.get(f.name), id_prefix)
+
+    out = {f.name: make(f) for f in fields if not f.metadata.get("advanced") and not f.metadata.get("group")}
+    groups: dict[str, list] = {}
+    for f in fields:
+        if f.metadata.get("group"):
+            groups.setdefault(f.metadata["group"], []).append(f)
+    for group, members in groups.items():
+        slug = "".join(ch if ch.isalnum() else "-" for ch in group.lower())
+        with gr.Accordion(f"{group} settings", open=False, elem_id=f"{id_prefix}group-{slug}") as box:
+            out.update({f.name: make(f) for f in members})
+        if boxes is not None:
+            boxes[group] = box
+    advanced = [f for f in fields if f.metadata.get("advanced") and not f.metadata.get("group")]
     if advanced:
         with gr.Accordion(advanced_label, open=False):
-            out.update({f.name: field_input(cls, f, choices.get(f.name), labels.get(f.name), id_prefix)
-                        for f in advanced})
+            out.update({f.name: make(f) for f in advanced})
     return {f.name: out[f.name] for f in fields}
 
 

@@ -197,7 +197,7 @@ def test_tune_runs_yields_grids_and_keeps_the_base(tmp_path):
     assert progress[1].losses["pair"] == pytest.approx(math.log(2), rel=1e-5)  # model == reference at step 1
     assert all(torch.equal(v, dm.unet.state_dict()[k]) for k, v in before.items())
     model = tuned.model("digits-fewstep-thick")
-    assert model.unet is not dm.unet and model.info["pso"]["loss"] == "dpo"
+    assert model.unet is not dm.unet and model.info["tune"]["loss"] == "dpo"
     assert tuned.parameters is tuned.params and tuned.parameters["trained_steps"] == 3
     # saved and loaded back: the same outputs, from safetensors
     folder = adapters.save_tuned(lora.lora_state(tuned.unet), tuned.params, "thick-1", root=tmp_path)

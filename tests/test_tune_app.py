@@ -58,7 +58,7 @@ def test_train_registers_the_tuned_model_and_save_keeps_it(tune_app):
     assert "running, step 0 /" in status
     assert wait_for(lambda: "digits-fewstep-tuned" in manager)
     with manager.use("digits-fewstep-tuned") as dm:
-        assert dm.info["pso"]["trained_steps"] == 3 and dm.info["pso"]["loss"] == "dpo"
+        assert dm.info["tune"]["trained_steps"] == 3 and dm.info["tune"]["loss"] == "dpo"
     with pytest.raises(AppError, match="lower-case"):
         me.predict("../escape", api_name="/pso_save")
     saved = me.predict("thick-1", api_name="/pso_save")
@@ -101,7 +101,7 @@ def test_one_run_at_a_time_and_only_its_owner_stops_it(tune_app):
     assert "stopping" in first.predict(api_name="/pso_stop")
     assert wait_for(lambda: "digits-fewstep-tuned" in manager)
     with manager.use("digits-fewstep-tuned") as dm:
-        assert 0 < dm.info["pso"]["trained_steps"] < 2000  # stopped early; the adapter so far is kept
+        assert 0 < dm.info["tune"]["trained_steps"] < 2000  # stopped early; the adapter so far is kept
 
 
 def _image(tmp_path, name, size):

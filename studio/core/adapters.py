@@ -1,9 +1,11 @@
-"""Tuned adapters: a LoRA adapter plus the parameters that made it, saved, loaded and registered.
+"""Tuned models: what a tuning run trained plus the parameters that made it, saved, loaded and registered.
 
-A tuned model is its base model (a manager key) with a LoRA-wrapped copy of the base's UNet
-(:mod:`studio.nets.lora`). On disk it is ``<root>/<name>/`` (``root``: :func:`tuned_dir`):
-``adapter.safetensors`` (the LoRA factors alone; safetensors only) and ``tuned.json`` (the run's
-parameters: ``method``, ``base``, ``lora_rank``, ...). The name is a manager key, so it is checked
+A tuned model is its base model (a manager key) with a tuned copy of the base's UNet. On disk it is
+``<root>/<name>/`` (``root``: :func:`tuned_dir`): ``adapter.safetensors`` (safetensors only) and
+``tuned.json`` (the run's parameters: ``method``, ``base``, ``weights``, ``lora_rank``, ...). What the
+tensors are depends on ``weights``: ``lora`` (the default, also for files saved before it existed),
+the LoRA factors alone (:mod:`studio.nets.lora`); ``sara``, the changed entries only
+(:func:`studio.nets.sparse.apply_sparse`); ``full``, the whole UNet state. The name is a manager key, so it is checked
 (:func:`check_name`) and never becomes a path outside ``root``. Messages name the model, never a
 folder. Methods that tune (Tune's PSO) pass plain data here: a state dict, a parameters dict, a
 base key.
@@ -48,8 +50,9 @@ def tuned_model(base: DiffusionModel, unet: torch.nn.Module, name: str, params: 
 
 
 def save_tuned(state: dict[str, torch.Tensor], params: dict, name: str, root: Path | None = None) -> Path:
-    """LoRA factors ``state`` (:func:`studio.nets.lora.lora_state`) as safetensors plus ``params``
-    (JSON, with ``base`` and ``lora_rank``) in ``<root>/<name>/``; never overwrites. Returns the folder."""
+    """The trained tensors ``state`` (LoRA factors, SaRA's changed entries or a full UNet state) as
+    safetensors plus ``params`` (JSON, with ``base``, ``weights`` and ``lora_rank``) in ``<root>/<name>/``;
+    never overwrites. Returns the folder."""
     from safetensors.torch import save_file
 
     name = check_name(name)
@@ -63,13 +66,24 @@ def save_tuned(state: dict[str, torch.Tensor], params: dict, name: str, root: Pa
 
 
 def load_tuned(folder: Path, base: DiffusionModel) -> DiffusionModel:
-    """A saved adapter (``adapter.safetensors``, safetensors only) applied to a copy of ``base``."""
+    """A saved tuned model (``adapter.safetensors``, safetensors only) applied to a copy of ``base``."""
     from safetensors.torch import load_file
 
     from studio.nets.lora import load_lora
+    from studio.nets.sparse import apply_sparse
 
     meta = json.loads((folder / "tuned.json").read_text())
-    unet = load_lora(base.unet, load_file(folder / "adapter.safetensors"), int(meta["lora_rank"]))
+    state = load_file(folder / "adapter.safetensors")
+    kind = meta.get("weights", "lora")
+    if kind == "lora":
+        unet = load_lora(base.unet, state, int(meta["lora_rank"]))
+    elif kind == "sara":
+        unet = apply_sparse(base.unet, state)
+    elif kind == "full":
+        unet = copy.deepcopy(base.unet).float().requires_grad_(False)
+        unet.load_state_dict(state)
+    else:
+        raise ValueError(f"unknown tuned weights {kind!r}")
     return tuned_model(base, unet, folder.name, meta)
 
 

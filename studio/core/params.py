@@ -21,10 +21,12 @@ class ParamError(UserError):
 
 def spec(label: str, help: str = "", *, minimum: float | None = None, maximum: float | None = None,
          step: float | None = None, max_chars: int | None = None, choices: tuple | None = None,
-         advanced: bool = False) -> dict[str, Any]:
-    """Field metadata: ``field(default=..., metadata=spec("Steps", "...", minimum=1, maximum=200))``."""
+         advanced: bool = False, group: str | None = None) -> dict[str, Any]:
+    """Field metadata: ``field(default=..., metadata=spec("Steps", "...", minimum=1, maximum=200))``.
+    ``group`` names a set of fields that belong to one choice (one method's settings): a tab shows
+    them together, in their own collapsible box."""
     return {"label": label, "help": help, "minimum": minimum, "maximum": maximum, "step": step,
-            "max_chars": max_chars, "choices": choices, "advanced": advanced}
+            "max_chars": max_chars, "choices": choices, "advanced": advanced, "group": group}
 
 
 def field_types(cls) -> dict[str, Any]:

@@ -69,8 +69,17 @@ def load(split: str = "train") -> DigitsSplit:
 # all once dilated. Tune (PSO) tunes towards these styles and measures with them.
 
 STYLE_SETS = {"thick": "the 16 thickest-stroke training digits (at most 2 per class)",
-              "thin": "the 16 thinnest-stroke training digits (at most 2 per class)"}
+              "thin": "the 16 thinnest-stroke training digits (at most 2 per class)",
+              "thick-0-4": "the 15 thickest-stroke training digits of classes 0-4 (3 per class; "
+                           "digits 5-9 are left out, to measure forgetting on them)"}
 PERCENTILE = {"thick": 80.0, "thin": 20.0}
+SET_CLASSES = {"thick-0-4": (0, 1, 2, 3, 4)}  # a set limited to some classes, and its per-class cap
+SET_PER_CLASS = {"thick-0-4": 3}
+
+
+def set_style(name: str) -> str:
+    """The style a bundled set shows ("thick" or "thin")."""
+    return name.split("-", 1)[0]
 
 
 def thickness(x) -> np.ndarray:
@@ -110,11 +119,13 @@ def style_set(style: str, n: int = 16, per_class: int = 2) -> tuple[torch.Tensor
         raise UserError(f"unknown style set {style!r}; choose one of {', '.join(STYLE_SETS)}")
     train = load("train")
     score = thickness(train.images)
-    order = np.argsort(-score if style == "thick" else score, kind="stable")
+    classes = SET_CLASSES.get(style, tuple(range(10)))
+    per_class = SET_PER_CLASS.get(style, per_class)
+    order = np.argsort(-score if set_style(style) == "thick" else score, kind="stable")
     picked, count = [], {}
     for i in order:
         c = int(train.labels[i])
-        if count.get(c, 0) < per_class:
+        if c in classes and count.get(c, 0) < per_class:
             picked.append(i)
             count[c] = count.get(c, 0) + 1
         if len(picked) == n:

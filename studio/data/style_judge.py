@@ -76,6 +76,18 @@ def called_thick(x) -> np.ndarray:
     return score(x) >= threshold()
 
 
+@lru_cache(maxsize=1)
+def thin_threshold() -> float:
+    """The training digits' 20th percentile of :func:`score`."""
+    return float(np.percentile(score(digits.load("train").images), 100 - PERCENTILE))
+
+
+def called(x, style: str) -> np.ndarray:
+    """Whether the judge calls each image on ``style``: thick (at or above the 80th percentile) or
+    thin (at or below the 20th)."""
+    return called_thick(x) if style == "thick" else score(x) <= thin_threshold()
+
+
 def validation() -> dict:
     """The judge on the held-out test digits (see the module's docstring)."""
     import torch

@@ -1,6 +1,7 @@
-"""Online PSO (Miao et al., ICLR 2025): tune a few-step model with a reward instead of targets.
+"""PSO (Miao et al., ICLR 2025): offline PSO's losses (the Tune tab's, :mod:`studio.methods.tune`
+explains them) and online PSO, which tunes a few-step model with a reward instead of targets.
 
-Two stochastic few-step trajectories per condition from the current model are ranked by a reward;
+Online PSO: Two stochastic few-step trajectories per condition from the current model are ranked by a reward;
 per step the Gaussian log-density of the step taken under the model and under the adapter-off
 model gives a ratio, clipped to [1 - 0.1, 1 + 0.1] (:data:`RATIO_CLIP`); the loss is
 ``-log sigmoid(beta sum_i pref_i log r_i)``, beta 50. The trajectories take LCM's stochastic
@@ -26,6 +27,63 @@ from studio.train.boot import FewStep
 from studio.train.common import optimizer_step
 
 RATIO_CLIP = 0.1  # online PSO's epsilon
+
+
+# ----------------------------------------------------------------------------- offline PSO (the Tune tab)
+
+def _col(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * 3))
+
+
+def pair_errors(fs: FewStep, x_w: torch.Tensor, x_l: torch.Tensor, cond: dict, t: torch.Tensor,
+                noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ``w(t) mean (x0_hat - x0)^2`` of targets and references, noised with the same noise."""
+    b = x_w.shape[0]
+    x_t = fs.noised(torch.cat([x_w, x_l]), torch.cat([t, t]), torch.cat([noise, noise]))
+    cond2 = {k: torch.cat([v, v]) for k, v in cond.items()}
+    err = ((fs.x0(x_t, torch.cat([t, t]), cond2) - torch.cat([x_w, x_l])) ** 2).flatten(1).mean(1)
+    weight = (fs.alpha.to(t.device)[t] / fs.sigma.to(t.device)[t]) ** 2  # sigma_VE^-2
+    err = err * torch.cat([weight, weight])
+    return err[:b], err[b:]
+
+
+def pso_loss(l_w: torch.Tensor, l_l: torch.Tensor, ref_w: torch.Tensor | None, ref_l: torch.Tensor | None, *,
+             form: str, beta: float, prior_weight: float, neg_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """Offline PSO's loss (batch mean) and its parts, from per-sample errors (model and, for ``dpo``, reference)."""
+    model_diff = l_w - neg_weight * l_l
+    if form == "dpo":
+        ref_diff = ref_w - neg_weight * ref_l
+        pair = -F.logsigmoid(beta * (ref_diff - model_diff))
+    elif form == "hinge":
+        pair = F.relu(1 - beta * (-model_diff))
+    else:
+        raise ValueError(f"unknown PSO loss form {form!r}")
+    loss = pair.mean() + prior_weight * l_l.mean()
+    out = {"loss": loss, "pair": pair.mean().detach(), "L_w": l_w.mean().detach(), "L_l": l_l.mean().detach()}
+    if form == "hinge":  # share of pairs inside the hinge (margin -model_diff below 1 / beta): gradient flows
+        out["active"] = (1 + beta * model_diff.detach() > 0).float().mean()
+    return out
+
+
+def plain_loss(fs: FewStep, x_w: torch.Tensor, cond: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The ordinary diffusion (DreamBooth) loss on the targets: epsilon MSE at a uniform timestep."""
+    b = x_w.shape[0]
+    t = torch.randint(0, len(fs.alpha), (b,), generator=gen).to(x_w.device)
+    noise = torch.randn(x_w.shape, generator=gen).to(x_w.device)
+    x_t = fs.noised(x_w, t, noise)
+    eps_hat = (x_t - _col(fs.alpha.to(t.device)[t]) * fs.x0(x_t, t, cond)) / _col(fs.sigma.to(t.device)[t])
+    loss = ((eps_hat - noise) ** 2).mean()
+    return {"loss": loss, "L_w": loss.detach()}
+
+
+def distilled_plain_terms(l_w: torch.Tensor, l_l: torch.Tensor, *, prior_weight: float) -> dict[str, torch.Tensor]:
+    """The fair baseline from :func:`pair_errors` at the distilled timesteps: the diffusion loss on the
+    targets plus PSO's prior term, ``mean L_w + prior_weight mean L_l`` (no pair term, no reference term)."""
+    loss = l_w.mean() + prior_weight * l_l.mean()
+    return {"loss": loss, "L_w": l_w.mean().detach(), "L_l": l_l.mean().detach()}
+
+
+# ----------------------------------------------------------------------------- online PSO
 
 
 def trajectories(fs: FewStep, labels: list, gen: torch.Generator, steps: int) -> dict[str, torch.Tensor]:
