@@ -255,18 +255,20 @@ def make_optimizer(weights, p: Params) -> torch.optim.Optimizer:
 
 
 def tune(dm: DiffusionModel, images: torch.Tensor, labels: list, p: Params, *, classifier: torch.nn.Module | None = None,
-         validation_labels: list | None = None, stop: Callable[[], bool] = lambda: False
-         ) -> Iterator[TrainProgress | Tuned]:
+         validation_labels: list | None = None, stop: Callable[[], bool] = lambda: False,
+         sampler_steps: int = 4) -> Iterator[TrainProgress | Tuned]:
     """Tune an already lent ``dm`` on target ``images`` (N, C, H, W) in [-1, 1] with per-image
     conditions ``labels`` by ``p.loss`` on ``p.weights`` (``classifier``: R0's reward model). Yields
     :class:`TrainProgress` each step (with a validation grid every ``p.validate_every`` steps and at
-    the start and end), then :class:`Tuned`. ``stop()`` ends training early; what trained so far is kept."""
+    the start and end), then :class:`Tuned`. ``stop()`` ends training early; what trained so far is kept.
+    ``sampler_steps``: the DDIM steps the model samples with (its "distilled timesteps"; 4 for the
+    few-step students, more for a multi-step base such as ``digits-cond`` in the benchmark)."""
     check_params(p)
     check_targets(dm, images, labels)
     t0 = time.perf_counter()
     weights = tuning.make_weights(p.weights, dm.unet, rank=p.lora_rank, seed=p.seed, fraction=p.sara_fraction,
                                   rank_weight=p.sara_rank_weight, progressive=p.sara_progressive)
-    fs = FewStep(dm, weights.net)
+    fs = FewStep(dm, weights.net, sampler_steps)
     opt = make_optimizer(weights, p)
     gen, pick = torch.Generator().manual_seed(p.seed), random.Random(p.seed)
     terms_of = objective(fs, p, weights, images, list(labels), classifier)
@@ -299,7 +301,8 @@ def tune(dm: DiffusionModel, images: torch.Tensor, labels: list, p: Params, *, c
         yield TrainProgress(step, p.steps, info=losses, preview=grid() if last or step % p.validate_every == 0 else None)
         if last:
             break
-    parameters = {"method": "tune", **asdict(p), "trained_steps": step, "targets": [str(c) for c in labels],
+    parameters = {"method": "tune", **asdict(p), "trained_steps": step, "sampler_steps": sampler_steps,
+                  "targets": [str(c) for c in labels],
                   "studio_version": __version__}
     stats = {"trainable": weights.initial_count if p.weights == "sara" else tuning.trainable_count(weights),
              "optimizer_bytes": opt_bytes}
@@ -335,12 +338,15 @@ def run(p: Params, manager, *, stop: Callable[[], bool] = lambda: False, images:
         yield from tune(dm, images, list(labels or []), p, stop=stop, classifier=classifier)
 
 
-def compare(tuned: Tuned, manager, per_class: int = 10) -> dict:
+def compare(tuned: Tuned, manager, per_class: int = 30) -> dict:
     """The comparison table's row for a run (:func:`studio.train.tuning.measure`, judged by
-    ``judge-digits`` and ``fd-digits`` and the independent style judge, never by what trained it)."""
-    style = digits.set_style(tuned.params["style"]) if tuned.params["style"] != "custom" else "thick"
+    ``judge-digits`` and ``fd-digits`` and the independent style judge, never by what trained it;
+    no style rate for custom targets, whose style no judge knows)."""
+    style = digits.set_style(tuned.params["style"]) if tuned.params["style"] != "custom" else None
     with manager.use("judge-digits") as judge, manager.use("fd-digits") as fd_net:
-        row = tuning.measure(FewStep(tuned.base_model), FewStep(tuned.base_model, tuned.unet), judge, fd_net,
+        steps = tuned.params.get("sampler_steps", 4)
+        row = tuning.measure(FewStep(tuned.base_model, steps=steps), FewStep(tuned.base_model, tuned.unet, steps),
+                             judge, fd_net,
                              targets=tuned.labels, style=style, per_class=per_class, seed=tuned.params["seed"])
     return {"loss": tuned.params["loss"], "weights": tuned.params["weights"], **row, **tuned.stats,
             "seconds": round(tuned.seconds, 1), "steps": tuned.params["trained_steps"]}

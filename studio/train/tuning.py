@@ -239,7 +239,7 @@ EVAL_SEED = 50_000  # the comparison's sample seeds: seed * 100_003 + EVAL_SEED 
 
 
 @torch.no_grad()
-def measure(base, tuned, judge: torch.nn.Module, fd_net: torch.nn.Module, *, targets: list, style: str,
+def measure(base, tuned, judge: torch.nn.Module, fd_net: torch.nn.Module, *, targets: list, style: str | None,
             per_class: int = 10, seed: int = 0, steps: int | None = None) -> dict:
     """One run's row of the comparison: ``per_class`` samples of every digit from the untuned (``base``)
     and the tuned (``tuned``) :class:`~studio.train.boot.FewStep` at ``steps`` (default: the student's
@@ -247,7 +247,8 @@ def measure(base, tuned, judge: torch.nn.Module, fd_net: torch.nn.Module, *, tar
     independent style judge (:mod:`studio.data.style_judge`), the judge's accuracy on the asked digit,
     and FD-digits of the tuned samples to the untuned ones (drift). On the other digits (when the
     targets leave some out): the judge's accuracy change and FD-digits drift there (forgetting).
-    Values are ``{"value", "low", "high", "n"}`` (95% bootstrap; accuracy changes paired by seed)."""
+    Values are ``{"value", "low", "high", "n"}`` (95% bootstrap; accuracy changes paired by seed).
+    ``style`` None (the user's own targets): no style rate."""
     from studio.core import metrics
     from studio.data import style_judge
 
@@ -260,9 +261,11 @@ def measure(base, tuned, judge: torch.nn.Module, fd_net: torch.nn.Module, *, tar
     outside = [i for i, c in enumerate(labels) if c not in asked]
     judge.eval()
     hits = lambda x, idx: (judge(x[idx].float()).argmax(-1).cpu().numpy() == np.asarray(labels)[idx])  # noqa: E731
-    row = {"style_rate": metrics.bootstrap_mean(style_judge.called(after[inside], style)).to_dict(),
-           "style_rate_untuned": metrics.bootstrap_mean(style_judge.called(before[inside], style)).to_dict(),
-           "judge_accuracy": metrics.bootstrap_mean(hits(after, inside)).to_dict(),
+    row = {"style": style}
+    if style is not None:
+        row["style_rate"] = metrics.bootstrap_mean(style_judge.called(after[inside], style)).to_dict()
+        row["style_rate_untuned"] = metrics.bootstrap_mean(style_judge.called(before[inside], style)).to_dict()
+    row |= {"judge_accuracy": metrics.bootstrap_mean(hits(after, inside)).to_dict(),
            "drift_fd": metrics.frechet(fd_net, after[inside], before[inside]).to_dict(),
            "other_digits": sorted(set(range(10)) - asked)}
     if outside:
