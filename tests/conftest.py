@@ -128,7 +128,7 @@ def fewstep_manager(tiny_manager):
     from studio.core.models import DiffusionModel
     from studio.train.boot import DISTILLED, scheduler_config
 
-    info = {"kind": "diffusion", "conditioning": "class", "null_class": 10, "few_step": list(DISTILLED),
+    info = {"kind": "diffusion", "domain": "digits", "conditioning": "class", "null_class": 10, "few_step": list(DISTILLED),
             "prediction_type": "sample", "default_scheduler": "ddim", "default_steps": 4, "default_guidance": 1.0}
     tiny_manager.register("digits-fewstep", lambda: DiffusionModel(
         "digits-fewstep", tiny_digits_unet(), scheduler_config(), "sample", "class", info), info=info)

@@ -240,17 +240,31 @@ def test_draw_corrupt_and_project_in_a_real_browser(sign_url, browser, tmp_path)
 
 @pytest.fixture
 def tune_url(fewstep_manager, tmp_path, monkeypatch):
+    """The studio on a tiny random few-step model, with the zoo's real judges (the comparison table's)."""
+    from studio.core.loading import load_zoo
+
     monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
+    for name in ("judge-digits", "fd-digits"):
+        fewstep_manager.register(name, lambda n=name: load_zoo(n), info={"kind": "classifier", "domain": "digits"})
     with serving_url(fewstep_manager) as url:
         yield url
 
 
 def test_tune_trains_and_shows_the_after_grid_in_a_real_browser(tune_url, browser, tmp_path):
-    """Train PSO a few steps on the thick style set: the status follows the run from the background
-    thread, the loss plot and validation grid appear, then the before / after grid; Save names it."""
+    """Train SaRA a few steps on the 0-4 thick set: choosing it shows SaRA's settings and hides
+    LoRA's; the status follows the run from the background thread, the loss plot and validation
+    grid appear, then the before / after grid and a measured row in the comparison table; Save names it."""
     from playwright.sync_api import expect
 
     page = open_tab(browser, tune_url, "Tune", height=1600)
+    expect(page.locator("#pso-group-lora")).to_be_visible()
+    expect(page.locator("#pso-group-sara")).to_be_hidden()
+    page.locator("#pso-param-weights input").click()
+    page.get_by_role("option", name="SaRA: the smallest-magnitude weights (sparse)").click()
+    expect(page.locator("#pso-group-sara")).to_be_visible()
+    expect(page.locator("#pso-group-lora")).to_be_hidden()
+    page.locator("#pso-param-style input").click()
+    page.get_by_role("option", name="thick strokes, digits 0-4 only (15 real digits; forgetting measured on 5-9)").click()
     set_number(page, "#pso-param-steps", 4)
     page.locator("#pso-train-btn").click()
     expect(page.locator("#pso-after-grid img")).to_be_visible(timeout=TIMEOUT_MS)
@@ -258,10 +272,15 @@ def test_tune_trains_and_shows_the_after_grid_in_a_real_browser(tune_url, browse
     expect(page.locator("#pso-status")).to_contain_text("digits-fewstep-tuned")
     expect(page.locator("#pso-val-grid img")).to_be_visible()
     expect(page.locator("#pso-plot .js-plotly-plot")).to_be_visible()
+    table = page.locator("#pso-table")
+    expect(table).to_contain_text("sara", timeout=TIMEOUT_MS)
+    expect(table).to_contain_text("digits 5, 6, 7, 8, 9")
+    expect(page.locator("#pso-table-csv a").first).to_be_visible()
     page.locator("#pso-save-name input, #pso-save-name textarea").first.fill("thick-browser")
     page.locator("#pso-save-btn").click()
     expect(page.locator("#pso-status")).to_contain_text("Saved as")
     assert (tmp_path / "home" / "tuned" / "thick-browser" / "adapter.safetensors").exists()
+    assert '"weights": "sara"' in (tmp_path / "home" / "tuned" / "thick-browser" / "tuned.json").read_text()
     page.screenshot(path=str(tmp_path / "tune.png"), full_page=True)
 
 

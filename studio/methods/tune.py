@@ -61,6 +61,8 @@ from studio.train.r0 import r0_terms
 
 BASE = "digits-fewstep"
 REWARD_CLASSIFIER = "guide-clean"  # R0's reward model: Guide's clean classifier, never the judge
+JUDGES = {"judge-digits", "fd-digits"}  # what the comparison is measured with
+COMPARE_PER_CLASS, COMPARE_BOOT = 30, 100  # samples per digit and FD bootstrap resamples for the comparison
 Style = Literal["thick", "thin", "thick-0-4", "custom"]
 LossForm = Literal["dpo", "hinge", "plain-distilled", "plain", "r0", "dro"]
 MIN_TARGETS, MAX_TARGETS = 2, 16
@@ -169,6 +171,7 @@ class Tuned:
     base_model: DiffusionModel | None = field(default=None, repr=False)  # the (lent) model it was tuned from
     state: dict = field(default_factory=dict, repr=False)
     stats: dict = field(default_factory=dict)
+    row: dict | None = None  # the comparison's measurements (:func:`compare`), when run() was asked to measure
 
     @property
     def parameters(self) -> dict:
@@ -321,11 +324,12 @@ def bases(manager) -> list[str]:
 
 
 def run(p: Params, manager, *, stop: Callable[[], bool] = lambda: False, images: torch.Tensor | None = None,
-        labels: list | None = None) -> Iterator[TrainProgress | Tuned]:
+        labels: list | None = None, measure: bool = False) -> Iterator[TrainProgress | Tuned]:
     """Tune ``p.base`` (lent by ``manager`` for the run; only a copy trains) towards ``images``
     (N, C, H, W) in [-1, 1] with conditions ``labels`` (drawings / uploads; default: the bundled
     style set ``p.style``). Yields :class:`TrainProgress`, then one :class:`Tuned`, also when
-    ``stop()`` ended the run early. Register it with :func:`register`, measure it with :func:`compare`."""
+    ``stop()`` ended the run early. Register it with :func:`register`. With ``measure`` (a digits base),
+    the result carries its comparison row (:func:`compare`, some seconds more)."""
     check_params(p)
     if images is None:
         if p.style == "custom":
@@ -335,10 +339,13 @@ def run(p: Params, manager, *, stop: Callable[[], bool] = lambda: False, images:
         raise ParamError(f"unknown base model {p.base!r}; choose one of {', '.join(bases(manager))}")
     reward = manager.use(REWARD_CLASSIFIER) if p.loss == "r0" else contextlib.nullcontext()
     with manager.use(p.base) as dm, reward as classifier:
-        yield from tune(dm, images, list(labels or []), p, stop=stop, classifier=classifier)
+        for item in tune(dm, images, list(labels or []), p, stop=stop, classifier=classifier):
+            if isinstance(item, Tuned) and measure and dm.info.get("domain") == "digits" and JUDGES <= set(manager.keys()):
+                item.row = compare(item, manager)
+            yield item
 
 
-def compare(tuned: Tuned, manager, per_class: int = 30) -> dict:
+def compare(tuned: Tuned, manager, per_class: int | None = None) -> dict:
     """The comparison table's row for a run (:func:`studio.train.tuning.measure`, judged by
     ``judge-digits`` and ``fd-digits`` and the independent style judge, never by what trained it;
     no style rate for custom targets, whose style no judge knows)."""
@@ -347,7 +354,8 @@ def compare(tuned: Tuned, manager, per_class: int = 30) -> dict:
         steps = tuned.params.get("sampler_steps", 4)
         row = tuning.measure(FewStep(tuned.base_model, steps=steps), FewStep(tuned.base_model, tuned.unet, steps),
                              judge, fd_net,
-                             targets=tuned.labels, style=style, per_class=per_class, seed=tuned.params["seed"])
+                             targets=tuned.labels, style=style, per_class=per_class or COMPARE_PER_CLASS,
+                             seed=tuned.params["seed"], n_boot=COMPARE_BOOT)
     return {"loss": tuned.params["loss"], "weights": tuned.params["weights"], **row, **tuned.stats,
             "seconds": round(tuned.seconds, 1), "steps": tuned.params["trained_steps"]}
 

@@ -25,11 +25,10 @@ For a model predicting x0 the noise prediction is ``(x_t - alpha_t x0_hat) / sig
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from studio.train.boot import FewStep
+from studio.train.tuning import snapshot
 
 
 def eps_prediction(fs: FewStep, net: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
@@ -117,7 +116,7 @@ class DRO:
         self.sync()
 
     def sync(self) -> None:
-        self.policy = copy.deepcopy(self.weights.net).requires_grad_(False).eval()
+        self.policy = snapshot(self.weights)
 
     def __call__(self, step: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         fs = self.fs

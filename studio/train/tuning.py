@@ -15,8 +15,8 @@ regulariser), a per-step ``penalty()`` and a ``state()`` to save.
   trainable part, as a matrix) pushes the update towards low rank, and halfway through
   (:meth:`SaraWeights.progress`) the set is re-selected on the current weights: entries that grew
   past the threshold are frozen at their learned values, and the optimizer restarts on the new set.
-  **Deviations, said where they are made:** the threshold is per tensor (its ``fraction``
-  quantile of ``|w|``), where the release uses one absolute threshold (2e-3, which selects 4.5%
+  **Deviations, said where they are made:** the threshold is per tensor (the first selection is
+  exactly its ``fraction`` smallest entries by ``|w|``, the threshold the next entry's magnitude), where the release uses one absolute threshold (2e-3, which selects 4.5%
   of this UNet's weights and 10-20% of Stable Diffusion's); 4-D convolution kernels count as
   (out, in x k x k) matrices and "large" is a smaller side of at least :data:`MIN_RANK_DIM` (the
   release: 2-D weights with both sides above 64, which this UNet does not have); the released
@@ -121,12 +121,15 @@ class SaraWeights:
         self.base = copy.deepcopy(unet).float().requires_grad_(False).eval()
         self.fraction, self.rank_weight, self.progressive, self.keep_sign = fraction, rank_weight, progressive, keep_sign
         self.thresholds: dict[str, float] = {}
+        first = {}
         for name, p in list(self.net.named_parameters()):
             flat = p.detach().abs().flatten()
             k = max(1, int(round(fraction * flat.numel())))
-            self.thresholds[name] = float(flat.kthvalue(k).values) if k < flat.numel() else float("inf")
+            order = torch.argsort(flat, stable=True)  # exactly the k smallest (ties, e.g. norm weights at 1, broken by position)
+            first[name] = torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, order[:k], True).view_as(p)
+            self.thresholds[name] = float(flat[order[k]]) if k < flat.numel() else float("inf")
         self.reselected = False
-        self._select(keep_sign)
+        self._select(keep_sign, first)
         self.initial_count = self.count
 
     def _sites(self):
@@ -134,15 +137,16 @@ class SaraWeights:
             module_name, _, attr = name.rpartition(".")
             yield name, self.net.get_submodule(module_name), attr
 
-    def _select(self, keep_sign: bool) -> None:
-        """Parametrise every weight with its entries at or below its threshold (current values)."""
+    def _select(self, keep_sign: bool, masks: dict | None = None) -> None:
+        """Parametrise every weight with ``masks`` (the first selection), else with its entries now below
+        its threshold (the re-selection, on the current values)."""
         self.entries: dict[str, SparseEntries] = {}
         for name, module, attr in self._sites():
             if parametrize.is_parametrized(module, attr):  # bake the learned values, then select again
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
             weight = getattr(module, attr)
             weight.requires_grad_(False)
-            mask = weight.detach().abs() <= self.thresholds[name]
+            mask = masks[name] if masks is not None else weight.detach().abs() < self.thresholds[name]
             entries = SparseEntries(weight, mask, keep_sign)
             parametrize.register_parametrization(module, attr, entries)
             self.entries[name] = entries
@@ -225,6 +229,14 @@ def trainable_count(weights) -> int:
     return sum(p.numel() for p in weights.parameters())
 
 
+def snapshot(weights) -> torch.nn.Module:
+    """A frozen copy of the network as it stands (Diffusion-DRO's lagged policy): never a deep copy of a
+    parametrised module (see :func:`plain_network`)."""
+    if weights.kind == "sara":
+        return apply_sparse(weights.base, weights.state())
+    return copy.deepcopy(weights.net).requires_grad_(False).eval()
+
+
 def plain_network(weights) -> torch.nn.Module:
     """The tuned network as a plain module: for SaRA a copy of the base with the changed entries written
     in (what a saved SaRA model loads as; a deep copy of a parametrised module would share its
@@ -240,14 +252,15 @@ EVAL_SEED = 50_000  # the comparison's sample seeds: seed * 100_003 + EVAL_SEED 
 
 @torch.no_grad()
 def measure(base, tuned, judge: torch.nn.Module, fd_net: torch.nn.Module, *, targets: list, style: str | None,
-            per_class: int = 10, seed: int = 0, steps: int | None = None) -> dict:
+            per_class: int = 10, seed: int = 0, steps: int | None = None, n_boot: int = 200) -> dict:
     """One run's row of the comparison: ``per_class`` samples of every digit from the untuned (``base``)
     and the tuned (``tuned``) :class:`~studio.train.boot.FewStep` at ``steps`` (default: the student's
     most), image i from the same seed in both. On the digits among ``targets``: the style rate by the
     independent style judge (:mod:`studio.data.style_judge`), the judge's accuracy on the asked digit,
     and FD-digits of the tuned samples to the untuned ones (drift). On the other digits (when the
     targets leave some out): the judge's accuracy change and FD-digits drift there (forgetting).
-    Values are ``{"value", "low", "high", "n"}`` (95% bootstrap; accuracy changes paired by seed).
+    Values are ``{"value", "low", "high", "n"}`` (95% bootstrap, ``n_boot`` resamples for the FDs;
+    accuracy changes paired by seed).
     ``style`` None (the user's own targets): no style rate."""
     from studio.core import metrics
     from studio.data import style_judge
@@ -266,10 +279,10 @@ def measure(base, tuned, judge: torch.nn.Module, fd_net: torch.nn.Module, *, tar
         row["style_rate"] = metrics.bootstrap_mean(style_judge.called(after[inside], style)).to_dict()
         row["style_rate_untuned"] = metrics.bootstrap_mean(style_judge.called(before[inside], style)).to_dict()
     row |= {"judge_accuracy": metrics.bootstrap_mean(hits(after, inside)).to_dict(),
-           "drift_fd": metrics.frechet(fd_net, after[inside], before[inside]).to_dict(),
+           "drift_fd": metrics.frechet(fd_net, after[inside], before[inside], n_boot=n_boot).to_dict(),
            "other_digits": sorted(set(range(10)) - asked)}
     if outside:
         row["forgetting_accuracy"] = metrics.bootstrap_mean(
             hits(after, outside).astype(float) - hits(before, outside).astype(float)).to_dict()
-        row["forgetting_fd"] = metrics.frechet(fd_net, after[outside], before[outside]).to_dict()
+        row["forgetting_fd"] = metrics.frechet(fd_net, after[outside], before[outside], n_boot=n_boot).to_dict()
     return row
