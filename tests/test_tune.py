@@ -387,6 +387,12 @@ def test_pso_drives_a_stable_diffusion_pipeline(tiny_sd_folder):
     assert len(tuned.history) == 2 and all(math.isfinite(h["loss"]) for h in tuned.history)
     assert all(torch.equal(v, dm.unet.state_dict()[k]) for k, v in before.items())
     assert boot.FewStep(tuned.model("tuned"), tuned.unet).sample(prompts[:1], [0], 2).shape == (1, 3, 16, 16)
+    # Diffusion-DRO on SaRA's sparse weights drives the same pipeline (epsilon and v prediction); R0's rewards read digits
+    dro = tune.run_tune(dm, images, prompts, tune.Params(base="tiny-sd", loss="dro", weights="sara", steps=2))
+    assert all(math.isfinite(h["loss"]) for h in dro.history) and dro.stats["trainable"] > 0
+    assert all(torch.equal(v, dm.unet.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ParamError, match="digits"):
+        tune.run_tune(dm, images, prompts, tune.Params(base="tiny-sd", loss="r0", steps=1))
 
 
 # --- BOOT -------------------------------------------------------------------------------------

@@ -268,6 +268,8 @@ def tune(dm: DiffusionModel, images: torch.Tensor, labels: list, p: Params, *, c
     few-step students, more for a multi-step base such as ``digits-cond`` in the benchmark)."""
     check_params(p)
     check_targets(dm, images, labels)
+    if p.loss == "r0" and (dm.conditioning != "class" or dm.info.get("domain", "digits") != "digits"):
+        raise ParamError("R0's rewards read digits (a digit classifier and the stroke thickness): tune a digits model")
     t0 = time.perf_counter()
     weights = tuning.make_weights(p.weights, dm.unet, rank=p.lora_rank, seed=p.seed, fraction=p.sara_fraction,
                                   rank_weight=p.sara_rank_weight, progressive=p.sara_progressive)
