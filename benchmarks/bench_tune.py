@@ -41,7 +41,10 @@ conservative candidate; if none qualifies, the highest judge accuracy*. Candidat
 weight-regularisation lambda among ``R0_LAMBDAS`` (R0 on LoRA), and the learning rate of full
 fine-tuning among ``FULL_LRS`` (plain-distilled on full weights; a 4-step smoke run on the selection set showed the tab's 3e-4
 wrecking this small UNet within a few steps when every weight trains). The chosen full-weights lr is
-used by every full row (plain-distilled, DRO, and the digits-cond row). Nothing else is chosen (LoRA's
+used by every full row (plain-distilled, DRO, and the digits-cond row). Added after the first report
+(DRO on full weights at that lr moved *away* from the style): Diffusion-DRO's own full-weights lr among
+``FULL_LRS`` (DRO on full weights), by the same criterion on the same selection set, reported as the
+extra row ``DRO, full, own lr`` beside ``DRO, full``. Nothing else is chosen (LoRA's
 and SaRA's lr 3e-4, share and rank are the tab's defaults). Every reported figure comes from the
 *report* set (training seed 1, measure seed 1).
 
@@ -105,7 +108,9 @@ FEWSTEP_ROWS = [
     ("DreamBooth (plain), LoRA", {"loss": "plain"}, None),
     ("DRO, LoRA", {"loss": "dro"}, None),
     ("DRO, full", {"loss": "dro", "weights": "full"}, None),
+    ("DRO, full, own lr", {"loss": "dro", "weights": "full"}, None),
 ]
+DRO_OWN = "DRO, full, own lr"
 R0_ROWS = [  # weight_reg None: the selected lambda
     ("R0, LoRA (regularised)", {"loss": "r0"}, None),
     ("R0, weight reg off", {"loss": "r0", "r0_weight_reg": 0.0}, None),
@@ -130,6 +135,7 @@ PAIRS = [  # (a, b): a - b
     ("DreamBooth (plain), LoRA", "LoRA, plain-distilled"),
     ("DRO, LoRA", "LoRA, plain-distilled"),
     ("DRO, full", "full, plain-distilled"),
+    ("DRO, full, own lr", "full, plain-distilled"),
     ("R0, weight reg off", "R0, LoRA (regularised)"),
     ("R0, random eta off", "R0, LoRA (regularised)"),
     ("R0, normalised gradients off", "R0, LoRA (regularised)"),
@@ -198,7 +204,7 @@ class Bench:
     def row_figures(self, after: dict, before: dict) -> dict:
         """The row as :func:`studio.train.tuning.measure` computes it, plus the eval rewards."""
         ins, out = after["inside"], ~after["inside"]
-        est = lambda v: metrics.bootstrap_mean(v).to_dict()  # noqa: E731
+        est = lambda v: metrics.bootstrap_mean(v).to_dict()
         return {
             "style_rate": est(after["style"]), "style_rate_untuned": est(before["style"]),
             "judge_accuracy": est(after["hits"][ins]), "judge_accuracy_untuned": est(before["hits"][ins]),
@@ -267,7 +273,7 @@ class Bench:
             return json.loads(path.read_text())
         path.parent.mkdir(parents=True, exist_ok=True)
         o = self.outcomes(self.untuned(base, seed), seed)
-        est = lambda v: metrics.bootstrap_mean(v).to_dict()  # noqa: E731
+        est = lambda v: metrics.bootstrap_mean(v).to_dict()
         entry = {"key": f"untuned ({base})", "row": {
             "style_rate": est(o["style"]), "judge_accuracy": est(o["hits"][o["inside"]]),
             "judge_accuracy_other_digits": est(o["hits"][~o["inside"]]),
@@ -280,7 +286,9 @@ class Bench:
         """R0's lambda and the full-weights lr on the selection set, by the criterion in the module docstring."""
         path = self.cache / "selection" / "choice.json"
         if path.exists():
-            return json.loads(path.read_text())
+            choice = json.loads(path.read_text())
+            if "dro_full_lr" in choice:
+                return choice
         untuned = self.untuned_row("selection", "digits-fewstep", SELECTION_SEED)["row"]
         floor = untuned["judge_accuracy"]["value"] - 0.05
         keep = ("style_rate", "judge_accuracy", "drift_fd", "forgetting_fd", "eval_reward_class", "eval_reward_style")
@@ -289,14 +297,17 @@ class Bench:
                                "accuracy)", "judge_accuracy_floor": floor, "untuned": untuned}
         for name, values, change, conservative in (
                 ("r0_weight_reg", R0_LAMBDAS, lambda v: {"loss": "r0", "r0_weight_reg": v}, lambda v: v),
-                ("full_lr", FULL_LRS, lambda v: {"weights": "full", "lr": v}, lambda v: -v)):
+                ("full_lr", FULL_LRS, lambda v: {"weights": "full", "lr": v}, lambda v: -v),
+                ("dro_full_lr", FULL_LRS, lambda v: {"loss": "dro", "weights": "full", "lr": v}, lambda v: -v)):
             rows = {}
-            for v in values:
-                e = self.run_row("selection", f"{name} {v:g}", change(v), None, SELECTION_SEED)
-                while e is None:  # the other process runs it: wait for its file
+            while len(rows) < len(values):  # rows another process holds: do the others, then wait for its files
+                for v in values:
+                    if v not in rows:
+                        e = self.run_row("selection", f"{name} {v:g}", change(v), None, SELECTION_SEED)
+                        if e is not None:
+                            rows[v] = e["row"]
+                if len(rows) < len(values):
                     time.sleep(20)
-                    e = self.run_row("selection", f"{name} {v:g}", change(v), None, SELECTION_SEED)
-                rows[v] = e["row"]
             ok = [v for v in values if rows[v]["judge_accuracy"]["value"] >= floor]
             chosen = (max(ok, key=lambda v: (rows[v]["style_rate"]["value"], conservative(v))) if ok
                       else max(values, key=lambda v: rows[v]["judge_accuracy"]["value"]))
@@ -315,7 +326,8 @@ class Bench:
         choice = self.selection()
         for key, change, special in FEWSTEP_ROWS:
             if change.get("weights") == "full":
-                self.run_row("report", key, {**change, "lr": choice["full_lr"]}, special, REPORT_SEED)
+                lr = choice["dro_full_lr"] if key == DRO_OWN else choice["full_lr"]
+                self.run_row("report", key, {**change, "lr": lr}, special, REPORT_SEED)
         for key, change, special in R0_ROWS:
             self.run_row("report", key, {"r0_weight_reg": choice["r0_weight_reg"], **change}, special, REPORT_SEED)
 
@@ -348,7 +360,7 @@ class Bench:
         oa, ob = self.outcomes(xa, REPORT_SEED), self.outcomes(xb, REPORT_SEED)
         o0 = self.outcomes(self.untuned(base, REPORT_SEED), REPORT_SEED)
         ins, out = oa["inside"], ~oa["inside"]
-        est = lambda v: metrics.bootstrap_mean(v).to_dict()  # noqa: E731
+        est = lambda v: metrics.bootstrap_mean(v).to_dict()
         fd = lambda idx: metrics.frechet_paired_difference(  # FD(a, untuned) - FD(b, untuned)
             o0["features"][idx], ob["features"][idx], oa["features"][idx]).to_dict()
         return {"style_rate": est(oa["style"] - ob["style"]),
@@ -366,7 +378,7 @@ class Bench:
         base, _ = self.base_of(a)
         oa, o0 = self.outcomes(xa, REPORT_SEED), self.outcomes(self.untuned(base, REPORT_SEED), REPORT_SEED)
         ins = oa["inside"]
-        est = lambda v: metrics.bootstrap_mean(v).to_dict()  # noqa: E731
+        est = lambda v: metrics.bootstrap_mean(v).to_dict()
         return {"style_rate": est(oa["style"] - o0["style"]),
                 "judge_accuracy": est(oa["hits"][ins].astype(float) - o0["hits"][ins].astype(float)),
                 "eval_reward_class": est(oa["reward_class"] - o0["reward_class"]),
@@ -486,7 +498,8 @@ def goals(out: dict) -> list[str]:
         verdict(f"R0 with its regularisers does not hack: judge accuracy minus untuned {_d(v['judge_accuracy'])} "
                 f"(lower end >= -0.05), style rate minus untuned {_d(v['style_rate'])}, drift FD-digits "
                 f"{_ci(rows[default]['row']['drift_fd'])}", v["judge_accuracy"]["low"] >= -0.05)
-    for dro, plain in (("DRO, LoRA", "LoRA, plain-distilled"), ("DRO, full", "full, plain-distilled")):
+    for dro, plain in (("DRO, LoRA", "LoRA, plain-distilled"), ("DRO, full", "full, plain-distilled"),
+                       (DRO_OWN, "full, plain-distilled")):
         d, v = pairs.get(f"{dro} - {plain}"), vs0.get(dro)
         if d is None or v is None:
             verdict(f"{dro}: moves towards the style with less drift than {plain}", None)
@@ -531,8 +544,14 @@ def markdown(out: dict) -> str:
                   "eval log p(digit) | eval thickness |", "|---|---|---|---|---|---|---|",
                   f"| untuned | {_ci(sel['untuned']['style_rate'])} | {_ci(sel['untuned']['judge_accuracy'])} | - | - | "
                   f"{_ci(sel['untuned']['eval_reward_class'])} | {_ci(sel['untuned']['eval_reward_style'])} |"]
-        for name, what in (("r0_weight_reg", "R0, LoRA, lambda"), ("full_lr", "plain-distilled, full, lr")):
-            for v, r in sel[f"{name}_rows"].items():
+        if "dro_full_lr" in sel:
+            lines.insert(-4, f"Added after the first report (see the module docstring): Diffusion-DRO's own full-weights "
+                             f"lr = **{sel['dro_full_lr']:g}** (qualified: "
+                             f"{', '.join(f'{x:g}' for x in sel['dro_full_lr_qualified']) or 'none'}), for the row "
+                             f"`{DRO_OWN}`.")
+        for name, what in (("r0_weight_reg", "R0, LoRA, lambda"), ("full_lr", "plain-distilled, full, lr"),
+                           ("dro_full_lr", "DRO, full, lr")):
+            for v, r in sel.get(f"{name}_rows", {}).items():
                 lines.append(f"| {what} {v} | {_ci(r['style_rate'])} | {_ci(r['judge_accuracy'])} | "
                              f"{_ci(r['drift_fd'])} | {_ci(r['forgetting_fd'])} | {_ci(r['eval_reward_class'])} | "
                              f"{_ci(r['eval_reward_style'])} |")
@@ -572,7 +591,7 @@ def markdown(out: dict) -> str:
     if "DRO, LoRA" in out["rows"] or "DRO, full" in out["rows"]:
         lines += ["", "Diffusion-DRO's hinge: share of active pairs (diff + margin > 0) and mean diff, first and last 10 "
                   "steps:", ""]
-        for k in ("DRO, LoRA", "DRO, full"):
+        for k in ("DRO, LoRA", "DRO, full", DRO_OWN):
             if k in out["rows"]:
                 f, la = out["rows"][k]["history_first10"], out["rows"][k]["history_last10"]
                 lines.append(f"- {k}: active {f['active']:.2f} -> {la['active']:.2f}, diff {f['diff']:+.2e} -> "
@@ -621,6 +640,8 @@ def main() -> None:
         b.report()
     if args.part in ("all", "cond"):
         b.cond()
+    if args.part == "selection":  # the report part assembles
+        return
     out = b.assemble()
     if args.quick:
         out["check_measure"] = b.check_measure()
