@@ -21,8 +21,7 @@ Rows (report set):
 * untuned; the plain diffusion loss at the distilled timesteps with the prior term (``plain-distilled``,
   the fair baseline) on LoRA, SaRA and full weights;
 * SaRA ablations, one switch each: nuclear norm off (``sara_rank_weight 0``), no re-selection
-  (``sara_progressive False``), the release's ``abs()`` initialisation (``keep_sign=False``: Params has
-  no field for it, so the bench wraps :func:`studio.train.tuning.make_weights` for that row only), and
+  (``sara_progressive False``), the release's ``abs()`` initialisation (``sara_release_abs True``), and
   that initialisation *untrained* (what the sign drop alone does to the model);
 * PSO (DPO form) on LoRA; DreamBooth's ``plain`` loss on LoRA;
 * R0 on LoRA with its regularisers (weight-regularisation lambda chosen on the selection set) and the
@@ -66,12 +65,10 @@ whatever rows exist, the missing ones named. Run ``python benchmarks/bench_tune.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import time
 from dataclasses import asdict, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +99,8 @@ FEWSTEP_ROWS = [
     ("full, plain-distilled", {"weights": "full"}, None),
     ("SaRA, nuclear norm off", {"weights": "sara", "sara_rank_weight": 0.0}, None),
     ("SaRA, no re-selection", {"weights": "sara", "sara_progressive": False}, None),
-    ("SaRA, abs() init (the release's)", {"weights": "sara"}, "abs"),
-    ("SaRA, abs() init, untrained", {"weights": "sara"}, "abs-untrained"),
+    ("SaRA, abs() init (the release's)", {"weights": "sara", "sara_release_abs": True}, None),
+    ("SaRA, abs() init, untrained", {"weights": "sara", "sara_release_abs": True}, "abs-untrained"),
     ("PSO (DPO), LoRA", {"loss": "dpo"}, None),
     ("DreamBooth (plain), LoRA", {"loss": "plain"}, None),
     ("DRO, LoRA", {"loss": "dro"}, None),
@@ -235,16 +232,13 @@ class Bench:
                        "params": {k: v for k, v in asdict(p).items()}}
         t0 = time.perf_counter()
         if special == "abs-untrained":
-            w = tuning.make_weights("sara", dm.unet, fraction=p.sara_fraction, keep_sign=False)
+            w = tuning.make_weights("sara", dm.unet, fraction=p.sara_fraction, keep_sign=not p.sara_release_abs)
             unet = tuning.plain_network(w)
             entry["stats"], entry["seconds"] = {"changed_entries": sum(v.numel() for k, v in w.state().items()
                                                                        if k.endswith(".index"))}, 0.0
         else:
-            patch = (_patched(tuning, "make_weights", partial(tuning.make_weights, keep_sign=False))
-                     if special == "abs" else contextlib.nullcontext())
-            with patch:
-                tuned = tune.run_tune(dm, self.images, self.labels, p, classifier=self.model("guide-clean"),
-                                      sampler_steps=steps)
+            tuned = tune.run_tune(dm, self.images, self.labels, p, classifier=self.model("guide-clean"),
+                                  sampler_steps=steps)
             unet, entry["stats"], entry["seconds"] = tuned.unet, tuned.stats, round(tuned.seconds, 1)
             entry["history_last10"] = _last(tuned.history, 10)
             entry["history_first10"] = _last(tuned.history[:10], 10)
@@ -297,8 +291,8 @@ class Bench:
                                "accuracy)", "judge_accuracy_floor": floor, "untuned": untuned}
         for name, values, change, conservative in (
                 ("r0_weight_reg", R0_LAMBDAS, lambda v: {"loss": "r0", "r0_weight_reg": v}, lambda v: v),
-                ("full_lr", FULL_LRS, lambda v: {"weights": "full", "lr": v}, lambda v: -v),
-                ("dro_full_lr", FULL_LRS, lambda v: {"loss": "dro", "weights": "full", "lr": v}, lambda v: -v)):
+                ("full_lr", FULL_LRS, lambda v: {"weights": "full", "full_lr": v}, lambda v: -v),
+                ("dro_full_lr", FULL_LRS, lambda v: {"loss": "dro", "weights": "full", "full_lr": v}, lambda v: -v)):
             rows = {}
             while len(rows) < len(values):  # rows another process holds: do the others, then wait for its files
                 for v in values:
@@ -327,7 +321,7 @@ class Bench:
         for key, change, special in FEWSTEP_ROWS:
             if change.get("weights") == "full":
                 lr = choice["dro_full_lr"] if key == DRO_OWN else choice["full_lr"]
-                self.run_row("report", key, {**change, "lr": lr}, special, REPORT_SEED)
+                self.run_row("report", key, {**change, "full_lr": lr}, special, REPORT_SEED)
         for key, change, special in R0_ROWS:
             self.run_row("report", key, {"r0_weight_reg": choice["r0_weight_reg"], **change}, special, REPORT_SEED)
 
@@ -335,7 +329,7 @@ class Bench:
         self.untuned_row("report", "digits-cond", REPORT_SEED)
         choice = self.selection()
         for key, change, special in COND_ROWS:
-            change = {**change, "lr": choice["full_lr"]} if change.get("weights") == "full" else change
+            change = {**change, "full_lr": choice["full_lr"]} if change.get("weights") == "full" else change
             self.run_row("report", key, change, special, REPORT_SEED)
 
     def check_measure(self) -> dict:
@@ -416,16 +410,6 @@ class Bench:
                 out["vs_untuned"][a] = d
         out["goals"] = goals(out)
         return out
-
-
-@contextlib.contextmanager
-def _patched(module, name: str, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
 
 
 def _last(history: list[dict], n: int) -> dict:
@@ -613,9 +597,8 @@ def markdown(out: dict) -> str:
     notes = ["", "## Notes and what was not measured", "",
              "- The `digits-cond` rows (SaRA's own setting) sample with DDIM at 20 steps without classifier-free "
              "guidance (the Tune sampler has none), so their untuned judge accuracy is the unguided model's.",
-             "- `SaRA, abs() init (the release's)` wraps `tuning.make_weights` with `keep_sign=False` for that row only "
-             "(tune.Params has no field for it); `SaRA, abs() init, untrained` is that initialisation with no training "
-             "step: its drift and forgetting are the sign drop's alone.",
+             "- `SaRA, abs() init (the release's)` is `sara_release_abs=True`; `SaRA, abs() init, untrained` is that "
+             "initialisation with no training step: its drift and forgetting are the sign drop's alone.",
              "- Not tuned: LoRA's and SaRA's learning rate (3e-4, the tab's default; SaRA's release derives ~5e-4 from "
              "its threshold), SaRA's share, LoRA's rank; the full rows use the lr selected above (Diffusion-DRO's release "
              "uses 1e-4 on the full UNet). One training seed per row."]

@@ -90,7 +90,13 @@ def table_row(number: int, tuned: tune.Tuned) -> list:
     other = ", ".join(map(str, r.get("other_digits", []))) or "none"
     return [number, r["loss"], r["weights"], r["steps"], interval(r.get("style_rate")), interval(r["judge_accuracy"]),
             interval(r["drift_fd"], 1), interval(r.get("forgetting_accuracy")) + f" (digits {other})",
-            interval(r.get("forgetting_fd"), 1), r["trainable"], round(r["optimizer_bytes"] / 2**20, 2), r["seconds"]]
+            interval(r.get("forgetting_fd"), 1), r["trainable"], megabytes(r), r["seconds"]]
+
+
+def megabytes(r: dict) -> str:
+    """Optimizer state in MB, plus SaRA's position index where there is one."""
+    text = f"{r['optimizer_bytes'] / 2**20:.2f}"
+    return text + (f" + {r['index_bytes'] / 2**20:.2f} index" if r.get("index_bytes") else "")
 
 
 def table_csv_text(table_rows: list) -> str:

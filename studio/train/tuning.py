@@ -19,7 +19,10 @@ regulariser), a per-step ``penalty()`` and a ``state()`` to save.
   exactly its ``fraction`` smallest entries by ``|w|``, the threshold the next entry's magnitude), where the release uses one absolute threshold (2e-3, which selects 4.5%
   of this UNet's weights and 10-20% of Stable Diffusion's); 4-D convolution kernels count as
   (out, in x k x k) matrices and "large" is a smaller side of at least :data:`MIN_RANK_DIM` (the
-  release: 2-D weights with both sides above 64, which this UNet does not have); the released
+  release: 2-D weights with both sides above 64, which this UNet does not have); only the
+  convolution and linear weights take part (1-D tensors, norm scales of about 1 and biases, stay
+  frozen: a per-tensor share would pick norm scales, which the release's absolute threshold never
+  selects); the released
   optimizer writes ``abs()`` of the small weights into the model at the start (the sign of every
   selected weight is dropped, so the tuned model does not start as the base): here the entries
   keep their sign unless ``keep_sign=False`` (the test measures both); and in the release the
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import random
 from typing import Literal
 
@@ -45,6 +49,11 @@ from studio.nets.sparse import SparseEntries, apply_sparse
 
 WeightsKind = Literal["lora", "sara", "full"]
 MIN_RANK_DIM = 32
+
+
+def index_bytes(weights) -> int:
+    """Bytes of SaRA's position index (what its sparse entries cost beside the optimizer state); 0 otherwise."""
+    return sum(e.index.numel() * e.index.element_size() for e in getattr(weights, "entries", {}).values())
 
 
 def optimizer_bytes(opt: torch.optim.Optimizer) -> int:
@@ -123,6 +132,8 @@ class SaraWeights:
         self.thresholds: dict[str, float] = {}
         first = {}
         for name, p in list(self.net.named_parameters()):
+            if p.dim() < 2:  # norm scales (about 1) and biases stay frozen: see the module's docstring
+                continue
             flat = p.detach().abs().flatten()
             k = max(1, int(round(fraction * flat.numel())))
             order = torch.argsort(flat, stable=True)  # exactly the k smallest (ties, e.g. norm weights at 1, broken by position)
@@ -175,7 +186,8 @@ class SaraWeights:
     def distance_sq(self) -> torch.Tensor:
         # entries frozen at a re-selection keep their learned values: measure the whole weight then
         if self.reselected:
-            return sum((p - q).pow(2).sum() for p, q in zip(self.merged_parameters(), self.base.parameters()))
+            base = dict(self.base.named_parameters())
+            return sum((p - base[name]).pow(2).sum() for (name, *_), p in zip(self._sites(), self.merged_parameters()))
         return sum((e.values - e.start).pow(2).sum() for e in self.entries.values())
 
     def merged_parameters(self):
@@ -206,7 +218,9 @@ class SaraWeights:
         (also those frozen at a re-selection, which the release's ``save_params`` would drop)."""
         out = {}
         with torch.no_grad():
-            for (name, *_), merged, base in zip(self._sites(), self.merged_parameters(), self.base.parameters()):
+            bases = dict(self.base.named_parameters())
+            for (name, *_), merged in zip(self._sites(), self.merged_parameters()):
+                base = bases[name]
                 index = (merged != base).flatten().nonzero().squeeze(1)
                 if index.numel():
                     out[f"{name}.index"], out[f"{name}.values"] = index, merged.flatten()[index].clone()
@@ -248,12 +262,14 @@ def plain_network(weights) -> torch.nn.Module:
 
 
 EVAL_SEED = 50_000  # the comparison's sample seeds: seed * 100_003 + EVAL_SEED + i (not the validation grid's)
+MIN_FD_SAMPLES = 100  # per FD set, above the FD net's 64 features (fewer give singular covariances)
 
 
 @torch.no_grad()
 def measure(base, tuned, judge: torch.nn.Module, fd_net: torch.nn.Module, *, targets: list, style: str | None,
             per_class: int = 10, seed: int = 0, steps: int | None = None, n_boot: int = 200) -> dict:
-    """One run's row of the comparison: ``per_class`` samples of every digit from the untuned (``base``)
+    """One run's row of the comparison: ``per_class`` samples of every digit (more where a set would have
+    fewer than :data:`MIN_FD_SAMPLES`, e.g. one tuned digit) from the untuned (``base``)
     and the tuned (``tuned``) :class:`~studio.train.boot.FewStep` at ``steps`` (default: the student's
     most), image i from the same seed in both. On the digits among ``targets``: the style rate by the
     independent style judge (:mod:`studio.data.style_judge`), the judge's accuracy on the asked digit,
@@ -266,10 +282,12 @@ def measure(base, tuned, judge: torch.nn.Module, fd_net: torch.nn.Module, *, tar
     from studio.data import style_judge
 
     steps = steps or base.max_steps
-    labels = [c for c in range(10) for _ in range(per_class)]
+    asked = {int(c) for c in targets}
+    others = set(range(10)) - asked
+    count = {c: max(per_class, math.ceil(MIN_FD_SAMPLES / len(asked if c in asked else others))) for c in range(10)}
+    labels = [c for c in range(10) for _ in range(count[c])]
     seeds = [seed * 100_003 + EVAL_SEED + i for i in range(len(labels))]
     before, after = base.sample(labels, seeds, steps).clamp(-1, 1), tuned.sample(labels, seeds, steps).clamp(-1, 1)
-    asked = {int(c) for c in targets}
     inside = [i for i, c in enumerate(labels) if c in asked]
     outside = [i for i, c in enumerate(labels) if c not in asked]
     judge.eval()
