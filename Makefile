@@ -29,7 +29,7 @@ studio: install
 	$(PY) -m studio.cli launch
 
 test: install-dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 bench: install-dev
 	$(PY) -m studio.cli bench

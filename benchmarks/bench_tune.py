@@ -122,6 +122,11 @@ COND_ROWS = [
 ]
 DEFAULT_ROWS = ("LoRA, plain-distilled", "SaRA, plain-distilled", "full, plain-distilled", "PSO (DPO), LoRA",
                 "DreamBooth (plain), LoRA", "R0, LoRA (regularised)", "DRO, LoRA", "DRO, full")
+TIMED = {  # the tab's defaults, timed on 2 threads with nothing else running (--part timing)
+    "PSO (DPO), LoRA": {"loss": "dpo"}, "LoRA, plain-distilled": {"loss": "plain-distilled"},
+    "SaRA, plain-distilled": {"loss": "plain-distilled", "weights": "sara"},
+    "full, plain-distilled": {"loss": "plain-distilled", "weights": "full"},
+    "R0, LoRA (regularised)": {"loss": "r0"}, "DRO, LoRA": {"loss": "dro"}}
 PAIRS = [  # (a, b): a - b
     ("SaRA, plain-distilled", "LoRA, plain-distilled"),
     ("full, plain-distilled", "LoRA, plain-distilled"),
@@ -152,7 +157,7 @@ class Bench:
         self.quick = quick
         self.per_class = 5 if quick else PER_CLASS
         self.steps = 4 if quick else BASE.steps
-        self.cache = Path("/tmp/helpers/tune-bench") / ("quick" if quick else "full")
+        self.cache = ROOT.parent / "runs" / "bench-tune" / ("quick" if quick else "full")  # per-row cache (not tracked)
         self.cache.mkdir(parents=True, exist_ok=True)
         self._models: dict = {}
         self.images, self.labels = digits.style_set(STYLE_SET)
@@ -378,6 +383,23 @@ class Bench:
                 "eval_reward_class": est(oa["reward_class"] - o0["reward_class"]),
                 "eval_reward_style": est(oa["reward_style"] - o0["reward_style"])}
 
+    def timing(self) -> None:
+        """The tab's default runs (its settings, a validation grid every 25 steps) on 2 threads: the issue's
+        "under 3 minutes on 2 cores"; run it with nothing else on the machine."""
+        torch.set_num_threads(2)
+        path = self.cache / "timing.json"
+        out = json.loads(path.read_text()) if path.exists() else {}
+        for key, change in TIMED.items():
+            if key in out:
+                continue
+            p = replace(tune.Params(style=STYLE_SET, seed=REPORT_SEED), **change)
+            tuned = tune.run_tune(self.model("digits-fewstep"), self.images, self.labels, p,
+                                  classifier=self.model("guide-clean"))
+            out[key] = round(tuned.seconds, 1)
+            path.write_text(json.dumps(out, indent=1) + "\n")
+            print(f"[{time.strftime('%H:%M:%S')}] timing / {key}: {out[key]} s on 2 threads")
+        torch.set_num_threads(1)
+
     def assemble(self) -> dict:
         rows, missing = {}, []
         report = self.cache / "report"
@@ -393,6 +415,8 @@ class Bench:
         out = {"machine": machine_description() + ", 1 thread (torch.set_num_threads(1); the machine shared "
                                                   "with other jobs)",
                "date": time.strftime("%Y-%m-%d"), "quick": self.quick, "per_class": self.per_class,
+               "timing_2_threads": (json.loads((self.cache / "timing.json").read_text())
+                                    if (self.cache / "timing.json").exists() else {}),
                "train_steps": self.steps,
                "sets": {"selection": {"train_seed": SELECTION_SEED, "measure_seed": SELECTION_SEED},
                         "report": {"train_seed": REPORT_SEED, "measure_seed": REPORT_SEED}},
@@ -491,10 +515,14 @@ def goals(out: dict) -> list[str]:
         verdict(f"{dro} moves towards the expert style (style rate minus untuned {_d(v['style_rate'])}) with less "
                 f"drift than {plain} (drift FD-digits difference {_d(d['drift_fd'])}, {_sign(d['drift_fd'])}; style "
                 f"rate difference {_d(d['style_rate'])})", v["style_rate"]["low"] > 0 and d["drift_fd"]["high"] < 0)
+    timed = out.get("timing_2_threads") or {}
     for key in DEFAULT_ROWS:
-        if key in rows:
+        if key in timed:  # the issue's figure: 2 cores, nothing else running
+            one = f"; {rows[key]['seconds']:.0f} s on 1 thread, shared machine" if key in rows else ""
+            verdict(f"{key}: default run in under 3 minutes ({timed[key]:.0f} s on 2 threads{one})", timed[key] < 180)
+        elif key in rows:
             sec = rows[key]["seconds"]
-            verdict(f"{key}: default run in under 3 minutes ({sec:.0f} s on 1 thread)", sec < 180)
+            verdict(f"{key}: default run in under 3 minutes ({sec:.0f} s on 1 thread, shared machine)", sec < 180)
     return lines
 
 
@@ -613,7 +641,7 @@ def markdown(out: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 steps, 5 samples per digit")
-    ap.add_argument("--part", choices=("all", "selection", "report", "cond", "assemble"), default="all",
+    ap.add_argument("--part", choices=("all", "selection", "report", "cond", "timing", "assemble"), default="all",
                     help="one group (two processes may run groups at once; a row one holds the other skips)")
     args = ap.parse_args()
     b = Bench(args.quick)
@@ -623,6 +651,8 @@ def main() -> None:
         b.report()
     if args.part in ("all", "cond"):
         b.cond()
+    if args.part in ("all", "timing"):
+        b.timing()
     if args.part == "selection":  # the report part assembles
         return
     out = b.assemble()
