@@ -183,7 +183,7 @@ class Bench:
     def untuned(self, base: str, seed: int) -> torch.Tensor:
         path = self.cache / f"untuned-{base}-{seed}.pt"
         if path.exists():
-            return torch.load(path)
+            return torch.load(path, weights_only=True)
         dm, steps = self.model(base), (COND_STEPS if base == "digits-cond" else 4)
         x = self.draw(FewStep(dm, steps=steps), seed)
         torch.save(x, path)
@@ -263,7 +263,7 @@ class Bench:
 
     def samples(self, group: str, key: str) -> torch.Tensor | None:
         path = self.cache / group / f"{slug(key)}.pt"
-        return torch.load(path) if path.exists() else None
+        return torch.load(path, weights_only=True) if path.exists() else None
 
     # ---------------------------------------------------------------- groups
     def untuned_row(self, group: str, base: str, seed: int) -> dict:
