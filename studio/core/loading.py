@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import torch
 
 from studio.core import lazy
-from studio.core.models import DiffusionModel, NAGModel, SeriesDiffusion
+from studio.core.models import DiffusionModel, NAGModel, SeriesDiffusion, WeightGenerator
 from studio.threads import building
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -134,6 +134,8 @@ NET_MODULES: dict[str, tuple[str, ...]] = {
     "studio.nets.contrastive": ("ShapesCLIP",),
     "studio.nets.ssl": ("DigitsSSLEncoder",),
     "studio.nets.unets": ("SelfCondUNet2DModel",),
+    "studio.nets.weightgen": ("ParamAutoencoder", "LatentDenoiser", "WeightVAE", "DatasetEncoder",
+                              "ConditionalLatentUNet"),
 }
 NET_CLASSES: dict[str, str] = {cls: mod for mod, names in NET_MODULES.items() for cls in names}
 
@@ -267,6 +269,27 @@ def _load_probe(folder: Path, info: dict) -> torch.nn.Module:
     return probe.eval().requires_grad_(False)
 
 
+def _load_weightgen(folder: Path, info: dict) -> WeightGenerator:
+    """D2NWG (``vae/``, ``encoder/``, ``unet/``) or p-diff (``<task>/ae/``, ``<task>/denoiser/`` per task),
+    with the training checkpoints (``checkpoints.safetensors``) and the scheduler config."""
+    from safetensors.torch import load_file
+
+    if info.get("method") == "d2nwg":
+        keys = ["vae", "encoder", "unet"]
+    elif info.get("method") == "pdiff":
+        tasks = [str(t) for t in info.get("tasks", [])]
+        if not all(re.fullmatch(r"[A-Za-z0-9][\w-]*", t) for t in tasks):
+            raise WeightsError(f"{folder.name}: a task name in studio.json is not a plain name")
+        keys = [f"{t}/{part}" for t in tasks for part in ("ae", "denoiser")]
+    else:
+        raise WeightsError(f"{folder.name}: unknown weight generator {info.get('method')!r}")
+    nets = {key: load_module_folder(folder / key) for key in keys}
+    check_weight_files(folder)
+    tensors = load_file(folder / "checkpoints.safetensors")
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return WeightGenerator(folder.name, info["method"], nets, sched, tensors, info)
+
+
 # studio.json ``kind`` -> loader(folder, info): the one table a new kind of model is added to
 LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "diffusion": _load_diffusion,
@@ -278,6 +301,7 @@ LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "idempotent": _load_idempotent,
     "nag": _load_nag,
     "probe": _load_probe,
+    "weightgen": _load_weightgen,
 }
 
 

@@ -7,7 +7,8 @@ loads anything (that is :mod:`studio.core.loading`). Networks themselves live in
 * :class:`DiffusionModel`: an image denoiser ``model_fn(x_t, t, cond)`` with its scheduler config;
 * :class:`LatentDiffusionModel`: a Stable-Diffusion-style pipeline adapted at the edge (VAE, CLIP);
 * :class:`SeriesDiffusion`: a TSDiff series denoiser on windows ``(B, L, C)``;
-* :class:`NAGModel`: DiffusionNAG's score network and dataset-aware accuracy predictor.
+* :class:`NAGModel`: DiffusionNAG's score network and dataset-aware accuracy predictor;
+* :class:`WeightGenerator`: a generator of classifier weights (D2NWG or p-diff) with its training checkpoints.
 
 :func:`model_kind` names what a registered entry is, from what is known without loading it
 (a zoo entry's ``studio.json``): the registry's methods list only the kinds they can drive.
@@ -21,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 ModelKind = Literal["image", "series", "idempotent", "nag", "judge", "classifier", "experts", "text-encoder",
-                    "probe", "other"]
+                    "probe", "weightgen", "other"]
 
 
 def model_kind(info: dict) -> ModelKind:
@@ -34,7 +35,8 @@ def model_kind(info: dict) -> ModelKind:
     kind = info.get("kind")
     if kind == "diffusion":
         return "series" if info.get("domain") == "series" else "image"
-    return kind if kind in ("idempotent", "nag", "judge", "classifier", "experts", "text-encoder", "probe") else "other"
+    return kind if kind in ("idempotent", "nag", "judge", "classifier", "experts", "text-encoder", "probe",
+                                   "weightgen") else "other"
 
 
 @dataclass
@@ -156,3 +158,37 @@ class NAGModel:
     @property
     def components(self) -> dict[str, torch.nn.Module]:  # what the manager sizes (as for a pipeline)
         return {"score": self.score, "predictor": self.predictor}
+
+
+@dataclass
+class WeightGenerator:
+    """A zoo ``weightgen`` entry: D2NWG (nets ``vae``, ``encoder``, ``unet``) or p-diff (``<task>/ae``,
+    ``<task>/denoiser`` per task), its DDPM scheduler config, and ``tensors``: D2NWG, the classifier
+    zoo (``checkpoints`` (N, P), ``accuracy`` (N,), ``base`` (P,)); p-diff, each task's training
+    checkpoints (``<task>/checkpoints`` (n, P))."""
+
+    name: str
+    method: Literal["d2nwg", "pdiff"]
+    nets: dict[str, torch.nn.Module]
+    scheduler_config: dict
+    tensors: dict[str, torch.Tensor]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:  # what the manager sizes and fingerprints
+        return self.nets
+
+    @property
+    def frozen(self) -> dict[str, torch.Tensor]:
+        """p-diff: each task's vector outside the generated head (its first checkpoint)."""
+        return {t: self.tensors[f"{t}/checkpoints"][0] for t in self.info.get("tasks", [])}
+
+    def training_checkpoints(self, task_id: str | None = None) -> tuple[torch.Tensor, list[str]]:
+        """The checkpoints this generator learned from ((n, P), their task ids): p-diff, the task's own;
+        D2NWG, the seen tasks' zoo models."""
+        if self.method == "pdiff":
+            ck = self.tensors[f"{task_id}/checkpoints"]
+            return ck, [task_id] * len(ck)
+        seen = set(self.info["tasks"])
+        rows = [i for i, t in enumerate(self.info["checkpoint_tasks"]) if t in seen]
+        return self.tensors["checkpoints"][rows], [self.info["checkpoint_tasks"][i] for i in rows]

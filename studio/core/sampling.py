@@ -338,6 +338,15 @@ def sample_images(model, denoise: Denoiser, scheduler, seeds: list[int], *, num_
                 yield model.decode(item).cpu()
 
 
+def relay(steps: Iterator):
+    """Yield a generator's :class:`Progress` items; return its final item (``result = yield from relay(...)``)."""
+    for item in steps:
+        if not isinstance(item, Progress):
+            return item
+        yield item
+    raise RuntimeError("the generator ended without a result")
+
+
 def run_to_end(gen: Iterator):
     """Exhaust a generator of progress records and return its last item (the result), keeping
     only one item at a time in memory."""

@@ -63,6 +63,7 @@ METHODS: tuple[Method, ...] = (
     Method("classify", "Classify", ("image",), "components.classify_tab.build_classify_tab"),
     Method("theory", "Theory", ("image",), "components.theory_tab.build_theory_tab"),
     Method("train", "Train", ("image",), "components.train_tab.build_train_tab"),
+    Method("weights", "Weights", ("weightgen",), "components.weights_tab.build_weights_tab"),
 )
 
 

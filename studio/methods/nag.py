@@ -48,6 +48,7 @@ from studio.core.device import MAX_SEED
 from studio.core.nas_metrics import vun
 from studio.core.params import ParamError, spec, validate
 from studio.core.sampling import Progress
+from studio.core.sampling import relay as _relay
 from studio.data import nasbench
 from studio.methods import method
 from studio.nets.ve_sde import EPS, N_STEPS, SIGMA_MAX, SIGMA_MIN, g2, sigma
@@ -135,15 +136,6 @@ def pc_sample(score_fn, n: int, gen: torch.Generator, steps: int = N_STEPS, snr:
         x = x_mean + torch.sqrt(g2(vec_t) / steps)[:, None, None] * torch.randn(shape, generator=gen)
         yield PCStep(i + 1, steps, timestep=float(t), x_mean=x_mean)
     yield x_mean
-
-
-def _relay(steps: Iterator):
-    """Yield a generator's Progress items; return its final item (``result = yield from _relay(...)``)."""
-    for item in steps:
-        if not isinstance(item, Progress):
-            return item
-        yield item
-    raise RuntimeError("the generator ended without a result")
 
 
 @dataclass

@@ -52,6 +52,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from studio.data import nasbench
+from studio.nets.sets import SetPool
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_positions: int = 10000) -> torch.Tensor:
@@ -130,28 +131,6 @@ class ScoreNet(ModelMixin, ConfigMixin):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         # the output divided by sigma (score_sde's ``scale_by_sigma``): the score grows as 1 / sigma
         return self.encoder(x, sigma) / sigma[:, None, None]
-
-
-class SetPool(nn.Module):
-    """Set Transformer pooling ('sabPF'): a self-attention block over the set, then attention from
-    one learned seed (PMA), then a linear layer. (B, n, d_in) -> (B, d_out)."""
-
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, heads: int = 4):
-        super().__init__()
-        self.proj = nn.Linear(d_in, d_hidden)
-        self.sab = nn.MultiheadAttention(d_hidden, heads, batch_first=True)
-        self.ln1, self.ln2 = nn.LayerNorm(d_hidden), nn.LayerNorm(d_hidden)
-        self.ff = nn.Sequential(nn.Linear(d_hidden, d_hidden), nn.ReLU())
-        self.seed = nn.Parameter(torch.randn(1, 1, d_hidden) / math.sqrt(d_hidden))
-        self.pma = nn.MultiheadAttention(d_hidden, heads, batch_first=True)
-        self.out = nn.Linear(d_hidden, d_out)
-
-    def forward(self, s: torch.Tensor) -> torch.Tensor:
-        h = self.proj(s)
-        h = self.ln1(h + self.sab(h, h, h, need_weights=False)[0])
-        h = self.ln2(h + self.ff(h))
-        pooled = self.pma(self.seed.expand(len(h), -1, -1), h, h, need_weights=False)[0]
-        return self.out(pooled[:, 0])
 
 
 class AccuracyPredictor(ModelMixin, ConfigMixin):

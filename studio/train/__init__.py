@@ -12,7 +12,8 @@ NAG = ("nag-digits",)
 CONTRASTIVE = ("clip-shapes",)
 PROBE = ("probe-digits",)
 ENCODERS = ("simclr-digits",)
-ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG + CONTRASTIVE + PROBE + ENCODERS
+WEIGHTGEN = ("pdiff-digits", "d2nwg-digits")
+ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG + CONTRASTIVE + PROBE + ENCODERS + WEIGHTGEN
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0,
@@ -74,4 +75,8 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
         from studio.train import simclr
 
         return simclr.train(seed=seed, steps=steps, minutes=minutes)
+    if name in WEIGHTGEN:
+        from studio.train import weightgen
+
+        return weightgen.train(name, seed=seed, steps=steps)
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")
