@@ -357,3 +357,69 @@ def explained_curve(curve: dict, space: str = "score", height: int = 360):
                       yaxis={"title": "explained variance", "range": [-0.5, 1.05]},
                       legend={"orientation": "h", "y": -0.25})
     return fig
+
+
+WEIGHTS_COLOURS = {"generated": "#d62728", "random": "#7f7f7f", "nearest": "#1f77b4", "zoo": "#2ca02c"}
+
+
+def weights_histogram(generated, zoo, random, nearest: float | None, nearest_task: str = "", title: str = "",
+                      height: int = 320):
+    """Accuracies of generated classifiers beside the zoo's own models of the task and random
+    initialisations (overlaid histograms, 2.5-point bins on [0, 1]), the nearest seen task's zoo model
+    as a dashed line (a :class:`studio.methods.weights.WeightsResult`'s fields)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, values, key in ((f"generated ({len(generated)})", generated, "generated"),
+                              (f"the zoo's models of this task ({len(zoo)})", zoo, "zoo"),
+                              (f"random initialisations ({len(random)})", random, "random")):
+        if len(values):
+            fig.add_trace(go.Histogram(x=np.asarray(values), name=name, opacity=0.6, marker_color=WEIGHTS_COLOURS[key],
+                                       xbins={"start": 0.0, "end": 1.0001, "size": 0.025}))
+    if nearest is not None:
+        fig.add_vline(x=float(nearest), line_dash="dash", line_color=WEIGHTS_COLOURS["nearest"],
+                      annotation_text=f"nearest seen task's model ({nearest_task})", annotation_position="top left")
+    fig.update_layout(title=title, barmode="overlay", height=height, template="plotly_white",
+                      xaxis={"title": "accuracy", "range": [0, 1.02]}, yaxis_title="models",
+                      margin={"l": 50, "r": 10, "t": 40, "b": 40}, legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+def finetune_curves(curve: list[dict], total: int, title: str = "fine-tuning on the few examples", height: int = 320):
+    """Accuracy against SGD steps for the three starts of the Weights method's fine-tuning (rows of
+    ``{"step", "generated", "random", "nearest"}``); the x axis spans the whole run, so it fills live."""
+    import plotly.graph_objects as go
+
+    names = {"generated": "best generated model", "random": "random init (training from scratch)",
+             "nearest": "nearest seen task's zoo model"}
+    steps = [row["step"] for row in curve]
+    fig = go.Figure([go.Scatter(x=steps, y=[row[k] for row in curve], mode="lines+markers", name=name,
+                                line={"color": WEIGHTS_COLOURS[k], "width": 2}) for k, name in names.items()])
+    fig.update_layout(title=f"{title} ({steps[-1] if steps else 0} / {total} steps)", height=height,
+                      template="plotly_white", xaxis={"title": "SGD step", "range": [0, max(total, 1) * 1.02]},
+                      yaxis={"title": "accuracy", "range": [0, 1.02]}, margin={"l": 50, "r": 10, "t": 40, "b": 40},
+                      legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+def memorisation_scatter(rows: list[dict], spread: float, height: int = 300):
+    """Each generated model's distance to its nearest training checkpoint (L2 over the flat weights)
+    against their prediction agreement; the median distance between two checkpoints of one task
+    (``spread``) and the 99% agreement line mark what a copy would look like."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(
+        x=[r["distance"] for r in rows], y=[r["agreement"] for r in rows], mode="markers",
+        marker={"color": [r["accuracy"] for r in rows], "colorscale": "Viridis", "cmin": 0, "cmax": 1, "size": 9,
+                "colorbar": {"title": "accuracy", "thickness": 12}},
+        text=[f"model {r['model']}: nearest {r['its_task']} #{r['nearest_checkpoint']}" for r in rows],
+        hovertemplate="%{text}<br>distance %{x:.3f}, agreement %{y:.3f}<extra></extra>"))
+    fig.add_vline(x=float(spread), line_dash="dash", line_color="black",
+                  annotation_text="two checkpoints of one task", annotation_position="bottom right")
+    fig.add_hline(y=0.99, line_dash="dot", line_color="grey", annotation_text="99% agreement",
+                  annotation_position="bottom left")
+    fig.update_layout(title="Memorisation: nearest training checkpoint", height=height, template="plotly_white",
+                      xaxis={"title": "L2 distance to it", "rangemode": "tozero"},
+                      yaxis={"title": "prediction agreement", "range": [0, 1.02]},
+                      margin={"l": 50, "r": 10, "t": 40, "b": 40})
+    return fig
