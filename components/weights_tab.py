@@ -48,8 +48,8 @@ SPLIT_WORDS = {"seen": "seen: in the generators' training data",
                "selection": "selection: never seen by a generator (settings were chosen on it)"}
 TASK_LABELS = {**{t.id: f"{t.id}: {t.title} [{digit_tasks.split_of(t)}]" for t in digit_tasks.ALL},
                weights.OWN: "my examples (draw or upload below)"}
-TABLE_COLUMNS = ["model", "accuracy", "nearest_checkpoint", "its_task", "distance", "agreement"]
-TILE = 48  # pixels per example in the gallery
+TABLE_COLUMNS = ["model", "accuracy", "nearest checkpoint", "its task", "distance", "agreement"]
+COLUMN_WIDTHS = ["17%", "13%", "15%", "26%", "13%", "16%"]
 FILE_STEMS = {"D2NWG": "d2nwg", "p-diff": "pdiff"}
 
 
@@ -85,9 +85,26 @@ def read_example_uploads(paths) -> list[np.ndarray]:
     return out
 
 
-def gallery_items(examples: dict) -> list[tuple]:
-    tiles = to_pil(torch.from_numpy(np.stack(examples["images"])), TILE // 16) if examples["images"] else []
-    return [(tile, f"{label}") for tile, label in zip(tiles, examples["labels"])]
+def examples_picture(examples: dict, tile: int = 32, per_row: int = 16):
+    """Your examples as one picture: a row per digit (more rows for a digit with over ``per_row``), its label at
+    the left; None when there are none."""
+    from PIL import Image, ImageDraw
+
+    if not examples["labels"]:
+        return None
+    labels = np.asarray(examples["labels"])
+    tiles = to_pil(torch.from_numpy(np.stack(examples["images"])), tile // 16)
+    rows = [(d, idx[i:i + per_row]) for d in np.unique(labels) for idx in [np.flatnonzero(labels == d)]
+            for i in range(0, len(idx), per_row)]
+    width = tile + min(per_row, max(len(r) for _, r in rows)) * (tile + 2)
+    picture = Image.new("RGB", (width, len(rows) * (tile + 2)), "white")
+    draw = ImageDraw.Draw(picture)
+    for r, (digit, idx) in enumerate(rows):
+        y = r * (tile + 2)
+        draw.text((tile // 3, y + tile // 3), str(digit), fill="black")
+        for c, i in enumerate(idx):
+            picture.paste(tiles[i].convert("RGB"), (tile + c * (tile + 2), y))
+    return picture
 
 
 def examples_info(examples: dict) -> str:
@@ -102,7 +119,9 @@ def examples_info(examples: dict) -> str:
 def table_frame(rows: list[dict], best: int):
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=TABLE_COLUMNS).sort_values("accuracy", ascending=False, kind="stable")
+    keys = ["model", "accuracy", "nearest_checkpoint", "its_task", "distance", "agreement"]  # the method's row keys
+    frame = pd.DataFrame([[r[k] for k in keys] for r in rows], columns=TABLE_COLUMNS)
+    frame = frame.sort_values("accuracy", ascending=False, kind="stable")
     frame["model"] = [f"{m} (fine-tuned)" if m == best else str(m) for m in frame["model"]]
     return frame
 
@@ -139,15 +158,14 @@ def build_weights_tab(manager: ModelManager) -> dict[str, gr.components.Componen
                 uploads = gr.File(label=f"...and/or upload images of one digit (up to {MAX_BYTES // 2**20} MB each)",
                                   file_count="multiple", file_types=["image"], type="filepath", height=90,
                                   elem_id="weights-uploads")
+                label = gr.Radio(choices=list(range(10)), value=0, label="The digit they show",
+                                 elem_id="weights-label")
                 with gr.Row():
-                    label = gr.Dropdown(choices=list(range(10)), value=0, label="They show the digit", scale=2,
-                                        elem_id="weights-label")
-                    add_btn = gr.Button("Add example", scale=2, elem_id="weights-add-btn")
+                    add_btn = gr.Button("Add example", scale=3, elem_id="weights-add-btn")
                     clear_btn = gr.Button("Clear", scale=1, elem_id="weights-clear-btn")
                 own_info = gr.Markdown("No examples yet.", elem_id="weights-own-info")
-                own_gallery = gr.Gallery(label="Your examples (caption: the label)", columns=8, height=160,
-                                         format="png", object_fit="contain", interactive=False,
-                                         elem_id="weights-own-gallery")
+                own_picture = gr.Image(label="Your examples (a row per digit, its label at the left)", type="pil",
+                                       interactive=False, height=160, elem_id="weights-own-picture")
             inputs.update(param_inputs(weights.Params, id_prefix="weights-",
                                        names=[f.name for f in fields(weights.Params) if f.name not in inputs]))
             with gr.Row():
@@ -157,11 +175,12 @@ def build_weights_tab(manager: ModelManager) -> dict[str, gr.components.Componen
                 gr.Markdown(ABOUT, elem_id="weights-about")
         with gr.Column(scale=3, min_width=360):
             info = gr.Markdown(elem_id="weights-info")
-            curve_plot = gr.Plot(label="Fine-tuning (accuracy on the evaluation images)", elem_id="weights-curve")
             hist = gr.Plot(label="Accuracy without training", elem_id="weights-hist")
+            curve_plot = gr.Plot(label="As an initialisation: fine-tuning (accuracy on the evaluation images)",
+                                 elem_id="weights-curve")
             with gr.Accordion("Memorisation: each generated model's nearest training checkpoint", open=True):
                 scatter = gr.Plot(label="Distance vs agreement", elem_id="weights-scatter")
-                table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, max_height=300,
+                table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, max_height=300, column_widths=COLUMN_WIDTHS, wrap=True,
                                      elem_id="weights-table")
             with gr.Row():
                 index = gr.Number(value=0, precision=0, minimum=0, maximum=weights.MAX_K - 1, scale=1,
@@ -196,13 +215,13 @@ def build_weights_tab(manager: ModelManager) -> dict[str, gr.components.Componen
         if len(current["labels"]) + len(new) > weights.MAX_EXAMPLES:
             raise ParamError(f"at most {weights.MAX_EXAMPLES} examples; Clear some first")
         current = {"images": [*current["images"], *new], "labels": [*current["labels"], *[d] * len(new)]}
-        return current, examples_info(current), gallery_items(current), None, None
+        return current, examples_info(current), examples_picture(current), None, None
 
     add_btn.click(add_example, inputs=[sketch, uploads, label, examples],
-                  outputs=[examples, own_info, own_gallery, sketch, uploads], api_name="weights_add_example",
+                  outputs=[examples, own_info, own_picture, sketch, uploads], api_name="weights_add_example",
                   concurrency_limit=4)
-    clear_btn.click(lambda: ({"images": [], "labels": []}, "No examples yet.", []),
-                    outputs=[examples, own_info, own_gallery], queue=False, api_name="weights_clear_examples")
+    clear_btn.click(lambda: ({"images": [], "labels": []}, "No examples yet.", None),
+                    outputs=[examples, own_info, own_picture], queue=False, api_name="weights_clear_examples")
 
     @shows_errors
     def generate(progress=gr.Progress(), **values):
@@ -211,6 +230,7 @@ def build_weights_tab(manager: ModelManager) -> dict[str, gr.components.Componen
         images = labels = None
         if p.task == weights.OWN and mine["labels"]:
             images, labels = torch.from_numpy(np.stack(mine["images"])), np.asarray(mine["labels"])
+        weights.check(p, manager, images, labels)  # bad input: a message, and the last results stay
         yield {info: f"Generating {p.k} models for {TASK_LABELS.get(p.task, p.task)}..."}
         progress((0, p.steps), desc="Loading the generator")
         for item in weights.run(p, manager, images=images, labels=labels):
@@ -239,7 +259,7 @@ def build_weights_tab(manager: ModelManager) -> dict[str, gr.components.Componen
     event = gen_btn.click(generate, inputs_kwargs={**inputs, "examples": examples},
                           outputs=[info, last, hist, curve_plot, scatter, table, index, model_file, params_json],
                           preprocess=False, api_name="weights_generate", concurrency_id="models",
-                          concurrency_limit=1, show_progress_on=[curve_plot])
+                          concurrency_limit=1, show_progress_on=[hist])
     stop_btn.click(None, cancels=[event], api_name="weights_stop", queue=False)
 
     @shows_errors

@@ -393,10 +393,16 @@ def finetune_curves(curve: list[dict], total: int, title: str = "fine-tuning on 
     names = {"generated": "best generated model", "random": "random init (training from scratch)",
              "nearest": "nearest seen task's zoo model"}
     steps = [row["step"] for row in curve]
-    fig = go.Figure([go.Scatter(x=steps, y=[row[k] for row in curve], mode="lines+markers", name=name,
+    x = [max(s, 0.5) for s in steps]  # a log axis; the start (step 0) is drawn at 0.5, labelled 0
+    ticks = [0.5] + [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if t <= max(total, 1)]
+    fig = go.Figure([go.Scatter(x=x, y=[row[k] for row in curve], mode="lines+markers", name=name,
+                                customdata=steps, hovertemplate="step %{customdata}: %{y:.3f}",
                                 line={"color": WEIGHTS_COLOURS[k], "width": 2}) for k, name in names.items()])
     fig.update_layout(title=f"{title} ({steps[-1] if steps else 0} / {total} steps)", height=height,
-                      template="plotly_white", xaxis={"title": "SGD step", "range": [0, max(total, 1) * 1.02]},
+                      template="plotly_white",
+                      xaxis={"title": "SGD step (log scale)", "type": "log", "tickvals": ticks,
+                             "ticktext": ["0"] + [str(t) for t in ticks[1:]],
+                             "range": [np.log10(0.4), np.log10(max(total, 1) * 1.15)]},
                       yaxis={"title": "accuracy", "range": [0, 1.02]}, margin={"l": 50, "r": 10, "t": 40, "b": 40},
                       legend={"orientation": "h", "y": -0.3})
     return fig

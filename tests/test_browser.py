@@ -391,3 +391,54 @@ def test_train_a_few_steps_register_and_generate_lists_it_in_a_real_browser(trai
     page.locator("#param-model input").click()
     expect(page.get_by_role("option", name=key)).to_be_visible()
     page.screenshot(path=str(tmp_path / "train.png"), full_page=True)
+
+
+@pytest.fixture
+def weights_url(tiny_manager):
+    from tests.test_weights import TinySSL, tiny_d2nwg
+
+    tiny_manager.register("d2nwg-digits", tiny_d2nwg, info={"kind": "weightgen", "method": "d2nwg"})
+    tiny_manager.register("simclr-digits", lambda: TinySSL().eval(), info={"kind": "encoder"})
+    with serving_url(tiny_manager) as url:
+        yield url
+
+
+def test_weights_generate_shows_the_histogram_the_curve_and_a_download_in_a_real_browser(weights_url, browser,
+                                                                                         tmp_path):
+    """Generate 4 models on a tiny random D2NWG: the histogram, the fine-tuning curve, the memorisation table and
+    the safetensors file appear; 'my examples' shows its panel, refuses an empty set and collects a drawing."""
+    from playwright.sync_api import expect
+
+    page = open_tab(browser, weights_url, "Weights", height=1600)
+    set_number(page, "#weights-param-k", 4)
+    set_number(page, "#weights-param-finetune_steps", 3)
+    page.locator("#weights-generate-btn").click()
+    expect(page.locator("#weights-info")).to_contain_text("4 generated models on the test split", timeout=TIMEOUT_MS)
+    for plot in ("#weights-hist", "#weights-curve", "#weights-scatter"):
+        expect(page.locator(f"{plot} .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#weights-curve")).to_contain_text("3 / 3 steps")
+    expect(page.locator('#weights-table [data-testid="cell-3-0"]')).to_be_visible()  # 4 rows
+    link = page.locator("#weights-file a").first
+    expect(link).to_be_visible()
+    assert link.get_attribute("href").split("?")[0].endswith(".safetensors")
+
+    expect(page.locator("#weights-sketch")).to_be_hidden()
+    page.locator("#weights-param-task input").click()
+    page.get_by_role("option", name="my examples (draw or upload below)").click()
+    expect(page.locator("#weights-sketch")).to_be_visible()
+    expect(page.locator("#weights-task-note")).to_contain_text("Your examples")
+    page.locator("#weights-generate-btn").click()
+    expect(page.get_by_text("give some labelled examples").first).to_be_visible()
+    page.locator("#weights-sketch button[aria-label='Brush']").click()
+    canvas = page.locator("#weights-sketch canvas").first
+    box = canvas.bounding_box()
+    cx, top, bottom = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2, box["y"] + box["height"] * 0.8
+    page.mouse.move(cx, top)
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(cx, top + (bottom - top) * i / 10)
+    page.mouse.up()
+    page.locator("#weights-add-btn").click()
+    expect(page.locator("#weights-own-info")).to_contain_text("1 example(s): 1 x 0")
+    expect(page.locator("#weights-own-picture img")).to_be_visible()
+    page.screenshot(path=str(tmp_path / "weights.png"), full_page=True)

@@ -51,7 +51,7 @@ def test_generate_shows_the_figures_and_the_downloaded_model_scores_what_the_tab
     names = [t["name"] for t in json.loads(hist["plot"])["data"]]
     assert any(n.startswith("generated (4)") for n in names) and any(n.startswith("random") for n in names)
     assert any(n.startswith("the zoo's models of this task (2)") for n in names)  # 2 checkpoints per task
-    steps = json.loads(curve["plot"])["data"][0]["x"]
+    steps = json.loads(curve["plot"])["data"][0]["customdata"]
     assert steps == [0, 1, 2, 3] and len(json.loads(curve["plot"])["data"]) == 3
     assert len(json.loads(scatter["plot"])["data"][0]["x"]) == 4
     assert table["headers"][:2] == ["model", "accuracy"] and len(table["data"]) == 4
@@ -95,8 +95,9 @@ def test_my_examples_are_collected_per_session_and_generate_reads_them(app, tmp_
     assert state_info.startswith("3 example(s): 3 x 0") and "second class" in state_info
     with pytest.raises(AppError, match="at least two classes"):
         generate(app, task=weights.OWN)
-    state_info, gallery = app.predict(sketch_value(tmp_path), [], 1, api_name="/weights_add_example")[:2]
-    assert state_info == "4 example(s): 3 x 0, 1 x 1" and len(gallery) == 4
+    state_info, picture = app.predict(sketch_value(tmp_path), [], 1, api_name="/weights_add_example")[:2]
+    assert state_info == "4 example(s): 3 x 0, 1 x 1"
+    assert Image.open(picture).size == (32 + 3 * 34, 2 * 34)  # a row per digit: three 0s, one 1
     info, hist, curve, *_ = generate(app, task=weights.OWN, finetune_steps=0)
     assert "your 4 examples" in info and curve is None
     app.predict(api_name="/weights_clear_examples")
