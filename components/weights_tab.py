@@ -215,7 +215,8 @@ def build_weights_tab(manager: ModelManager) -> dict[str, gr.components.Componen
         if len(current["labels"]) + len(new) > weights.MAX_EXAMPLES:
             raise ParamError(f"at most {weights.MAX_EXAMPLES} examples; Clear some first")
         current = {"images": [*current["images"], *new], "labels": [*current["labels"], *[d] * len(new)]}
-        return current, examples_info(current), examples_picture(current), None, None
+        blank = {"background": None, "layers": [], "composite": None}  # a fresh value: None twice clears nothing
+        return current, examples_info(current), examples_picture(current), blank, None
 
     add_btn.click(add_example, inputs=[sketch, uploads, label, examples],
                   outputs=[examples, own_info, own_picture, sketch, uploads], api_name="weights_add_example",

@@ -378,7 +378,8 @@ def weights_histogram(generated, zoo, random, nearest: float | None, nearest_tas
                                        xbins={"start": 0.0, "end": 1.0001, "size": 0.025}))
     if nearest is not None:
         fig.add_vline(x=float(nearest), line_dash="dash", line_color=WEIGHTS_COLOURS["nearest"],
-                      annotation_text=f"nearest seen task's model ({nearest_task})", annotation_position="top left")
+                      annotation_text=f"nearest seen task's model ({nearest_task})",
+                      annotation_position="top right" if nearest < 0.5 else "top left")
     fig.update_layout(title=title, barmode="overlay", height=height, template="plotly_white",
                       xaxis={"title": "accuracy", "range": [0, 1.02]}, yaxis_title="models",
                       margin={"l": 50, "r": 10, "t": 40, "b": 40}, legend={"orientation": "h", "y": -0.3})
