@@ -441,4 +441,7 @@ def test_weights_generate_shows_the_histogram_the_curve_and_a_download_in_a_real
     page.locator("#weights-add-btn").click()
     expect(page.locator("#weights-own-info")).to_contain_text("1 example(s): 1 x 0")
     expect(page.locator("#weights-own-picture img")).to_be_visible()
+    page.locator("#weights-add-btn").click()  # the canvas was cleared: nothing to add twice
+    expect(page.get_by_text("draw a digit on the canvas or upload images first").first).to_be_visible()
+    expect(page.locator("#weights-own-info")).to_contain_text("1 example(s): 1 x 0")
     page.screenshot(path=str(tmp_path / "weights.png"), full_page=True)

@@ -118,3 +118,14 @@ def test_bad_input_gets_a_message_and_the_server_keeps_serving(app):
     with pytest.raises(AppError, match="model index must be 0 to 3"):
         app.predict(4, api_name="/weights_download")
     assert app.predict(3, api_name="/weights_download").endswith("pdiff-model-003.safetensors")
+
+
+def test_the_task_note_says_which_side_a_task_is_on_and_what_p_diff_lacks(app_manager):
+    from components.weights_tab import task_note
+
+    assert "held out: never seen by a generator" in task_note(app_manager, "d2nwg-digits", "rot45-thick-clean")
+    assert "seen: in the generators' training data" in task_note(app_manager, "d2nwg-digits", TASK)
+    lacking = task_note(app_manager, "pdiff-digits", "rot45-thick-clean")
+    assert f"p-diff has models of 1 task(s) only ({TASK})" in lacking
+    assert "p-diff" not in task_note(app_manager, "pdiff-digits", TASK)
+    assert "Your examples" in task_note(app_manager, "d2nwg-digits", weights.OWN)
