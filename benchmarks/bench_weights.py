@@ -70,8 +70,11 @@ SEEN_TASKS = ("rot0-plain-clean", "rot90-thick-clean", "rot180-thin-noisy", "rot
               "rot135-thick-noisy", "rot0-plain-clean-5to9")
 REPORT_DRAWS = (0, 1, 2, 3, 4)
 DDPM_DRAWS = (0, 1, 2)
-# the shuffled condition: each task reads the few-shot set of the task three places on in its group
-PARTNER = {g[i]: g[(i + 3) % 6] for g in (HELD_OUT_TASKS, SEEN_TASKS) for i in range(6)}
+# the shuffled condition: each task reads the few-shot set of the next one in its group (another style, a rotation
+# 45-135 degrees away; never 180, which D2NWG confuses, see SHARES)
+PARTNER = {**{t: HELD_OUT_TASKS[(i + 1) % 6] for i, t in enumerate(HELD_OUT_TASKS)},
+           **{t: SEEN_TASKS[(i + 1) % 6] for i, t in enumerate(SEEN_TASKS[:-1])}, SEEN_TASKS[-1]: SEEN_TASKS[1]}
+SHARES = ("the task itself", "the nearest seen task (class-mean features)", "the task rotated 180 degrees")
 STARTS = ("generated", "random", "nearest", "base")
 
 
@@ -141,7 +144,6 @@ def report_row(manager, task: str, draw: int, lr: float, ddpm: bool) -> dict:
     out = {"task": task, "draw": draw, "split": digit_tasks.split_of(digit_tasks.task(task)),
            "nearest_task": r.nearest_task,
            "d2nwg": {"mean": float(r.accuracy.mean()), "best": float(r.accuracy[r.best])},
-           "shuffled": mean_best(d2nwg(manager, PARTNER[task], draw, 25, "ddim"), xs, ys, xe, ye),
            "random": mean_best(randoms, xs, ys, xe, ye), "base": one(base), "nearest": one(near),
            "zoo_average": one(ck.mean(0)),
            "gaussian": mean_best(ck.mean(0) + ck.std(0) * torch.randn(K, N_PARAMS, generator=g), xs, ys, xe, ye),
@@ -161,6 +163,22 @@ def report_row(manager, task: str, draw: int, lr: float, ddpm: bool) -> dict:
         out["ddpm"] = mean_best(th, xs, ys, xe, ye)
         out["memo_ddpm"] = {"copies": float((nm.agreement > 0.99).mean()), "distances": nm.distance.tolist()}
     return out
+
+
+def rotated(task: str, degrees: int = 180) -> str:
+    t = digit_tasks.task(task)
+    return digit_tasks.Task((t.rotation + degrees) % 360, t.style, t.noise, t.classes).id
+
+
+def conditioning_row(manager, task: str, draw: int) -> dict:
+    """The conditioning's ablation (D2NWG given ``PARTNER[task]``'s few-shot set, scored on ``task``) and which
+    seen task the generated models' nearest training checkpoints belong to (the tab's run, DDIM 25)."""
+    r = run_to_end(weights.run(weights.Params(task=task, k=K, seed=draw, support_seed=draw, finetune_steps=0), manager))
+    its = [m["its_task"] for m in r.memorisation]
+    share = lambda name: float(np.mean([t == name for t in its]))
+    xs, ys, xe, ye = _split(task, draw)
+    return {"partner": PARTNER[task], "shuffled": mean_best(d2nwg(manager, PARTNER[task], draw, 25, "ddim"), xs, ys, xe, ye),
+            "shares": dict(zip(SHARES, (share(task), share(r.nearest_task), share(rotated(task)))))}
 
 
 def pdiff_rows(manager, task: str, draws) -> dict:
@@ -237,28 +255,26 @@ def _get(*path):
     return get
 
 
-ACCURACY = (  # label, getter of the figure, getter of the figure D2NWG is compared with ("mean" or "best")
-    ("D2NWG, DDIM 25: mean of 32", _get("d2nwg", "mean")), ("D2NWG, DDIM 25: best of 32 on the few examples",
-                                                             _get("d2nwg", "best")),
-    ("D2NWG, DDPM 1,024 (draws 0-2): mean of 32", _get("ddpm", "mean")),
-    ("D2NWG, DDPM 1,024 (draws 0-2): best of 32", _get("ddpm", "best")),
-    ("D2NWG, another task's few-shot set (DDIM 25): mean of 32", _get("shuffled", "mean")),
-    ("D2NWG, another task's few-shot set (DDIM 25): best of 32", _get("shuffled", "best")),
-    ("random init: mean of 32", _get("random", "mean")), ("random init: best of 32", _get("random", "best")),
+def _mean_best(label: str, key: str, note: str = "") -> tuple:
+    return ((f"{label}: mean of 32", _get(key, "mean")), (f"{label}: best of 32{note}", _get(key, "best")))
+
+
+ACCURACY = (  # (label, getter) per line of the no-training table; D2NWG's own two first
+    *_mean_best("D2NWG, DDIM 25", "d2nwg", " on the few examples"), *_mean_best("D2NWG, DDPM 1,024 (draws 0-2)", "ddpm"),
+    *_mean_best("D2NWG, another task's few-shot set (DDIM 25)", "shuffled"), *_mean_best("random init", "random"),
     ("shared base (upright plain digits)", _get("base")), ("nearest seen task's zoo model", _get("nearest")),
     ("zoo average (seen checkpoints)", _get("zoo_average")),
-    ("Gaussian fitted to the seen checkpoints: mean of 32", _get("gaussian", "mean")),
-    ("Gaussian fitted to the seen checkpoints: best of 32", _get("gaussian", "best")),
-    ("nearest zoo model + noise at D2NWG's distance: mean of 32", _get("nearest_noise", "mean")),
-    ("nearest zoo model + noise at D2NWG's distance: best of 32", _get("nearest_noise", "best")),
+    *_mean_best("Gaussian fitted to the seen checkpoints", "gaussian"),
+    *_mean_best("nearest zoo model + noise at D2NWG's distance", "nearest_noise"),
     ("trained from scratch on the few examples (100 SGD steps)", _get("scratch")),
     ("ceiling: the task's own zoo models (5, full training split)", _get("ceiling")),
 )
 
 
 def summarise(rows: list[dict]) -> dict:
-    out = {"accuracy": {}, "vs_d2nwg": {}, "finetune": {}, "gain": {}, "memorisation": {}}
+    out = {"accuracy": {}, "vs_d2nwg": {}, "finetune": {}, "gain": {}, "memorisation": {}, "shares": {}}
     for group, tasks in GROUPS.items():
+        out["shares"][group] = {name: interval(by_task(rows, _get("shares", name), tasks)) for name in SHARES}
         out["accuracy"][group] = {label: interval(by_task(rows, get, tasks)) for label, get in ACCURACY}
         out["vs_d2nwg"][group] = {label: {"mean": paired(rows, _get("d2nwg", "mean"), get, tasks),
                                           "best": paired(rows, _get("d2nwg", "best"), get, tasks)}
@@ -335,6 +351,12 @@ def _md_accuracy(r: dict, s: dict, groups: list[str]) -> list[str]:
     for label, _ in ACCURACY[2:]:
         lines.append(f"| {label} | " + " | ".join(f"{_ci(s['vs_d2nwg'][g][label]['mean'], True)} | "
                                                   f"{_ci(s['vs_d2nwg'][g][label]['best'], True)}" for g in groups) + " |")
+    pairs = "; ".join(f"{t} <- {p}" for t, p in r["partner"].items())
+    lines += ["", f"The other task's few-shot set (the conditioning's ablation; task <- the set it reads): {pairs}.", "",
+              "Which seen task the generated models' nearest training checkpoints belong to (share of the 32, DDIM 25):",
+              "", "| nearest checkpoint of | " + " | ".join(groups) + " |", "|---" * (1 + len(groups)) + "|"]
+    for name in SHARES:
+        lines.append(f"| {name} | " + " | ".join(_ci(s["shares"][g][name]) for g in groups) + " |")
     return lines
 
 
@@ -432,8 +454,9 @@ def main(quick: bool = False) -> dict:
     rows = []
     for t in held + seen:
         for d in draws:
-            rows.append(_cached(cache / f"row-{t}-{d}-lr{lr}{'-ddpm' if d in ddpm_draws else ''}.json",
-                                lambda t=t, d=d: report_row(manager, t, d, lr, d in ddpm_draws)))
+            rows.append({**_cached(cache / f"row-{t}-{d}-lr{lr}{'-ddpm' if d in ddpm_draws else ''}.json",
+                                   lambda t=t, d=d: report_row(manager, t, d, lr, d in ddpm_draws)),
+                         **_cached(cache / f"cond-{t}-{d}-{PARTNER[t]}.json", lambda t=t, d=d: conditioning_row(manager, t, d))})
             print(t, d, f"{rows[-1]['d2nwg']['mean']:.3f}", f"{time.time() - t0:.0f}s", flush=True)
     pdiff = []
     if "pdiff-digits" in manager:
