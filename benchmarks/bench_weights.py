@@ -324,8 +324,8 @@ def _md_sets(r: dict, s: dict, groups: list[str]) -> list[str]:
             f"{', '.join(r['seen_tasks'])}; x draws {', '.join(map(str, r['report_draws']))} (the few-shot set of 5 "
             "training examples per class, and the sampler's seed); the full DDPM on draws "
             f"{', '.join(map(str, r['ddpm_draws'])) or '(none)'} only.")
-    lines = [f"Machine: {r['machine']}, {r['date']}; one thread (timing: two); the whole run {r['minutes']:.1f} min "
-             "(cached rows not re-run). Accuracy: the task's test split, never used for any choice on the report set.",
+    lines = [f"Machine: {r['machine']}, {r['date']}; one thread (timing: two); this invocation {r['minutes']:.1f} min "
+             "(rows cached by earlier invocations under runs/bench-weights/ were read, not re-run). Accuracy: the task's test split, never used for any choice on the report set.",
              "", sets, "", "Intervals: 95% percentile bootstrap over the tasks of a group (each task's mean over its "
              "draws); differences paired on the same draws; an interval covering zero is *no difference*.", "",
              "## Selection: the fine-tuning rate", "",
