@@ -154,14 +154,15 @@ def pdiff_checkpoints(zoo: dict, task_id: str, epochs: int = PDIFF_EPOCHS) -> to
     return torch.stack(rows)
 
 
-def train_pdiff(zoo: dict, scale: float = 1.0) -> dict:
-    """p-diff per task: {"<task>/ae": ..., "<task>/denoiser": ..., "<task>/checkpoints": ...} + losses."""
+def train_pdiff(zoo: dict, scale: float = 1.0, tasks: tuple[str, ...] = PDIFF_TASKS, latent_noise: float = 0.1) -> dict:
+    """p-diff per task: {"<task>/ae": ..., "<task>/denoiser": ..., "<task>/checkpoints": ...} + losses.
+    ``latent_noise``: the official default 0.1; 0.5 is the variant the issue quotes (a fork's setting)."""
     nets, tensors, report = {}, {}, {}
-    for i, task_id in enumerate(PDIFF_TASKS):
+    for i, task_id in enumerate(tasks):
         ck = pdiff_checkpoints(zoo, task_id, max(8, int(PDIFF_EPOCHS * min(scale, 1.0))))
         heads = ck[:, W.HEAD]
         torch.manual_seed(100 + i)
-        ae = W.ParamAutoencoder(in_dim=heads.shape[1], dec_channels=(4, 32, 32, 8),
+        ae = W.ParamAutoencoder(in_dim=heads.shape[1], dec_channels=(4, 32, 32, 8), latent_noise=latent_noise,
                                 scale=float(heads.std()), shift=float(heads.mean()))
         data = ae.normalise(heads)
         opt, g = _adamw(ae.parameters()), torch.Generator().manual_seed(200 + i)
