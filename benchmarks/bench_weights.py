@@ -181,10 +181,10 @@ def conditioning_row(manager, task: str, draw: int) -> dict:
             "shares": dict(zip(SHARES, (share(task), share(r.nearest_task), share(rotated(task)))))}
 
 
-def pdiff_rows(manager, task: str, draws) -> dict:
+def pdiff_rows(manager, task: str, draws, model: str = "pdiff-digits") -> dict:
     """p-diff on one of its tasks: its checkpoints' accuracy, and per sampler the generated models'."""
     te = digit_tasks.data(task, "test")
-    with manager.use("pdiff-digits") as gen:
+    with manager.use(model) as gen:
         ck, ck_tasks = (v.clone() if torch.is_tensor(v) else v for v in gen.training_checkpoints(task))
         samples = {name: [run_to_end(G.pdiff_sample(gen, task, K, d, steps, sched)) for d in draws]
                    for name, steps, sched in (("DDPM 1,000", 1000, "ddpm"), ("DDIM 25", 25, "ddim"))}

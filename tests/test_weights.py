@@ -110,6 +110,7 @@ def test_fine_tuning_learns_and_each_start_is_its_own_run():
     assert (curve[-1][1] > curve[0][1] + 0.3).all()
     alone = list(G.finetune(starts[1:], x, y, 60, lr=0.1, record=(60,)))[-1][2]
     torch.testing.assert_close(alone[0], curve[-1][2][1], atol=1e-5, rtol=1e-4)
+    assert weights.Params().lr == G.FINETUNE_LR == 0.01  # the benchmark's choice on the selection tasks
 
 
 def test_own_examples_are_checked():
