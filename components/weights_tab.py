@@ -26,7 +26,7 @@ from studio.core.sampling import Progress
 from studio.data import digit_tasks
 from studio.data.drawings import MAX_BYTES, DrawingError, open_image, to_digit
 from studio.methods import method, weights
-from components.widgets import CANVAS, PngFolder, has_ink, param_inputs, shows_errors
+from components.widgets import CANVAS, PngFolder, has_ink, param_inputs, run_buttons, shows_errors
 
 ABOUT = (
     "**D2NWG** (Soro et al., ICLR 2025) learns the distribution of the weights of a zoo of classifiers trained on "
@@ -168,9 +168,7 @@ def build_weights_tab(manager: ModelManager) -> dict[str, gr.components.Componen
                                        interactive=False, height=160, elem_id="weights-own-picture")
             inputs.update(param_inputs(weights.Params, id_prefix="weights-",
                                        names=[f.name for f in fields(weights.Params) if f.name not in inputs]))
-            with gr.Row():
-                gen_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="weights-generate-btn")
-                stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="weights-stop-btn")
+            gen_btn, stop_btn = run_buttons("Generate", "weights-generate-btn", "weights-stop-btn")
             with gr.Accordion("About D2NWG and p-diff here", open=False):
                 gr.Markdown(ABOUT, elem_id="weights-about")
         with gr.Column(scale=3, min_width=360):

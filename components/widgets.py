@@ -103,13 +103,19 @@ def field_input(cls, f: dataclasses.Field, options: Sequence | None = None,
     raise TypeError(f"no widget for field {f.name!r} of type {tp!r}")
 
 
+def run_buttons(action: str, run_id: str, stop_id: str) -> tuple[gr.Button, gr.Button]:
+    """A run button (wide, primary) and its Stop button, side by side."""
+    with gr.Row():
+        run_btn = gr.Button(action, variant="primary", scale=3, elem_id=run_id)
+        stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id=stop_id)
+    return run_btn, stop_btn
+
+
 def run_panel(action: str, run_id: str, prefix: str = "",
               gallery_label: str = "Images (PNG with parameters)") -> tuple[gr.Button, gr.Button, gr.Image, gr.Gallery]:
     """The run / Stop buttons, the streaming preview and the PNG gallery every image tab shows;
     element ids ``run_id``, ``{prefix}stop-btn``, ``{prefix}preview``, ``{prefix}gallery``."""
-    with gr.Row():
-        run_btn = gr.Button(action, variant="primary", scale=3, elem_id=run_id)
-        stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{prefix}stop-btn")
+    run_btn, stop_btn = run_buttons(action, run_id, f"{prefix}stop-btn")
     with gr.Row(equal_height=False):
         preview = gr.Image(label="Preview (predicted clean images while sampling)", type="pil",
                            interactive=False, height=320, elem_id=f"{prefix}preview")

@@ -430,3 +430,24 @@ def memorisation_scatter(rows: list[dict], spread: float, height: int = 300):
                       yaxis={"title": "prediction agreement", "range": [0, 1.02]},
                       margin={"l": 50, "r": 10, "t": 40, "b": 40})
     return fig
+
+
+DEBIAS_COLOURS = {"biased": "#7f7f7f", "debiased": "#2ca02c"}
+
+
+def colour_histograms(readouts: dict[str, dict], labels: dict[str, str], title: str = "", height: int = 300):
+    """Side-by-side bars: how many images of each model the judge reads in each colour of the world, and
+    "no such shape" (``readouts``: name -> :func:`studio.core.invdiff.colour_readout`'s dict)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, rd in readouts.items():
+        x = [*rd["counts"], "no such shape"]
+        y = [*rd["counts"].values(), rd["missing"]]
+        score = rd["bias_score"]
+        fig.add_trace(go.Bar(x=x, y=y, name=labels.get(name, name) + (f" (bias {score:.2f})" if score is not None else ""),
+                             marker_color=DEBIAS_COLOURS.get(name)))
+    fig.update_layout(title=title, barmode="group", height=height, template="plotly_white", yaxis_title="images",
+                      xaxis_title="colour the judge reads", margin={"l": 50, "r": 10, "t": 40, "b": 40},
+                      legend={"orientation": "h", "y": -0.35})
+    return fig

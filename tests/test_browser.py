@@ -445,3 +445,29 @@ def test_weights_generate_shows_the_histogram_the_curve_and_a_download_in_a_real
     expect(page.get_by_text("draw a digit on the canvas or upload images first").first).to_be_visible()
     expect(page.locator("#weights-own-info")).to_contain_text("1 example(s): 1 x 0")
     page.screenshot(path=str(tmp_path / "weights.png"), full_page=True)
+
+
+@pytest.fixture
+def debias_url(tiny_manager):
+    from tests.test_debias import with_tiny_debias
+
+    with serving_url(with_tiny_debias(tiny_manager)) as url:
+        yield url
+
+
+def test_debias_shows_both_grids_and_the_colour_histogram_in_a_real_browser(debias_url, browser):
+    """Two images per model on a tiny random InvDiff module: both grids, the histogram and the two PNGs appear; an
+    empty prompt gets a message."""
+    from playwright.sync_api import expect
+
+    page = open_tab(browser, debias_url, "Debias", height=1400)
+    set_number(page, "#debias-param-n_images", 2)
+    page.locator("#debias-run-btn").click()
+    expect(page.locator("#debias-info")).to_contain_text("InvDiff, r = 0.8", timeout=TIMEOUT_MS)
+    expect(page.locator("#debias-hist .js-plotly-plot")).to_be_visible()
+    for grid in ("#debias-biased img", "#debias-debiased img"):
+        expect(page.locator(grid).first).to_be_visible()
+    expect(page.locator("#debias-files a")).to_have_count(2)
+    page.locator("#debias-param-prompt textarea").fill("")
+    page.locator("#debias-run-btn").click()
+    expect(page.get_by_text("the prompt is empty").first).to_be_visible()

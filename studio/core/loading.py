@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import torch
 
 from studio.core import lazy
-from studio.core.models import DiffusionModel, NAGModel, SeriesDiffusion, WeightGenerator
+from studio.core.models import DiffusionModel, InvDiffModule, NAGModel, SeriesDiffusion, WeightGenerator
 from studio.threads import building
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -290,6 +290,15 @@ def _load_weightgen(folder: Path, info: dict) -> WeightGenerator:
     return WeightGenerator(folder.name, info["method"], nets, sched, tensors, info)
 
 
+def _load_invdiff(folder: Path, info: dict) -> InvDiffModule:
+    """InvDiff's ``delta/`` UNet and ``groups.safetensors`` (the soft groups and per-sample losses)."""
+    from safetensors.torch import load_file
+
+    delta = load_module_folder(folder / "delta")
+    check_weight_files(folder)
+    return InvDiffModule(folder.name, delta, load_file(folder / "groups.safetensors"), info)
+
+
 # studio.json ``kind`` -> loader(folder, info): the one table a new kind of model is added to
 LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "diffusion": _load_diffusion,
@@ -302,6 +311,7 @@ LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "nag": _load_nag,
     "probe": _load_probe,
     "weightgen": _load_weightgen,
+    "invdiff": _load_invdiff,
 }
 
 

@@ -161,6 +161,30 @@ def shapes_concept_hits(judge: torch.nn.Module, images: torch.Tensor, concepts: 
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
+@torch.no_grad()
+def shapes_colours_of(judge: torch.nn.Module, images: torch.Tensor, shape: str | None) -> list[str | None]:
+    """Per image, the colour the shapes judge reads on the first cell (reading order) that holds
+    ``shape`` (any object when None); None when it finds no such object (the asked shape is missing)."""
+    from studio.data.shapes import COLOURS, SHAPES
+
+    judge.eval()
+    s_cells, c_cells = judge.read(images.float())
+    hit = s_cells == SHAPES.index(shape) + 1 if shape is not None else s_cells > 0  # (B, 9)
+    first = hit.float().argmax(-1)
+    return [COLOURS[int(c_cells[i, first[i]])] if hit[i].any() else None for i in range(len(images))]
+
+
+def bias_score(counts) -> float:
+    """The bias score of InvDiff's ``src/utils/score/bias_score.py`` for one prompt's attribute counts
+    n_1..n_K: the sum over pairs i < j of |n_i - n_j| / N, divided by the K(K-1)/2 pairs. 0: balanced;
+    1: every image in one class."""
+    n = np.asarray(counts, dtype=np.float64)
+    k, total = len(n), n.sum()
+    if k < 2 or total == 0:
+        raise ValueError("the bias score needs at least two classes and one counted image")
+    return float(sum(abs(n[i] - n[j]) for i in range(k) for j in range(i + 1, k)) / total / (k * (k - 1) / 2))
+
+
 BACKGROUND_FRAME = 1          # the outermost ring of pixels is what background statistics read
 BACKGROUND_THRESHOLD = -0.3   # a frame pixel is background when its brightest channel is below this
 

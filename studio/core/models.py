@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 ModelKind = Literal["image", "series", "idempotent", "nag", "judge", "classifier", "experts", "text-encoder",
-                    "probe", "weightgen", "other"]
+                    "probe", "weightgen", "invdiff", "other"]
 
 
 def model_kind(info: dict) -> ModelKind:
@@ -36,7 +36,7 @@ def model_kind(info: dict) -> ModelKind:
     if kind == "diffusion":
         return "series" if info.get("domain") == "series" else "image"
     return kind if kind in ("idempotent", "nag", "judge", "classifier", "experts", "text-encoder", "probe",
-                                   "weightgen") else "other"
+                                   "weightgen", "invdiff") else "other"
 
 
 @dataclass
@@ -192,3 +192,20 @@ class WeightGenerator:
         seen = set(self.info["tasks"])
         rows = [i for i, t in enumerate(self.info["checkpoint_tasks"]) if t in seen]
         return self.tensors["checkpoints"][rows], [self.info["checkpoint_tasks"][i] for i in rows]
+
+
+@dataclass
+class InvDiffModule:
+    """A zoo ``invdiff`` entry: InvDiff's trained ``delta`` UNet, whose prediction is mixed into its
+    frozen biased base model's (``info["base"]``) as ``r * delta + (1 - r) * eps_b``
+    (:func:`studio.core.invdiff.mix`), and the MAX step's output it was trained with (``groups``:
+    ``weights`` (n, G) soft groups, ``loss_latents`` / ``loss_targets`` (n,) per-sample losses)."""
+
+    name: str
+    delta: torch.nn.Module
+    groups: dict[str, torch.Tensor]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:  # what the manager sizes and fingerprints
+        return {"delta": self.delta}

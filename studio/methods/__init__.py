@@ -64,6 +64,7 @@ METHODS: tuple[Method, ...] = (
     Method("theory", "Theory", ("image",), "components.theory_tab.build_theory_tab"),
     Method("train", "Train", ("image",), "components.train_tab.build_train_tab"),
     Method("weights", "Weights", ("weightgen",), "components.weights_tab.build_weights_tab"),
+    Method("debias", "Debias", ("invdiff",), "components.debias_tab.build_debias_tab"),
 )
 
 

@@ -13,7 +13,9 @@ CONTRASTIVE = ("clip-shapes",)
 PROBE = ("probe-digits",)
 ENCODERS = ("simclr-digits",)
 WEIGHTGEN = ("pdiff-digits", "d2nwg-digits")
-ALL = DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG + CONTRASTIVE + PROBE + ENCODERS + WEIGHTGEN
+DEBIAS = ("shapes-biased", "invdiff-shapes")
+ALL = (DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG + CONTRASTIVE + PROBE + ENCODERS + WEIGHTGEN
+       + DEBIAS)
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0,
@@ -22,8 +24,10 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
     (diffusion recipes): continue from the shipped weights when ``runs/`` has no checkpoint;
     ``variant``: a side-by-side run of one recipe change, kept in ``runs/`` (shapes-t2i: its recipe
     variants; digits-cond: the objectives of ``diffusion.DIGITS_VARIANTS``)."""
-    if (resume_from_zoo or variant) and name not in DIFFUSION:
-        raise ValueError(f"--resume-from-zoo and --variant are for {', '.join(DIFFUSION)}")
+    if variant and name not in DIFFUSION:
+        raise ValueError(f"--variant is for {', '.join(DIFFUSION)}")
+    if resume_from_zoo and name not in DIFFUSION + DEBIAS:
+        raise ValueError(f"--resume-from-zoo is for {', '.join(DIFFUSION + DEBIAS)}")
     if name in DIFFUSION:
         from studio.train import diffusion
 
@@ -79,4 +83,8 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
         from studio.train import weightgen
 
         return weightgen.train(name, seed=seed, steps=steps)
+    if name in DEBIAS:
+        from studio.train import invdiff
+
+        return invdiff.train(name, seed=seed, steps=steps, minutes=minutes, resume_from_zoo=resume_from_zoo)
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")

@@ -246,30 +246,19 @@ JOINED_LR = 3e-4  # peak lr of the fine-tune (the base recipe's was 1e-3)
 JOINED_MAX_TOKENS = 48  # three joined full captions use at most 28 word pieces (measured)
 
 
-class ShapesJoinedRecipe(ShapesRecipe):
-    """``shapes-t2i-joined``: the shipped ``shapes-t2i`` fine-tuned for ``steps`` steps (not trained
-    from scratch) on the same scenes, where ``joined_share`` of the captions join the captions of
-    two or three of the scene's objects ("a red circle at the top and a blue square at the left").
+class ShapesFineTune(ShapesRecipe):
+    """A fine-tune of the shipped ``shapes-t2i`` (not trained from scratch): it keeps the objective and
+    sampler config the shipped model was trained with, starts from its EMA weights (read, never
+    written) and encodes captions on the fly (padded to ``JOINED_MAX_TOKENS``; padding masked out).
+    Subclasses set the name and draw the batches."""
 
-    It is the Compose benchmark's fair text baseline: a model that has seen multi-object captions,
-    so "compose AND vs the joined caption" asks the paper's question rather than one the baseline
-    cannot answer. Scenes are drawn with ``exclude=HELD_OUT_PAIRS`` as before, so no joined caption
-    ever names both kinds of a held-out pair (checked per caption). The rest of the captions follow
-    the base recipe (10% empty, 20% partial, else one full object caption). Captions are encoded
-    on the fly (padded to ``JOINED_MAX_TOKENS``; padding is masked out). The shipped weights are
-    read, never written: the run lives in ``runs/shapes-t2i-joined`` and is not exported to the zoo.
-    """
-
-    def __init__(self, steps: int = 300, joined_share: float = JOINED_SHARE):
+    def __init__(self, name: str, steps: int, lr: float = JOINED_LR, warmup: int = 20, **info):
         super().__init__(steps)
-        # a fine-tune of the shipped model keeps the objective and sampler config it was trained with
         for key, value in shipped_objective("shapes-t2i").items():
             setattr(self, key, value)
         self.info["prediction_type"] = self.prediction_type
-        self.name, self.lr, self.init_from, self.warmup = "shapes-t2i-joined", JOINED_LR, "shapes-t2i", 20
-        self.joined_share = joined_share
-        self.info = {**self.info, "fine_tune_of": "shapes-t2i", "fine_tune_steps": steps,
-                     "joined_share": joined_share}
+        self.name, self.lr, self.init_from, self.warmup = name, lr, "shapes-t2i", warmup
+        self.info = {**self.info, "fine_tune_of": "shapes-t2i", "fine_tune_steps": steps, **info}
         from studio.data import text
 
         self.text, self.encoder, self.cache = text, text.load_text_encoder(), {}
@@ -283,6 +272,24 @@ class ShapesJoinedRecipe(ShapesRecipe):
         h, m, p = zip(*(self.cache[c] for c in caps))
         return {"encoder_hidden_states": torch.stack(h), "encoder_attention_mask": torch.stack(m),
                 "class_labels": torch.stack(p)}
+
+
+class ShapesJoinedRecipe(ShapesFineTune):
+    """``shapes-t2i-joined``: the shipped ``shapes-t2i`` fine-tuned for ``steps`` steps on the same
+    scenes, where ``joined_share`` of the captions join the captions of two or three of the scene's
+    objects ("a red circle at the top and a blue square at the left").
+
+    It is the Compose benchmark's fair text baseline: a model that has seen multi-object captions,
+    so "compose AND vs the joined caption" asks the paper's question rather than one the baseline
+    cannot answer. Scenes are drawn with ``exclude=HELD_OUT_PAIRS`` as before, so no joined caption
+    ever names both kinds of a held-out pair (checked per caption). The rest of the captions follow
+    the base recipe (10% empty, 20% partial, else one full object caption). The run lives in
+    ``runs/shapes-t2i-joined`` and is not exported to the zoo.
+    """
+
+    def __init__(self, steps: int = 300, joined_share: float = JOINED_SHARE):
+        super().__init__("shapes-t2i-joined", steps, joined_share=joined_share)
+        self.joined_share = joined_share
 
     def scenes_and_captions(self, rng: np.random.Generator) -> tuple[list[shapes.Scene], list[str]]:
         """One batch: ``joined_share`` of the captions join 2 or 3 objects of a 2- or 3-object scene."""

@@ -1,0 +1,306 @@
+"""InvDiff on the biased shapes world: does it lower the bias without bias labels, at what cost in quality?
+
+Rows (every delta trained by :func:`studio.train.invdiff.train_delta`: the same biased model, delta
+initialisation, steps, batch, optimiser, caption dropout, timesteps and seeds; only the groups and
+lambda differ):
+
+* ``shapes-t2i``: the model before the biased fine-tune (context: the world's unbiased model);
+* **biased**: ``shapes-biased`` alone (r = 0);
+* **prompting**: the biased model asked "a red or blue circle" (the issue's prompt baseline);
+* **InvDiff** (``invdiff-shapes``, the zoo's: groups inferred from the losses against the clean images,
+  as the official grouper reads them), at r = 0.5, 0.8 (the official scripts' value) and 1.0;
+* **InvDiff, grouper on the training targets** (the notes' flag: the official grouper compares the
+  prediction with the latents, not with the noise targets the model was trained on), r = 0.8;
+* **oracle**: hard groups from the true attribute (triangle / majority colour / minority colour), lambda 1;
+* **reweighting**: InvDiff's inferred groups, lambda 0 (group means averaged, the variance term off);
+* **plain delta**: one group (the group loss off: delta fine-tuned on the biased data with the mix),
+  the ablation that isolates InvDiff's idea from "train a second module".
+
+Measured, for each row, with the report seeds (image i of a prompt from noise seed 90,000 + i):
+
+* the **bias score** (the official formula over red / blue, 0 balanced) of "a circle" and "a square",
+  128 images each, read by the shapes judge (trained on the unbiased world by neither model); 95%
+  bootstrap intervals over the seeds, and each row minus the biased model paired on the seeds;
+* **judge accuracy** on the four coloured prompts ("a red circle", "a blue circle", "a red square",
+  "a blue square"; 64 images each): does the model still draw what is asked, the minority pairs included;
+* **FD-shapes** of those 256 images against 1,024 real renders of the same four concepts (``fd-shapes``
+  features; a toy-scale Frechet distance, not FID), paired with the biased model's;
+* the inferred groups' purity and NMI against the true attribute (both grouper targets).
+
+Nothing is chosen on the report seeds: r is reported as a grid, 0.8 fixed beforehand as the official
+value; no other setting was tuned. ``python benchmarks/bench_debias.py`` trains what is missing
+(resumable, ``runs/bench-debias-*``; about 15 minutes per delta on 2 cores), then writes
+``benchmarks/results/debias.json`` / ``.md``; ``--only ROW ...`` measures those rows
+only (training a missing module; every row is cached on its own under ``runs/bench-debias/``, so two
+invocations on one thread each share the work); ``--quick`` is a smoke run (a few steps and images, nothing
+written to results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from studio.core import invdiff as I
+from studio.core.loading import load_zoo
+from studio.core.metrics import (bias_score, bootstrap_mean, features, frechet_features,
+                                 frechet_paired_difference)
+from studio.data import biased_shapes as B
+from studio.data import shapes
+from studio.train import invdiff as T
+from studio.train.common import RUNS_DIR, machine_description
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+REPORT_SEED, N_BIAS, N_COLOURED, N_REAL = 90_000, 128, 64, 1024
+COLOURED = ("a red circle", "a blue circle", "a red square", "a blue square")
+PROMPTING = {"a circle": "a red or blue circle", "a square": "a red or blue square"}
+RATIOS = (0.5, 0.8, 1.0)
+DELTAS = ("targets", "oracle", "reweight", "plain")  # trained here; "latents" is the zoo's invdiff-shapes
+ROWS = ("shapes-t2i", "biased", "prompting", *(f"invdiff-{r:g}" for r in RATIOS), *DELTAS)
+LABELS = {"shapes-t2i": "shapes-t2i (before the biased fine-tune; context)", "biased": "biased model (r = 0)",
+          "prompting": "biased model, prompt 'a red or blue ...'",
+          "targets": "InvDiff, grouper on the training targets, r = 0.8",
+          "oracle": "oracle: hard groups from the true attribute, r = 0.8",
+          "reweight": "reweighting: inferred groups, lambda 0, r = 0.8",
+          "plain": "plain delta: one group (the group loss off), r = 0.8",
+          **{f"invdiff-{r:g}": f"InvDiff (zoo, grouper on the clean images), r = {r:g}" for r in RATIOS}}
+
+
+def delta_weights(row: str, dm, data: B.BiasedSet) -> tuple[torch.Tensor, float]:
+    """(soft group weights (n, G), lambda) of a trained-here row."""
+    if row == "targets":
+        return T.groups_for(dm, data, target="targets")["weights"], T.LAMBDA
+    if row == "oracle":
+        return torch.nn.functional.one_hot(torch.from_numpy(data.true_groups), 3).float(), T.LAMBDA
+    if row == "reweight":
+        return T.groups_for(dm, data)["weights"], 0.0
+    if row == "plain":
+        return torch.ones(len(data), 1), T.LAMBDA
+    raise ValueError(f"unknown row {row!r}; choose from {', '.join(DELTAS)}")
+
+
+def train_row(row: str, steps: int = T.DELTA_STEPS) -> torch.nn.Module:
+    dm, data = load_zoo("shapes-biased"), B.training_set()
+    weights, lam = delta_weights(row, dm, data)
+    delta, _ = T.train_delta(dm, data, weights, lam=lam, steps=steps, run=f"bench-debias-{row}")
+    return delta
+
+
+def conditions(prompts: list[str], n: int) -> tuple[dict, dict]:
+    cond = T.caption_conditions([p for p in prompts for _ in range(n)] + [""] * (n * len(prompts)))
+    k = n * len(prompts)
+    return {key: v[:k] for key, v in cond.items()}, {key: v[k:] for key, v in cond.items()}
+
+
+@torch.no_grad()
+def draw(dm, delta, r: float, prompts: list[str], n: int, seed: int = REPORT_SEED) -> torch.Tensor:
+    """(len(prompts) * n, 3, 32, 32): prompt j's image i from noise seed ``seed + i`` (the model's default sampler)."""
+    from studio.core.sampling import run_to_end
+
+    c, u = conditions(prompts, n)
+    seeds = [seed + i for _ in prompts for i in range(n)]
+    return run_to_end(I.sample(dm, delta, r, c, u, seeds, guidance=float(dm.info.get("default_guidance", 2.0)),
+                               scheduler=dm.info.get("default_scheduler", "dpm++"),
+                               steps=int(dm.info.get("default_steps", 15))))
+
+
+def colours(judge, images: torch.Tensor, shape: str) -> list[str | None]:
+    from studio.core.metrics import shapes_colours_of
+
+    return shapes_colours_of(judge, images, shape)
+
+
+def bias_of(cols: list[str | None]) -> float | None:
+    among = [cols.count(c) for c in B.PROMPT_COLOURS]
+    return bias_score(among) if sum(among) else None
+
+
+def bias_estimate(per_prompt: dict[str, list], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean bias score over the prompts, with a percentile bootstrap over seeds (one resample of seed
+    indices shared by the prompts)."""
+    n = len(next(iter(per_prompt.values())))
+    value = float(np.mean([bias_of(c) for c in per_prompt.values()]))
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, n, n)
+        scores = [bias_of([c[j] for j in i]) for c in per_prompt.values()]
+        boots.append(np.mean([s for s in scores if s is not None]))
+    return {"value": value, "low": float(np.quantile(boots, 0.025)), "high": float(np.quantile(boots, 0.975))}
+
+
+def bias_difference(a: dict[str, list], b: dict[str, list], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean bias score of ``b`` minus ``a``, paired on the seeds."""
+    n = len(next(iter(a.values())))
+    mean = lambda d, i: np.mean([bias_of([c[j] for j in i]) for c in d.values()])  # noqa: E731
+    every = np.arange(n)
+    value = float(mean(b, every) - mean(a, every))
+    rng = np.random.default_rng(seed)
+    boots = [mean(b, i) - mean(a, i) for i in (rng.integers(0, n, n) for _ in range(n_boot))]
+    return {"value": value, "low": float(np.quantile(boots, 0.025)), "high": float(np.quantile(boots, 0.975))}
+
+
+def real_coloured(n: int = N_REAL, seed: int = 7) -> torch.Tensor:
+    """Real renders of the four coloured concepts in random regions, ``n`` in all (the FD reference)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        shape, colour = COLOURED[k % len(COLOURED)].split()[2], COLOURED[k % len(COLOURED)].split()[1]
+        obj = shapes.random_scene(rng, n_objects=1).objects[0]
+        obj = shapes.ShapeObject(shape, colour, obj.region, obj.cx, obj.cy, obj.radius)
+        out.append(shapes.render(shapes.Scene((obj,))))
+    return shapes.to_model_range(np.stack(out).transpose(0, 3, 1, 2).copy())
+
+
+def measure(dm, delta, r: float, judge, fdnet, n_bias: int, n_col: int, prompts: dict[str, str] | None = None) -> dict:
+    """One row: colours per bias prompt (``prompts`` maps "a circle" to what is asked instead), judge hits
+    on the coloured prompts, their fd-shapes features."""
+    asked = prompts or {p: p for p in B.PROMPTS}
+    x = draw(dm, delta, r, list(asked.values()), n_bias)
+    cols = {p: colours(judge, x[k * n_bias:(k + 1) * n_bias], p.split()[-1]) for k, p in enumerate(asked)}
+    y = draw(dm, delta, r, list(COLOURED), n_col)
+    from studio.core.metrics import shapes_concept_hits
+
+    concepts = [shapes.parse_concept(p) for p in COLOURED for _ in range(n_col)]
+    hits = shapes_concept_hits(judge, y, concepts)["shape_colour"]
+    return {"colours": cols, "hits": hits.tolist(), "features": features(fdnet, y).tolist()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", "--train", nargs="*", choices=ROWS, dest="only",
+                    help="only measure these rows (training a module that is missing; each row cached on its own), "
+                         "then stop: two invocations on one thread each share the work")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 4 training steps, 8 images, no results")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    steps, n_bias, n_col = (4, 8, 4) if args.quick else (T.DELTA_STEPS, N_BIAS, N_COLOURED)
+    cache = RUNS_DIR / ("bench-debias-quick" if args.quick else "bench-debias")
+    biased, judge, fdnet = load_zoo("shapes-biased"), load_zoo("judge-shapes"), load_zoo("fd-shapes")
+
+    def row_of(name: str, plan) -> dict:
+        """A row's measurement, cached in its own file (two invocations may measure side by side)."""
+        path = cache / f"row-{name}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        dm, delta, r, prompts = plan()
+        print(f"measuring {name}", file=sys.stderr)
+        out = measure(dm, delta, r, judge, fdnet, n_bias, n_col, prompts)
+        cache.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out))
+        return out
+
+    def trained(row: str):
+        if args.quick:  # the smoke run trains a few steps into runs of its own
+            weights, lam = delta_weights(row, biased, B.training_set())
+            delta = T.train_delta(biased, B.training_set(), weights, lam=lam, steps=steps,
+                                  run=f"bench-debias-quick-{row}")[0]
+        else:
+            delta = train_row(row)
+        return biased, delta, T.RATIO, None
+
+    zoo_delta = lambda: load_zoo("invdiff-shapes").delta  # noqa: E731
+    plans = {"shapes-t2i": lambda: (load_zoo("shapes-t2i"), None, 0.0, None), "biased": lambda: (biased, None, 0.0, None),
+             "prompting": lambda: (biased, None, 0.0, PROMPTING),
+             **{f"invdiff-{r:g}": (lambda r=r: (biased, zoo_delta(), r, None)) for r in RATIOS},
+             **{row: (lambda row=row: trained(row)) for row in DELTAS}}
+    if args.only:
+        for name in args.only:
+            row_of(name, plans[name])
+        return
+    rows = {name: row_of(name, plan) for name, plan in plans.items()}
+    real = features(fdnet, real_coloured(n_col * 16 if args.quick else N_REAL))
+    grouping = {t: I.purity(T.groups_for(biased, B.training_set(), target=t)["weights"], B.training_set().true_groups)
+                for t in I.GROUPER_TARGETS}
+    summary = summarise(rows, real, grouping)
+    summary["minutes"] = round((time.time() - t0) / 60, 1)
+    summary["machine"] = machine_description()
+    print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=1))
+    if args.quick:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "debias.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (RESULTS / "debias.md").write_text(markdown(summary) + "\n")
+
+
+def summarise(rows: dict, real: np.ndarray, grouping: dict) -> dict:
+    base = rows["biased"]
+    out = {}
+    for row, m in rows.items():
+        hits = np.asarray(m["hits"])
+        feats = np.asarray(m["features"])
+        fd = frechet_features(feats, real)
+        per_prompt = {p: {c: cols.count(c) for c in shapes.COLOURS + (None,)} for p, cols in m["colours"].items()}
+        out[row] = {
+            "label": LABELS[row], "counts": {p: {str(k): v for k, v in c.items()} for p, c in per_prompt.items()},
+            "bias": bias_estimate(m["colours"]),
+            "bias_minus_biased": None if row == "biased" else bias_difference(base["colours"], m["colours"]),
+            "shape_found": float(np.mean([c is not None for cols in m["colours"].values() for c in cols])),
+            "coloured_accuracy": vars_of(bootstrap_mean(hits)),
+            "coloured_accuracy_minus_biased": None if row == "biased" else vars_of(  # paired on the seeds
+                bootstrap_mean(hits - np.asarray(base["hits"]))),
+            "fd": {"value": fd.value, "low": fd.low, "high": fd.high},
+            "fd_minus_biased": None if row == "biased" else vars_of(
+                frechet_paired_difference(real, np.asarray(base["features"]), feats)),
+        }
+    return {"rows": out, "grouping": grouping,
+            "report_seeds": f"{REPORT_SEED} + i", "n_bias": len(next(iter(base["colours"].values()))),
+            "n_coloured": len(base["hits"]) // len(COLOURED)}
+
+
+def vars_of(e) -> dict:
+    return {"value": e.value, "low": e.low, "high": e.high}
+
+
+def fmt(e: dict | None, signed: bool = False) -> str:
+    if e is None:
+        return "-"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    text = f"{f.format(e['value'])} [{f.format(e['low'])}, {f.format(e['high'])}]"
+    return text + (" no difference" if signed and e["low"] <= 0 <= e["high"] else "")
+
+
+def markdown(s: dict) -> str:
+    lines = [f"Machine: {s['machine']}; {s['minutes']} min this invocation (rows cached under runs/bench-debias/ "
+             "were read, not re-run).", "",
+             f"Report seeds: image i of each prompt from noise seed {s['report_seeds']}; {s['n_bias']} images per bias "
+             f"prompt ('a circle', 'a square'), {s['n_coloured']} per coloured prompt. Nothing was chosen on them: r is "
+             "a grid, 0.8 the official value fixed beforehand. Intervals: 95% bootstrap over the seeds; differences "
+             "paired on the seeds; an interval covering zero is *no difference*. FD-shapes is a Frechet distance on "
+             "the studio's `fd-shapes` features against 1,024 real renders of the four coloured concepts: a toy-scale "
+             "figure, not FID.", "",
+             "| row | bias score (mean of circle, square) | minus biased | shape found | judge accuracy, coloured prompts "
+             "| minus biased | FD-shapes | minus biased |", "|---|---|---|---|---|---|---|---|"]
+    for row in s["rows"].values():
+        lines.append(f"| {row['label']} | {fmt(row['bias'])} | {fmt(row['bias_minus_biased'], True)} | "
+                     f"{row['shape_found']:.3f} | {fmt(row['coloured_accuracy'])} | "
+                     f"{fmt(row['coloured_accuracy_minus_biased'], True)} | {fmt(row['fd'])} | "
+                     f"{fmt(row['fd_minus_biased'], True)} |")
+    lines += ["", "Colours the judge reads (red / blue / other colours / no such shape):", "",
+              "| row | a circle | a square |", "|---|---|---|"]
+    for row in s["rows"].values():
+        cells = []
+        for p in B.PROMPTS:
+            c = row["counts"][p]
+            other = sum(v for k, v in c.items() if k not in ("red", "blue", "None"))
+            cells.append(f"{c['red']} / {c['blue']} / {other} / {c['None']}")
+        lines.append(f"| {row['label']} | {' | '.join(cells)} |")
+    lines += ["", "Inferred groups (argmax of the soft weights, 8 groups, alpha 3) against the true attribute "
+              "(triangle / majority colour / minority colour; measured only):", "",
+              "| grouper target | purity | NMI | largest share of the minority in one group |", "|---|---|---|---|"]
+    for t, g in s["grouping"].items():
+        best = max(g["groups"].values(), key=lambda v: v.get("2", 0.0))
+        lines.append(f"| {t} | {g['purity']:.3f} | {g['nmi']:.3f} | {best.get('2', 0.0):.0%} of a group of "
+                     f"{best['size']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
