@@ -19,11 +19,11 @@ lambda differ):
 Measured, for each row, with the report seeds (image i of a prompt from noise seed 90,000 + i):
 
 * the **bias score** (the official formula over red / blue, 0 balanced) of "a circle" and "a square",
-  128 images each, read by the shapes judge (trained on the unbiased world by neither model); 95%
+  64 images each, read by the shapes judge (trained on the unbiased world by neither model); 95%
   bootstrap intervals over the seeds, and each row minus the biased model paired on the seeds;
 * **judge accuracy** on the four coloured prompts ("a red circle", "a blue circle", "a red square",
-  "a blue square"; 64 images each): does the model still draw what is asked, the minority pairs included;
-* **FD-shapes** of those 256 images against 1,024 real renders of the same four concepts (``fd-shapes``
+  "a blue square"; 32 images each): does the model still draw what is asked, the minority pairs included;
+* **FD-shapes** of those 128 images against 1,024 real renders of the same four concepts (``fd-shapes``
   features; a toy-scale Frechet distance, not FID), paired with the biased model's;
 * the inferred groups' purity and NMI against the true attribute (both grouper targets).
 
@@ -58,7 +58,7 @@ from studio.train.common import RUNS_DIR, machine_description
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-REPORT_SEED, N_BIAS, N_COLOURED, N_REAL = 90_000, 128, 64, 1024
+REPORT_SEED, N_BIAS, N_COLOURED, N_REAL = 90_000, 64, 32, 1024
 COLOURED = ("a red circle", "a blue circle", "a red square", "a blue square")
 PROMPTING = {"a circle": "a red or blue circle", "a square": "a red or blue square"}
 RATIOS = (0.5, 0.8, 1.0)
