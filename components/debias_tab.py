@@ -28,7 +28,9 @@ ABOUT = (
     "(0: balanced, 1: one colour). Triangles carry no bias (the control). Deviations at this scale "
     "(`docs/debias.md`): a 32 x 32 shapes world instead of Stable Diffusion on CelebA / Waterbirds, CPU-sized "
     "training, 10% of the captions emptied while training delta so that the unconditional branch of "
-    "classifier-free guidance is debiased too.")
+    "classifier-free guidance is debiased too. **Measured here** (`docs/debias.md`): the groups the official "
+    "grouper infers do not follow the colour (NMI 0.002) and the bias stays (1.00 at r = 0.8, 0.98 for the biased "
+    "model); trained the same way on the true groups (the benchmark's oracle, not shipped) delta lowers it to 0.35.")
 GROUP_COLUMNS = ["group", "images", "triangle", "majority colour", "minority colour"]
 
 

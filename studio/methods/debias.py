@@ -15,6 +15,10 @@ generator trained), and reports the colour histogram and the bias score of each,
 on what the prompt asks, and the purity of the inferred groups against the true attribute (measured
 only; InvDiff never sees it).
 
+Measured (``benchmarks/bench_debias.py``, docs/debias.md): the shipped module, whose groups come from the
+official grouper, does not lower the bias at this scale (its groups do not follow the colour); the same
+MIN step on the true groups (the benchmark's oracle) does.
+
 Deviations at this scale (docs/debias.md): a 32 x 32 shapes world and its own small text-to-image
 model instead of Stable Diffusion on CelebA / Waterbirds; delta is trained for CPU-sized steps; 10%
 of the captions emptied while training delta (the official script keeps every caption) so that the
