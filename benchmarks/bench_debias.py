@@ -122,29 +122,32 @@ def bias_of(cols: list[str | None]) -> float | None:
     return bias_score(among) if sum(among) else None
 
 
+def mean_bias(per_prompt: dict[str, list], idx) -> float:
+    """Mean bias score over the prompts of the images ``idx`` (a prompt with no red or blue image left out;
+    nan when none has one)."""
+    scores = [bias_of([c[j] for j in idx]) for c in per_prompt.values()]
+    scores = [v for v in scores if v is not None]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 def bias_estimate(per_prompt: dict[str, list], n_boot: int = 1000, seed: int = 0) -> dict:
     """Mean bias score over the prompts, with a percentile bootstrap over seeds (one resample of seed
     indices shared by the prompts)."""
     n = len(next(iter(per_prompt.values())))
-    value = float(np.mean([bias_of(c) for c in per_prompt.values()]))
     rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        i = rng.integers(0, n, n)
-        scores = [bias_of([c[j] for j in i]) for c in per_prompt.values()]
-        boots.append(np.mean([s for s in scores if s is not None]))
-    return {"value": value, "low": float(np.quantile(boots, 0.025)), "high": float(np.quantile(boots, 0.975))}
+    boots = [mean_bias(per_prompt, rng.integers(0, n, n)) for _ in range(n_boot)]
+    return {"value": mean_bias(per_prompt, np.arange(n)), "low": float(np.nanquantile(boots, 0.025)),
+            "high": float(np.nanquantile(boots, 0.975))}
 
 
 def bias_difference(a: dict[str, list], b: dict[str, list], n_boot: int = 1000, seed: int = 0) -> dict:
     """Mean bias score of ``b`` minus ``a``, paired on the seeds."""
     n = len(next(iter(a.values())))
-    mean = lambda d, i: np.mean([bias_of([c[j] for j in i]) for c in d.values()])  # noqa: E731
-    every = np.arange(n)
-    value = float(mean(b, every) - mean(a, every))
     rng = np.random.default_rng(seed)
-    boots = [mean(b, i) - mean(a, i) for i in (rng.integers(0, n, n) for _ in range(n_boot))]
-    return {"value": value, "low": float(np.quantile(boots, 0.025)), "high": float(np.quantile(boots, 0.975))}
+    boots = [mean_bias(b, i) - mean_bias(a, i) for i in (rng.integers(0, n, n) for _ in range(n_boot))]
+    every = np.arange(n)
+    return {"value": mean_bias(b, every) - mean_bias(a, every), "low": float(np.nanquantile(boots, 0.025)),
+            "high": float(np.nanquantile(boots, 0.975))}
 
 
 def real_coloured(n: int = N_REAL, seed: int = 7) -> torch.Tensor:
