@@ -274,7 +274,7 @@ def markdown(s: dict) -> str:
     lines = [f"Machine: {s['machine']}; {s['minutes']} min this invocation (rows cached under runs/bench-debias/ "
              "were read, not re-run).", "",
              f"Report seeds: image i of each prompt from noise seed {s['report_seeds']}; {s['n_bias']} images per bias "
-             f"prompt ('a circle', 'a square'), {s['n_coloured']} per coloured prompt. Nothing was chosen on them: r is "
+             f"prompt ('a circle', 'a square'), {s['n_coloured']} per coloured prompt. Selection set: none, because nothing was chosen (no setting was tuned on any seeds): r is "
              "a grid, 0.8 the official value fixed beforehand. Intervals: 95% bootstrap over the seeds; differences "
              "paired on the seeds; an interval covering zero is *no difference*. FD-shapes is a Frechet distance on "
              "the studio's `fd-shapes` features against 1,024 real renders of the four coloured concepts: a toy-scale "

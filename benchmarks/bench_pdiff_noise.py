@@ -98,7 +98,7 @@ def _ci(v) -> str:
 def markdown(r: dict) -> str:
     lines = [f"Machine: {r['machine']}, {r['date']}; one thread; this invocation {r['minutes']:.1f} min. "
              f"Draws {', '.join(map(str, r['draws']))} x 32 models per sampler and setting; accuracy on the task's "
-             "test split. Intervals: 95% unpaired bootstrap; an interval covering zero is *no difference*.", "",
+             "test split. Selection set: none; nothing is chosen (both latent noises are reported, 0.1 being the official default fixed beforehand). Intervals: 95% unpaired bootstrap; an interval covering zero is *no difference*.", "",
              "| task | sampler | latent noise | checkpoints: mean | generated: mean / best | share > 99% agreement "
              "| distance median (two checkpoints) |", "|---|---|---|---|---|---|---|"]
     for t, row in r["tasks"].items():
