@@ -50,7 +50,7 @@ import torch
 from studio.core import invdiff as I
 from studio.core.loading import load_zoo
 from studio.core.metrics import (bias_score, bootstrap_mean, features, frechet_features,
-                                 frechet_paired_difference)
+                                 frechet_paired_difference, shapes_colours_of)
 from studio.data import biased_shapes as B
 from studio.data import shapes
 from studio.train import invdiff as T
@@ -111,12 +111,6 @@ def draw(dm, delta, r: float, prompts: list[str], n: int, seed: int = REPORT_SEE
                                steps=int(dm.info.get("default_steps", 15))))
 
 
-def colours(judge, images: torch.Tensor, shape: str) -> list[str | None]:
-    from studio.core.metrics import shapes_colours_of
-
-    return shapes_colours_of(judge, images, shape)
-
-
 def bias_of(cols: list[str | None]) -> float | None:
     among = [cols.count(c) for c in B.PROMPT_COLOURS]
     return bias_score(among) if sum(among) else None
@@ -167,7 +161,7 @@ def measure(dm, delta, r: float, judge, fdnet, n_bias: int, n_col: int, prompts:
     on the coloured prompts, their fd-shapes features."""
     asked = prompts or {p: p for p in B.PROMPTS}
     x = draw(dm, delta, r, list(asked.values()), n_bias)
-    cols = {p: colours(judge, x[k * n_bias:(k + 1) * n_bias], p.split()[-1]) for k, p in enumerate(asked)}
+    cols = {p: shapes_colours_of(judge, x[k * n_bias:(k + 1) * n_bias], p.split()[-1]) for k, p in enumerate(asked)}
     y = draw(dm, delta, r, list(COLOURED), n_col)
     from studio.core.metrics import shapes_concept_hits
 
