@@ -5,7 +5,8 @@ A tuned model is its base model (a manager key) with a tuned copy of the base's 
 ``tuned.json`` (the run's parameters: ``method``, ``base``, ``weights``, ``lora_rank``, ...). What the
 tensors are depends on ``weights``: ``lora`` (the default, also for files saved before it existed),
 the LoRA factors alone (:mod:`studio.nets.lora`); ``sara``, the changed entries only
-(:func:`studio.nets.sparse.apply_sparse`); ``full``, the whole UNet state. The name is a manager key, so it is checked
+(:func:`studio.nets.sparse.apply_sparse`); ``full``, the whole UNet state; ``var-subject`` (the Subject
+tab), a VAR transformer's tuned tensors and the placeholder block (:func:`studio.core.var.subject_state`). The name is a manager key, so it is checked
 (:func:`check_name`) and never becomes a path outside ``root``. Messages name the model, never a
 folder. Methods that tune (Tune's PSO) pass plain data here: a state dict, a parameters dict, a
 base key.
@@ -75,6 +76,10 @@ def load_tuned(folder: Path, base: DiffusionModel) -> DiffusionModel:
     meta = json.loads((folder / "tuned.json").read_text())
     state = load_file(folder / "adapter.safetensors")
     kind = meta.get("weights", "lora")
+    if kind == "var-subject":  # the Subject tab's: a VAR model's tuned layers and placeholder block
+        from studio.core.var import apply_subject_state
+
+        return apply_subject_state(base, state, {"tuned_from": meta["base"], "subject": meta}, folder.name)
     if kind == "lora":
         unet = load_lora(base.unet, state, int(meta["lora_rank"]))
     elif kind == "sara":

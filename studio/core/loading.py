@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import torch
 
 from studio.core import lazy
-from studio.core.models import DiffusionModel, InvDiffModule, NAGModel, SeriesDiffusion, WeightGenerator
+from studio.core.models import DiffusionModel, InvDiffModule, NAGModel, SeriesDiffusion, VARModel, WeightGenerator
 from studio.threads import building
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -134,6 +134,7 @@ NET_MODULES: dict[str, tuple[str, ...]] = {
     "studio.nets.contrastive": ("ShapesCLIP",),
     "studio.nets.ssl": ("DigitsSSLEncoder",),
     "studio.nets.unets": ("SelfCondUNet2DModel",),
+    "studio.nets.var": ("MultiScaleVQ", "NextScaleTransformer"),
     "studio.nets.weightgen": ("ParamAutoencoder", "LatentDenoiser", "WeightVAE", "DatasetEncoder",
                               "ConditionalLatentUNet"),
 }
@@ -299,6 +300,12 @@ def _load_invdiff(folder: Path, info: dict) -> InvDiffModule:
     return InvDiffModule(folder.name, delta, load_file(folder / "groups.safetensors"), info)
 
 
+def _load_var(folder: Path, info: dict) -> VARModel:
+    """VAR's ``tokenizer/`` and ``transformer/``."""
+    return VARModel(folder.name, load_module_folder(folder / "tokenizer"), load_module_folder(folder / "transformer"),
+                    info)
+
+
 # studio.json ``kind`` -> loader(folder, info): the one table a new kind of model is added to
 LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "diffusion": _load_diffusion,
@@ -312,6 +319,7 @@ LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "probe": _load_probe,
     "weightgen": _load_weightgen,
     "invdiff": _load_invdiff,
+    "var": _load_var,
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 ModelKind = Literal["image", "series", "idempotent", "nag", "judge", "classifier", "experts", "text-encoder",
-                    "probe", "weightgen", "invdiff", "other"]
+                    "probe", "weightgen", "invdiff", "var", "other"]
 
 
 def model_kind(info: dict) -> ModelKind:
@@ -36,7 +36,7 @@ def model_kind(info: dict) -> ModelKind:
     if kind == "diffusion":
         return "series" if info.get("domain") == "series" else "image"
     return kind if kind in ("idempotent", "nag", "judge", "classifier", "experts", "text-encoder", "probe",
-                                   "weightgen", "invdiff") else "other"
+                                   "weightgen", "invdiff", "var") else "other"
 
 
 @dataclass
@@ -209,3 +209,22 @@ class InvDiffModule:
     @property
     def components(self) -> dict[str, torch.nn.Module]:  # what the manager sizes and fingerprints
         return {"delta": self.delta}
+
+
+@dataclass
+class VARModel:
+    """A zoo ``var`` entry: a next-scale autoregressive text-to-image model (VAR, Tian et al. 2024):
+    its multi-scale residual VQ ``tokenizer`` (:class:`studio.nets.var.MultiScaleVQ`) and its
+    block-causal ``transformer`` (:class:`studio.nets.var.NextScaleTransformer`), conditioned on the
+    studio's MiniLM caption embeddings. ``placeholder``: a subject-tuned model's learned block that
+    replaces the placeholder word's embeddings (ARBooth), None for a base model."""
+
+    name: str
+    tokenizer: torch.nn.Module
+    transformer: torch.nn.Module
+    info: dict = field(default_factory=dict)
+    placeholder: torch.Tensor | None = None
+
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:  # what the manager sizes and fingerprints
+        return {"tokenizer": self.tokenizer, "transformer": self.transformer}

@@ -197,25 +197,32 @@ def _draw_scene(rng: np.random.Generator, n_objects: int | None, size: int) -> S
     return Scene(tuple(objects), size)
 
 
-def render(scene: Scene) -> np.ndarray:
-    """(size, size, 3) uint8 RGB image of the scene."""
+def render(scene: Scene, fill: tuple[int, int, int] | None = None, hollow: float = 0.0) -> np.ndarray:
+    """(size, size, 3) uint8 RGB image of the scene. ``fill`` overrides every object's colour and
+    ``hollow`` > 0 draws outlines of that width in pixels (the Subject tab's unseen attribute combinations)."""
     k = SUPERSAMPLE
     img = Image.new("RGB", (scene.size * k, scene.size * k), (0, 0, 0))
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
-        cx, cy, r, fill = o.cx * k, o.cy * k, o.radius * k, RGB[o.colour]
-        if o.shape == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        elif o.shape == "square":
-            h = 0.9 * r  # similar area to the circle
-            draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
-        else:  # equilateral triangle pointing up, inscribed in a slightly larger circle
-            R = 1.15 * r
-            pts = [(cx + R * math.cos(a), cy - R * math.sin(a))
-                   for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)]
-            draw.polygon(pts, fill=fill)
+        _draw_object(draw, o, k, fill or RGB[o.colour], round(hollow * k))
     img = img.resize((scene.size, scene.size), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.uint8)
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, o: ShapeObject, k: int, fill: tuple[int, int, int], width: int) -> None:
+    """One object at supersampling ``k``: filled, or an outline ``width`` pixels wide when ``width`` > 0."""
+    cx, cy, r = o.cx * k, o.cy * k, o.radius * k
+    style = {"outline": fill, "width": width} if width else {"fill": fill}
+    if o.shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], **style)
+    elif o.shape == "square":
+        h = 0.9 * r  # similar area to the circle
+        draw.rectangle([cx - h, cy - h, cx + h, cy + h], **style)
+    else:  # equilateral triangle pointing up, inscribed in a slightly larger circle
+        R = 1.15 * r
+        pts = [(cx + R * math.cos(a), cy - R * math.sin(a))
+               for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)]
+        draw.polygon(pts, **style)
 
 
 def make_dataset(n: int, seed: int, size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[Scene]]:

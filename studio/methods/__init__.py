@@ -65,6 +65,7 @@ METHODS: tuple[Method, ...] = (
     Method("train", "Train", ("image",), "components.train_tab.build_train_tab"),
     Method("weights", "Weights", ("weightgen",), "components.weights_tab.build_weights_tab"),
     Method("debias", "Debias", ("invdiff",), "components.debias_tab.build_debias_tab"),
+    Method("subject", "Subject", ("var",), "components.subject_tab.build_subject_tab"),
 )
 
 

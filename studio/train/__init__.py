@@ -14,8 +14,9 @@ PROBE = ("probe-digits",)
 ENCODERS = ("simclr-digits",)
 WEIGHTGEN = ("pdiff-digits", "d2nwg-digits")
 DEBIAS = ("shapes-biased", "invdiff-shapes")
+VAR = ("var-shapes",)
 ALL = (DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG + CONTRASTIVE + PROBE + ENCODERS + WEIGHTGEN
-       + DEBIAS)
+       + DEBIAS + VAR)
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0,
@@ -26,8 +27,8 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
     variants; digits-cond: the objectives of ``diffusion.DIGITS_VARIANTS``)."""
     if variant and name not in DIFFUSION:
         raise ValueError(f"--variant is for {', '.join(DIFFUSION)}")
-    if resume_from_zoo and name not in DIFFUSION + DEBIAS:
-        raise ValueError(f"--resume-from-zoo is for {', '.join(DIFFUSION + DEBIAS)}")
+    if resume_from_zoo and name not in DIFFUSION + DEBIAS + VAR:
+        raise ValueError(f"--resume-from-zoo is for {', '.join(DIFFUSION + DEBIAS + VAR)}")
     if name in DIFFUSION:
         from studio.train import diffusion
 
@@ -87,4 +88,8 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
         from studio.train import invdiff
 
         return invdiff.train(name, seed=seed, steps=steps, minutes=minutes, resume_from_zoo=resume_from_zoo)
+    if name in VAR:
+        from studio.train import var
+
+        return var.train(seed=seed, steps=steps, minutes=minutes, resume_from_zoo=resume_from_zoo)
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")
