@@ -133,8 +133,8 @@ def build_subject_tab(manager: ModelManager) -> dict[str, gr.components.Componen
         images = arrays if p.subject == "upload" else None
         x, _ = subject.check(p, manager, images)  # bad input is refused here, before a job starts
         me = jobs.session(request)
-        total = len(subject.COMPARISONS[p.comparison]) * p.iterations
-        job.start(me, lambda stop: subject.run(p, manager, images=images, stop=stop), total=total,
+        job.start(me, lambda stop: subject.run(p, manager, images=images, stop=stop),
+                  total=len(subject.COMPARISONS[p.comparison]) * p.iterations,
                   params=vars(p).copy(), message="tuning the first variant...")
         return describe(job.snapshot(), me), to_grid(x.unsqueeze(0), max(1, TILE // x.shape[-1]))
 

@@ -9,6 +9,8 @@
   scale; the judge checks shape and colour (an object of both, anywhere) and the region (that
   object in the asked region); FD-shapes against fresh renders, with the real-vs-real floor; the
   background's mean and grain in the outer ring of pixels, with real renders' beside them.
+* ``var-shapes``: the VAR's sampler (guidance, top-k / top-p) chosen on the SELECTION prompts, then
+  the same measurements as ``shapes-t2i``'s on the REPORT prompts, with seconds per image.
 
 Figures are written into ``studio/zoo/MANIFEST.json`` under ``quality``.
 """
@@ -94,6 +96,18 @@ def prompt_conditions(prompts: list[str], encoder=None) -> tuple[dict, dict]:
     return {k: v[:n] for k, v in emb.items()}, repeat({k: v[n:] for k, v in emb.items()}, n)
 
 
+def shapes_quality(judge, fdnet, x: torch.Tensor, concepts: list[dict], real: torch.Tensor, fd_boot: int = 200) -> dict:
+    """What the judges read on images ``x`` drawn for ``concepts``: shape and colour, region, FD-shapes
+    against ``real``, and the background of the outer ring (each with its bootstrap interval)."""
+    hits = metrics.shapes_concept_hits(judge, x, concepts)
+    bg = metrics.background_stats(x)
+    return {"shape_and_colour": metrics.bootstrap_mean(hits["shape_colour"]).to_dict(),
+            "region": metrics.bootstrap_mean(hits["all"]).to_dict(),
+            "fd_shapes": metrics.frechet(fdnet, x, real, n_boot=fd_boot).to_dict(),
+            "background_mean": metrics.bootstrap_mean(bg["mean"][np.isfinite(bg["mean"])]).to_dict(),
+            "background_grain": metrics.bootstrap_mean(bg["grain"][np.isfinite(bg["grain"])]).to_dict()}
+
+
 def evaluate_shapes(manager: ModelManager, sweep=SHAPES_SWEEP, repeats: int = 2, steps: int = 20,
                     seed: int = 2000, scheduler: str = "ddim", prompts: list[dict] | None = None,
                     fd_boot: int = 200, teleport: int = 0) -> dict:
@@ -116,14 +130,7 @@ def evaluate_shapes(manager: ModelManager, sweep=SHAPES_SWEEP, repeats: int = 2,
                                           {k: v[sl] for k, v in uncond.items()}, scale, sl.stop - sl.start,
                                           seed + i, n_steps, sampler, teleport))
             x = torch.cat(parts)
-            hits = metrics.shapes_concept_hits(judge, x, concepts)
-            bg = metrics.background_stats(x)
-            row = {"guidance": scale,
-                   "shape_and_colour": metrics.bootstrap_mean(hits["shape_colour"]).to_dict(),
-                   "region": metrics.bootstrap_mean(hits["all"]).to_dict(),
-                   "fd_shapes": metrics.frechet(fdnet, x, real, n_boot=fd_boot).to_dict(),
-                   "background_mean": metrics.bootstrap_mean(bg["mean"][np.isfinite(bg["mean"])]).to_dict(),
-                   "background_grain": metrics.bootstrap_mean(bg["grain"][np.isfinite(bg["grain"])]).to_dict(),
+            row = {"guidance": scale, **shapes_quality(judge, fdnet, x, concepts, real, fd_boot),
                    "seconds": round(time.perf_counter() - t0, 1)}
             print(f"shapes {sampler} {n_steps}, guidance {scale}: shape+colour {row['shape_and_colour']['value']:.3f}, "
                   f"region {row['region']['value']:.3f}, FD-shapes {row['fd_shapes']['value']:.1f}, "
@@ -154,6 +161,61 @@ def evaluate_shapes(manager: ModelManager, sweep=SHAPES_SWEEP, repeats: int = 2,
                     "of the renders', grain <= 0.04, FD-shapes <= 10 x the floor at this size (issue 20)"}
 
 
+VAR_CFG = (0.0, 1.0, 2.0, 3.0, 4.0)
+VAR_FILTERS = ((0, 0.0), (0, 0.96), (50, 0.0))  # (top-k, top-p): none, the official top-p 0.96, top-k ~ 1/5 of V
+
+
+@torch.no_grad()
+def var_images(vm, encoder, prompts: list[str], seed: int, cfg: float, top_k: int, top_p: float,
+               batch: int = 64) -> torch.Tensor:
+    """A VAR model's images for ``prompts`` (image i: seed + i), guided against the empty caption."""
+    from studio.core import var as V
+    from studio.data.text import encode
+
+    enc = encode(encoder, list(prompts) + [""])
+    n, parts = len(prompts), []
+    for i in range(0, n, batch):
+        rows = list(range(i, min(i + batch, n)))
+        parts.append(run_to_end(V.sample(vm, V.take(enc, rows), V.take(enc, [n] * len(rows)),
+                                         [seed + j for j in rows], cfg=cfg, top_k=top_k, top_p=top_p)))
+    return torch.cat(parts)
+
+
+def evaluate_var(manager: ModelManager, name: str = "var-shapes", repeats: int = 2, seed: int = 2000,
+                 fd_boot: int = 200) -> dict:
+    """Choose the sampler (guidance, top-k / top-p) on the SELECTION prompts (one image each, seeds from
+    ``seed + 50_000``), then measure it on the REPORT prompts as :func:`evaluate_shapes` measures
+    ``shapes-t2i`` (same prompts, repeats and seeds), with seconds per image."""
+    real = shapes.to_model_range(shapes.make_dataset(1000, seed=424242)[0])
+    with (manager.use(name) as vm, manager.use("text-encoder") as enc, manager.use("judge-shapes") as judge,
+          manager.use("fd-shapes") as fdnet):
+        selection = []
+        for cfg, (top_k, top_p) in itertools.product(VAR_CFG, VAR_FILTERS):
+            x = var_images(vm, enc, [c["prompt"] for c in SELECTION_PROMPTS], seed + 50_000, cfg, top_k, top_p)
+            row = {"cfg": cfg, "top_k": top_k, "top_p": top_p,
+                   **shapes_quality(judge, fdnet, x, SELECTION_PROMPTS, real, fd_boot=50)}
+            print(f"{name} selection cfg {cfg} top-k {top_k} top-p {top_p}: shape+colour "
+                  f"{row['shape_and_colour']['value']:.3f}, region {row['region']['value']:.3f}, "
+                  f"FD-shapes {row['fd_shapes']['value']:.1f}", flush=True)
+            selection.append(row)
+        best = max(selection, key=lambda r: (round(r["shape_and_colour"]["value"] + r["region"]["value"], 3),
+                                             -r["fd_shapes"]["value"]))
+        concepts = REPORT_PROMPTS * repeats
+        t0 = time.perf_counter()
+        x = var_images(vm, enc, [c["prompt"] for c in concepts], seed, best["cfg"], best["top_k"], best["top_p"])
+        seconds = time.perf_counter() - t0
+        report = {**shapes_quality(judge, fdnet, x, concepts, real, fd_boot), "seconds": round(seconds, 1),
+                  "seconds_per_image": round(seconds / len(concepts), 4)}
+    chosen = {"cfg": best["cfg"], "top_k": best["top_k"], "top_p": best["top_p"]}
+    print(f"{name} report at {chosen}: shape+colour {report['shape_and_colour']['value']:.3f}, region "
+          f"{report['region']['value']:.3f}, FD-shapes {report['fd_shapes']['value']:.1f}, "
+          f"{report['seconds_per_image']:.3f} s / image", flush=True)
+    return {"chosen_sampler": chosen, "selection": selection, "at_chosen": report,
+            "selection_set": f"SELECTION_PROMPTS ({len(SELECTION_PROMPTS)}) x 1, seeds {seed + 50_000}+",
+            "report_set": f"REPORT_PROMPTS ({len(REPORT_PROMPTS)}) x {repeats}, seeds {seed}+ (as shapes-t2i's figures)",
+            "threads": torch.get_num_threads()}
+
+
 def run(name: str, write: bool = True, **kw) -> dict:
     from studio.train.common import update_quality
 
@@ -163,8 +225,10 @@ def run(name: str, write: bool = True, **kw) -> dict:
         result = evaluate_digits(manager, **kw)
     elif name == "shapes-t2i":
         result = evaluate_shapes(manager, **kw)
+    elif name == "var-shapes":
+        result = evaluate_var(manager, **kw)
     else:
-        raise ValueError(f"no evaluation for {name!r}; choose digits-cond or shapes-t2i")
+        raise ValueError(f"no evaluation for {name!r}; choose digits-cond, shapes-t2i or var-shapes")
     result["measured"] = time.strftime("%Y-%m-%d")
     if write:
         update_quality(name, result)
@@ -179,6 +243,16 @@ def summary_table(quality: dict, name: str) -> str:
             a, f = r["accuracy"], r["fd_digits"]
             lines.append(f"| {r['guidance']} | {a['value']:.3f} [{a['low']:.3f}, {a['high']:.3f}] | "
                          f"{f['value']:.2f} [{f['low']:.2f}, {f['high']:.2f}] |")
+    elif name == "var-shapes":
+        ci = lambda e, nd=3: f"{e['value']:.{nd}f} [{e['low']:.{nd}f}, {e['high']:.{nd}f}]"  # noqa: E731
+        lines = ["| set | cfg | top-k | top-p | shape+colour [95% CI] | region [95% CI] | FD-shapes |",
+                 "|---|---|---|---|---|---|---|"]
+        for r in quality["selection"]:
+            lines.append(f"| selection | {r['cfg']} | {r['top_k']} | {r['top_p']} | {ci(r['shape_and_colour'])} | "
+                         f"{ci(r['region'])} | {ci(r['fd_shapes'], 1)} |")
+        r, c = quality["at_chosen"], quality["chosen_sampler"]
+        lines.append(f"| **report** | {c['cfg']} | {c['top_k']} | {c['top_p']} | {ci(r['shape_and_colour'])} | "
+                     f"{ci(r['region'])} | {ci(r['fd_shapes'], 1)} |")
     else:
         ci = lambda e, nd=3: f"{e['value']:.{nd}f} [{e['low']:.{nd}f}, {e['high']:.{nd}f}]"
         lines = ["| guidance | shape+colour [95% CI] | region [95% CI] | FD-shapes [95% CI] | background mean | "

@@ -471,3 +471,35 @@ def test_debias_shows_both_grids_and_the_colour_histogram_in_a_real_browser(debi
     page.locator("#debias-param-prompt textarea").fill("")
     page.locator("#debias-run-btn").click()
     expect(page.get_by_text("the prompt is empty").first).to_be_visible()
+
+
+@pytest.fixture
+def subject_url(tiny_manager, tmp_path, monkeypatch):
+    from tests.test_subject import with_tiny_var
+
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
+    with serving_url(with_tiny_var(tiny_manager)) as url:
+        yield url
+
+
+def test_subject_tunes_in_the_background_and_shows_the_grids_and_the_table_in_a_real_browser(subject_url, browser):
+    """Two iterations per variant on a tiny random VAR: the subject pictures, the loss curves, both grids and the
+    readout table (untuned, ARBooth, full fine-tuning) appear; an empty prompt gets a message."""
+    from playwright.sync_api import expect
+
+    page = open_tab(browser, subject_url, "Subject", height=1600)
+    set_number(page, "#subject-param-n_images", 2)
+    page.get_by_text("Advanced").last.click()
+    set_number(page, "#subject-param-iterations", 2)
+    page.locator("#subject-train-btn").click()
+    expect(page.locator("#subject-pictures img")).to_be_visible()
+    expect(page.locator("#subject-table")).to_contain_text("arbooth", timeout=TIMEOUT_MS)
+    expect(page.locator("#subject-table")).to_contain_text("untuned")
+    expect(page.locator("#subject-status")).to_contain_text("finished after 28 steps")  # 4 tuning + 24 sampling
+    for grid in ("#subject-grid img", "#subject-class-grid img"):
+        expect(page.locator(grid).first).to_be_visible()
+    expect(page.locator("#subject-plot .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#subject-files a")).to_have_count(2)
+    page.locator("#subject-param-prompt textarea").fill("")
+    page.locator("#subject-train-btn").click()
+    expect(page.get_by_text("the prompt is empty").first).to_be_visible()

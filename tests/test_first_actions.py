@@ -57,6 +57,11 @@ def first_actions(url: str, tmp_path) -> dict:
         c.predict(NAG_CELL, "all ten", api_name="/nag_train")
         return job_runs(c, "/nag_job", "/nag_stop")
 
+    def subject_train():
+        c = client()
+        c.predict(comparison="arbooth", iterations=1, n_images=2, api_name="/subject_train")
+        return job_runs(c, "/subject_job", "/subject_stop")
+
     return {
         "generate": lambda: client().predict(model="digits-cond", digit=3, steps=2, n_images=1, api_name="/generate"),
         "compose": lambda: client().predict(steps=2, n_images=1, api_name="/compose"),
@@ -67,6 +72,7 @@ def first_actions(url: str, tmp_path) -> dict:
         "tune": tune_train,
         "architectures": lambda: client().predict(**NAG_GENERATE, api_name="/nag_generate"),
         "architectures train": nag_train,
+        "subject train": subject_train,
     }
 
 

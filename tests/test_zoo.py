@@ -9,7 +9,7 @@ from studio.core import loading, metrics
 from studio.core.models import DiffusionModel
 from studio.evaluate import sample_batch
 from studio.data import series as S
-from studio.core.models import InvDiffModule, NAGModel, WeightGenerator
+from studio.core.models import InvDiffModule, NAGModel, VARModel, WeightGenerator
 from studio.nets.classifiers import ExpertBank, GuideNet
 from studio.nets.idempotent import IdempotentNet
 from studio.core.models import SeriesDiffusion
@@ -45,6 +45,12 @@ def test_each_entry_passes_its_checksums_and_loads(zoo_manager, name):
             assert obj.groups["weights"].shape == (3000, obj.info["groups"]) and not any(
                 p.requires_grad for p in obj.delta.parameters())
             assert 0 < MANIFEST[name]["quality"]["group_purity"] <= 1 and MANIFEST[name]["quality"]["bias"]["n"] > 0
+        elif MANIFEST[name]["kind"] == "var":  # the Subject tab's VAR: its sampler chosen, its quality measured
+            assert isinstance(obj, VARModel) and obj.placeholder is None
+            assert obj.tokenizer.scales == obj.transformer.scales == tuple(obj.info["scales"])
+            quality = MANIFEST[name]["quality"]
+            assert quality["chosen_sampler"]["cfg"] == obj.info["default_cfg"] and quality["at_chosen"]["region"]["n"] == 162
+            assert min(quality["tokenizer"]["codes_used_per_scale"][1:]) > 1, quality["tokenizer"]  # no collapse
         elif MANIFEST[name]["kind"] == "judge":
             assert hasattr(obj, "features")
         elif name.startswith("tsdiff-"):

@@ -172,17 +172,17 @@ def run(p: Params, manager, images: np.ndarray | None = None,
         stop: Callable[[], bool] | None = None) -> Iterator[Progress | SubjectResult]:
     """Tune every variant of ``p.comparison`` (a Progress per iteration), sample, measure, yield the result.
     ``stop``: polled between iterations; a stopped variant keeps what it trained, later variants are skipped."""
-    from studio.core.sampling import relay
     from studio.train import arbooth as A
 
     subject_x, shape = check(p, manager, images)
     t0 = time.perf_counter()
     variants = COMPARISONS[p.comparison]
     settings = A.TuneSettings(iterations=p.iterations, lr=p.lr, seed=p.seed)
-    total = len(variants) * p.iterations
     seeds = [p.seed + i for i in range(p.n_images)]
-    models, prompts, classes, tune_info = {}, {}, {}, {}
+    models, prompts, classes = {}, {}, {}
     with manager.use(p.model) as vm, manager.use("text-encoder") as encoder:
+        K = len(vm.tokenizer.scales)
+        total = len(variants) * p.iterations + (1 + len(variants)) * 2 * K  # tuning steps, then sampling passes
         for k, name in enumerate(variants):
             if stop is not None and stop() and models:
                 break
@@ -194,9 +194,15 @@ def run(p: Params, manager, images: np.ndarray | None = None,
                                                              if v is not None}})
                 else:
                     models[name] = item
+        done = len(variants) * p.iterations
         for name, model in (("base", vm), *models.items()):
-            prompts[name] = yield from relay(draw(model, encoder, p.prompt, seeds, p))
-            classes[name] = yield from relay(draw(model, encoder, f"a {shape}", seeds, p))
+            for out, prompt in ((prompts, p.prompt), (classes, f"a {shape}")):
+                for item in draw(model, encoder, prompt, seeds, p):
+                    if isinstance(item, Progress):
+                        yield Progress(done + item.step, total, info={"sampling": name}, preview=item.preview)
+                    else:
+                        out[name] = item
+                done += K
     with manager.use(JUDGE) as judge, manager.use(FEATURES) as fdnet:
         rows = [readouts(name, judge, fdnet, subject_x, prompts[name], classes[name], classes["base"], shape,
                          p.prompt, models.get(name)) for name in prompts]
@@ -219,22 +225,49 @@ def readouts(name: str, judge, fdnet, subject_x: torch.Tensor, images: torch.Ten
     from studio.data import shapes
 
     asked = shapes.parse_concept(prompt.replace("sks ", "")) or {}
-    feats, subj = metrics.features(fdnet, images), metrics.features(fdnet, subject_x)
-    fidelity = _cosine(feats, subj).mean(1)
-    concept = {"shape": shape, "colour": None, "region": asked.get("region")}
-    hits = metrics.shapes_concept_hits(judge, images, [concept] * len(images))
-    same = [a == b for a, b in zip(first_objects(judge, class_images), first_objects(judge, base_class_images))]
-    pair = np.linalg.norm(feats[:, None] - feats[None], axis=-1)[np.triu_indices(len(feats), 1)]
+    per = per_image(judge, fdnet, subject_x, images, shape, [asked.get("region")] * len(images))
+    agree = class_agreement(judge, class_images, base_class_images)
     info = tuned.info if tuned is not None else {}
-    return {"model": name, "subject_fidelity": metrics.bootstrap_mean(fidelity).to_dict(),
-            "prompt_fidelity": metrics.bootstrap_mean(hits["all"]).to_dict(),
-            "drift_agreement": metrics.bootstrap_mean(np.asarray(same, float)).to_dict(),
-            "drift_fd": (metrics.frechet_distance(*metrics.gaussian_stats(metrics.features(fdnet, class_images)),
-                                                  *metrics.gaussian_stats(metrics.features(fdnet, base_class_images)))
-                         if name != "base" else 0.0),
-            "diversity": float(pair.mean()) if len(pair) else float("nan"),
+    return {"model": name, "subject_fidelity": metrics.bootstrap_mean(per["fidelity"]).to_dict(),
+            "prompt_fidelity": metrics.bootstrap_mean(per["prompt"]).to_dict(),
+            "drift_agreement": metrics.bootstrap_mean(agree).to_dict(),
+            "drift_fd": drift_fd(fdnet, class_images, base_class_images) if name != "base" else 0.0,
+            "diversity": diversity(per["features"]),
             "trainable_params": info.get("trainable_params", 0), "tune_seconds": info.get("tune_seconds", 0.0),
             "iterations": info.get("iterations_done", 0)}
+
+
+def per_image(judge, fdnet, subject_x: torch.Tensor, images: torch.Tensor, shape: str,
+              regions: list[int | None]) -> dict[str, np.ndarray]:
+    """Per generated image: ``fidelity``, its mean cosine similarity to the subject pictures on the feature
+    net; ``prompt``, 1 if the judge finds ``shape`` (in ``regions[i]`` when given); and its ``features``."""
+    from studio.core import metrics
+
+    feats = metrics.features(fdnet, images)
+    fidelity = _cosine(feats, metrics.features(fdnet, subject_x)).mean(1)
+    concepts = [{"shape": shape, "colour": None, "region": r} for r in regions]
+    return {"fidelity": fidelity, "prompt": metrics.shapes_concept_hits(judge, images, concepts)["all"],
+            "features": feats}
+
+
+def class_agreement(judge, class_images: torch.Tensor, base_class_images: torch.Tensor) -> np.ndarray:
+    """1 where the judge reads the same first object on the tuned and the untuned image of one seed."""
+    return np.asarray([a == b for a, b in zip(first_objects(judge, class_images),
+                                              first_objects(judge, base_class_images))], float)
+
+
+def drift_fd(fdnet, class_images: torch.Tensor, base_class_images: torch.Tensor) -> float:
+    """FD-shapes between the tuned and the untuned model's class-prompt images (no interval: a few images)."""
+    from studio.core import metrics
+
+    return metrics.frechet_distance(*metrics.gaussian_stats(metrics.features(fdnet, class_images)),
+                                    *metrics.gaussian_stats(metrics.features(fdnet, base_class_images)))
+
+
+def diversity(features: np.ndarray) -> float:
+    """Mean pairwise feature distance (nan for fewer than two images)."""
+    pair = np.linalg.norm(features[:, None] - features[None], axis=-1)[np.triu_indices(len(features), 1)]
+    return float(pair.mean()) if len(pair) else float("nan")
 
 
 def first_objects(judge, images: torch.Tensor) -> list[tuple[int, int] | None]:

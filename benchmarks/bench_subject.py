@@ -1,0 +1,295 @@
+"""VAR and ARBooth at toy scale: next-scale sampling against the diffusion model, and subject tuning's claims.
+
+Part **speed**: ``var-shapes`` (its sampler as ``studio eval var-shapes`` chose it on the SELECTION prompts)
+against ``shapes-t2i`` (DPM-Solver++ at its default guidance, a sweep of step counts) on the REPORT prompts
+x 2, the same seeds (2000 + i) as the zoo's figures, one process, the same threads: judge accuracy
+(shape and colour; region), FD-shapes, seconds per image; the *equal quality* point is the fewest
+diffusion steps whose region accuracy reaches the VAR's.
+
+Part **subject** (ARBooth, :mod:`studio.train.arbooth`): every variant is tuned on the same subject
+pictures, with the same iterations, learning rate, batch and seeds, from the same ``var-shapes``:
+
+* **arbooth**: cross-attention + FFN, the placeholder block, prior distillation, coarse-heavy weights;
+* **full**: naive fine-tuning (every layer, the word's own embedding, no prior, uniform weights);
+* one part of ARBooth switched off at a time: **no-prior**, **all-layers**, **uniform-weights**,
+  **fine-weights** (reversed: coarse 0.5, fine 1), **no-placeholder**.
+
+Learning rate and iterations are chosen for ARBooth on the SELECTION subjects (pink circle, hollow green
+triangle; tuning seed 0) by subject fidelity + prompt fidelity, then every variant is reported with them on
+the REPORT subjects (orange square, hollow red square) x tuning seeds 0 and 1. Per tuned model:
+
+* 36 images of "a sks <shape> at the <region>" (9 regions x 4 seeds, 7000 + i): **subject fidelity**
+  (mean cosine similarity of ``fd-shapes`` features to the 4 subject pictures: a DINO-score stand-in, on
+  a net no variant trained), **prompt fidelity** (``judge-shapes`` finds the shape in the asked region),
+  **diversity** (mean pairwise feature distance within each region's 4 images);
+* 64 images of the class prompt "a <shape>" (seeds 8000 + i): **drift**, the judge reads the same first
+  object as on the untuned model's image of that seed (agreement), and FD-shapes between the two sets;
+* trainable parameters and tuning seconds.
+
+Intervals: 95% bootstrap over images (pooled over subjects and seeds); each variant minus ARBooth is
+paired on the same prompts and seeds; an interval covering 0 is "no difference".
+
+``python benchmarks/bench_subject.py`` writes ``benchmarks/results/subject.json`` / ``.md``; ``--part speed``
+or ``--part subject`` runs one part (the other part's figures are kept); ``--quick``: a smoke run
+(a few iterations and images; nothing written to results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from studio.core import metrics
+from studio.core.manager import ModelManager
+from studio.core.sampling import run_to_end
+from studio.data import shapes, subjects
+from studio.train import arbooth as A
+from studio.train.common import machine_description
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+sys.path.insert(0, str(ROOT.parent))
+
+from studio import evaluate  # noqa: E402
+from studio.methods import subject as S  # noqa: E402
+
+DIFFUSION_STEPS = (2, 3, 4, 6, 8, 15)
+LR_GRID, ITER_GRID = (3e-4, 1e-3, 3e-3), (100, 200)
+TUNE_SEEDS = (0, 1)
+PROMPT_SEED, CLASS_SEED, PER_REGION, N_CLASS = 7000, 8000, 4, 64
+
+
+def manager() -> ModelManager:
+    m = ModelManager(device="cpu")
+    m.register_zoo()
+    return m
+
+
+# ----------------------------------------------------------------------------------------------- speed
+
+def speed(m: ModelManager, quick: bool) -> dict:
+    prompts = evaluate.REPORT_PROMPTS[: 8 if quick else None] * (1 if quick else 2)
+    texts = [c["prompt"] for c in prompts]
+    real = shapes.to_model_range(shapes.make_dataset(1000, seed=424242)[0])
+    rows = []
+    with m.use("judge-shapes") as judge, m.use("fd-shapes") as fdnet, m.use("text-encoder") as enc:
+        with m.use("var-shapes") as vm:
+            cfg, k, p = (vm.info.get("default_cfg", 2.0), vm.info.get("default_top_k", 0),
+                         vm.info.get("default_top_p", 0.0))
+            evaluate.var_images(vm, enc, texts[:2], 0, cfg, k, p)  # warm-up
+            t0 = time.perf_counter()
+            x = evaluate.var_images(vm, enc, texts, 2000, cfg, k, p)
+            sec = (time.perf_counter() - t0) / len(texts)
+            rows.append({"model": "var-shapes", "sampler": f"next-scale, 6 passes, cfg {cfg}, top-k {k}, top-p {p}",
+                         "passes": 6, **evaluate.shapes_quality(judge, fdnet, x, prompts, real, 50),
+                         "seconds_per_image": sec})
+        with m.use("shapes-t2i") as dm:
+            cond, uncond = evaluate.prompt_conditions(texts, enc)
+            scale = float(dm.info.get("default_guidance", 2.0))
+            for steps in DIFFUSION_STEPS[:2] if quick else DIFFUSION_STEPS:
+                t0 = time.perf_counter()
+                parts = [evaluate.sample_batch(dm, {kk: v[i:i + 64] for kk, v in cond.items()},
+                                               {kk: v[i:i + 64] for kk, v in uncond.items()}, scale,
+                                               min(64, len(texts) - i), 2000 + i, steps, "dpm++")
+                         for i in range(0, len(texts), 64)]
+                sec = (time.perf_counter() - t0) / len(texts)
+                x = torch.cat(parts)
+                rows.append({"model": "shapes-t2i", "sampler": f"DPM-Solver++ {steps} steps, guidance {scale}",
+                             "passes": 2 * steps, **evaluate.shapes_quality(judge, fdnet, x, prompts, real, 50),
+                             "seconds_per_image": sec})
+                print(f"shapes-t2i {steps} steps: region {rows[-1]['region']['value']:.3f}, {sec:.3f} s/img",
+                      flush=True)
+    var = rows[0]
+    equal = next((r for r in rows[1:] if r["region"]["value"] >= var["region"]["value"]), None)
+    return {"rows": rows, "threads": torch.get_num_threads(), "images": len(texts),
+            "equal_quality": None if equal is None else {
+                "diffusion": equal["sampler"], "var_seconds": var["seconds_per_image"],
+                "diffusion_seconds": equal["seconds_per_image"],
+                "speedup": equal["seconds_per_image"] / var["seconds_per_image"]}}
+
+
+# --------------------------------------------------------------------------------------------- subject
+
+def eval_model(model, enc, judge, fdnet, subject_x, shape, base_class, quick) -> dict:
+    """Per-image figures of one model (see the module docstring)."""
+    regions = list(range(9))
+    per_region = 2 if quick else PER_REGION
+    prompt_images, region_of = [], []
+    p = S.Params(cfg=model.info.get("default_cfg", 2.0), top_k=model.info.get("default_top_k", 0),
+                 top_p=model.info.get("default_top_p", 0.0))
+    for r in regions:
+        prompt = f"a sks {shape} at the {shapes.REGIONS[r]}"
+        seeds = [PROMPT_SEED + 100 * r + i for i in range(per_region)]
+        prompt_images.append(run_to_end(S.draw(model, enc, prompt, seeds, p)))
+        region_of += [r] * per_region
+    x = torch.cat(prompt_images)
+    n_class = 8 if quick else N_CLASS
+    cls = run_to_end(S.draw(model, enc, f"a {shape}", [CLASS_SEED + i for i in range(n_class)], p))
+    per = S.per_image(judge, fdnet, subject_x, x, shape, region_of)
+    div = [S.diversity(per["features"][i * per_region:(i + 1) * per_region]) for i in range(len(regions))]
+    out = {"fidelity": per["fidelity"], "prompt": per["prompt"], "diversity": np.asarray(div), "class": cls}
+    if base_class is not None:
+        out["agreement"] = S.class_agreement(judge, cls, base_class)
+        out["drift_fd"] = S.drift_fd(fdnet, cls, base_class)
+    return out
+
+
+def tune_one(vm, enc, subject_x, shape, variant: str, lr: float, iterations: int, seed: int):
+    settings = A.TuneSettings(iterations=iterations, lr=lr, seed=seed)
+    return run_to_end(A.tune(vm, enc, subject_x, shape, A.VARIANTS[variant], settings))
+
+
+def choose_settings(m: ModelManager, quick: bool) -> dict:
+    grid = [(LR_GRID[1], 3)] if quick else list(itertools.product(LR_GRID, ITER_GRID))
+    rows = []
+    with (m.use("var-shapes") as vm, m.use("text-encoder") as enc, m.use("judge-shapes") as judge,
+          m.use("fd-shapes") as fdnet):
+        for lr, iterations in grid:
+            scores = []
+            for sid in subjects.SELECTION:
+                sub = subjects.get(sid)
+                x = shapes.to_model_range(subjects.images(sub))
+                tuned = tune_one(vm, enc, x, sub.shape, "arbooth", lr, iterations, 0)
+                e = eval_model(tuned, enc, judge, fdnet, x, sub.shape, None, quick)
+                scores.append((e["fidelity"].mean(), e["prompt"].mean()))
+            fid, prm = np.mean(scores, 0)
+            rows.append({"lr": lr, "iterations": iterations, "subject_fidelity": float(fid),
+                         "prompt_fidelity": float(prm), "score": float(fid + prm)})
+            print(f"selection lr {lr} iterations {iterations}: fidelity {fid:.3f} prompt {prm:.3f}", flush=True)
+    best = max(rows, key=lambda r: r["score"])
+    return {"grid": rows, "chosen": {"lr": best["lr"], "iterations": best["iterations"]},
+            "subjects": list(subjects.SELECTION), "rule": "max subject fidelity + prompt fidelity, ARBooth, seed 0"}
+
+
+def subject_part(m: ModelManager, quick: bool) -> dict:
+    selection = choose_settings(m, quick)
+    lr, iterations = selection["chosen"]["lr"], selection["chosen"]["iterations"]
+    variants = ("arbooth", "full") if quick else tuple(A.VARIANTS)
+    seeds = TUNE_SEEDS[:1] if quick else TUNE_SEEDS
+    per: dict[str, dict[str, list]] = {v: {} for v in ("base", *variants)}
+    info: dict[str, dict] = {v: {"params": [], "seconds": [], "drift_fd": []} for v in variants}
+    with (m.use("var-shapes") as vm, m.use("text-encoder") as enc, m.use("judge-shapes") as judge,
+          m.use("fd-shapes") as fdnet):
+        for sid in subjects.REPORT:
+            sub = subjects.get(sid)
+            x = shapes.to_model_range(subjects.images(sub))
+            base = eval_model(vm, enc, judge, fdnet, x, sub.shape, None, quick)
+            for key in ("fidelity", "prompt", "diversity"):  # once per subject: the untuned model has no seed
+                per["base"].setdefault(key, []).append(base[key])
+            per["base"].setdefault("agreement", []).append(np.ones(len(base["class"])))
+            for seed in seeds:
+                for v in variants:
+                    tuned = tune_one(vm, enc, x, sub.shape, v, lr, iterations, seed)
+                    e = eval_model(tuned, enc, judge, fdnet, x, sub.shape, base["class"], quick)
+                    for key in ("fidelity", "prompt", "diversity", "agreement"):
+                        per[v].setdefault(key, []).append(e[key])
+                    info[v]["params"].append(tuned.info["trainable_params"])
+                    info[v]["seconds"].append(tuned.info["tune_seconds"])
+                    info[v]["drift_fd"].append(e["drift_fd"])
+                    print(f"{sid} seed {seed} {v}: fidelity {e['fidelity'].mean():.3f} prompt "
+                          f"{e['prompt'].mean():.3f} agreement {e['agreement'].mean():.3f} "
+                          f"drift FD {e['drift_fd']:.1f} diversity {e['diversity'].mean():.2f} "
+                          f"({tuned.info['tune_seconds']:.0f} s)", flush=True)
+    rows = []
+    for v, parts in per.items():
+        vals = {k: np.concatenate(a) for k, a in parts.items()}
+        row = {"variant": v, **{k: metrics.bootstrap_mean(a).to_dict() for k, a in vals.items()}}
+        if v != "base":
+            row.update(trainable_params=int(np.mean(info[v]["params"])), tune_seconds=float(np.mean(info[v]["seconds"])),
+                       drift_fd={"mean": float(np.mean(info[v]["drift_fd"])), "min": float(np.min(info[v]["drift_fd"])),
+                                 "max": float(np.max(info[v]["drift_fd"]))})
+            if v != "arbooth":
+                ref = {k: np.concatenate(a) for k, a in per["arbooth"].items()}
+                row["minus_arbooth"] = {k: metrics.bootstrap_mean(vals[k] - ref[k]).to_dict() for k in vals}
+        rows.append(row)
+    return {"selection": selection, "rows": rows, "report_subjects": list(subjects.REPORT), "tune_seeds": list(seeds),
+            "images": {"prompt": (2 if quick else PER_REGION) * 9, "class": 8 if quick else N_CLASS}}
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+def ci(e: dict, pct: bool = False) -> str:
+    f = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:.3f}")
+    return f"{f(e['value'])} [{f(e['low'])}, {f(e['high'])}]"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# VAR and ARBooth at toy scale ({result['machine']}, {result['date']})", ""]
+    sp = result.get("speed")
+    if sp:
+        lines += ["## Sampling: var-shapes vs shapes-t2i (REPORT prompts x 2, seeds 2000 + i)", "",
+                  f"{sp['images']} images per row, {sp['threads']} threads, one process.", "",
+                  "| model | sampler | network passes | shape+colour % | region % | FD-shapes | s / image |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in sp["rows"]:
+            lines.append(f"| {r['model']} | {r['sampler']} | {r['passes']} | {ci(r['shape_and_colour'], True)} | "
+                         f"{ci(r['region'], True)} | {ci(r['fd_shapes'], False)} | {r['seconds_per_image']:.4f} |")
+        eq = sp["equal_quality"]
+        lines += ["", ("Equal quality: " + (f"{eq['diffusion']} is the fewest-step diffusion row whose region accuracy "
+                                             f"reaches the VAR's; VAR {eq['var_seconds']:.4f} s vs "
+                                             f"{eq['diffusion_seconds']:.4f} s per image ({eq['speedup']:.1f}x)."
+                                             if eq else "no diffusion row reaches the VAR's region accuracy.")), ""]
+    sb = result.get("subject")
+    if sb:
+        sel = sb["selection"]
+        lines += ["## Subject tuning (ARBooth and its ablations)", "",
+                  f"Selection ({', '.join(sel['subjects'])}; {sel['rule']}): chosen lr {sel['chosen']['lr']}, "
+                  f"{sel['chosen']['iterations']} iterations.", "",
+                  "| lr | iterations | subject fidelity | prompt fidelity |", "|---|---|---|---|"]
+        lines += [f"| {r['lr']} | {r['iterations']} | {r['subject_fidelity']:.3f} | {r['prompt_fidelity']:.3f} |"
+                  for r in sel["grid"]]
+        lines += ["", f"Report: subjects {', '.join(sb['report_subjects'])} x tuning seeds {sb['tune_seeds']}; "
+                  f"{sb['images']['prompt']} prompt images and {sb['images']['class']} class-prompt images per tuned "
+                  "model.", "",
+                  "| variant | subject fidelity | prompt fidelity % | class agreement % | drift FD (mean, min-max) | "
+                  "diversity | trainable params | s |", "|---|---|---|---|---|---|---|---|"]
+        for r in sb["rows"]:
+            fd = r.get("drift_fd")
+            lines.append(f"| {r['variant']} | {ci(r['fidelity'])} | {ci(r['prompt'], True)} | "
+                         f"{ci(r['agreement'], True)} | "
+                         + (f"{fd['mean']:.1f} ({fd['min']:.1f}-{fd['max']:.1f})" if fd else "0") + " | "
+                         f"{ci(r['diversity'])} | {r.get('trainable_params', 0):,} | {r.get('tune_seconds', 0):.0f} |")
+        lines += ["", "Each variant minus ARBooth (paired on prompts and seeds; an interval covering 0 is no difference):",
+                  "", "| variant | subject fidelity | prompt fidelity % | class agreement % | diversity |",
+                  "|---|---|---|---|---|"]
+        for r in sb["rows"]:
+            d = r.get("minus_arbooth")
+            if d:
+                lines.append(f"| {r['variant']} | {ci(d['fidelity'])} | {ci(d['prompt'], True)} | "
+                             f"{ci(d['agreement'], True)} | {ci(d['diversity'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", choices=("all", "speed", "subject"), default="all")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    m = manager()
+    old = json.loads((RESULTS / "subject.json").read_text()) if (RESULTS / "subject.json").exists() else {}
+    result = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
+              "speed": old.get("speed"), "subject": old.get("subject")}
+    if args.part in ("all", "speed"):
+        result["speed"] = speed(m, args.quick)
+    if args.part in ("all", "subject"):
+        result["subject"] = subject_part(m, args.quick)
+    text = markdown(result)
+    print(text)
+    if not args.quick:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "subject.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+        (RESULTS / "subject.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
