@@ -13,7 +13,7 @@ from tests.conftest import wait_for_job
 from tests.test_subject import with_tiny_var
 
 FAST = {"model": "var-shapes", "subject": "orange-square", "shape": "square", "comparison": "arbooth-vs-full",
-        "prompt": "a sks square at the top left", "n_images": 2, "seed": 3, "iterations": 2, "lr": 1e-3, "cfg": 2.0,
+        "prompt": "a sks square at the top left", "n_images": 2, "seed": 3, "iterations": 2, "lr": 1e-3, "cfg": 4.0,
         "top_k": 0, "top_p": 0.0}
 
 

@@ -78,7 +78,7 @@ class Params:
                                                        minimum=1, maximum=1000, step=1, advanced=True))
     lr: float = field(default=1e-3, metadata=spec("Learning rate", "AdamW, constant.", minimum=1e-6, maximum=1e-1,
                                                   advanced=True))
-    cfg: float = field(default=2.0, metadata=spec(
+    cfg: float = field(default=4.0, metadata=spec(  # var-shapes' sampler, chosen on the selection prompts
         "Guidance", "Classifier-free guidance at the finest scale (ramps up from 0 at the coarsest, as VAR's sampler).",
         minimum=0.0, maximum=10.0, step=0.5, advanced=True))
     top_k: int = field(default=0, metadata=spec("Top-k", "0: no top-k filter.", minimum=0, maximum=256, step=1,
