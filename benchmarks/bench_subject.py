@@ -22,15 +22,19 @@ the REPORT subjects (orange square, hollow red square) x tuning seeds 0 and 1. P
   (mean cosine similarity of ``fd-shapes`` features to the 4 subject pictures: a DINO-score stand-in, on
   a net no variant trained), **prompt fidelity** (``judge-shapes`` finds the shape in the asked region),
   **diversity** (mean pairwise feature distance within each region's 4 images);
-* 64 images of the class prompt "a <shape>" (seeds 8000 + i): **drift**, the judge reads the same first
-  object as on the untuned model's image of that seed (agreement), and FD-shapes between the two sets;
+* 64 images of the class prompt "a <shape>" (seeds 8000 + i): **drift**, as **class fidelity** (the judge still
+  finds the class shape), **reading agreement** (1 - the total-variation distance between the judge's readings,
+  shape and colour of the first object, of the tuned and the untuned model's sets: distributions, since in an
+  autoregressive sampler one changed early token re-routes a whole sample and per-seed agreement was 0.05-0.13
+  for every variant in a first run), and FD-shapes between the two sets;
 * trainable parameters and tuning seconds.
 
 Intervals: 95% bootstrap over images (pooled over subjects and seeds); each variant minus ARBooth is
 paired on the same prompts and seeds; an interval covering 0 is "no difference".
 
 ``python benchmarks/bench_subject.py`` writes ``benchmarks/results/subject.json`` / ``.md``; ``--part speed``
-or ``--part subject`` runs one part (the other part's figures are kept); ``--quick``: a smoke run
+or ``--part subject`` runs one part (the other part's figures are kept; ``--reuse-selection`` keeps the last
+selection's learning rate and iterations instead of choosing them again); ``--quick``: a smoke run
 (a few iterations and images; nothing written to results).
 """
 
@@ -64,6 +68,7 @@ DIFFUSION_STEPS = (2, 3, 4, 6, 8, 15)
 LR_GRID, ITER_GRID = (3e-4, 1e-3, 3e-3), (100, 200)
 TUNE_SEEDS = (0, 1)
 PROMPT_SEED, CLASS_SEED, PER_REGION, N_CLASS = 7000, 8000, 4, 64
+KEYS = ("fidelity", "prompt", "diversity", "class_shape")  # per-image figures (paired across variants)
 
 
 def manager() -> ModelManager:
@@ -134,9 +139,11 @@ def eval_model(model, enc, judge, fdnet, subject_x, shape, base_class, quick) ->
     cls = run_to_end(S.draw(model, enc, f"a {shape}", [CLASS_SEED + i for i in range(n_class)], p))
     per = S.per_image(judge, fdnet, subject_x, x, shape, region_of)
     div = [S.diversity(per["features"][i * per_region:(i + 1) * per_region]) for i in range(len(regions))]
-    out = {"fidelity": per["fidelity"], "prompt": per["prompt"], "diversity": np.asarray(div), "class": cls}
+    drift = S.class_drift(judge, cls, cls if base_class is None else base_class, shape)
+    out = {"fidelity": per["fidelity"], "prompt": per["prompt"], "diversity": np.asarray(div),
+           "class_shape": drift["class_shape"], "class": cls}
     if base_class is not None:
-        out["agreement"] = S.class_agreement(judge, cls, base_class)
+        out["agreement"] = drift["agreement"]["value"]
         out["drift_fd"] = S.drift_fd(fdnet, cls, base_class)
     return out
 
@@ -168,33 +175,33 @@ def choose_settings(m: ModelManager, quick: bool) -> dict:
             "subjects": list(subjects.SELECTION), "rule": "max subject fidelity + prompt fidelity, ARBooth, seed 0"}
 
 
-def subject_part(m: ModelManager, quick: bool) -> dict:
-    selection = choose_settings(m, quick)
+def subject_part(m: ModelManager, quick: bool, selection: dict | None = None) -> dict:
+    selection = selection or choose_settings(m, quick)
     lr, iterations = selection["chosen"]["lr"], selection["chosen"]["iterations"]
     variants = ("arbooth", "full") if quick else tuple(A.VARIANTS)
     seeds = TUNE_SEEDS[:1] if quick else TUNE_SEEDS
     per: dict[str, dict[str, list]] = {v: {} for v in ("base", *variants)}
-    info: dict[str, dict] = {v: {"params": [], "seconds": [], "drift_fd": []} for v in variants}
+    info: dict[str, dict] = {v: {"params": [], "seconds": [], "drift_fd": [], "agreement": []} for v in variants}
     with (m.use("var-shapes") as vm, m.use("text-encoder") as enc, m.use("judge-shapes") as judge,
           m.use("fd-shapes") as fdnet):
         for sid in subjects.REPORT:
             sub = subjects.get(sid)
             x = shapes.to_model_range(subjects.images(sub))
             base = eval_model(vm, enc, judge, fdnet, x, sub.shape, None, quick)
-            for key in ("fidelity", "prompt", "diversity"):  # once per subject: the untuned model has no seed
+            for key in KEYS:  # once per subject: the untuned model has no seed
                 per["base"].setdefault(key, []).append(base[key])
-            per["base"].setdefault("agreement", []).append(np.ones(len(base["class"])))
             for seed in seeds:
                 for v in variants:
                     tuned = tune_one(vm, enc, x, sub.shape, v, lr, iterations, seed)
                     e = eval_model(tuned, enc, judge, fdnet, x, sub.shape, base["class"], quick)
-                    for key in ("fidelity", "prompt", "diversity", "agreement"):
+                    for key in KEYS:
                         per[v].setdefault(key, []).append(e[key])
                     info[v]["params"].append(tuned.info["trainable_params"])
                     info[v]["seconds"].append(tuned.info["tune_seconds"])
                     info[v]["drift_fd"].append(e["drift_fd"])
+                    info[v]["agreement"].append(e["agreement"])
                     print(f"{sid} seed {seed} {v}: fidelity {e['fidelity'].mean():.3f} prompt "
-                          f"{e['prompt'].mean():.3f} agreement {e['agreement'].mean():.3f} "
+                          f"{e['prompt'].mean():.3f} class {e['class_shape'].mean():.3f} agreement {e['agreement']:.3f} "
                           f"drift FD {e['drift_fd']:.1f} diversity {e['diversity'].mean():.2f} "
                           f"({tuned.info['tune_seconds']:.0f} s)", flush=True)
     rows = []
@@ -202,9 +209,10 @@ def subject_part(m: ModelManager, quick: bool) -> dict:
         vals = {k: np.concatenate(a) for k, a in parts.items()}
         row = {"variant": v, **{k: metrics.bootstrap_mean(a).to_dict() for k, a in vals.items()}}
         if v != "base":
+            spread = {k: {"mean": float(np.mean(info[v][k])), "min": float(np.min(info[v][k])),
+                          "max": float(np.max(info[v][k]))} for k in ("drift_fd", "agreement")}
             row.update(trainable_params=int(np.mean(info[v]["params"])), tune_seconds=float(np.mean(info[v]["seconds"])),
-                       drift_fd={"mean": float(np.mean(info[v]["drift_fd"])), "min": float(np.min(info[v]["drift_fd"])),
-                                 "max": float(np.max(info[v]["drift_fd"]))})
+                       **spread)
             if v != "arbooth":
                 ref = {k: np.concatenate(a) for k, a in per["arbooth"].items()}
                 row["minus_arbooth"] = {k: metrics.bootstrap_mean(vals[k] - ref[k]).to_dict() for k in vals}
@@ -232,9 +240,14 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['model']} | {r['sampler']} | {r['passes']} | {ci(r['shape_and_colour'], True)} | "
                          f"{ci(r['region'], True)} | {ci(r['fd_shapes'], False)} | {r['seconds_per_image']:.4f} |")
         eq = sp["equal_quality"]
+        first = sp["rows"][1]["sampler"] if len(sp["rows"]) > 1 else None
         lines += ["", ("Equal quality: " + (f"{eq['diffusion']} is the fewest-step diffusion row whose region accuracy "
                                              f"reaches the VAR's; VAR {eq['var_seconds']:.4f} s vs "
-                                             f"{eq['diffusion_seconds']:.4f} s per image ({eq['speedup']:.1f}x)."
+                                             f"{eq['diffusion_seconds']:.4f} s per image (diffusion / VAR "
+                                             f"{eq['speedup']:.2f})."
+                                             + (" It is the sweep's fewest steps and already more accurate than the VAR, "
+                                                "so no equal-quality point was reached: the VAR is quicker per image "
+                                                "only at lower accuracy." if eq["diffusion"] == first else "")
                                              if eq else "no diffusion row reaches the VAR's region accuracy.")), ""]
     sb = result.get("subject")
     if sb:
@@ -248,22 +261,23 @@ def markdown(result: dict) -> str:
         lines += ["", f"Report: subjects {', '.join(sb['report_subjects'])} x tuning seeds {sb['tune_seeds']}; "
                   f"{sb['images']['prompt']} prompt images and {sb['images']['class']} class-prompt images per tuned "
                   "model.", "",
-                  "| variant | subject fidelity | prompt fidelity % | class agreement % | drift FD (mean, min-max) | "
-                  "diversity | trainable params | s |", "|---|---|---|---|---|---|---|---|"]
+                  "| variant | subject fidelity | prompt fidelity % | class fidelity % | reading agreement (mean, min-max) "
+                  "| drift FD (mean, min-max) | diversity | trainable params | s |", "|---|---|---|---|---|---|---|---|---|"]
         for r in sb["rows"]:
-            fd = r.get("drift_fd")
+            fd, ag = r.get("drift_fd"), r.get("agreement")
             lines.append(f"| {r['variant']} | {ci(r['fidelity'])} | {ci(r['prompt'], True)} | "
-                         f"{ci(r['agreement'], True)} | "
+                         f"{ci(r['class_shape'], True)} | "
+                         + (f"{ag['mean']:.2f} ({ag['min']:.2f}-{ag['max']:.2f})" if ag else "1") + " | "
                          + (f"{fd['mean']:.1f} ({fd['min']:.1f}-{fd['max']:.1f})" if fd else "0") + " | "
                          f"{ci(r['diversity'])} | {r.get('trainable_params', 0):,} | {r.get('tune_seconds', 0):.0f} |")
         lines += ["", "Each variant minus ARBooth (paired on prompts and seeds; an interval covering 0 is no difference):",
-                  "", "| variant | subject fidelity | prompt fidelity % | class agreement % | diversity |",
+                  "", "| variant | subject fidelity | prompt fidelity % | class fidelity % | diversity |",
                   "|---|---|---|---|---|"]
         for r in sb["rows"]:
             d = r.get("minus_arbooth")
             if d:
                 lines.append(f"| {r['variant']} | {ci(d['fidelity'])} | {ci(d['prompt'], True)} | "
-                             f"{ci(d['agreement'], True)} | {ci(d['diversity'])} |")
+                             f"{ci(d['class_shape'], True)} | {ci(d['diversity'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -271,6 +285,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=("all", "speed", "subject"), default="all")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reuse-selection", action="store_true",
+                    help="take the learning rate and iterations from the last results' selection (not chosen again)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -281,7 +297,8 @@ def main(argv=None) -> int:
     if args.part in ("all", "speed"):
         result["speed"] = speed(m, args.quick)
     if args.part in ("all", "subject"):
-        result["subject"] = subject_part(m, args.quick)
+        kept = (old.get("subject") or {}).get("selection") if args.reuse_selection else None
+        result["subject"] = subject_part(m, args.quick, kept)
     text = markdown(result)
     print(text)
     if not args.quick:

@@ -36,11 +36,12 @@ ABOUT = (
     "distillation, a KL with weight 0.5). **Full fine-tuning** trains every layer on the subject alone. The "
     "readouts: **subject fidelity** (feature similarity to the subject pictures on the `fd-shapes` feature net), "
     "**prompt fidelity** (the shapes judge finds the shape where the prompt asks), **drift** (on the class prompt "
-    "'a square', does the tuned model still draw what the untuned one drew from the same seed?), **diversity** "
+    "'a square': does the judge still find squares, and does it read the same mix of shapes and colours as on the untuned model's images?), **diversity** "
     "(mean feature distance between the images). Deviations (`docs/subject.md`): a 2-million-parameter VAR on "
     "32 x 32 shapes instead of Infinity-2B, index tokens instead of bitwise ones (no bitwise self-correction), "
     "MiniLM captions instead of Flan-T5, CPU-sized iterations.")
-TABLE_COLUMNS = ["model", "subject fidelity", "prompt fidelity", "class agreement", "drift FD", "diversity",
+TABLE_COLUMNS = ["model", "subject fidelity", "prompt fidelity", "class fidelity", "class reading agreement",
+                 "drift FD", "diversity",
                  "trainable params", "seconds"]
 
 
@@ -50,7 +51,8 @@ def readout_table(rows: list[dict]) -> list[list]:
         return f"{f(e['value'])} [{f(e['low'])}, {f(e['high'])}]"
 
     return [[("untuned" if r["model"] == "base" else r["model"]), ci(r["subject_fidelity"]),
-             ci(r["prompt_fidelity"], True), ci(r["drift_agreement"], True), f"{r['drift_fd']:.1f}",
+             ci(r["prompt_fidelity"], True), ci(r["class_fidelity"], True), ci(r["drift_agreement"], True),
+             f"{r['drift_fd']:.1f}",
              f"{r['diversity']:.2f}", f"{r['trainable_params']:,}", f"{r['tune_seconds']:.0f}"] for r in rows]
 
 

@@ -221,6 +221,7 @@ def test_a_run_tunes_each_variant_and_measures_it_beside_the_untuned_model(subje
     assert [row["model"] for row in r.rows] == ["base", "arbooth", "full"] and set(r.models) == {"arbooth", "full"}
     base, arbooth, full = r.rows
     assert base["drift_fd"] == 0.0 and base["drift_agreement"]["value"] == 1.0 and base["trainable_params"] == 0
+    assert all(0 <= row["class_fidelity"]["value"] <= 1 and 0 <= row["drift_agreement"]["low"] <= 1 for row in r.rows)
     assert arbooth["trainable_params"] < full["trainable_params"]
     assert all(-1 <= row["subject_fidelity"]["value"] <= 1 and 0 <= row["prompt_fidelity"]["value"] <= 1
                for row in r.rows)
@@ -251,3 +252,25 @@ def test_uploads_are_checked_resized_and_used(subject_manager, tmp_path):
     assert r.parameters["shape"] == "circle" and r.subject_images.shape == (2, 3, 32, 32)
     with pytest.raises(subject.ParamError, match="at most 8"):
         run_to_end(subject.run(p, subject_manager, images=np.concatenate([arrays] * 5)))
+
+
+def test_class_drift_compares_the_judges_reading_distributions_not_seeds():
+    class Reader(torch.nn.Module):  # reads a square in cell 0, coloured by the image's first pixel (0: red, 1: blue)
+        def read(self, x):
+            s = torch.zeros(len(x), 9, dtype=torch.long)
+            c = torch.zeros(len(x), 9, dtype=torch.long)
+            s[:, 0] = shapes.SHAPES.index("square") + 1
+            c[:, 0] = x[:, 0, 0, 0].long() * shapes.COLOURS.index("blue")
+            return s, c
+
+    def images(colours):
+        x = torch.zeros(len(colours), 3, 4, 4)
+        x[:, 0, 0, 0] = torch.tensor(colours, dtype=torch.float)
+        return x
+
+    same_mix = subject.class_drift(Reader(), images([0, 1, 0, 1]), images([1, 0, 1, 0]), "square")
+    assert same_mix["agreement"]["value"] == 1.0  # every seed differs, the distribution does not
+    half = subject.class_drift(Reader(), images([1, 1, 1, 1]), images([0, 0, 1, 1]), "square")
+    assert half["agreement"]["value"] == pytest.approx(0.5)  # TV distance 0.5
+    assert half["class_shape"].tolist() == [1.0] * 4
+    assert subject.class_drift(Reader(), images([0, 0]), images([0, 0]), "circle")["class_shape"].tolist() == [0.0, 0.0]
