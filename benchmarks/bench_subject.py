@@ -26,8 +26,12 @@ the REPORT subjects (orange square, hollow red square) x tuning seeds 0 and 1. P
   finds the class shape), **reading agreement** (1 - the total-variation distance between the judge's readings,
   shape and colour of the first object, of the tuned and the untuned model's sets: distributions, since in an
   autoregressive sampler one changed early token re-routes a whole sample and per-seed agreement was 0.05-0.13
-  for every variant in a first run), and FD-shapes between the two sets;
+  for every variant in a first run), and FD-shapes between the two sets; the same again sampled without
+  guidance (cfg 0), since prior distillation protects the class prompt's logits but not the empty caption's;
 * trainable parameters and tuning seconds.
+
+The untuned model's drift figures compare it with itself on other seeds (class seeds 18000 + i): the floor that
+sets of this size reach by chance alone.
 
 Intervals: 95% bootstrap over images (pooled over subjects and seeds); each variant minus ARBooth is
 paired on the same prompts and seeds; an interval covering 0 is "no difference".
@@ -68,7 +72,8 @@ DIFFUSION_STEPS = (2, 3, 4, 6, 8, 15)
 LR_GRID, ITER_GRID = (3e-4, 1e-3, 3e-3), (100, 200)
 TUNE_SEEDS = (0, 1)
 PROMPT_SEED, CLASS_SEED, PER_REGION, N_CLASS = 7000, 8000, 4, 64
-KEYS = ("fidelity", "prompt", "diversity", "class_shape")  # per-image figures (paired across variants)
+SCALARS = ("drift_fd", "agreement", "drift_fd_cfg0", "agreement_cfg0")  # per (subject, tuning seed)
+KEYS = ("fidelity", "prompt", "diversity", "class_shape", "class_shape_cfg0")  # per-image figures (paired across variants)
 
 
 def manager() -> ModelManager:
@@ -122,7 +127,7 @@ def speed(m: ModelManager, quick: bool) -> dict:
 
 # --------------------------------------------------------------------------------------------- subject
 
-def eval_model(model, enc, judge, fdnet, subject_x, shape, base_class, quick) -> dict:
+def eval_model(model, enc, judge, fdnet, subject_x, shape, base_class, quick, class_seed: int = CLASS_SEED) -> dict:
     """Per-image figures of one model (see the module docstring)."""
     regions = list(range(9))
     per_region = 2 if quick else PER_REGION
@@ -136,15 +141,22 @@ def eval_model(model, enc, judge, fdnet, subject_x, shape, base_class, quick) ->
         region_of += [r] * per_region
     x = torch.cat(prompt_images)
     n_class = 8 if quick else N_CLASS
-    cls = run_to_end(S.draw(model, enc, f"a {shape}", [CLASS_SEED + i for i in range(n_class)], p))
+    cls = run_to_end(S.draw(model, enc, f"a {shape}", [class_seed + i for i in range(n_class)], p))
     per = S.per_image(judge, fdnet, subject_x, x, shape, region_of)
     div = [S.diversity(per["features"][i * per_region:(i + 1) * per_region]) for i in range(len(regions))]
-    drift = S.class_drift(judge, cls, cls if base_class is None else base_class, shape)
+    # the same class prompt without guidance: prior distillation protects the class prompt's logits, not the
+    # empty caption's, which guidance (cfg 4: 5 cond - 4 uncond at the finest scale) amplifies
+    plain = run_to_end(S.draw(model, enc, f"a {shape}", [class_seed + i for i in range(n_class)],
+                              S.Params(cfg=0.0, top_k=p.top_k, top_p=p.top_p)))
+    drift = S.class_drift(judge, cls, cls if base_class is None else base_class[0], shape)
+    drift0 = S.class_drift(judge, plain, plain if base_class is None else base_class[1], shape)
     out = {"fidelity": per["fidelity"], "prompt": per["prompt"], "diversity": np.asarray(div),
-           "class_shape": drift["class_shape"], "class": cls}
+           "class_shape": drift["class_shape"], "class_shape_cfg0": drift0["class_shape"], "class": (cls, plain)}
     if base_class is not None:
         out["agreement"] = drift["agreement"]["value"]
-        out["drift_fd"] = S.drift_fd(fdnet, cls, base_class)
+        out["drift_fd"] = S.drift_fd(fdnet, cls, base_class[0])
+        out["agreement_cfg0"] = drift0["agreement"]["value"]
+        out["drift_fd_cfg0"] = S.drift_fd(fdnet, plain, base_class[1])
     return out
 
 
@@ -181,7 +193,8 @@ def subject_part(m: ModelManager, quick: bool, selection: dict | None = None) ->
     variants = ("arbooth", "full") if quick else tuple(A.VARIANTS)
     seeds = TUNE_SEEDS[:1] if quick else TUNE_SEEDS
     per: dict[str, dict[str, list]] = {v: {} for v in ("base", *variants)}
-    info: dict[str, dict] = {v: {"params": [], "seconds": [], "drift_fd": [], "agreement": []} for v in variants}
+    info: dict[str, dict] = {v: {k: [] for k in ("params", "seconds") + SCALARS} for v in variants}
+    floor: dict[str, list] = {k: [] for k in SCALARS}
     with (m.use("var-shapes") as vm, m.use("text-encoder") as enc, m.use("judge-shapes") as judge,
           m.use("fd-shapes") as fdnet):
         for sid in subjects.REPORT:
@@ -190,6 +203,10 @@ def subject_part(m: ModelManager, quick: bool, selection: dict | None = None) ->
             base = eval_model(vm, enc, judge, fdnet, x, sub.shape, None, quick)
             for key in KEYS:  # once per subject: the untuned model has no seed
                 per["base"].setdefault(key, []).append(base[key])
+            # the floor: the untuned model against itself on other seeds (small sets differ by chance alone)
+            again = eval_model(vm, enc, judge, fdnet, x, sub.shape, base["class"], quick, CLASS_SEED + 10_000)
+            for k in SCALARS:
+                floor[k].append(again[k])
             for seed in seeds:
                 for v in variants:
                     tuned = tune_one(vm, enc, x, sub.shape, v, lr, iterations, seed)
@@ -198,19 +215,22 @@ def subject_part(m: ModelManager, quick: bool, selection: dict | None = None) ->
                         per[v].setdefault(key, []).append(e[key])
                     info[v]["params"].append(tuned.info["trainable_params"])
                     info[v]["seconds"].append(tuned.info["tune_seconds"])
-                    info[v]["drift_fd"].append(e["drift_fd"])
-                    info[v]["agreement"].append(e["agreement"])
+                    for k in SCALARS:
+                        info[v][k].append(e[k])
                     print(f"{sid} seed {seed} {v}: fidelity {e['fidelity'].mean():.3f} prompt "
                           f"{e['prompt'].mean():.3f} class {e['class_shape'].mean():.3f} agreement {e['agreement']:.3f} "
-                          f"drift FD {e['drift_fd']:.1f} diversity {e['diversity'].mean():.2f} "
+                          f"drift FD {e['drift_fd']:.1f} (cfg 0: agreement {e['agreement_cfg0']:.3f}, FD "
+                          f"{e['drift_fd_cfg0']:.1f}) diversity {e['diversity'].mean():.2f} "
                           f"({tuned.info['tune_seconds']:.0f} s)", flush=True)
     rows = []
     for v, parts in per.items():
         vals = {k: np.concatenate(a) for k, a in parts.items()}
         row = {"variant": v, **{k: metrics.bootstrap_mean(a).to_dict() for k, a in vals.items()}}
+        source = floor if v == "base" else info[v]
+        row.update({k: {"mean": float(np.mean(source[k])), "min": float(np.min(source[k])),
+                        "max": float(np.max(source[k]))} for k in SCALARS})
         if v != "base":
-            spread = {k: {"mean": float(np.mean(info[v][k])), "min": float(np.min(info[v][k])),
-                          "max": float(np.max(info[v][k]))} for k in ("drift_fd", "agreement")}
+            spread = {}
             row.update(trainable_params=int(np.mean(info[v]["params"])), tune_seconds=float(np.mean(info[v]["seconds"])),
                        **spread)
             if v != "arbooth":
@@ -270,14 +290,24 @@ def markdown(result: dict) -> str:
                          + (f"{ag['mean']:.2f} ({ag['min']:.2f}-{ag['max']:.2f})" if ag else "1") + " | "
                          + (f"{fd['mean']:.1f} ({fd['min']:.1f}-{fd['max']:.1f})" if fd else "0") + " | "
                          f"{ci(r['diversity'])} | {r.get('trainable_params', 0):,} | {r.get('tune_seconds', 0):.0f} |")
+        lines += ["", "Drift of the class prompt sampled without guidance (cfg 0; the same seeds): prior distillation "
+                  "protects the class prompt's logits, not the empty caption's that guidance subtracts.", "",
+                  "| variant | class fidelity % | reading agreement (mean, min-max) | drift FD (mean, min-max) |",
+                  "|---|---|---|---|"]
+        for r in sb["rows"]:
+            fd, ag = r.get("drift_fd_cfg0"), r.get("agreement_cfg0")
+            lines.append(f"| {r['variant']} | {ci(r['class_shape_cfg0'], True)} | "
+                         + (f"{ag['mean']:.2f} ({ag['min']:.2f}-{ag['max']:.2f})" if ag else "1") + " | "
+                         + (f"{fd['mean']:.1f} ({fd['min']:.1f}-{fd['max']:.1f})" if fd else "0") + " |")
         lines += ["", "Each variant minus ARBooth (paired on prompts and seeds; an interval covering 0 is no difference):",
-                  "", "| variant | subject fidelity | prompt fidelity % | class fidelity % | diversity |",
-                  "|---|---|---|---|---|"]
+                  "", "| variant | subject fidelity | prompt fidelity % | class fidelity % | class fidelity, cfg 0 % | "
+                  "diversity |", "|---|---|---|---|---|---|"]
         for r in sb["rows"]:
             d = r.get("minus_arbooth")
             if d:
                 lines.append(f"| {r['variant']} | {ci(d['fidelity'])} | {ci(d['prompt'], True)} | "
-                             f"{ci(d['class_shape'], True)} | {ci(d['diversity'])} |")
+                             f"{ci(d['class_shape'], True)} | {ci(d['class_shape_cfg0'], True)} | "
+                             f"{ci(d['diversity'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -77,9 +77,10 @@ class Params:
                                                    minimum=2, maximum=MAX_SAMPLES, step=1))
     seed: int = field(default=0, metadata=spec("Seed", "Image i of every model uses seed + i; tuning uses seed too.",
                                                minimum=0, maximum=MAX_SEED - MAX_SAMPLES, step=1))
-    iterations: int = field(default=150, metadata=spec("Iterations", "Tuning iterations per variant (2 images each).",
+    # iterations and lr: chosen for ARBooth on the selection subjects by benchmarks/bench_subject.py
+    iterations: int = field(default=100, metadata=spec("Iterations", "Tuning iterations per variant (2 images each).",
                                                        minimum=1, maximum=1000, step=1, advanced=True))
-    lr: float = field(default=1e-3, metadata=spec("Learning rate", "AdamW, constant.", minimum=1e-6, maximum=1e-1,
+    lr: float = field(default=3e-4, metadata=spec("Learning rate", "AdamW, constant.", minimum=1e-6, maximum=1e-1,
                                                   advanced=True))
     cfg: float = field(default=4.0, metadata=spec(  # var-shapes' sampler, chosen on the selection prompts
         "Guidance", "Classifier-free guidance at the finest scale (ramps up from 0 at the coarsest, as VAR's sampler).",

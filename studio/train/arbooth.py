@@ -73,8 +73,8 @@ BETAS = (0.9, 0.97)
 
 @dataclass
 class TuneSettings:
-    iterations: int = 150
-    lr: float = 1e-3
+    iterations: int = 100  # iterations and lr chosen on the selection subjects (benchmarks/bench_subject.py)
+    lr: float = 3e-4
     batch: int = 2
     seed: int = 0
 
