@@ -17,6 +17,11 @@ selective layer tuning); ``layers="all"`` is full fine-tuning. :data:`VARIANTS` 
 method, naive full fine-tuning and each part switched off on the same path, so the benchmark and
 the tab compare them side by side.
 
+Measured (``benchmarks/bench_subject.py``, docs/subject.md): full fine-tuning halves the diversity and drifts
+furthest; prior distillation keeps the diversity and, sampled without guidance, the class prompt at chance level;
+at guidance 4 every variant drifts; coarse-heavy weights do not raise subject fidelity here; every variant loses
+the prompt's region words.
+
 Deviations: a tiny VAR on the shapes world instead of Infinity-2B; token indices instead of
 Infinity's bitwise tokens, hence no bitwise self-correction; MiniLM caption embeddings instead of
 Flan-T5; learning rate and iterations CPU-sized and chosen on the SELECTION subjects
