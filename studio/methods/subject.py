@@ -316,6 +316,10 @@ def notes(p: Params, rows: list[dict], shape: str) -> list[str]:
                    f"diversity {r['diversity']:.2f}"
                    + (f"; {r['trainable_params']:,} trainable parameters, {r['tune_seconds']:.0f} s" if r["iterations"]
                       else "") + ".")
+    from studio.core.var import PLACEHOLDER
+
+    if PLACEHOLDER not in p.prompt.split():
+        out.append(f"The prompt does not name '{PLACEHOLDER}': the tuned models were asked for the class, not the subject.")
     out.append(f"{p.n_images} images per model is a small sample: benchmarks/bench_subject.py reports intervals on "
                f"more images and on subjects other than those its settings were chosen on. The class prompt is "
                f"'a {shape}'.")
