@@ -73,11 +73,9 @@ def with_placeholder(encoded: dict[str, torch.Tensor], spans: list[tuple[int, in
 def cat_text(*conds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Concatenate text conditions along the batch, padding the token axis to the longest."""
     T = max(c["encoder_hidden_states"].shape[1] for c in conds)
-    pad = [(lambda t, c=c: F.pad(t, (0, 0, 0, T - t.shape[1]))) for c in conds]
-    return {"encoder_hidden_states": torch.cat([f(c["encoder_hidden_states"]) for f, c in zip(pad, conds)]),
-            "encoder_attention_mask": torch.cat([F.pad(c["encoder_attention_mask"],
-                                                       (0, T - c["encoder_attention_mask"].shape[1]))
-                                                 for c in conds]),
+    hidden = [F.pad(c["encoder_hidden_states"], (0, 0, 0, T - c["encoder_hidden_states"].shape[1])) for c in conds]
+    masks = [F.pad(c["encoder_attention_mask"], (0, T - c["encoder_attention_mask"].shape[1])) for c in conds]
+    return {"encoder_hidden_states": torch.cat(hidden), "encoder_attention_mask": torch.cat(masks),
             "pooled": torch.cat([c["pooled"] for c in conds])}
 
 

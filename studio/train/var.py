@@ -19,7 +19,7 @@ steps) and, with ``--resume-from-zoo``, from the shipped weights when ``runs/`` 
 Data: fresh scenes every step, drawn as the ``shapes-t2i`` recipe draws them (no held-out pair in
 one image; the caption of one random object, 20% of them partial). The exported entry holds
 ``tokenizer/`` and ``transformer/`` (fp16), and ``studio.json`` with the sampler defaults chosen on
-the SELECTION prompts (:func:`choose_sampler`); its MANIFEST quality is measured on the REPORT
+the SELECTION prompts (:func:`record_quality`); its MANIFEST quality is measured on the REPORT
 prompts (:func:`studio.evaluate.evaluate_var`).
 """
 
