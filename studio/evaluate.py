@@ -177,7 +177,7 @@ def var_images(vm, encoder, prompts: list[str], seed: int, cfg: float, top_k: in
     for i in range(0, n, batch):
         rows = list(range(i, min(i + batch, n)))
         parts.append(run_to_end(V.sample(vm, V.take(enc, rows), V.take(enc, [n] * len(rows)),
-                                         [seed + j for j in rows], cfg=cfg, top_k=top_k, top_p=top_p)))
+                                         [seed + j for j in rows], cfg=cfg, top_k=top_k, top_p=top_p, previews=False)))
     return torch.cat(parts)
 
 

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from studio.core.device import make_generator
 from studio.core.models import VARModel
 from studio.core.sampling import Progress
+from studio.data import text
 from studio.nets.var import scale_slices
 
 PLACEHOLDER = "sks"  # the subject's placeholder word ("a sks square"), DreamBooth's rare token
-TEXT_KEYS = ("encoder_hidden_states", "encoder_attention_mask", "pooled")
 
 
 # ----------------------------------------------------------------------------------------------- text
@@ -47,17 +47,11 @@ def placeholder_span(encoder, prompt: str, word: str = PLACEHOLDER) -> tuple[int
     return None
 
 
-def _pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The mean of the valid token embeddings, L2-normalised (as :func:`studio.data.text.encode`)."""
-    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-    return F.normalize(pooled, dim=-1)
-
-
 def with_placeholder(encoded: dict[str, torch.Tensor], spans: list[tuple[int, int] | None],
                      block: torch.Tensor) -> dict[str, torch.Tensor]:
     """Replace each prompt's placeholder word pieces (``spans``) by ``block`` (n, D); the pooled
     embedding is recomputed over the new tokens. Differentiable in ``block``."""
-    rows, masks = [], []
+    rows = []
     for i, span in enumerate(spans):
         n = int(encoded["encoder_attention_mask"][i].sum())
         h = encoded["encoder_hidden_states"][i, :n]
@@ -67,7 +61,7 @@ def with_placeholder(encoded: dict[str, torch.Tensor], spans: list[tuple[int, in
     T = max(max(len(r) for r in rows), encoded["encoder_hidden_states"].shape[1])
     hidden = torch.stack([F.pad(r, (0, 0, 0, T - len(r))) for r in rows])
     mask = torch.stack([torch.cat([torch.ones(len(r)), torch.zeros(T - len(r))]) for r in rows])
-    return {"encoder_hidden_states": hidden, "encoder_attention_mask": mask, "pooled": _pooled(hidden, mask)}
+    return {"encoder_hidden_states": hidden, "encoder_attention_mask": mask, "pooled": text.pool(hidden, mask)}
 
 
 def cat_text(*conds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -105,10 +99,12 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> t
 @torch.no_grad()
 def sample_tokens(vm: VARModel, cond: dict[str, torch.Tensor], uncond: dict[str, torch.Tensor] | None,
                   seeds: list[int], cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, temperature: float = 1.0,
-                  transformer: torch.nn.Module | None = None) -> Iterator[Progress | list[torch.Tensor]]:
-    """Yield a Progress per scale (preview: the images decoded from f_hat so far), then the K index
-    maps (B, p_k, p_k). Image i draws from its own generator seeded ``seeds[i]``. ``uncond`` None:
-    no guidance (cfg ignored). ``transformer`` overrides ``vm.transformer`` (a tuned copy)."""
+                  transformer: torch.nn.Module | None = None,
+                  previews: bool = True) -> Iterator[Progress | list[torch.Tensor]]:
+    """Yield a Progress per scale (preview: the images decoded from f_hat so far, unless ``previews`` is
+    False, as for token maps nobody looks at), then the K index maps (B, p_k, p_k). Image i draws from
+    its own generator seeded ``seeds[i]``. ``uncond`` None: no guidance (cfg ignored). ``transformer``
+    overrides ``vm.transformer`` (a tuned copy)."""
     net, vq = transformer or vm.transformer, vm.tokenizer
     scales, K, B = vq.scales, len(vq.scales), len(seeds)
     guided = uncond is not None and cfg != 0
@@ -132,7 +128,7 @@ def sample_tokens(vm: VARModel, cond: dict[str, torch.Tensor], uncond: dict[str,
         if k + 1 < K:
             nxt = scales[k + 1]
             inputs = F.interpolate(f_hat, size=(nxt, nxt), mode="area").flatten(2).transpose(1, 2)
-        yield Progress(k + 1, K, info={"scale": p}, preview=vq.decode(f_hat).clamp(-1, 1))
+        yield Progress(k + 1, K, info={"scale": p}, preview=vq.decode(f_hat).clamp(-1, 1) if previews else None)
     yield indices
 
 

@@ -181,20 +181,25 @@ def _draw_scene(rng: np.random.Generator, n_objects: int | None, size: int) -> S
     n = int(rng.integers(1, 4)) if n_objects is None else n_objects
     if not 1 <= n <= 9:
         raise ValueError(f"a scene holds 1 to 9 objects, got {n}")
-    cell = size / 3
-    scale = size / IMAGE_SIZE
     objects = []
     for region in rng.choice(9, size=n, replace=False):
-        row, col = divmod(int(region), 3)
-        r = float(rng.uniform(*RADIUS_RANGE)) * scale
-        cx = float(rng.uniform(col * cell + r, (col + 1) * cell - r))
-        cy = float(rng.uniform(row * cell + r, (row + 1) * cell - r))
+        r, cx, cy = place(rng, int(region), size)
         objects.append(ShapeObject(
             shape=SHAPES[int(rng.integers(len(SHAPES)))],
             colour=COLOURS[int(rng.integers(len(COLOURS)))],
             region=int(region), cx=cx, cy=cy, radius=r,
         ))
     return Scene(tuple(objects), size)
+
+
+def place(rng: np.random.Generator, region: int, size: int = IMAGE_SIZE) -> tuple[float, float, float]:
+    """A random radius and centre (pixels) for an object wholly inside ``region`` of a ``size`` image."""
+    row, col = divmod(region, 3)
+    cell = size / 3
+    r = float(rng.uniform(*RADIUS_RANGE)) * size / IMAGE_SIZE
+    cx = float(rng.uniform(col * cell + r, (col + 1) * cell - r))
+    cy = float(rng.uniform(row * cell + r, (row + 1) * cell - r))
+    return r, cx, cy
 
 
 def render(scene: Scene, fill: tuple[int, int, int] | None = None, hollow: float = 0.0) -> np.ndarray:

@@ -27,10 +27,6 @@ class Subject:
     hollow: float = 0.0             # outline width in pixels (0: filled)
     seed: int = 0
 
-    @property
-    def class_prompt(self) -> str:
-        return f"a {self.shape}"
-
 
 SUBJECTS: dict[str, Subject] = {s.id: s for s in (
     Subject("orange-square", "an orange square (a hue the world never shows)", "square", (255, 140, 0), seed=11),
@@ -53,11 +49,7 @@ def scenes(subject: Subject, n: int = N_IMAGES, regions=SUBJECT_REGIONS, seed: i
     out = []
     for i in range(n):
         region = int(regions[i % len(regions)])
-        row, col = divmod(region, 3)
-        cell = shapes.IMAGE_SIZE / 3
-        r = float(rng.uniform(*shapes.RADIUS_RANGE))
-        cx = float(rng.uniform(col * cell + r, (col + 1) * cell - r))
-        cy = float(rng.uniform(row * cell + r, (row + 1) * cell - r))
+        r, cx, cy = shapes.place(rng, region)
         out.append(shapes.Scene((shapes.ShapeObject(subject.shape, "red", region, cx, cy, r),)))
     return out
 

@@ -58,6 +58,10 @@ def encode(encoder, prompts: list[str], max_tokens: int = MAX_TOKENS) -> dict[st
             )
         hidden[i, : tok.shape[0]] = tok.float().cpu()
         mask[i, : tok.shape[0]] = 1
-    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    pooled = torch.nn.functional.normalize(pooled, dim=-1)
-    return {"encoder_hidden_states": hidden, "encoder_attention_mask": mask, "pooled": pooled}
+    return {"encoder_hidden_states": hidden, "encoder_attention_mask": mask, "pooled": pool(hidden, mask)}
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The sentence embedding: the mean of the valid token embeddings (B, T, D) under ``mask`` (B, T), L2-normalised."""
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+    return torch.nn.functional.normalize(pooled, dim=-1)

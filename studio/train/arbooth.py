@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Literal
 
 import numpy as np
@@ -148,7 +148,7 @@ def tune(vm: VARModel, encoder, subject_images: torch.Tensor, shape: str, varian
         if variant.prior:
             seeds = [int(s) for s in rng.integers(0, 2**31, size=len(pick))]
             prior_idx = run_to_end(V.sample_tokens(vm, V.take(cls_cond, [0] * len(pick)), None, seeds,
-                                                     top_k=k_top, transformer=teacher,
+                                                     top_k=k_top, transformer=teacher, previews=False,
                                                      **{k: v for k, v in PRIOR_SAMPLING.items() if k != "cfg"}))
             c = V.take(cls_cond, [0] * len(pick))
             with torch.no_grad():
@@ -167,7 +167,3 @@ def tune(vm: VARModel, encoder, subject_images: torch.Tensor, shape: str, varian
             "tune_seconds": round(time.perf_counter() - t0, 2),
             "final_losses": {k: (float(np.mean(v[-10:])) if v else None) for k, v in log.items()}}
     yield VARModel(f"{vm.name}+subject", vq, student, info, block.detach().clone() if block is not None else None)
-
-
-def variant_of(name: str, **changes) -> Variant:
-    return replace(VARIANTS[name], **changes)

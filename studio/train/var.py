@@ -102,7 +102,7 @@ def train_tokenizer(seed: int = SEED, steps: int = VQ_STEPS, resume_from_zoo: bo
     model, opt = accelerator.prepare(vq, opt)
     steplog, log = StepLog(accelerator, ckpt.dir.name, start=start), LossLog()
     used = torch.zeros(CODEBOOK, dtype=torch.bool)
-    usage, resets = [], 0
+    resets = 0
     bar = tqdm(range(start, steps), desc=f"{NAME} tokenizer", initial=start, total=steps)
     for step in bar:
         for group in opt.param_groups:  # cosine from VQ_LR to VQ_LR / 10
@@ -115,7 +115,8 @@ def train_tokenizer(seed: int = SEED, steps: int = VQ_STEPS, resume_from_zoo: bo
         optimizer_step(recon + vq_loss, opt, clip=None, log=log, accelerator=accelerator)
         for idx in indices:
             used[idx.unique()] = True
-        steplog.write(step + 1, {"recon": recon, "vq": vq_loss}, usage=V.codebook_usage(indices))
+        usage = V.codebook_usage(indices)
+        steplog.write(step + 1, {"recon": recon, "vq": vq_loss}, usage=usage)
         if (step + 1) % RESET_EVERY == 0:
             if step + 1 <= steps * RESET_UNTIL:  # the second half resets nothing: codes and decoder settle
                 with torch.no_grad():
@@ -123,7 +124,6 @@ def train_tokenizer(seed: int = SEED, steps: int = VQ_STEPS, resume_from_zoo: bo
                 resets += vq.reset_dead_codes(used, residual, torch.Generator().manual_seed(seed + step))
             used[:] = False
         if (step + 1) % 50 == 0:
-            usage = V.codebook_usage(indices)
             bar.set_postfix(recon=f"{recon.item():.4f}", vq=f"{vq_loss.item():.4f}", usage=str(usage))
         out_of_time = deadline is not None and time.time() > deadline
         if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps or out_of_time:
