@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from studio.core import metrics
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError
 from studio.core.sampling import Progress
@@ -96,7 +97,7 @@ def test_corruptions_are_seeded_and_do_what_they_say():
 
 def test_psnr_and_idempotence_error_by_hand():
     a = torch.zeros(1, 1, 4, 4)
-    assert float(edit.psnr(a + 0.2, a)) == pytest.approx(10 * np.log10(4 / 0.04), rel=1e-5)
+    assert float(metrics.psnr(a + 0.2, a)) == pytest.approx(10 * np.log10(4 / 0.04), rel=1e-5)
     identity = torch.nn.Identity()
     x = torch.randn(3, 1, 16, 16)
     assert torch.all(edit.idempotence_error(identity, x) == 0)

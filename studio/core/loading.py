@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 import torch
 
 from studio.core import lazy
-from studio.core.models import DiffusionModel, InvDiffModule, NAGModel, SeriesDiffusion, VARModel, WeightGenerator
+from studio.core.models import (DiffusionModel, INRDiffusionModel, InvDiffModule, NAGModel, SeriesDiffusion, VARModel,
+                                WeightGenerator)
 from studio.threads import building
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -135,6 +136,7 @@ NET_MODULES: dict[str, tuple[str, ...]] = {
     "studio.nets.ssl": ("DigitsSSLEncoder",),
     "studio.nets.unets": ("SelfCondUNet2DModel",),
     "studio.nets.var": ("MultiScaleVQ", "NextScaleTransformer"),
+    "studio.nets.inr": ("D2CVAE",),
     "studio.nets.weightgen": ("ParamAutoencoder", "LatentDenoiser", "WeightVAE", "DatasetEncoder",
                               "ConditionalLatentUNet"),
 }
@@ -306,6 +308,15 @@ def _load_var(folder: Path, info: dict) -> VARModel:
                     info)
 
 
+def _load_inr(folder: Path, info: dict) -> INRDiffusionModel:
+    """DDMI: the D2C-VAE (``vae/``), the latent denoiser (``model/``) and its ``scheduler/``."""
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return INRDiffusionModel(name=folder.name, unet=load_module_folder(folder / "model", info["model_class"]),
+                             scheduler_config=sched, prediction_type=info.get("prediction_type", "epsilon"),
+                             conditioning=info.get("conditioning", "none"), info=info,
+                             vae=load_module_folder(folder / "vae", info.get("vae_class", "D2CVAE")))
+
+
 # studio.json ``kind`` -> loader(folder, info): the one table a new kind of model is added to
 LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "diffusion": _load_diffusion,
@@ -320,6 +331,7 @@ LOADERS: dict[str, Callable[[Path, dict], Any]] = {
     "weightgen": _load_weightgen,
     "invdiff": _load_invdiff,
     "var": _load_var,
+    "inr": _load_inr,
 }
 
 

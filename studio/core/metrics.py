@@ -53,6 +53,58 @@ def bootstrap_difference(a, b, n_boot: int = 1000, level: float = 0.95, seed: in
                     int(min(a.size, b.size)))
 
 
+def psnr(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB on images in [-1, 1] (peak-to-peak 2); ``x`` is clipped to the range first."""
+    mse = ((x.clamp(-1, 1) - clean) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(4.0 / mse)
+
+
+def palette_labels(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) shapes-world images in [-1, 1] -> (B, H, W) index of the nearest palette colour
+    (0: the black background, k: ``shapes.COLOURS[k - 1]``)."""
+    from studio.data.shapes import COLOURS, RGB
+
+    palette = torch.tensor([(0, 0, 0), *(RGB[c] for c in COLOURS)], dtype=torch.float32) / 127.5 - 1  # (7, 3)
+    d = (images.float().clamp(-1, 1)[:, None] - palette[None, :, :, None, None].to(images.device)).pow(2).sum(2)
+    return d.argmin(1)
+
+
+def colour_mask_iou(images: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(B,) mean over the colours present in ``truth`` (background excluded) of the IoU between the
+    pixels each image and the truth assign to that colour (nearest palette colour per pixel)."""
+    a, b = palette_labels(images), palette_labels(truth)
+    out = []
+    for la, lb in zip(a, b):
+        ious = [((la == k) & (lb == k)).sum() / ((la == k) | (lb == k)).sum() for k in lb.unique().tolist() if k]
+        out.append(torch.stack(ious).mean() if ious else torch.tensor(float("nan")))
+    return torch.stack(out).float()
+
+
+def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, H, W): the Sobel gradient magnitude of the channel mean (per pixel of the image)."""
+    kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]) / 8
+    k = torch.stack([kx, kx.T])[:, None].to(images.device)
+    g = torch.nn.functional.conv2d(torch.nn.functional.pad(images.float().mean(1, keepdim=True), [1] * 4,
+                                                           mode="replicate"), k)
+    return g.pow(2).sum(1).sqrt()
+
+
+def edge_sharpness(images: torch.Tensor, truth: torch.Tensor, quantile: float = 0.9) -> torch.Tensor:
+    """(B,) how steep the images' edges are where the truth has edges: the mean gradient magnitude of the
+    image over the truth's edge pixels (its gradient above the ``quantile`` of its non-zero gradients),
+    divided by the truth's own mean there. 1: as sharp as the true render; a blurred image is below 1."""
+    ga, gb = gradient_magnitude(images), gradient_magnitude(truth)
+    out = []
+    for a, b in zip(ga, gb):
+        nonzero = b[b > 1e-3]
+        if nonzero.numel() == 0:
+            out.append(torch.tensor(float("nan")))
+            continue
+        edges = b >= torch.quantile(nonzero, quantile)
+        out.append(a[edges].mean() / b[edges].mean())
+    return torch.stack(out).float()
+
+
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     f = np.asarray(features, dtype=np.float64)
     return f.mean(0), np.cov(f, rowvar=False)

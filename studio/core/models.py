@@ -6,6 +6,7 @@ loads anything (that is :mod:`studio.core.loading`). Networks themselves live in
 
 * :class:`DiffusionModel`: an image denoiser ``model_fn(x_t, t, cond)`` with its scheduler config;
 * :class:`LatentDiffusionModel`: a Stable-Diffusion-style pipeline adapted at the edge (VAE, CLIP);
+* :class:`INRDiffusionModel`: DDMI, a latent denoiser whose latents decode to functions (render at any size);
 * :class:`SeriesDiffusion`: a TSDiff series denoiser on windows ``(B, L, C)``;
 * :class:`NAGModel`: DiffusionNAG's score network and dataset-aware accuracy predictor;
 * :class:`WeightGenerator`: a generator of classifier weights (D2NWG or p-diff) with its training checkpoints.
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import torch
 
 ModelKind = Literal["image", "series", "idempotent", "nag", "judge", "classifier", "experts", "text-encoder",
-                    "probe", "weightgen", "invdiff", "var", "other"]
+                    "probe", "weightgen", "invdiff", "var", "inr", "other"]
 
 
 def model_kind(info: dict) -> ModelKind:
@@ -36,7 +37,7 @@ def model_kind(info: dict) -> ModelKind:
     if kind == "diffusion":
         return "series" if info.get("domain") == "series" else "image"
     return kind if kind in ("idempotent", "nag", "judge", "classifier", "experts", "text-encoder", "probe",
-                                   "weightgen", "invdiff", "var") else "other"
+                                   "weightgen", "invdiff", "var", "inr") else "other"
 
 
 @dataclass
@@ -128,6 +129,39 @@ class LatentDiffusionModel(DiffusionModel):
     @property
     def modules(self) -> list[torch.nn.Module]:
         return [self.unet, self.vae, self.text_encoder]
+
+
+@dataclass
+class INRDiffusionModel(DiffusionModel):
+    """DDMI (Park et al., ICLR 2024): a latent denoiser (``unet``) over the latents of a D2C-VAE
+    (:class:`studio.nets.inr.D2CVAE`), whose decoder makes feature planes and an MLP that renders them
+    at any size. ``decode`` renders at the training size (so the engine's sampling loop and judges
+    treat it as a 32 x 32 image model); :meth:`render` at any other."""
+
+    vae: Any = None
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 32, 32) in [-1, 1] -> the posterior mean latents (B, C, 8, 8)."""
+        return self.vae.encode(images.to(self.vae.device, self.vae.dtype)).mean
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.render(latents)
+
+    @torch.no_grad()
+    def render(self, latents: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """The latents' functions rendered at ``size`` x ``size`` (default the training size), in [-1, 1]."""
+        return self.vae.render(latents.to(self.vae.device, self.vae.dtype), size).clamp(-1, 1)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        size = self.vae.config.image_size
+        return (3, size, size)
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.unet, self.vae]
 
 
 @dataclass

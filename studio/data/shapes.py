@@ -21,7 +21,7 @@ generalisation honestly (the Compose benchmark builds its k = 2 and k = 3 sets f
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal, get_args
 
 import numpy as np
@@ -200,6 +200,13 @@ def place(rng: np.random.Generator, region: int, size: int = IMAGE_SIZE) -> tupl
     cx = float(rng.uniform(col * cell + r, (col + 1) * cell - r))
     cy = float(rng.uniform(row * cell + r, (row + 1) * cell - r))
     return r, cx, cy
+
+
+def rescale(scene: Scene, size: int) -> Scene:
+    """The same scene at ``size`` x ``size`` pixels: every centre and radius scaled by ``size / scene.size``
+    (the shapes world is procedural, so its true image exists at every resolution)."""
+    k = size / scene.size
+    return Scene(tuple(replace(o, cx=o.cx * k, cy=o.cy * k, radius=o.radius * k) for o in scene.objects), size)
 
 
 def render(scene: Scene, fill: tuple[int, int, int] | None = None, hollow: float = 0.0) -> np.ndarray:

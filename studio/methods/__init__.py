@@ -66,6 +66,7 @@ METHODS: tuple[Method, ...] = (
     Method("weights", "Weights", ("weightgen",), "components.weights_tab.build_weights_tab"),
     Method("debias", "Debias", ("invdiff",), "components.debias_tab.build_debias_tab"),
     Method("subject", "Subject", ("var",), "components.subject_tab.build_subject_tab"),
+    Method("resolution", "Resolution", ("inr",), "components.resolution_tab.build_resolution_tab"),
 )
 
 

@@ -26,7 +26,7 @@ import torch
 from studio import __version__
 from studio.core.device import MAX_SEED, make_generator, random_seed
 from studio.core.manager import ModelManager
-from studio.core.metrics import judge_reading
+from studio.core.metrics import judge_reading, psnr
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import ImageResult, to_pil, to_strip
 from studio.core.sampling import Progress, make_scheduler, run_to_end, sample, start_timestep
@@ -168,12 +168,6 @@ def paired_difference(a, b, n_boot: int = 2000, level: float = 0.95, seed: int =
 def verdict(diff, better: str = "better", worse: str = "worse") -> str:
     """``better`` if the interval of a paired difference lies above 0, ``worse`` if below, else "no difference"."""
     return better if diff.low > 0 else worse if diff.high < 0 else "no difference"
-
-
-def psnr(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB on images in [-1, 1] (peak-to-peak 2)."""
-    mse = ((x.clamp(-1, 1) - clean) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return 10 * torch.log10(4.0 / mse)
 
 
 def noises(seed: int, n: int, shape) -> torch.Tensor:

@@ -15,8 +15,9 @@ ENCODERS = ("simclr-digits",)
 WEIGHTGEN = ("pdiff-digits", "d2nwg-digits")
 DEBIAS = ("shapes-biased", "invdiff-shapes")
 VAR = ("var-shapes",)
+INR = ("ddmi-shapes",)
 ALL = (DIFFUSION + JUDGES + GUIDE + FORECAST + SIGN + FEWSTEP + NAG + CONTRASTIVE + PROBE + ENCODERS + WEIGHTGEN
-       + DEBIAS + VAR)
+       + DEBIAS + VAR + INR)
 
 
 def run(name: str, minutes: float | None = None, steps: int | None = None, seed: int = 0,
@@ -24,11 +25,12 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
     """Train the zoo entry ``name`` and export it to ``studio/zoo/<name>``. ``resume_from_zoo``
     (diffusion recipes): continue from the shipped weights when ``runs/`` has no checkpoint;
     ``variant``: a side-by-side run of one recipe change, kept in ``runs/`` (shapes-t2i: its recipe
-    variants; digits-cond: the objectives of ``diffusion.DIGITS_VARIANTS``)."""
-    if variant and name not in DIFFUSION:
-        raise ValueError(f"--variant is for {', '.join(DIFFUSION)}")
-    if resume_from_zoo and name not in DIFFUSION + DEBIAS + VAR:
-        raise ValueError(f"--resume-from-zoo is for {', '.join(DIFFUSION + DEBIAS + VAR)}")
+    variants; digits-cond: the objectives of ``diffusion.DIGITS_VARIANTS``; ddmi-shapes: the D2C-VAE ablations of
+    ``ddmi.VAE_VARIANTS``)."""
+    if variant and name not in DIFFUSION + INR:
+        raise ValueError(f"--variant is for {', '.join(DIFFUSION + INR)}")
+    if resume_from_zoo and name not in DIFFUSION + DEBIAS + VAR + INR:
+        raise ValueError(f"--resume-from-zoo is for {', '.join(DIFFUSION + DEBIAS + VAR + INR)}")
     if name in DIFFUSION:
         from studio.train import diffusion
 
@@ -92,4 +94,8 @@ def run(name: str, minutes: float | None = None, steps: int | None = None, seed:
         from studio.train import var
 
         return var.train(seed=seed, steps=steps, minutes=minutes, resume_from_zoo=resume_from_zoo)
+    if name in INR:
+        from studio.train import ddmi
+
+        return ddmi.train(seed=seed, steps=steps, minutes=minutes, resume_from_zoo=resume_from_zoo, variant=variant)
     raise ValueError(f"unknown zoo entry {name!r}; choose one of {', '.join(ALL)}")
