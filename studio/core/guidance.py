@@ -156,3 +156,35 @@ def previous_timestep(scheduler) -> Callable[[int], int]:
         i = steps.index(int(t))
         return steps[i + 1] if i + 1 < len(steps) else -1
     return prev
+
+
+def x0_guidance(denoise: Denoiser, alphas_cumprod: torch.Tensor, prediction_type: str,
+                shift: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Denoiser:
+    """Guidance on the predicted clean image, for any of the DDPM-family prediction types.
+
+    From the model output at ``x_t`` it forms ``x0_hat``, moves it to ``x0' = x0_hat + shift(x0_hat, t)``
+    (``shift`` sees ``x0_hat`` detached: the denoiser is not back-propagated through, EluCD's trick (a)),
+    and returns the output that makes the sampler step from ``x0'`` with the noise estimate consistent with
+    ``x_t``: ``eps' = (x_t - sqrt(abar) x0') / sqrt(1 - abar)``, written back as epsilon, v
+    (``sqrt(abar) eps' - sqrt(1 - abar) x0'``) or x0 itself. A DDIM step then lands exactly where it would
+    from ``x0'``; with zero terminal SNR (abar = 0 at the first step) it needs no division by sqrt(abar).
+    """
+    if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"x0 guidance is for epsilon, v_prediction or sample models, not {prediction_type!r}")
+
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        pred = denoise(x, t)
+        a = alphas_cumprod[_timestep_index(t)].to(x.device, x.dtype)
+        if prediction_type == "epsilon":
+            x0 = (x - (1 - a).sqrt() * pred) / a.sqrt()
+        elif prediction_type == "v_prediction":
+            x0 = a.sqrt() * x - (1 - a).sqrt() * pred
+        else:
+            x0 = pred
+        x0 = x0 + shift(x0.detach(), t)
+        if prediction_type == "sample":
+            return x0
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
+
+    return guided

@@ -67,6 +67,7 @@ METHODS: tuple[Method, ...] = (
     Method("debias", "Debias", ("invdiff",), "components.debias_tab.build_debias_tab"),
     Method("subject", "Subject", ("var",), "components.subject_tab.build_subject_tab"),
     Method("resolution", "Resolution", ("inr",), "components.resolution_tab.build_resolution_tab"),
+    Method("swap", "Swap", ("image",), "components.swap_tab.build_swap_tab"),
 )
 
 
