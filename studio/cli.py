@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", default=None, metavar="FOLDER", help="with --gaussian-stats: a folder of images")
     p.add_argument("--rank", type=int, default=256, help="with --images: eigen-directions kept (plus a residual)")
     p = sub.add_parser("eval", help="measure a zoo diffusion model with the judges; writes MANIFEST quality")
-    p.add_argument("name", choices=["digits-cond", "shapes-t2i", "var-shapes"])
+    p.add_argument("name", choices=["digits-cond", "shapes-t2i", "var-shapes", "ddmi-shapes"])
     p.add_argument("--no-write", action="store_true")
     sub.add_parser("bench", help="run the benchmarks in benchmarks/ (writes benchmarks/results)")
     args = parser.parse_args(argv)

@@ -9,6 +9,8 @@
   scale; the judge checks shape and colour (an object of both, anywhere) and the region (that
   object in the asked region); FD-shapes against fresh renders, with the real-vs-real floor; the
   background's mean and grain in the outer ring of pixels, with real renders' beside them.
+* ``ddmi-shapes``: DDMI's guidance chosen on the SELECTION prompts, then its 32-pixel renders measured as
+  ``shapes-t2i``'s on the REPORT prompts.
 * ``var-shapes``: the VAR's sampler (guidance, top-k / top-p) chosen on the SELECTION prompts, then
   the same measurements as ``shapes-t2i``'s on the REPORT prompts, with seconds per image.
 
@@ -216,6 +218,53 @@ def evaluate_var(manager: ModelManager, name: str = "var-shapes", repeats: int =
             "threads": torch.get_num_threads()}
 
 
+DDMI_CFG = (1.0, 2.0, 3.0, 4.0)
+
+
+@torch.no_grad()
+def ddmi_images(dm, encoder, prompts: list[str], seed: int, cfg: float, steps: int = 50, batch: int = 81) -> torch.Tensor:
+    """DDMI samples for ``prompts`` (image i from ``seed + i``; DDIM ``steps``, eta 0), rendered at 32 x 32."""
+    cond, uncond = prompt_conditions(prompts, encoder)
+    parts = []
+    for i in range(0, len(prompts), batch):
+        sl = slice(i, min(i + batch, len(prompts)))
+        z = sample_batch(dm, {k: v[sl] for k, v in cond.items()}, {k: v[sl] for k, v in uncond.items()}, cfg,
+                         sl.stop - sl.start, seed + i, steps, "ddim")
+        parts.append(dm.decode(z))
+    return torch.cat(parts)
+
+
+def evaluate_ddmi(manager: ModelManager, name: str = "ddmi-shapes", repeats: int = 2, seed: int = 2000,
+                  fd_boot: int = 200) -> dict:
+    """Choose the guidance on the SELECTION prompts (one image each, seeds from ``seed + 50_000``), then measure
+    the 32-pixel renders on the REPORT prompts as :func:`evaluate_shapes` measures ``shapes-t2i`` (same prompts,
+    repeats and seeds), with seconds per image (DDIM 50, the paper's sampler)."""
+    real = shapes.to_model_range(shapes.make_dataset(1000, seed=424242)[0])
+    with (manager.use(name) as dm, manager.use("text-encoder") as enc, manager.use("judge-shapes") as judge,
+          manager.use("fd-shapes") as fdnet):
+        selection = []
+        for cfg in DDMI_CFG:
+            x = ddmi_images(dm, enc, [c["prompt"] for c in SELECTION_PROMPTS], seed + 50_000, cfg)
+            row = {"guidance": cfg, **shapes_quality(judge, fdnet, x, SELECTION_PROMPTS, real, fd_boot=50)}
+            print(f"{name} selection guidance {cfg}: shape+colour {row['shape_and_colour']['value']:.3f}, region "
+                  f"{row['region']['value']:.3f}, FD-shapes {row['fd_shapes']['value']:.1f}", flush=True)
+            selection.append(row)
+        best = max(selection, key=lambda r: (round(r["shape_and_colour"]["value"] + r["region"]["value"], 3),
+                                             -r["fd_shapes"]["value"]))
+        concepts = REPORT_PROMPTS * repeats
+        t0 = time.perf_counter()
+        x = ddmi_images(dm, enc, [c["prompt"] for c in concepts], seed, best["guidance"])
+        seconds = time.perf_counter() - t0
+        report = {"guidance": best["guidance"], **shapes_quality(judge, fdnet, x, concepts, real, fd_boot),
+                  "seconds": round(seconds, 1), "seconds_per_image": round(seconds / len(concepts), 4)}
+    print(f"{name} report at guidance {best['guidance']}: shape+colour {report['shape_and_colour']['value']:.3f}, "
+          f"region {report['region']['value']:.3f}, FD-shapes {report['fd_shapes']['value']:.1f}", flush=True)
+    return {"chosen_guidance": best["guidance"], "selection": selection, "at_chosen": report, "sampler": "ddim, 50 steps",
+            "selection_set": f"SELECTION_PROMPTS ({len(SELECTION_PROMPTS)}) x 1, seeds {seed + 50_000}+",
+            "report_set": f"REPORT_PROMPTS ({len(REPORT_PROMPTS)}) x {repeats}, seeds {seed}+ (as shapes-t2i's figures)",
+            "threads": torch.get_num_threads()}
+
+
 def run(name: str, write: bool = True, **kw) -> dict:
     from studio.train.common import update_quality
 
@@ -227,8 +276,10 @@ def run(name: str, write: bool = True, **kw) -> dict:
         result = evaluate_shapes(manager, **kw)
     elif name == "var-shapes":
         result = evaluate_var(manager, **kw)
+    elif name == "ddmi-shapes":
+        result = evaluate_ddmi(manager, **kw)
     else:
-        raise ValueError(f"no evaluation for {name!r}; choose digits-cond, shapes-t2i or var-shapes")
+        raise ValueError(f"no evaluation for {name!r}; choose digits-cond, shapes-t2i, var-shapes or ddmi-shapes")
     result["measured"] = time.strftime("%Y-%m-%d")
     if write:
         update_quality(name, result)
@@ -243,6 +294,13 @@ def summary_table(quality: dict, name: str) -> str:
             a, f = r["accuracy"], r["fd_digits"]
             lines.append(f"| {r['guidance']} | {a['value']:.3f} [{a['low']:.3f}, {a['high']:.3f}] | "
                          f"{f['value']:.2f} [{f['low']:.2f}, {f['high']:.2f}] |")
+    elif name == "ddmi-shapes":
+        ci = lambda e, nd=3: f"{e['value']:.{nd}f} [{e['low']:.{nd}f}, {e['high']:.{nd}f}]"  # noqa: E731
+        lines = ["| set | guidance | shape+colour [95% CI] | region [95% CI] | FD-shapes |", "|---|---|---|---|---|"]
+        for r in quality["selection"] + [quality["at_chosen"]]:
+            label = "**report**" if r is quality["at_chosen"] else "selection"
+            lines.append(f"| {label} | {r['guidance']} | {ci(r['shape_and_colour'])} | {ci(r['region'])} | "
+                         f"{ci(r['fd_shapes'], 1)} |")
     elif name == "var-shapes":
         ci = lambda e, nd=3: f"{e['value']:.{nd}f} [{e['low']:.{nd}f}, {e['high']:.{nd}f}]"  # noqa: E731
         lines = ["| set | cfg | top-k | top-p | shape+colour [95% CI] | region [95% CI] | FD-shapes |",

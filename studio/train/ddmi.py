@@ -283,4 +283,26 @@ def train(seed: int = 0, steps: int | None = None, minutes: float | None = None,
                 "params": sum(p.numel() for p in [*vae.parameters(), *unet.parameters()]),
                 "quality": {"vae": recon}}
     export(vae, unet, info, manifest)
-    return {"seconds": round(vae_state["seconds"] + result["seconds"], 1), **recon, "final_loss": result["loss"]}
+    quality = record_quality()
+    return {"seconds": round(vae_state["seconds"] + result["seconds"], 1), **recon, "final_loss": result["loss"],
+            "at_chosen": quality["at_chosen"]}
+
+
+def record_quality() -> dict:
+    """Measure the exported entry (:func:`studio.evaluate.evaluate_ddmi`: guidance chosen on the SELECTION prompts,
+    figures on the REPORT prompts), write the chosen guidance into its studio.json and the figures into its MANIFEST."""
+    from studio import evaluate
+    from studio.core.loading import read_manifest
+    from studio.core.manager import ModelManager
+
+    manager = ModelManager(device="cpu")
+    manager.register_zoo()
+    quality = evaluate.evaluate_ddmi(manager, NAME)
+    quality["measured"] = time.strftime("%Y-%m-%d")
+    path = ZOO_DIR / NAME / "studio.json"
+    info = json.loads(path.read_text())
+    info["default_guidance"] = quality["chosen_guidance"]
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    old = read_manifest()[NAME].get("quality", {})
+    write_manifest_entry(NAME, {"quality": {"vae": old.get("vae"), **quality}})
+    return quality
