@@ -30,14 +30,14 @@ ABOUT = (
     "none of these models) grades every result. LDFaceNet's own weight schedule is not verified here "
     "(`docs/swap.md`).")
 TABLE_COLUMNS = ["variant", "judge reads the cell", "asked in the cell", "other cells kept", "PSNR outside (dB)",
-                 "centroid shift (px)", "area ratio"]
+                 "centroid shift (px)", "area ratio", "judge reads (every cell)"]
 
 
 def table_frame(result: swap.SwapResult):
     import pandas as pd
 
     rows = [[r["variant"], r["judge_reads_cell"], "yes" if r["asked_in_cell"] else "no", f"{r['other_cells_kept']:.0%}",
-             r["psnr_outside"], r["centroid_shift_px"], r["area_ratio"]] for r in result.rows]
+             r["psnr_outside"], r["centroid_shift_px"], r["area_ratio"], r["judge_reads"]] for r in result.rows]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 

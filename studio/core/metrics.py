@@ -226,6 +226,18 @@ def shapes_colours_of(judge: torch.nn.Module, images: torch.Tensor, shape: str |
     return [COLOURS[int(c_cells[i, first[i]])] if hit[i].any() else None for i in range(len(images))]
 
 
+@torch.no_grad()
+def shapes_objects(judge: torch.nn.Module, images: torch.Tensor) -> list[list[str]]:
+    """Per image, the captions of the objects the shapes judge reads, cell by cell in reading order
+    ("a red circle at the top left")."""
+    from studio.data.shapes import COLOURS, SHAPES, concept_caption
+
+    judge.eval()
+    s_cells, c_cells = judge.read(images.float().to(next(judge.parameters()).device))
+    return [[concept_caption(SHAPES[s - 1], COLOURS[c], r) for r, (s, c) in enumerate(zip(s_row, c_row)) if s > 0]
+            for s_row, c_row in zip(s_cells.tolist(), c_cells.tolist())]
+
+
 def bias_score(counts) -> float:
     """The bias score of InvDiff's ``src/utils/score/bias_score.py`` for one prompt's attribute counts
     n_1..n_K: the sum over pairs i < j of |n_i - n_j| / N, divided by the K(K-1)/2 pairs. 0: balanced;

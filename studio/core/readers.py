@@ -34,10 +34,10 @@ def readings(manager, dm: DiffusionModel, image: torch.Tensor) -> list[dict]:
                 rows.append({"reader": key, "who": who.format_map(manager.info(key)), "reads": str(int(c[0])),
                              "probability": round(float(prob[0]), 3)})
     elif dm.info.get("domain") == "shapes" and "judge-shapes" in manager:
+        from studio.core.metrics import shapes_objects
+
         with manager.use("judge-shapes") as judge:
-            s_cells, c_cells = judge.read(image[None].float().to(next(judge.parameters()).device))
-        found = [shapes.concept_caption(shapes.SHAPES[int(s) - 1], shapes.COLOURS[int(c)], r)
-                 for r, (s, c) in enumerate(zip(s_cells[0].tolist(), c_cells[0].tolist())) if s > 0]
+            found = shapes_objects(judge, image[None])[0]
         rows.append({"reader": "judge-shapes", "who": "the judge (the measuring instrument)",
                      "reads": "; ".join(found) or "nothing", "probability": None})
     return rows

@@ -35,7 +35,7 @@ from studio import __version__
 from studio.core import guidance as G
 from studio.core.conditioning import repeat, text_conditions
 from studio.core.device import MAX_SEED, make_generator
-from studio.core.metrics import colour_mask_iou, edge_sharpness, psnr
+from studio.core.metrics import colour_mask_iou, edge_sharpness, psnr, shapes_objects
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import to_pil
 from studio.core.sampling import Progress, make_scheduler, sample
@@ -120,14 +120,8 @@ def readout(x: torch.Tensor, truth: torch.Tensor | None) -> dict:
 
 
 def judge_words(judge, x: torch.Tensor) -> list[str]:
-    """What the shapes judge reads on each image (its occupied cells), e.g. 'red circle at the top left'."""
-    s_cells, c_cells = judge.read(to_32(x).float())
-    out = []
-    for s_row, c_row in zip(s_cells.tolist(), c_cells.tolist()):
-        parts = [f"{shapes.COLOURS[c]} {shapes.SHAPES[s - 1]} at the {shapes.REGIONS[r]}"
-                 for r, (s, c) in enumerate(zip(s_row, c_row)) if s > 0]
-        out.append("; ".join(parts) or "nothing")
-    return out
+    """What the shapes judge reads on each render (area-downsampled to 32 px): its objects, or 'nothing'."""
+    return ["; ".join(found) or "nothing" for found in shapes_objects(judge, to_32(x))]
 
 
 def zoom_box(zoom: str, scene: shapes.Scene | None, prompt: str) -> int | None:

@@ -45,6 +45,7 @@ from studio import __version__
 from studio.core import guidance as G
 from studio.core.conditioning import zoo_text_kwargs
 from studio.core.device import MAX_SEED, make_generator
+from studio.core.metrics import shapes_objects
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import to_pil
 from studio.core.sampling import Progress, make_scheduler, sample, start_timestep
@@ -283,7 +284,8 @@ def readout(judge, original: torch.Tensor, x: torch.Tensor, task: SwapTask) -> d
             "centroid_shift_px": round(float((c_new - c_old).norm()), 3),
             "area_ratio": round(float(a_new / a_old), 3),
             "judge_reads_cell": (f"{shapes.COLOURS[int(c1[0, r])]} {shapes.SHAPES[int(s1[0, r]) - 1]}"
-                                 if s1[0, r] > 0 else "nothing")}
+                                 if s1[0, r] > 0 else "nothing"),
+            "judge_reads": "; ".join(shapes_objects(judge, x)[0]) or "nothing"}
 
 
 def check(p: Params, manager) -> SwapTask:
