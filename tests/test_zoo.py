@@ -59,7 +59,9 @@ def test_each_entry_passes_its_checksums_and_loads(zoo_manager, name):
             assert obj.render(z, 96).shape == (1, 3, 96, 96) and obj.decode(z).shape == (1, 3, 32, 32)
             quality = MANIFEST[name]["quality"]
             assert quality["vae"]["psnr_32"] > 20 and quality["at_chosen"]["region"]["n"] == 162
-            assert quality["chosen_guidance"] == obj.info["default_guidance"]
+            from studio.methods.resolution import Params
+
+            assert quality["chosen_guidance"] == obj.info["default_guidance"] == Params().guidance
         elif MANIFEST[name]["kind"] == "judge":
             assert hasattr(obj, "features")
         elif name.startswith("tsdiff-"):

@@ -66,8 +66,8 @@ class Params:
     zoom: Zoom = field(default="off", metadata=spec(
         "Zoom", "Show one cell of the 3 x 3 grid at every size ('object': the cell of the scene's first object or "
         "the prompt's region)."))
-    guidance: float = field(default=2.0, metadata=spec(
-        "Guidance", "Classifier-free scale for 'generate' (the model's default is in its studio.json).",
+    guidance: float = field(default=4.0, metadata=spec(  # ddmi-shapes' own, chosen on the selection prompts
+        "Guidance", "Classifier-free scale for 'generate' (ddmi-shapes' default, chosen on the selection prompts).",
         minimum=0.0, maximum=10.0, step=0.25, advanced=True))
     steps: int = field(default=50, metadata=spec("Steps", "DDIM steps for 'generate' (the paper's 50, eta 0).",
                                                  minimum=2, maximum=200, step=1, advanced=True))
