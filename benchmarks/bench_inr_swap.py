@@ -16,9 +16,12 @@ the REPORT prompts x 2 (judge accuracy, FD-shapes; :func:`studio.evaluate.evalua
 zoo figures on the same prompts and seeds.
 
 Part **swap** (:mod:`studio.methods.swap`): tasks drawn from seeds (a scene of 2 or 3 objects, one object, a new
-shape, colour or both). The two guidance weights and SDEdit's strength are chosen on the SELECTION tasks (seeds
-100 + i) by the rate at which the judge reads the asked object in the asked cell (ties: the smaller layout error),
-then every variant is run on the REPORT tasks (seeds 1000 + i) with the same noise seed per task. Per variant: the
+shape, colour or both). The settings are chosen on the SELECTION tasks (seeds 100 + i), separately for each regime: the two
+guidance weights (a grid of what x where) by the rate at which the judge reads the asked object in the asked cell,
+ties broken by the smaller centroid shift, at classifier-free scale 2 (the model's default) and at scale 0 (the
+unconditional model: the caption no longer draws the asked object, so only the guidance can); SDEdit's strength by
+the asked rate plus the other-cells rate. Every variant is then run on the REPORT tasks (seeds 1000 + i) with the
+same noise seed per task, at scale 2 (all six) and at scale 0 (the four blended ones). Per variant: the
 asked object in its cell, the other eight cells read as in the original (all eight; the blended variants keep them
 by construction, so this figure speaks only for SDEdit and compose), the PSNR outside the cell, the shift of the
 cell's foreground centroid and the |log| of its area ratio (where the new object sits). LDFaceNet minus each other
@@ -31,7 +34,6 @@ resolution|generation|swap`` runs one part (the others' figures are kept); ``--q
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -50,7 +52,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (32, 64, 128, 256)
 VARIANTS = ("ddmi", "fine", "fourier", "no-si")
 SWAP_VARIANTS = ("ldfacenet", "inpaint", "what-only", "where-only", "sdedit", "compose")
-WEIGHT_GRID = (0.5, 2.0, 8.0)
+WHAT_GRID = (0.5, 32.0, 512.0)
+WHERE_GRID = (2.0, 8.0, 32.0)
 SDEDIT_GRID = (0.4, 0.6, 0.8)
 
 
@@ -143,29 +146,23 @@ def summarise(rows: list[dict]) -> dict:
             "log_area_ratio": est([abs(np.log(max(r["area_ratio"], 1e-3))) for r in rows])}
 
 
-def swap_part(m: ModelManager, n_select: int, n_report: int, steps: int = 25, guidance: float = 2.0) -> dict:
-    select_seeds = [100 + i for i in range(n_select)]
-    report_seeds = [1000 + i for i in range(n_report)]
-    selection = []
-    for what, where in itertools.product(WEIGHT_GRID, WEIGHT_GRID):
-        rows = run_tasks(m, select_seeds, ("ldfacenet",), what, where, 0.6, steps, guidance)["ldfacenet"]
-        s = summarise(rows)
-        selection.append({"what": what, "where": where, **s})
-        print(f"selection what {what} where {where}: asked {s['asked_in_cell']['value']:.3f}, shift "
-              f"{s['centroid_shift_px']['value']:.2f}", flush=True)
-    best = max(selection, key=lambda r: (round(r["asked_in_cell"]["value"], 3), -r["centroid_shift_px"]["value"]))
-    sd_selection = []
-    for strength in SDEDIT_GRID:
-        s = summarise(run_tasks(m, select_seeds, ("sdedit",), 0, 0, strength, steps, guidance)["sdedit"])
-        sd_selection.append({"strength": strength, **s})
-        print(f"selection sdedit {strength}: asked {s['asked_in_cell']['value']:.3f}, others "
-              f"{s['all_others_kept']['value']:.3f}", flush=True)
-    sd_best = max(sd_selection, key=lambda r: (round(r["asked_in_cell"]["value"] + r["all_others_kept"]["value"], 3)))
-    t0 = time.perf_counter()
-    report = run_tasks(m, report_seeds, SWAP_VARIANTS, best["what"], best["where"], sd_best["strength"], steps, guidance)
-    seconds = time.perf_counter() - t0
+def choose_weights(m: ModelManager, seeds: list[int], steps: int, guidance: float) -> tuple[dict, list[dict]]:
+    """(what, where) for LDFaceNet's guidance at classifier-free ``guidance``, on the selection ``seeds``: the
+    highest asked-in-cell rate, ties broken by the smaller centroid shift."""
     rows = []
-    for v in SWAP_VARIANTS:
+    for what in WHAT_GRID:
+        for where in WHERE_GRID:
+            s = summarise(run_tasks(m, seeds, ("ldfacenet",), what, where, 0.6, steps, guidance)["ldfacenet"])
+            rows.append({"what": what, "where": where, "guidance": guidance, **s})
+            print(f"selection guidance {guidance}, what {what}, where {where}: asked {s['asked_in_cell']['value']:.3f}, "
+                  f"shift {s['centroid_shift_px']['value']:.2f}", flush=True)
+    best = max(rows, key=lambda r: (round(r["asked_in_cell"]["value"], 3), -r["centroid_shift_px"]["value"]))
+    return {"what": best["what"], "where": best["where"]}, rows
+
+
+def report_rows(report: dict[str, list[dict]], variants) -> list[dict]:
+    rows = []
+    for v in variants:
         row = {"variant": v, "label": S.VARIANTS[v], **summarise(report[v])}
         if v != "ldfacenet":
             a, b = report["ldfacenet"], report[v]
@@ -176,20 +173,32 @@ def swap_part(m: ModelManager, n_select: int, n_report: int, steps: int = 25, gu
         print(f"report {v}: asked {row['asked_in_cell']['value']:.3f}, others {row['all_others_kept']['value']:.3f}, "
               f"PSNR outside {row['psnr_outside']['value']:.1f}, shift {row['centroid_shift_px']['value']:.2f}",
               flush=True)
+    return rows
+
+
+def swap_part(m: ModelManager, n_select: int, n_report: int, steps: int = 25, guidance: float = 2.0) -> dict:
+    select_seeds = [100 + i for i in range(n_select)]
+    report_seeds = [1000 + i for i in range(n_report)]
+    chosen, selection = choose_weights(m, select_seeds, steps, guidance)
+    chosen0, selection0 = choose_weights(m, select_seeds, steps, 0.0)
+    sd_selection = []
+    for strength in SDEDIT_GRID:
+        s = summarise(run_tasks(m, select_seeds, ("sdedit",), 0, 0, strength, steps, guidance)["sdedit"])
+        sd_selection.append({"strength": strength, **s})
+        print(f"selection sdedit {strength}: asked {s['asked_in_cell']['value']:.3f}, others "
+              f"{s['all_others_kept']['value']:.3f}", flush=True)
+    sd_best = max(sd_selection, key=lambda r: (round(r["asked_in_cell"]["value"] + r["all_others_kept"]["value"], 3)))
+    t0 = time.perf_counter()
+    report = run_tasks(m, report_seeds, SWAP_VARIANTS, chosen["what"], chosen["where"], sd_best["strength"], steps,
+                       guidance)
+    seconds = time.perf_counter() - t0
+    rows = report_rows(report, SWAP_VARIANTS)
     # without the caption's pull (classifier-free scale 0: the unconditional model), only the guidance says what
-    # to draw: the regime that shows what the classifier term does on its own (same weights, not chosen again)
-    blind = run_tasks(m, report_seeds, SWAP_VARIANTS[:4], best["what"], best["where"], 0.6, steps, 0.0)
-    rows_cfg0 = []
-    for v in SWAP_VARIANTS[:4]:
-        row = {"variant": v, **summarise(blind[v])}
-        if v != "ldfacenet":
-            row["ldfacenet_minus_this"] = {"asked_in_cell": diff([r["asked_in_cell"] for r in blind["ldfacenet"]],
-                                                                 [r["asked_in_cell"] for r in blind[v]])}
-        rows_cfg0.append(row)
-        print(f"report, guidance 0, {v}: asked {row['asked_in_cell']['value']:.3f}", flush=True)
-    return {"chosen": {"what": best["what"], "where": best["where"], "sdedit_strength": sd_best["strength"]},
-            "rows_guidance_0": rows_cfg0,
-            "selection": selection, "sdedit_selection": sd_selection, "rows": rows,
+    # to draw: the regime that shows what the classifier term does on its own (its weights chosen at scale 0)
+    blind = run_tasks(m, report_seeds, SWAP_VARIANTS[:4], chosen0["what"], chosen0["where"], 0.6, steps, 0.0)
+    return {"chosen": {**chosen, "sdedit_strength": sd_best["strength"]}, "chosen_guidance_0": chosen0,
+            "selection": selection, "selection_guidance_0": selection0, "sdedit_selection": sd_selection,
+            "rows": rows, "rows_guidance_0": report_rows(blind, SWAP_VARIANTS[:4]),
             "sampler": f"ddim {steps} steps, classifier-free guidance {guidance}",
             "selection_set": f"{n_select} tasks, seeds 100 + i", "report_set": f"{n_report} tasks, seeds 1000 + i",
             "report_seconds": round(seconds, 1)}
@@ -231,6 +240,9 @@ def markdown(result: dict) -> str:
         c = sw["chosen"]
         lines += ["", "## Swap", "", f"Selection: {sw['selection_set']}; report: {sw['report_set']}; {sw['sampler']}; "
                   f"chosen: what {c['what']}, where {c['where']}, SDEdit strength {c['sdedit_strength']}.", "",
+                  "Selection (LDFaceNet's guidance, asked-in-cell rate / centroid shift): " + ", ".join(
+                      f"what {r['what']:g} where {r['where']:g}: {100 * r['asked_in_cell']['value']:.0f}% / "
+                      f"{r['centroid_shift_px']['value']:.2f} px" for r in sw["selection"]) + ".", "",
                   "| variant | asked in the cell % | all other cells kept % | PSNR outside dB | centroid shift px | "
                   "abs log area ratio | LDFaceNet minus this: asked % |", "|---|---|---|---|---|---|---|"]
         for r in sw["rows"]:
@@ -238,8 +250,12 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['variant']} | {ci(r['asked_in_cell'], pct=True)} | {ci(r['all_others_kept'], pct=True)}"
                          f" | {ci(r['psnr_outside'], 1)} | {ci(r['centroid_shift_px'], 2)} | "
                          f"{ci(r['log_area_ratio'], 3)} | {ci(d['asked_in_cell'], pct=True) if d else ''} |")
+        c0 = sw.get("chosen_guidance_0", {})
         lines += ["", "The same report tasks with classifier-free guidance 0 (the unconditional model: only the guidance "
-                  "says what to draw; the weights as chosen above):", "",
+                  f"says what to draw; weights chosen at guidance 0 on the selection tasks: what {c0.get('what')}, "
+                  f"where {c0.get('where')}; selection: " + ", ".join(
+                      f"what {r['what']:g} where {r['where']:g}: {100 * r['asked_in_cell']['value']:.0f}%"
+                      for r in sw.get("selection_guidance_0", [])) + "):", "",
                   "| variant | asked in the cell % | centroid shift px | LDFaceNet minus this: asked % |",
                   "|---|---|---|---|"]
         for r in sw.get("rows_guidance_0", []):
@@ -272,6 +288,10 @@ def main(argv=None) -> int:
         result["generation"] = {"ddmi": ddmi, "shapes_t2i": t2i}
     if args.part in ("all", "swap"):
         result["swap"] = swap_part(m, 2 if args.quick else 24, 3 if args.quick else 60, steps=5 if args.quick else 25)
+    if not args.quick and path.exists():  # another part may have finished meanwhile: keep what it wrote
+        latest = json.loads(path.read_text())
+        ran = {"resolution", "generation", "swap"} if args.part == "all" else {args.part}
+        result.update({k: latest.get(k) for k in ("resolution", "generation", "swap") if k not in ran})
     text = markdown(result)
     print(text)
     if not args.quick:

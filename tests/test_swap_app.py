@@ -34,7 +34,7 @@ def test_a_swap_shows_the_original_and_every_variant_with_the_judges_readings(ap
 def test_bad_input_gets_a_message_and_the_server_keeps_serving(app_client):
     app, _ = app_client
     for kw, match in (({"object": 3}, "choose an object"), ({"steps": 0}, "Steps"),
-                      ({"model": "../etc"}, "unknown shapes model"), ({"what": 500.0}, "What weight")):
+                      ({"model": "../etc"}, "unknown shapes model"), ({"what": 5000.0}, "What weight")):
         with pytest.raises(AppError, match=match):
             app.predict(**{**FAST, **kw}, api_name="/swap")
     assert "becomes" in app.predict(**FAST, api_name="/swap")[0]
