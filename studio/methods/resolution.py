@@ -177,7 +177,7 @@ def sample_latents(dm, manager, prompt: str, seeds: list[int], guidance: float, 
     generator = [make_generator(s) for s in seeds]
     with torch.no_grad():
         yield from sample(denoise, scheduler, (n, *dm.sample_shape), num_inference_steps=steps, generator=generator,
-                          prediction_type=dm.prediction_type)
+                          prediction_type=dm.prediction_type, device=next(dm.unet.parameters()).device)
 
 
 def run(p: Params, manager) -> Iterator[Progress | ResolutionResult]:

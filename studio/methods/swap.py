@@ -196,17 +196,19 @@ class Swapper:
         from studio.data.text import encode
 
         self.dm, self.clip, self.task, self.steps, self.guidance = dm, clip, task, steps, guidance
+        self.device = next(dm.unet.parameters()).device  # the manager lends every model on one device
         kinds = [(s, c) for s in shapes.SHAPES for c in shapes.COLOURS]
         self.target = kinds.index((task.shape, task.colour))
         cands = encode(encoder, [shapes.concept_caption(s, c, task.region) for s, c in kinds])
         with torch.no_grad():
-            self.text = clip.encode_text(cands["encoder_hidden_states"], cands["encoder_attention_mask"])
+            self.text = clip.encode_text(cands["encoder_hidden_states"].to(self.device),
+                                         cands["encoder_attention_mask"].to(self.device))
         caps = [task.caption, "", *task.captions()]
-        emb = zoo_text_kwargs(encode(encoder, caps))
+        emb = {k: v.to(self.device) for k, v in zoo_text_kwargs(encode(encoder, caps)).items()}
         self.cond, self.uncond = ({k: v[i:i + 1] for k, v in emb.items()} for i in (0, 1))
         self.objects = [{k: v[i:i + 1] for k, v in emb.items()} for i in range(2, len(caps))]
-        self.x = original_image(task)
-        self.mask = cell_mask(task.region)
+        self.x = original_image(task).to(self.device)
+        self.mask = cell_mask(task.region).to(self.device)
         with torch.no_grad():
             self.centroid, self.area = layout(self.x, self.mask)
 
@@ -248,12 +250,13 @@ class Swapper:
         latents, start, correct = None, 0, None
         if variant == "sdedit":
             start, t0 = start_timestep(sched, self.steps, sdedit_strength)
-            noise = torch.randn(self.x.shape, generator=gen)
-            latents = sched.add_noise(self.x, noise, t0.reshape(1))
+            noise = torch.randn(self.x.shape, generator=gen).to(self.device)
+            latents = sched.add_noise(self.x, noise, t0.reshape(1).to(self.device))
         elif variant != "compose":
             correct = self.blend(sched, gen)
         yield from sample(denoise, sched, tuple(self.x.shape), num_inference_steps=self.steps, generator=gen,
-                          latents=latents, start_index=start, correct=correct, prediction_type=self.dm.prediction_type)
+                          latents=latents, start_index=start, correct=correct, prediction_type=self.dm.prediction_type,
+                          device=self.device)
 
     def blend(self, sched, gen):
         """After each step, outside the cell: the original noised to the step's level (the last step: the original)."""
@@ -264,7 +267,8 @@ class Swapper:
                 known = self.x
             else:
                 a = sched.alphas_cumprod[ts[i + 1]]
-                known = a.sqrt() * self.x + (1 - a).sqrt() * torch.randn(self.x.shape, generator=gen)
+                noise = torch.randn(self.x.shape, generator=gen).to(self.device)
+                known = a.to(self.device).sqrt() * self.x + (1 - a.to(self.device)).sqrt() * noise
             return self.mask * x_prev + (1 - self.mask) * known
         return correct
 
@@ -273,8 +277,10 @@ def readout(judge, original: torch.Tensor, x: torch.Tensor, task: SwapTask) -> d
     """What the judge reads on ``x`` against the task: the asked object in its cell, the other cells as in the
     original, and the PSNR outside the cell; and where the new object sits: the shift of the cell's foreground
     centroid (pixels) and its area over the old object's."""
-    s0, c0 = judge.read(original)
-    s1, c1 = judge.read(x)
+    original, x = original.cpu(), x.cpu()
+    device = next(judge.parameters()).device
+    s0, c0 = (v.cpu() for v in judge.read(original.to(device)))
+    s1, c1 = (v.cpu() for v in judge.read(x.to(device)))
     r = task.region
     asked = bool(s1[0, r] == shapes.SHAPES.index(task.shape) + 1 and c1[0, r] == shapes.COLOURS.index(task.colour))
     others = [i for i in range(9) if i != r]
@@ -318,7 +324,7 @@ def run(p: Params, manager) -> Iterator[Progress | SwapResult]:
                         yield Progress(step=k * p.steps + item.step, total=len(variants) * p.steps,
                                        timestep=item.timestep, preview=None)
                     else:
-                        images[variant] = item.clamp(-1, 1)
+                        images[variant] = item.clamp(-1, 1).cpu()
     rows = []
     judged = JUDGE in manager.keys()
     if judged:
