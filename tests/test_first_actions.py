@@ -73,6 +73,8 @@ def first_actions(url: str, tmp_path) -> dict:
         "architectures": lambda: client().predict(**NAG_GENERATE, api_name="/nag_generate"),
         "architectures train": nag_train,
         "subject train": subject_train,
+        "resolution": lambda: client().predict(max_size=64, api_name="/resolution"),
+        "swap": lambda: client().predict(steps=2, compare="ldfacenet", api_name="/swap"),
     }
 
 
