@@ -376,6 +376,23 @@ def test_baselines_give_ordered_quantiles_and_seasonal_naive_repeats_the_last_se
     np.testing.assert_allclose(samples[49], out["AutoETS"]["quantiles"][4], rtol=1e-6)
 
 
+def test_a_baseline_fit_is_kept_and_handed_out_as_a_copy_and_a_new_history_is_fitted_again():
+    s = S.bundled("unemployment")
+    history = s.values[:120].copy()
+    first = B.baseline_forecasts(history, 6, 4, ("SeasonalNaive", "AutoETS"), cache=True)
+    again = B.baseline_forecasts(history.copy(), 6, 4, ("AutoETS", "SeasonalNaive"), cache=True)
+    assert list(again) == ["AutoETS", "SeasonalNaive"] and all(b["cached"] for b in again.values())
+    for name in first:
+        np.testing.assert_array_equal(again[name]["quantiles"], first[name]["quantiles"])
+        assert again[name]["seconds"] == first[name]["seconds"]  # the fit's own cost, not the lookup's
+    again["AutoETS"]["quantiles"][:] = 0.0  # a caller that writes into its copy changes nothing kept
+    third = B.baseline_forecasts(history, 6, 4, ("AutoETS",))
+    np.testing.assert_array_equal(third["AutoETS"]["quantiles"], first["AutoETS"]["quantiles"])
+    history[-1] += 1.0  # one value changed: a different history, fitted afresh
+    assert not B.baseline_forecasts(history, 6, 4, ("AutoETS",))["AutoETS"]["cached"]
+    assert not B.baseline_forecasts(history, 6, 4, ("AutoETS",), cache=False)["AutoETS"]["cached"]
+
+
 # --------------------------------------------------------------------------------- the method
 
 

@@ -316,9 +316,14 @@ def run(p: Params, manager: ModelManager, upload: S.Series | None = None) -> Ite
     # the studio's own forecast first: AutoARIMA can take many seconds
     yield Progress(step=1, total=1, info={"partial": result(partial=True)})
     others = tuple(b for b in BASELINES if not (p.mode == "refine" and b == p.base))  # the base is in already
-    for bname, b in baseline_forecasts(series.values[:origin], horizon, series.season, others).items():
+    fits = baseline_forecasts(series.values[:origin], horizon, series.season, others)
+    for bname, b in fits.items():
         quantiles[bname] = b["quantiles"]
         metrics.append({"method": bname, "seconds": round(b["seconds"], 3)})
+    reused = [bname for bname, b in fits.items() if b["cached"]]
+    if reused:
+        notes.append(f"{', '.join(reused)}: reused from an identical earlier fit of this history (the fits are "
+                     "deterministic); their seconds are that fit's")
     yield result(partial=False)
 
 
