@@ -24,12 +24,13 @@ def tiny_digits_unet():
                        add_attention=False, norm_num_groups=4, num_class_embeds=11).eval()
 
 
-def tiny_shapes_unet():
+def tiny_shapes_unet(sample_size: int = 32, channels: int = 3):
+    """A tiny text-conditional UNet (the shapes model's layout); ``sample_size`` / ``channels`` 8 / 4: a latent one."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+        sample_size=sample_size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=384, attention_head_dim=4, norm_num_groups=4,
         class_embed_type="projection", projection_class_embeddings_input_dim=384).eval()

@@ -18,6 +18,7 @@ from studio.data import shapes
 from studio.methods import resolution
 from studio.nets.inr import D2CVAE, ModulatedLinear, fourier_features, pixel_grid
 from studio.train import ddmi
+from tests.conftest import tiny_shapes_unet
 from tests.contract import MethodContract
 
 
@@ -27,20 +28,10 @@ def tiny_vae(seed: int = 0, **kw) -> D2CVAE:
                   mlp_width=16, **kw).eval().requires_grad_(False)
 
 
-def tiny_latent_unet():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=384, attention_head_dim=4, norm_num_groups=4,
-        class_embed_type="projection", projection_class_embeddings_input_dim=384).eval().requires_grad_(False)
-
-
 def tiny_inr() -> INRDiffusionModel:
-    return INRDiffusionModel("ddmi-shapes", tiny_latent_unet(), dict(ddmi.ldm_scheduler().config), "epsilon", "text",
-                             {"kind": "inr"}, vae=tiny_vae())
+    unet = tiny_shapes_unet(sample_size=8, channels=4).requires_grad_(False)  # a latent UNet: 8 x 8 x 4
+    return INRDiffusionModel("ddmi-shapes", unet, dict(ddmi.ldm_scheduler().config), "epsilon", "text", {"kind": "inr"},
+                             vae=tiny_vae())
 
 
 def test_pixel_centres_follow_the_official_convention_and_a_crop_is_a_slice_of_the_larger_grid():
@@ -122,7 +113,7 @@ def test_the_stage1_loss_sums_over_pixels_and_the_edge_term_is_zero_for_a_perfec
 
 def test_a_rescaled_scene_renders_the_same_picture_at_another_size():
     scene = shapes.random_scene(np.random.default_rng(5))
-    small = shapes.to_model_range(shapes.render(scene).transpose(2, 0, 1)[None].copy())
+    small = shapes.render_tensor(scene)
     big = resolution.true_render(scene, 128)
     assert big.shape == (1, 3, 128, 128)
     assert float((F.interpolate(big, size=(32, 32), mode="area") - small).abs().mean()) < 0.03

@@ -40,7 +40,7 @@ def test_the_nine_cells_tile_the_image_and_the_layout_finds_an_object():
     total = sum(swap.cell_mask(r) for r in range(9))
     assert torch.equal(total, torch.ones_like(total))
     scene = shapes.Scene((shapes.ShapeObject("circle", "red", 4, 15.5, 16.5, 3.0),))
-    x = shapes.to_model_range(shapes.render(scene).transpose(2, 0, 1)[None].copy())
+    x = shapes.render_tensor(scene)
     centroid, area = swap.layout(x, swap.cell_mask(4))
     assert centroid[0].tolist() == pytest.approx([15.5, 16.5], abs=0.25)  # (PIL draws ellipses a fraction of a pixel off)
     assert float(area) == pytest.approx(math.pi * 3.0 ** 2, rel=0.2)  # (anti-aliased edge pixels count nearly whole)

@@ -76,6 +76,16 @@ def cfg(model: ModelFn, cond: Cond, uncond: Cond, scale: float) -> Denoiser:
     return combine(model, uncond, [cond], [scale])
 
 
+def guided(model: ModelFn, cond: Cond, uncond: Cond, scale: float) -> Denoiser:
+    """Classifier-free guidance at ``scale`` with no wasted pass: the conditional model alone at 1, the
+    unconditional one alone at 0, :func:`cfg` otherwise."""
+    if scale == 1.0:
+        return bind(model, cond)
+    if scale == 0.0:
+        return bind(model, uncond)
+    return cfg(model, cond, uncond, scale)
+
+
 def _timestep_index(t: torch.Tensor) -> int:
     return int(t.flatten()[0]) if t.ndim else int(t)
 

@@ -221,6 +221,12 @@ def render(scene: Scene, fill: tuple[int, int, int] | None = None, hollow: float
     return np.asarray(img, dtype=np.uint8)
 
 
+def render_tensor(scene: Scene, size: int | None = None):
+    """The scene rendered at ``size`` (default its own) as a (1, 3, size, size) float tensor in [-1, 1]."""
+    scene = scene if size is None else rescale(scene, size)
+    return to_model_range(render(scene).transpose(2, 0, 1)[None].copy())
+
+
 def _draw_object(draw: ImageDraw.ImageDraw, o: ShapeObject, k: int, fill: tuple[int, int, int], width: int) -> None:
     """One object at supersampling ``k``: filled, or an outline ``width`` pixels wide when ``width`` > 0."""
     cx, cy, r = o.cx * k, o.cy * k, o.radius * k

@@ -302,13 +302,13 @@ def prepare(p: Params, dm: DiffusionModel, drawing=None) -> tuple[torch.Tensor, 
         raise ParamError(f"{p.model!r} does not draw the shapes world; its scenes are for shapes-t2i")
     if p.question in BINDING:
         scene = binding_scene(p.scene_seed)
-        image = shapes.to_model_range(shapes.render(scene).transpose(2, 0, 1)[None].copy())[0]
+        image = shapes.render_tensor(scene)[0]
         names, truth = binding_candidates(*scene.objects, p.question), 0
         if p.scene_seed % 2:  # the true candidate is not always listed first
             names, truth = names[::-1], 1
         return image, names, truth, notes, {"prompts": names}
     scene = shapes.random_scene(np.random.default_rng(p.scene_seed), n_objects=1)
-    image = shapes.to_model_range(shapes.render(scene).transpose(2, 0, 1)[None].copy())[0]
+    image = shapes.render_tensor(scene)[0]
     if p.question == "custom":
         names, truth = custom_candidates(p.candidates), None
     else:

@@ -94,14 +94,7 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:
             counts = ", ".join(str(n) for n in range(1, len(few) + 1) if len(few) % n == 0)
             raise SchedulerError(f"{p.model!r} is a {len(few)}-step model (timesteps {few}); use {counts} steps")
         cond, uncond = _conditions(dm, p, manager, p.n_images)
-        if cond is None:
-            denoise = G.bind(dm.model_fn, {})
-        elif p.guidance == 1.0:
-            denoise = G.bind(dm.model_fn, cond)
-        elif p.guidance == 0.0:
-            denoise = G.bind(dm.model_fn, uncond)
-        else:
-            denoise = G.cfg(dm.model_fn, cond, uncond, p.guidance)
+        denoise = G.bind(dm.model_fn, {}) if cond is None else G.guided(dm.model_fn, cond, uncond, p.guidance)
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(p.n_images)]
         for item in sample_images(dm, denoise, scheduler, seeds, num_inference_steps=p.steps,
                                   teleport_to=teleport_plan(dm, p.teleport, p.steps),

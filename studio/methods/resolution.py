@@ -103,7 +103,7 @@ def bicubic(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def true_render(scene: shapes.Scene, size: int) -> torch.Tensor:
     """The procedural render of ``scene`` at ``size`` x ``size``: (1, 3, size, size) in [-1, 1]."""
-    return shapes.to_model_range(shapes.render(shapes.rescale(scene, size)).transpose(2, 0, 1)[None].copy())
+    return shapes.render_tensor(scene, size)
 
 
 def to_32(x: torch.Tensor) -> torch.Tensor:
@@ -169,8 +169,7 @@ def sample_latents(dm, manager, prompt: str, seeds: list[int], guidance: float, 
     n = len(seeds)
     if dm.conditioning == "text":
         cond, uncond = (repeat(c, n) for c in text_conditions(dm, manager, [prompt, ""]))
-        denoise = G.bind(dm.model_fn, cond) if guidance == 1.0 else (
-            G.bind(dm.model_fn, uncond) if guidance == 0.0 else G.cfg(dm.model_fn, cond, uncond, guidance))
+        denoise = G.guided(dm.model_fn, cond, uncond, guidance)
     else:
         denoise = G.bind(dm.model_fn, {})
     scheduler = make_scheduler("ddim", dm.scheduler_config, dm.prediction_type)

@@ -186,7 +186,7 @@ def task_of(p: Params) -> SwapTask:
 
 
 def original_image(task: SwapTask) -> torch.Tensor:
-    return shapes.to_model_range(shapes.render(task.scene).transpose(2, 0, 1)[None].copy())
+    return shapes.render_tensor(task.scene)
 
 
 class Swapper:
@@ -216,8 +216,7 @@ class Swapper:
         return make_scheduler("ddim", self.dm.scheduler_config, self.dm.prediction_type)
 
     def log_p_what(self, x0: torch.Tensor) -> torch.Tensor:
-        scale = self.clip.logit_scale.clamp(max=float(np.log(100))).exp()
-        logits = scale * self.clip.encode_image(x0) @ self.text.T
+        logits = self.clip.scale * self.clip.encode_image(x0) @ self.text.T
         return logits.log_softmax(-1)[:, self.target]
 
     def shift(self, what: float, where: float, T: int):
@@ -260,15 +259,16 @@ class Swapper:
 
     def blend(self, sched, gen):
         """After each step, outside the cell: the original noised to the step's level (the last step: the original)."""
+        prev = G.previous_timestep(sched)
+
         def correct(x_prev: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            ts = [int(s) for s in sched.timesteps]
-            i = ts.index(int(t))
-            if i + 1 == len(ts):
+            t_prev = prev(int(t))
+            if t_prev < 0:
                 known = self.x
             else:
-                a = sched.alphas_cumprod[ts[i + 1]]
+                a = sched.alphas_cumprod[t_prev].to(self.device)
                 noise = torch.randn(self.x.shape, generator=gen).to(self.device)
-                known = a.to(self.device).sqrt() * self.x + (1 - a.to(self.device)).sqrt() * noise
+                known = a.sqrt() * self.x + (1 - a).sqrt() * noise
             return self.mask * x_prev + (1 - self.mask) * known
         return correct
 

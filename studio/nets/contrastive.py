@@ -52,9 +52,13 @@ class ShapesCLIP(ModelMixin, ConfigMixin):
         pooled = (self.token_proj(tokens) * m).sum(1) / m.sum(1).clamp(min=1)
         return F.normalize(self.text_head(pooled), dim=-1)
 
+    @property
+    def scale(self) -> torch.Tensor:
+        """The learned logit scale, clamped at 100 as CLIP clamps it."""
+        return self.logit_scale.clamp(max=math.log(100)).exp()
+
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        scale = self.logit_scale.clamp(max=math.log(100)).exp()
-        return scale * self.encode_image(images) @ self.encode_text(tokens, mask).T
+        return self.scale * self.encode_image(images) @ self.encode_text(tokens, mask).T
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -178,6 +178,25 @@ def write_manifest_entry(name: str, info: dict, zoo: Path = ZOO_DIR) -> dict:
     return entry
 
 
+def record_zoo_quality(name: str, measure, defaults, keep: str) -> dict:
+    """Measure the exported zoo entry ``name`` with ``measure(manager)`` (a CPU manager on the zoo), write
+    ``defaults(quality)`` into its studio.json (the settings chosen on the selection set become the tabs'
+    defaults) and the figures into its MANIFEST ``quality``, keeping the figure ``keep`` recorded at export."""
+    from studio.core.manager import ModelManager
+
+    manager = ModelManager(device="cpu")
+    manager.register_zoo()
+    quality = measure(manager)
+    quality["measured"] = time.strftime("%Y-%m-%d")
+    path = ZOO_DIR / name / "studio.json"
+    info = json.loads(path.read_text())
+    info.update(defaults(quality))
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    old = read_manifest()[name].get("quality", {})
+    write_manifest_entry(name, {"quality": {keep: old.get(keep), **quality}})
+    return quality
+
+
 def update_quality(name: str, quality: dict, zoo: Path = ZOO_DIR) -> None:
     """Merge measured figures into ``MANIFEST[name]["quality"]`` without touching the files."""
     manifest = read_manifest(zoo)

@@ -42,7 +42,7 @@ from studio.core.loading import ZOO_DIR
 from studio.data import shapes
 from studio.nets.inr import D2CVAE, pixel_grid
 from studio.train.common import (Checkpoint, LossLog, StepLog, Timer, machine_description, make_accelerator,
-                                 optimizer_step, process_entropy, write_manifest_entry)
+                                 optimizer_step, process_entropy, record_zoo_quality, write_manifest_entry)
 
 NAME = "ddmi-shapes"
 SEED = 2024
@@ -154,7 +154,7 @@ def train_vae(variant: str = "", seed: int = SEED, steps: int = VAE_STEPS, resum
         batch = multiscale_batch(rng, VAE_BATCH)
         terms = vae_loss(vae, batch, kl_weight(step, steps), torch.Generator().manual_seed(int(rng.integers(2**31))))
         optimizer_step(terms["loss"], opt, clip=1.0, log=log, accelerator=accelerator)
-        steplog.write(step + 1, {k: v for k, v in terms.items()}, beta=round(kl_weight(step, steps), 5))
+        steplog.write(step + 1, terms, beta=round(kl_weight(step, steps), 5))
         if (step + 1) % 25 == 0:
             bar.set_postfix(l1=f"{terms['l1'].item():.1f}", kl=f"{terms['kl'].item():.1f}")
         out_of_time = deadline is not None and time.time() > deadline
@@ -292,17 +292,6 @@ def record_quality() -> dict:
     """Measure the exported entry (:func:`studio.evaluate.evaluate_ddmi`: guidance chosen on the SELECTION prompts,
     figures on the REPORT prompts), write the chosen guidance into its studio.json and the figures into its MANIFEST."""
     from studio import evaluate
-    from studio.core.loading import read_manifest
-    from studio.core.manager import ModelManager
 
-    manager = ModelManager(device="cpu")
-    manager.register_zoo()
-    quality = evaluate.evaluate_ddmi(manager, NAME)
-    quality["measured"] = time.strftime("%Y-%m-%d")
-    path = ZOO_DIR / NAME / "studio.json"
-    info = json.loads(path.read_text())
-    info["default_guidance"] = quality["chosen_guidance"]
-    path.write_text(json.dumps(info, indent=2) + "\n")
-    old = read_manifest()[NAME].get("quality", {})
-    write_manifest_entry(NAME, {"quality": {"vae": old.get("vae"), **quality}})
-    return quality
+    return record_zoo_quality(NAME, lambda manager: evaluate.evaluate_ddmi(manager, NAME),
+                              lambda quality: {"default_guidance": quality["chosen_guidance"]}, keep="vae")

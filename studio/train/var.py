@@ -40,7 +40,7 @@ from studio.core.loading import ZOO_DIR, load_zoo
 from studio.data import shapes
 from studio.nets.var import MultiScaleVQ, NextScaleTransformer, init_weights
 from studio.train.common import (Checkpoint, LossLog, StepLog, Timer, machine_description, make_accelerator,
-                                 optimizer_step, process_entropy, write_manifest_entry)
+                                 optimizer_step, process_entropy, record_zoo_quality, write_manifest_entry)
 from studio.train.diffusion import COND_DROPOUT, one_object_caption
 
 NAME = "var-shapes"
@@ -230,18 +230,9 @@ def record_quality() -> dict:
     SELECTION prompts, figures on the REPORT prompts), write the chosen sampler into its studio.json as
     the defaults, and the figures into its MANIFEST quality."""
     from studio import evaluate
-    from studio.core.loading import read_manifest
-    from studio.core.manager import ModelManager
 
-    manager = ModelManager(device="cpu")
-    manager.register_zoo()
-    quality = evaluate.evaluate_var(manager, NAME)
-    quality["measured"] = time.strftime("%Y-%m-%d")
-    path = ZOO_DIR / NAME / "studio.json"
-    info = json.loads(path.read_text())
-    chosen = quality["chosen_sampler"]
-    info.update(default_cfg=chosen["cfg"], default_top_k=chosen["top_k"], default_top_p=chosen["top_p"])
-    path.write_text(json.dumps(info, indent=2) + "\n")
-    old = read_manifest()[NAME].get("quality", {})
-    write_manifest_entry(NAME, {"quality": {"tokenizer": old.get("tokenizer"), **quality}})
-    return quality
+    def defaults(quality: dict) -> dict:
+        chosen = quality["chosen_sampler"]
+        return {"default_cfg": chosen["cfg"], "default_top_k": chosen["top_k"], "default_top_p": chosen["top_p"]}
+
+    return record_zoo_quality(NAME, lambda manager: evaluate.evaluate_var(manager, NAME), defaults, keep="tokenizer")
