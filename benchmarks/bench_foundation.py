@@ -8,9 +8,10 @@ Measured in one run on one machine (named in the output):
    ratio >= 0.95.
 2. achieved GFLOP/s of the denoiser forward (FLOPs counted by ``torch.utils.flop_counter``) vs a
    plain fp32 matmul of similar work on this machine.
-3. app cold start to first HTTP 200 (goal < 6 s), then one Generate action at default settings
-   through ``gradio_client`` (goal < 3 s, after a warm-up call that loads the models), and peak
-   memory of the app process with both embedded models loaded (goal < 1.5 GB).
+3. app cold start to first HTTP 200 against ``python -c "import gradio"`` timed in the same run
+   (goal: at most 1.2x), one Generate (goal < 2 s) and one Compose (goal < 3 s) at default settings
+   through ``gradio_client`` after a warm-up call that loads the models, and peak memory of a
+   process that builds the app and loads every zoo model in turn (goal < 2 GB).
 
 Writes ``benchmarks/results/foundation.json`` and ``.md``.
 """
@@ -134,31 +135,101 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def import_gradio_s(repeats: int = 3) -> float:
+    """Best-of-``repeats`` seconds of ``python -c "import gradio"`` in a fresh process (the floor
+    that the app's first answer is held against)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import gradio"], env=env, check=True)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def cold_start_s(repeats: int = 2) -> float:
+    """Best-of-``repeats`` seconds from starting ``studio launch`` to its first HTTP 200."""
+    from components.app import start_studio_process, wait_until_up
+
+    times = []
+    for _ in range(repeats):
+        proc, url = start_studio_process(free_port())
+        try:
+            times.append(wait_until_up(url, proc))  # the process start is included: Popen returns at once
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return min(times)
+
+
+def timed(client, repeats: int = 3, **call) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        client.predict(**call)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+PEAK_SCRIPT = """
+import os, sys
+from components.app import build_app
+from studio.core.manager import ModelManager
+m = ModelManager(device="cpu")
+m.register_zoo()
+build_app(m)
+for key in m.keys():
+    with m.use(key):
+        pass
+print(len(m.keys()), m.loaded_bytes)
+print(next(l.split()[1] for l in open(f"/proc/{os.getpid()}/status") if l.startswith("VmHWM")))
+"""
+
+
+def peak_with_every_model() -> dict:
+    """Peak resident memory of a process that builds the app and loads every zoo model in turn
+    (the manager's RAM budget may evict some on the way: what the app itself would hold)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], env=env, check=True, capture_output=True, text=True)
+    (n, held), peak_kib = out.stdout.split("\n")[0].split(), out.stdout.split("\n")[1]
+    return {"models": int(n), "held_at_end_mib": round(int(held) / 2**20, 1), "peak_rss_mib": round(int(peak_kib) / 1024, 1)}
+
+
 def app_figures() -> dict:
     from components.app import start_studio_process, wait_until_up
 
+    gradio_s = import_gradio_s()
+    cold = cold_start_s()
     proc, url = start_studio_process(free_port())
     try:
-        cold_start = wait_until_up(url, proc)  # the process start is included: Popen returns at once
+        wait_until_up(url, proc)
         from gradio_client import Client
 
         client = Client(url, verbose=False)
         defaults = {"model": "shapes-t2i"}
         client.predict(**defaults, api_name="/generate")  # loads the text encoder and shapes model
         client.predict(model="digits-cond", api_name="/generate")  # loads the digits model
-        times = []
-        for _ in range(3):
-            t1 = time.perf_counter()
-            client.predict(**defaults, api_name="/generate")
-            times.append(time.perf_counter() - t1)
+        generate = timed(client, **defaults, api_name="/generate")
+        client.predict(api_name="/compose")  # warm-up
+        compose = timed(client, api_name="/compose")
         peak_kib = int(next(line.split()[1] for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                             if line.startswith("VmHWM")))
-        return {"cold_start_s": round(cold_start, 2), "generate_default_s": round(min(times), 2),
-                "generate_default_s_all": [round(t, 2) for t in times], "peak_rss_mib": round(peak_kib / 1024, 1),
-                "goals": {"cold_start_s": 6, "generate_default_s": 3, "peak_rss_mib": 1536}}
     finally:
         proc.terminate()
         proc.wait(10)
+    return {"import_gradio_s": round(gradio_s, 2), "cold_start_s": round(cold, 2),
+            "cold_start_over_import_gradio": round(cold / gradio_s, 2),
+            "generate_default_s": round(min(generate), 2), "generate_default_s_all": [round(t, 2) for t in generate],
+            "compose_default_s": round(min(compose), 2), "compose_default_s_all": [round(t, 2) for t in compose],
+            "peak_rss_mib": round(peak_kib / 1024, 1), "every_model": peak_with_every_model(),
+            "goals": {"cold_start_over_import_gradio": 1.2, "generate_default_s": 2, "compose_default_s": 3,
+                      "peak_rss_mib_every_model": 2048}}
 
 
 def machine() -> str:
@@ -178,10 +249,16 @@ def to_markdown(result: dict) -> str:
     lines += [f"| {r['model']} | {r['batch']} | {r['mflop_per_image']} | {r['denoiser_gflops']} | {r['matmul_gflops']} | "
               f"{r['share_of_matmul']} |" for r in result["compute"]]
     app = result["app"]
+    every = app["every_model"]
     lines += ["", "## App", "", "| figure | measured | goal |", "|---|---|---|",
-              f"| cold start to first HTTP 200 | {app['cold_start_s']} s | < 6 s |",
-              f"| one Generate at defaults (gradio_client, best of 3) | {app['generate_default_s']} s | < 3 s |",
-              f"| peak memory, both models loaded | {app['peak_rss_mib']} MiB | < 1536 MiB |", ""]
+              f"| `python -c \"import gradio\"` (best of 3) | {app['import_gradio_s']} s | (the floor) |",
+              f"| cold start to first HTTP 200 (best of 2) | {app['cold_start_s']} s "
+              f"({app['cold_start_over_import_gradio']}x import gradio) | <= 1.2x |",
+              f"| one Generate at defaults (gradio_client, best of 3) | {app['generate_default_s']} s | < 2 s |",
+              f"| one Compose at defaults (gradio_client, best of 3) | {app['compose_default_s']} s | < 3 s |",
+              f"| peak memory, app after the calls above | {app['peak_rss_mib']} MiB | |",
+              f"| peak memory, app built and all {every['models']} zoo models loaded in turn | {every['peak_rss_mib']} MiB "
+              f"(held at the end {every['held_at_end_mib']} MiB) | < 2048 MiB |", ""]
     return "\n".join(lines)
 
 

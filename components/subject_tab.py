@@ -20,7 +20,6 @@ from studio.core.results import png_bytes, to_grid
 from studio.data.drawings import MAX_BYTES
 from studio.methods import method, subject
 from studio.plots import loss_chart
-from studio.train.arbooth import VARIANT_LABELS
 from components import jobs
 from components.widgets import PngFolder, param_inputs, shows_errors, stream
 
@@ -102,7 +101,7 @@ def build_subject_tab(manager: ModelManager) -> dict[str, gr.components.Componen
             again_btn = gr.Button("Generate again with this prompt (the finished run's models)",
                                   elem_id="subject-again-btn")
             with gr.Row():
-                save_variant = gr.Dropdown(choices=list(VARIANT_LABELS), value="arbooth", label="Save which variant",
+                save_variant = gr.Dropdown(choices=list(subject.VARIANT_LABELS), value="arbooth", label="Save which variant",
                                            scale=2, elem_id="subject-save-variant")
                 save_name = gr.Textbox(label="as", placeholder="e.g. my-orange-square", max_length=40, scale=2,
                                        elem_id="subject-save-name")

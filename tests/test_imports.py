@@ -33,7 +33,11 @@ def test_engine_imports_without_gradio_and_without_loading_anything():
 def test_the_app_layer_defers_diffusers_so_the_page_answers_first():
     """Importing diffusers costs seconds on a small CPU; the app imports it after launch (warm-up)."""
     code = ("import sys\nimport components, studio.methods.generate\n"
-            "assert 'diffusers' not in sys.modules, 'diffusers imported before launch'\nprint('ok')\n")
+            "assert 'diffusers' not in sys.modules, 'diffusers imported before launch'\n"
+            "from studio.core.manager import ModelManager\n"
+            "m = ModelManager(device='cpu'); m.register_zoo(); components.build_app(m)\n"
+            "late = [n for n in ('diffusers.models', 'transformers', 'peft', 'accelerate') if n in sys.modules]\n"
+            "assert not late, f'building the app imported {late}'\nprint('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

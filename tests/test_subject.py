@@ -274,3 +274,9 @@ def test_class_drift_compares_the_judges_reading_distributions_not_seeds():
     assert half["agreement"]["value"] == pytest.approx(0.5)  # TV distance 0.5
     assert half["class_shape"].tolist() == [1.0] * 4
     assert subject.class_drift(Reader(), images([0, 0]), images([0, 0]), "circle")["class_shape"].tolist() == [0.0, 0.0]
+
+
+def test_the_tabs_variant_labels_name_the_recipes_variants():
+    from studio.train.arbooth import VARIANTS
+
+    assert set(subject.VARIANT_LABELS) <= set(VARIANTS) and "arbooth" in subject.VARIANT_LABELS

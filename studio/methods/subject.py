@@ -43,6 +43,17 @@ MODEL = "var-shapes"
 JUDGE, FEATURES = "judge-shapes", "fd-shapes"
 MIN_IMAGES, MAX_IMAGES = 2, 8
 MAX_SAMPLES = 32
+# the recipe variants of studio.train.arbooth.VARIANTS the tab can save (kept here, in plain data, so the
+# tab is built without importing the recipe and diffusers with it; tests/test_subject.py checks the keys)
+VARIANT_LABELS = {
+    "arbooth": "ARBooth (CA + FFN, placeholder, prior distillation, coarse-heavy weights)",
+    "full": "Full fine-tuning (every layer, no placeholder block, no prior, uniform weights)",
+    "no-prior": "ARBooth without prior distillation",
+    "all-layers": "ARBooth tuning every layer",
+    "uniform-weights": "ARBooth with uniform scale weights",
+    "fine-weights": "ARBooth with reversed weights (coarse 0.5, fine 1)",
+    "no-placeholder": "ARBooth without the placeholder block (the word's own embedding)",
+}
 COMPARISONS: dict[str, tuple[str, ...]] = {
     "arbooth-vs-full": ("arbooth", "full"),
     "ablations": ("arbooth", "full", "no-prior", "all-layers", "uniform-weights", "no-placeholder"),
@@ -305,7 +316,6 @@ def first_objects(judge, images: torch.Tensor) -> list[tuple[int, int] | None]:
 
 
 def notes(p: Params, rows: list[dict], shape: str) -> list[str]:
-    from studio.train.arbooth import VARIANT_LABELS
 
     out = []
     for r in rows:

@@ -61,15 +61,6 @@ VARIANTS: dict[str, Variant] = {
     "fine-weights": Variant(weights="fine"),
     "no-placeholder": Variant(placeholder=False),
 }
-VARIANT_LABELS = {
-    "arbooth": "ARBooth (CA + FFN, placeholder, prior distillation, coarse-heavy weights)",
-    "full": "Full fine-tuning (every layer, no placeholder block, no prior, uniform weights)",
-    "no-prior": "ARBooth without prior distillation",
-    "all-layers": "ARBooth tuning every layer",
-    "uniform-weights": "ARBooth with uniform scale weights",
-    "fine-weights": "ARBooth with reversed weights (coarse 0.5, fine 1)",
-    "no-placeholder": "ARBooth without the placeholder block (the word's own embedding)",
-}
 PLACEHOLDER_TOKENS = 4
 LAMBDA, DISTILL_T = 0.5, 1.0
 PRIOR_SAMPLING = {"cfg": 0.0, "temperature": 0.5, "top_p": 0.97}  # official: cfg 1 (none), tau 0.5, top-k 900 / 4096
