@@ -8,6 +8,22 @@ import pandas as pd
 from studio.core.manager import ModelManager
 from components.widgets import shows_errors
 
+PRECISION_HELP = (
+    "Times one denoiser forward (batch 4, best of 3) in fp32 and in the device's reduced precision (bf16 on a "
+    "CPU, fp16 on a GPU) on this machine. Reduced precision is used only where it is faster here *and* the "
+    "model's zoo entry records its judge accuracy and FD in it inside the fp32 intervals; none does yet, so "
+    "every model samples in fp32. Timing loads the model and takes a few seconds.")
+PRECISION_COLUMNS = ["model", "device", "fp32 ms", "reduced", "reduced ms", "speedup", "max diff / std", "rule picks", "why"]
+
+
+def precision_frame() -> pd.DataFrame:
+    """The precision timings taken in this process, one row per (model, device)."""
+    from studio.core import precision
+
+    rows = [[r.model, r.device, r.fp32_ms, r.reduced, r.reduced_ms, round(r.speedup, 2), r.rel_diff, r.choice, r.why]
+            for r in precision.measured()]
+    return pd.DataFrame(rows, columns=PRECISION_COLUMNS)
+
 COLUMNS = ["model", "where", "MiB", "in use", "last used", "load s"]
 
 
@@ -28,6 +44,15 @@ def build_models_tab(manager: ModelManager, tab: gr.Tab | None = None) -> dict[s
         evict_btn = gr.Button("Evict", variant="stop", elem_id="evict-btn")
         evict_all_btn = gr.Button("Evict all unused", elem_id="evict-all-btn")
     message = gr.Markdown(label="Unloaded", elem_id="evict-message")
+    with gr.Accordion("Precision on this machine", open=False):
+        gr.Markdown(PRECISION_HELP)
+        with gr.Row():
+            image_models = manager.keys(kinds=("image",))
+            timed_model = gr.Dropdown(choices=image_models, value=image_models[0] if image_models else None,
+                                      label="Model to time", elem_id="precision-model")
+            time_btn = gr.Button("Time fp32 and reduced precision", elem_id="precision-btn")
+        timings = gr.Dataframe(value=precision_frame(), headers=PRECISION_COLUMNS, label="Timings",
+                               interactive=False, elem_id="precision-table")
 
     @shows_errors
     def refresh() -> pd.DataFrame:
@@ -47,11 +72,23 @@ def build_models_tab(manager: ModelManager, tab: gr.Tab | None = None) -> dict[s
     def evict_all() -> tuple[str, pd.DataFrame]:
         return report(manager.evict())
 
+    @shows_errors
+    def time_precision(model: str | None) -> pd.DataFrame:
+        from studio.core import precision
+
+        if model not in manager.keys(kinds=("image",)):
+            raise gr.Error("choose a diffusion model to time")
+        precision.measure(manager, model, again=True)
+        return precision_frame()
+
     triggers = [refresh_btn.click] + ([tab.select] if tab is not None else [])
     gr.on(triggers, refresh, outputs=table, api_name="models_status")
     evict_btn.click(evict, inputs=model, outputs=[message, table], api_name="evict",
                     concurrency_id="models", concurrency_limit=1)
     evict_all_btn.click(evict_all, outputs=[message, table], api_name="evict_all",
                         concurrency_id="models", concurrency_limit=1)
-    return {"table": table, "refresh": refresh_btn, "model": model, "evict": evict_btn,
+    time_btn.click(time_precision, inputs=timed_model, outputs=timings, api_name="time_precision",
+                   concurrency_id="models", concurrency_limit=1)
+    return {"table": table, "precision_model": timed_model, "time_precision": time_btn, "timings": timings,
+            "refresh": refresh_btn, "model": model, "evict": evict_btn,
             "evict_all": evict_all_btn, "message": message}

@@ -106,6 +106,17 @@ def test_models_panel_status_and_evict(app_client):
         client.predict(model="nope", api_name="/evict")
 
 
+def test_models_panel_times_precision_and_refuses_a_non_diffusion_model(app_client):
+    client, manager = app_client
+    table = client.predict(model="digits-cond", api_name="/time_precision")
+    row = dict(zip(table["headers"], table["data"][-1]))
+    assert row["model"] == "digits-cond" and row["reduced"] == "bf16" and row["rule picks"] == "fp32"
+    assert row["fp32 ms"] > 0 and row["reduced ms"] > 0
+    with pytest.raises(AppError, match="text-encoder"):  # not among the choices (the handler checks it too)
+        client.predict(model="text-encoder", api_name="/time_precision")
+    assert all(r["in use"] == 0 for r in manager.status())
+
+
 def test_cancel_stops_between_steps_and_releases_the_model(app_client):
     client, manager = app_client
     job = client.submit(model="shapes-t2i", steps=200, n_images=16, preview_every=1, api_name="/generate")

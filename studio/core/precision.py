@@ -1,0 +1,127 @@
+"""Measured precision: one diffusion model's forward in fp32 against the device's reduced precision.
+
+Reduced precision pays on some machines and not on others: bf16 autocast made the zoo's UNets
+about 1.5x faster on a CPU with native bf16 and 20-30x *slower* on one that emulates it (issue
+29). So nothing is switched on blindly: :func:`measure` times both forwards on this machine (and
+their largest difference), and :func:`choose` applies the rule
+
+* reduced precision only where it is at least :data:`MIN_SPEEDUP` times faster here, **and**
+* only where the model's zoo entry records its judge accuracy and FD under that precision inside
+  the fp32 intervals (``studio.json``: ``"reduced_precision": {"bf16": true}``, written by the
+  evaluation that measured it).
+
+No zoo entry records such a measurement yet, so the rule picks fp32 for every model, which is what
+every sampler uses; the Models tab shows the timings and the reason. (The samplers do not read the
+choice: the evaluation that first records a reduced-precision quality must also make them honour
+it, or the rule's answer would be a claim about nothing.) Timings are kept per process (model, device); a machine
+that is measured again gets the same answer within its noise.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from studio.core.conditioning import repeat, text_conditions
+from studio.core.models import DiffusionModel
+
+MIN_SPEEDUP = 1.1
+REDUCED = {"cpu": torch.bfloat16, "cuda": torch.float16, "mps": torch.float16}
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+_CACHE: dict[tuple[str, str], "PrecisionTiming"] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class PrecisionTiming:
+    model: str
+    device: str
+    batch: int
+    fp32_ms: float          # best-of-``repeats`` forward time, fp32
+    reduced: str            # "bf16" (CPU) or "fp16" (CUDA, MPS)
+    reduced_ms: float       # the same forward under autocast to ``reduced``
+    rel_diff: float         # max |fp32 - reduced| / std(fp32 output)
+    choice: str             # "fp32" or ``reduced``: what the rule picks
+    why: str
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_ms / self.reduced_ms
+
+    def row(self) -> dict:
+        return {**asdict(self), "speedup": round(self.speedup, 2)}
+
+
+def choose(speedup: float, reduced: str, recorded: dict | None) -> tuple[str, str]:
+    """(the precision to use, why) from the measured ``speedup`` and the zoo entry's record
+    ``recorded`` (``{"bf16": True}`` where its judge accuracy and FD in bf16 lie inside the fp32 intervals)."""
+    if speedup < MIN_SPEEDUP:
+        return "fp32", f"{reduced} is not faster here ({speedup:.2f}x; at least {MIN_SPEEDUP}x needed)"
+    if not (recorded or {}).get(reduced):
+        return "fp32", (f"{reduced} is {speedup:.2f}x faster here, but this model's zoo entry records no judge "
+                        f"accuracy and FD in {reduced} inside the fp32 intervals")
+    return reduced, f"{reduced} is {speedup:.2f}x faster here and its recorded quality is inside the fp32 intervals"
+
+
+def _inputs(dm: DiffusionModel, manager, batch: int, device: torch.device) -> tuple:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch, *dm.sample_shape), generator=gen).to(device)
+    t = torch.full((batch,), int(dm.scheduler_config.get("num_train_timesteps", 1000)) // 2, device=device)
+    if dm.conditioning == "class":
+        cond = {"class_labels": torch.zeros(batch, dtype=torch.long, device=device)}
+    elif dm.conditioning == "text":
+        cond = {k: v.to(device) for k, v in repeat(text_conditions(dm, manager, ["a red circle"])[0], batch).items()}
+    else:
+        cond = {}
+    return x, t, cond
+
+
+def _best_ms(fn, repeats: int, sync) -> float:
+    fn()  # warm-up (kernel selection, oneDNN primitives)
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+@torch.no_grad()
+def measure(manager, key: str, batch: int = 4, repeats: int = 3, again: bool = False) -> PrecisionTiming:
+    """Time ``key``'s denoiser forward in fp32 and under autocast to the device's reduced precision
+    (batch ``batch``, best of ``repeats`` after a warm-up) on the manager's device; kept per process."""
+    device = torch.device(manager.device)
+    with _LOCK:
+        if not again and (key, device.type) in _CACHE:
+            return _CACHE[(key, device.type)]
+    reduced = REDUCED.get(device.type, torch.bfloat16)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with manager.use(key) as dm:
+        x, t, cond = _inputs(dm, manager, batch, device)
+        full = lambda: dm.model_fn(x, t, cond)
+
+        def low():
+            with torch.autocast(device.type, dtype=reduced):
+                return dm.model_fn(x, t, cond)
+
+        ref, out = full().float(), low().float()
+        fp32_ms, reduced_ms = _best_ms(full, repeats, sync), _best_ms(low, repeats, sync)
+        recorded = dm.info.get("reduced_precision")
+    name = DTYPE_NAMES[reduced]
+    choice, why = choose(fp32_ms / reduced_ms, name, recorded)
+    timing = PrecisionTiming(key, device.type, batch, round(fp32_ms, 2), name, round(reduced_ms, 2),
+                             round(float((ref - out).abs().max() / ref.std().clamp_min(1e-12)), 4), choice, why)
+    with _LOCK:
+        _CACHE[(key, device.type)] = timing
+    return timing
+
+
+def measured() -> list[PrecisionTiming]:
+    """Every timing taken in this process, in the order taken."""
+    with _LOCK:
+        return list(_CACHE.values())
