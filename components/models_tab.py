@@ -83,6 +83,12 @@ def build_models_tab(manager: ModelManager, tab: gr.Tab | None = None) -> dict[s
 
     triggers = [refresh_btn.click] + ([tab.select] if tab is not None else [])
     gr.on(triggers, refresh, outputs=table, api_name="models_status")
+
+    def models_now():  # a model registered after the page was built (Train's Register, Tune) is listed too
+        return gr.update(choices=manager.keys()), gr.update(choices=manager.keys(kinds=("image",)))
+
+    gr.on(triggers, models_now, outputs=[model, timed_model], queue=False, api_visibility="private",
+          show_progress="hidden")
     evict_btn.click(evict, inputs=model, outputs=[message, table], api_name="evict",
                     concurrency_id="models", concurrency_limit=1)
     evict_all_btn.click(evict_all, outputs=[message, table], api_name="evict_all",
