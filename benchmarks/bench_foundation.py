@@ -142,12 +142,7 @@ def import_gradio_s(repeats: int = 3) -> float:
     import sys
 
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import gradio"], env=env, check=True)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(timed(lambda: subprocess.run([sys.executable, "-c", "import gradio"], env=env, check=True), repeats))
 
 
 def cold_start_s(repeats: int = 2) -> float:
@@ -165,17 +160,18 @@ def cold_start_s(repeats: int = 2) -> float:
     return min(times)
 
 
-def timed(client, repeats: int = 3, **call) -> list[float]:
+def timed(fn, repeats: int = 3) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        client.predict(**call)
+        fn()
         times.append(time.perf_counter() - t0)
     return times
 
 
 PEAK_SCRIPT = """
-import os, sys
+import os
 from components.app import build_app
 from studio.core.manager import ModelManager
 m = ModelManager(device="cpu")
@@ -197,7 +193,8 @@ def peak_with_every_model() -> dict:
 
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], env=env, check=True, capture_output=True, text=True)
-    (n, held), peak_kib = out.stdout.split("\n")[0].split(), out.stdout.split("\n")[1]
+    first, peak_kib = out.stdout.splitlines()[:2]
+    n, held = first.split()
     return {"models": int(n), "held_at_end_mib": round(int(held) / 2**20, 1), "peak_rss_mib": round(int(peak_kib) / 1024, 1)}
 
 
@@ -215,9 +212,9 @@ def app_figures() -> dict:
         defaults = {"model": "shapes-t2i"}
         client.predict(**defaults, api_name="/generate")  # loads the text encoder and shapes model
         client.predict(model="digits-cond", api_name="/generate")  # loads the digits model
-        generate = timed(client, **defaults, api_name="/generate")
+        generate = timed(lambda: client.predict(**defaults, api_name="/generate"))
         client.predict(api_name="/compose")  # warm-up
-        compose = timed(client, api_name="/compose")
+        compose = timed(lambda: client.predict(api_name="/compose"))
         peak_kib = int(next(line.split()[1] for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                             if line.startswith("VmHWM")))
     finally:

@@ -8,6 +8,7 @@ import pandas as pd
 from studio.core.manager import ModelManager
 from components.widgets import shows_errors
 
+COLUMNS = ["model", "where", "MiB", "in use", "last used", "load s"]
 PRECISION_HELP = (
     "Times one denoiser forward (batch 4, best of 3) in fp32 and in the device's reduced precision (bf16 on a "
     "CPU, fp16 on a GPU) on this machine. Reduced precision is used only where it is faster here *and* the "
@@ -23,8 +24,6 @@ def precision_frame() -> pd.DataFrame:
     rows = [[r.model, r.device, r.fp32_ms, r.reduced, r.reduced_ms, round(r.speedup, 2), r.rel_diff, r.choice, r.why]
             for r in precision.measured()]
     return pd.DataFrame(rows, columns=PRECISION_COLUMNS)
-
-COLUMNS = ["model", "where", "MiB", "in use", "last used", "load s"]
 
 
 def status_frame(manager: ModelManager) -> pd.DataFrame:

@@ -101,8 +101,8 @@ def build_subject_tab(manager: ModelManager) -> dict[str, gr.components.Componen
             again_btn = gr.Button("Generate again with this prompt (the finished run's models)",
                                   elem_id="subject-again-btn")
             with gr.Row():
-                save_variant = gr.Dropdown(choices=list(subject.VARIANT_LABELS), value="arbooth", label="Save which variant",
-                                           scale=2, elem_id="subject-save-variant")
+                save_variant = gr.Dropdown(choices=list(subject.VARIANT_LABELS), value="arbooth",
+                                           label="Save which variant", scale=2, elem_id="subject-save-variant")
                 save_name = gr.Textbox(label="as", placeholder="e.g. my-orange-square", max_length=40, scale=2,
                                        elem_id="subject-save-name")
                 save_btn = gr.Button("Save", scale=1, elem_id="subject-save-btn")

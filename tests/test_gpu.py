@@ -3,7 +3,7 @@ sampling against fp32, and one action per tab, all on the real zoo on an acceler
 
 Skipped where CUDA is absent, so ``make test`` on a CPU machine reports them as skipped. To check
 the group's own code without a GPU, ``STUDIO_GPU_TESTS_DEVICE=cpu pytest -m gpu`` runs it on the
-CPU (with bf16 in place of fp16, which this CPU emulates: slow, but the same code path).
+CPU (with bf16 in place of fp16: the same code path).
 """
 
 from __future__ import annotations

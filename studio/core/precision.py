@@ -13,15 +13,15 @@ their largest difference), and :func:`choose` applies the rule
 No zoo entry records such a measurement yet, so the rule picks fp32 for every model, which is what
 every sampler uses; the Models tab shows the timings and the reason. (The samplers do not read the
 choice: the evaluation that first records a reduced-precision quality must also make them honour
-it, or the rule's answer would be a claim about nothing.) Timings are kept per process (model, device); a machine
-that is measured again gets the same answer within its noise.
+it, or the rule's answer would be a claim about nothing.) Timings are kept per process (model,
+device); a machine that is measured again gets the same answer within its noise.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -50,9 +50,6 @@ class PrecisionTiming:
     @property
     def speedup(self) -> float:
         return self.fp32_ms / self.reduced_ms
-
-    def row(self) -> dict:
-        return {**asdict(self), "speedup": round(self.speedup, 2)}
 
 
 def choose(speedup: float, reduced: str, recorded: dict | None) -> tuple[str, str]:
@@ -117,6 +114,7 @@ def measure(manager, key: str, batch: int = 4, repeats: int = 3, again: bool = F
     timing = PrecisionTiming(key, device.type, batch, round(fp32_ms, 2), name, round(reduced_ms, 2),
                              round(float((ref - out).abs().max() / ref.std().clamp_min(1e-12)), 4), choice, why)
     with _LOCK:
+        _CACHE.pop((key, device.type), None)  # a timing taken again moves to the end (the order taken)
         _CACHE[(key, device.type)] = timing
     return timing
 

@@ -316,7 +316,6 @@ def first_objects(judge, images: torch.Tensor) -> list[tuple[int, int] | None]:
 
 
 def notes(p: Params, rows: list[dict], shape: str) -> list[str]:
-
     out = []
     for r in rows:
         label = "untuned model" if r["model"] == "base" else VARIANT_LABELS.get(r["model"], r["model"])
