@@ -29,3 +29,82 @@ def test_measure_times_both_forwards_on_the_managers_device_and_keeps_the_answer
     assert precision.measure(tiny_manager, key) is t  # kept for the process
     assert t in precision.measured()
     assert all(row["in use"] == 0 for row in tiny_manager.status())
+
+
+def _auto_manager(recorded: dict | None):
+    from studio.core.manager import ModelManager
+    from studio.core.models import DiffusionModel
+    from studio.train.diffusion import noise_scheduler
+    from tests.conftest import tiny_digits_unet
+
+    m = ModelManager(device="cpu", precision="auto")
+    info = {"null_class": 10, **({"reduced_precision": recorded} if recorded is not None else {})}
+    m.register("digits-cond", lambda: DiffusionModel("digits-cond", tiny_digits_unet(), dict(noise_scheduler().config),
+                                                     "epsilon", "class", dict(info)),
+               info={"kind": "diffusion", "conditioning": "class"})
+    return m
+
+
+def _fake_timing(choice: str):
+    return precision.PrecisionTiming("digits-cond", "cpu", 4, 10.0, "bf16", 5.0, 0.01, choice, "faked for the test")
+
+
+def test_an_auto_manager_runs_a_model_in_the_precision_the_rule_picks_and_the_forward_returns_fp32(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(precision, "measure", lambda manager, key, **kw: calls.append(key) or _fake_timing("bf16"))
+    m = _auto_manager({"bf16": True})
+    with m.use("digits-cond") as dm:
+        assert dm.precision == "bf16" and calls == ["digits-cond"]
+        x, t, cond = torch.randn(2, 1, 8, 8), torch.tensor([500, 500]), {"class_labels": torch.tensor([3, 10])}
+        low = dm.model_fn(x, t, cond)
+        dm.precision = "fp32"
+        full = dm.model_fn(x, t, cond)
+        dm.precision = "bf16"
+    assert low.dtype == full.dtype == torch.float32
+    assert 0 < (low - full).abs().max() < 0.5 * full.std()  # rounded, not something else
+    with m.use("digits-cond"):
+        assert calls == ["digits-cond"]  # timed when it loads, not on every lease
+
+
+@pytest.mark.parametrize("recorded, manager_precision", [(None, "auto"), ({"bf16": False}, "auto"),
+                                                         ({"fp16": True}, "auto"), ({"bf16": True}, "fp32")])
+def test_no_record_for_this_devices_precision_or_a_fp32_manager_keeps_fp32_without_timing(monkeypatch, recorded,
+                                                                                          manager_precision):
+    monkeypatch.setattr(precision, "measure", lambda *a, **kw: pytest.fail("timed a model it could not switch"))
+    m = _auto_manager(recorded)
+    m.precision = manager_precision
+    with m.use("digits-cond") as dm:
+        assert dm.precision == "fp32"
+
+
+def test_a_rule_that_answers_fp32_keeps_fp32_and_a_real_timing_agrees_with_its_choice(monkeypatch):
+    monkeypatch.setattr(precision, "measure", lambda manager, key, **kw: _fake_timing("fp32"))
+    with _auto_manager({"bf16": True}).use("digits-cond") as dm:
+        assert dm.precision == "fp32"
+    monkeypatch.undo()
+    m = _auto_manager({"bf16": True})
+    with m.use("digits-cond") as dm:
+        t = precision.measure(m, "digits-cond")  # the timing apply() took at load, kept
+        assert dm.precision == t.choice and t.fp32_ms > 0
+
+
+def test_a_manager_refuses_an_unknown_precision_setting():
+    from studio.core.manager import ModelManager
+
+    with pytest.raises(ValueError, match="'fp32' or 'auto'"):
+        ModelManager(device="cpu", precision="bf16")
+
+
+def test_generate_names_the_precision_it_sampled_in(monkeypatch, tiny_manager):
+    from studio.methods import generate
+
+    def result_of(p, manager):
+        return list(generate.run(p, manager))[-1]
+
+    monkeypatch.setattr(precision, "measure", lambda manager, key, **kw: _fake_timing("bf16"))
+    m = _auto_manager({"bf16": True})
+    p = generate.Params(model="digits-cond", scheduler="ddim", steps=2, n_images=1, preview_every=0)
+    assert result_of(p, m).parameters["precision"] == "bf16"
+    assert result_of(p, tiny_manager).parameters["precision"] == "fp32"

@@ -68,7 +68,13 @@ def _move(obj: Any, device: torch.device) -> None:
 
 class ModelManager:
     def __init__(self, device: str | torch.device | None = None, ram_budget: int = DEFAULT_RAM_BUDGET,
-                 max_on_accelerator: int = 2):
+                 max_on_accelerator: int = 2, precision: str = "fp32"):
+        """``precision``: "fp32" keeps every model as trained; "auto" lets a diffusion model whose zoo entry
+        records its quality in reduced precision run in it where it is faster on this machine
+        (:mod:`studio.core.precision`, timed once when the model first loads)."""
+        if precision not in ("fp32", "auto"):
+            raise ValueError(f"precision must be 'fp32' or 'auto', not {precision!r}")
+        self.precision = precision
         self.device = torch.device(device) if device is not None else pick_device()
         self.ram_budget = ram_budget
         self.max_on_accelerator = max_on_accelerator
@@ -169,13 +175,18 @@ class ModelManager:
             e = self._entries.get(key)
             if e is None:
                 raise UnknownModel(f"unknown model {key!r}; registered: {', '.join(self._entries) or 'none'}")
-            if e.obj is None:
+            fresh = e.obj is None
+            if fresh:
                 self._load(e)
             e.leases += 1
             e.last_used = time.time()
             try:
                 self._place(e)
                 self._enforce_budget(keep=e)
+                if fresh and self.precision == "auto":
+                    from studio.core import precision  # times the forward through this manager (a nested lease)
+
+                    precision.apply(self, key, e.obj)
             except BaseException:
                 e.leases -= 1
                 raise
@@ -236,6 +247,6 @@ def default_manager() -> ModelManager:
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
-            _DEFAULT = ModelManager()
+            _DEFAULT = ModelManager(precision="auto")
             _DEFAULT.register_zoo()
         return _DEFAULT

@@ -24,6 +24,7 @@ import torch
 
 ModelKind = Literal["image", "series", "idempotent", "nag", "judge", "classifier", "experts", "text-encoder",
                     "probe", "weightgen", "invdiff", "var", "inr", "other"]
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def model_kind(info: dict) -> ModelKind:
@@ -56,9 +57,16 @@ class DiffusionModel:
     conditioning: Literal["none", "class", "text"] = "none"
     info: dict = field(default_factory=dict)
     gaussian: Any = None  # the training data's Gaussian model (studio.core.gaussian.GaussianStats), for teleportation
+    # "fp32", or "bf16"/"fp16": the forward runs under autocast to it and returns fp32 (set by the manager
+    # only where studio.core.precision's rule allows it on this machine; see that module)
+    precision: str = "fp32"
 
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.unet(x, t, **cond).sample
+        if self.precision == "fp32":
+            return self.unet(x, t, **cond).sample
+        with torch.autocast(x.device.type, dtype=AUTOCAST_DTYPES[self.precision]):
+            out = self.unet(x, t, **cond).sample
+        return out.float()
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> images in [-1, 1]: the identity for pixel-space models (latent ones override)."""

@@ -10,15 +10,20 @@ their largest difference), and :func:`choose` applies the rule
   the fp32 intervals (``studio.json``: ``"reduced_precision": {"bf16": true}``, written by the
   evaluation that measured it).
 
-No zoo entry records such a measurement yet, so the rule picks fp32 for every model, which is what
-every sampler uses; the Models tab shows the timings and the reason. (The samplers do not read the
-choice: the evaluation that first records a reduced-precision quality must also make them honour
-it, or the rule's answer would be a claim about nothing.) Timings are kept per process (model,
+A manager made with ``precision="auto"`` (the app's and the CLI's, :func:`studio.core.manager.default_manager`)
+calls :func:`apply` when it loads a model: an entry that records its quality in this device's reduced
+precision is timed (about a second, once per process) and, where the rule allows, its ``model_fn``
+runs under autocast from then on (:attr:`studio.core.models.DiffusionModel.precision`; the images'
+parameters name it). Entries with no record, and model types whose ``model_fn`` is their own (latent
+pipelines, series, INR), are not timed and stay fp32. Managers made without it (the tests',
+scripts') keep every model in fp32, so a figure measured there does not depend on the machine's
+bf16 speed. The Models tab shows the timings and the reason. Timings are kept per process (model,
 device); a machine that is measured again gets the same answer within its noise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -98,7 +103,8 @@ def measure(manager, key: str, batch: int = 4, repeats: int = 3, again: bool = F
             return _CACHE[(key, device.type)]
     reduced = REDUCED.get(device.type, torch.bfloat16)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with manager.use(key) as dm:
+    with manager.use(key) as lent:
+        dm = dataclasses.replace(lent, precision="fp32") if isinstance(lent, DiffusionModel) else lent
         x, t, cond = _inputs(dm, manager, batch, device)
         full = lambda: dm.model_fn(x, t, cond)
 
@@ -108,7 +114,7 @@ def measure(manager, key: str, batch: int = 4, repeats: int = 3, again: bool = F
 
         ref, out = full().float(), low().float()
         fp32_ms, reduced_ms = _best_ms(full, repeats, sync), _best_ms(low, repeats, sync)
-        recorded = dm.info.get("reduced_precision")
+        recorded = lent.info.get("reduced_precision")
     name = DTYPE_NAMES[reduced]
     choice, why = choose(fp32_ms / reduced_ms, name, recorded)
     timing = PrecisionTiming(key, device.type, batch, round(fp32_ms, 2), name, round(reduced_ms, 2),
@@ -123,3 +129,19 @@ def measured() -> list[PrecisionTiming]:
     """Every timing taken in this process, in the order taken."""
     with _LOCK:
         return list(_CACHE.values())
+
+
+def honours(obj) -> bool:
+    """Whether ``obj`` is a denoiser whose ``model_fn`` follows :attr:`DiffusionModel.precision`."""
+    return isinstance(obj, DiffusionModel) and type(obj).model_fn is DiffusionModel.model_fn
+
+
+def apply(manager, key: str, obj) -> str:
+    """Set the just-loaded ``obj``'s precision by the rule; returns it. Timed only where the entry records
+    its quality in this device's reduced precision (else fp32 at no cost)."""
+    device = torch.device(manager.device)
+    name = DTYPE_NAMES[REDUCED.get(device.type, torch.bfloat16)]
+    if not honours(obj) or not (obj.info.get("reduced_precision") or {}).get(name):
+        return "fp32"
+    obj.precision = measure(manager, key).choice
+    return obj.precision

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator, Literal
 
 import numpy as np
@@ -327,9 +327,12 @@ def run(p: Params, manager, drawing=None) -> Iterator[Progress | ClassifyResult]
     Progress per forward batch, then the :class:`ClassifyResult`."""
     check(p, manager)
     t0 = time.perf_counter()
-    with manager.use(p.model) as dm:
-        if not isinstance(dm, DiffusionModel):
+    with manager.use(p.model) as lent:
+        if not isinstance(lent, DiffusionModel):
             raise ParamError(f"{p.model!r} is not a diffusion model")
+        # fp32 always: a recorded reduced precision (studio.core.precision) was measured on samples, not on
+        # the noise-prediction errors this classifier ranks, whose figures were all taken in fp32
+        dm = replace(lent, precision="fp32")
         image, names, truth, notes, conds = prepare(p, dm, drawing)
         if len(names) > MAX_CANDIDATES:
             raise ParamError(f"{len(names)} candidates; the limit is {MAX_CANDIDATES}")

@@ -219,6 +219,6 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ComposeResult]:
         verdicts = judge_verdicts(manager, x, concepts) if judged(manager, dm) else []
     parameters = {"method": "compose", **asdict(p), "seed": seed, "randomize_seed": False,
                   "concepts": [{"text": c.text, "weight": c.weight, "op": c.op} for c in concepts],
-                  "studio_version": __version__}
+                  "precision": dm.precision, "studio_version": __version__}
     yield ComposeResult(images=to_pil(x, max(1, DISPLAY_SIZE // x.shape[-1])), parameters=parameters, seeds=seeds,
                         tensors=x, seconds=time.perf_counter() - t0, concepts=concepts, verdicts=verdicts)

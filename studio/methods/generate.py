@@ -105,7 +105,7 @@ def run(p: Params, manager: ModelManager) -> Iterator[Progress | ImageResult]:
                 x = item
     upscale = max(1, DISPLAY_SIZE // x.shape[-1])
     parameters = {"method": "generate", **asdict(p), "seed": seed, "randomize_seed": False,
-                  "studio_version": __version__}
+                  "precision": dm.precision, "studio_version": __version__}
     if dm.conditioning != "text":
         parameters.pop("prompt")
     if dm.conditioning != "class":
