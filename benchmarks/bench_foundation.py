@@ -25,6 +25,7 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDIMPipeline
 from torch.utils.flop_counter import FlopCounterMode
@@ -36,6 +37,7 @@ from studio.data.text import encode
 ROOT = Path(__file__).resolve().parent
 STEPS = 20
 REPEATS = 5
+LOOP_PAIRS = 15  # the loop-vs-pipeline ratio: a median over this many alternated pairs, with its interval
 
 
 class Bound(torch.nn.Module):
@@ -60,9 +62,9 @@ def condition(manager: ModelManager, name: str) -> dict:
             "class_labels": e["pooled"]}
 
 
-def paired(fn_a, fn_b, repeats=REPEATS) -> tuple[float, float]:
-    """Best-of-``repeats`` seconds of two functions timed alternately (a, b, a, b, ...), so that
-    drifts of the machine (frequency, neighbours) hit both sides alike."""
+def paired(fn_a, fn_b, repeats=REPEATS) -> tuple[list[float], list[float]]:
+    """Seconds of two functions timed alternately (a, b, a, b, ...), ``repeats`` pairs after a warm-up,
+    so that drifts of the machine (frequency, neighbours) hit both sides alike."""
     fn_a(), fn_b()  # warm-up (oneDNN primitive creation)
     a, b = [], []
     for _ in range(repeats):
@@ -70,7 +72,14 @@ def paired(fn_a, fn_b, repeats=REPEATS) -> tuple[float, float]:
             t0 = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t0)
-    return min(a), min(b)
+    return a, b
+
+
+def ratio_interval(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Median over pairs of b_i / a_i, with a 95% percentile-bootstrap interval of that median."""
+    r = np.asarray(b) / np.asarray(a)
+    boots = np.median(r[np.random.default_rng(seed).integers(0, len(r), (n_boot, len(r)))], axis=1)
+    return float(np.median(r)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
 def best_of(fn, repeats=REPEATS) -> float:
@@ -98,10 +107,12 @@ def loop_vs_pipeline(manager: ModelManager) -> list[dict]:
                                                  shape, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0)))
                 stock = lambda: pipe(batch_size=batch, num_inference_steps=STEPS, output_type="np",
                                      generator=torch.Generator().manual_seed(0))
-                t_ours, t_stock = paired(ours, stock)
+                a, b = paired(ours, stock, LOOP_PAIRS)
+                ratio, low, high = ratio_interval(a, b)
                 rows.append({"model": name, "batch": batch, "steps": STEPS, "scheduler": "ddim",
-                             "studio_img_per_s": round(batch / t_ours, 2), "diffusers_img_per_s": round(batch / t_stock, 2),
-                             "ratio": round(t_stock / t_ours, 3)})
+                             "studio_img_per_s": round(batch / min(a), 2), "diffusers_img_per_s": round(batch / min(b), 2),
+                             "ratio": round(ratio, 3), "ratio_low": round(low, 3), "ratio_high": round(high, 3),
+                             "pairs": LOOP_PAIRS})
                 print(rows[-1], flush=True)
     return rows
 
@@ -238,9 +249,12 @@ def machine() -> str:
 def to_markdown(result: dict) -> str:
     lines = [f"# Foundation benchmark ({result['date']})", "", f"Machine: {result['machine']}", "",
              "## Studio loop vs diffusers DDIMPipeline (DDIM, 20 steps, same UNet and seed)", "",
-             "| model | batch | studio img/s | diffusers img/s | ratio (goal >= 0.95) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['batch']} | {r['studio_img_per_s']} | {r['diffusers_img_per_s']} | {r['ratio']} |"
-              for r in result["loop_vs_pipeline"]]
+             "Images per second: best of the pairs. Ratio: the median over alternated pairs of the pipeline's seconds "
+             "over the loop's, with a 95% bootstrap interval; an interval that covers 1 is no difference.", "",
+             *([f"Measured {result['loop_date']} ({result['loop_machine']}).", ""] if "loop_date" in result else []),
+             "| model | batch | studio img/s | diffusers img/s | ratio [95%] (goal >= 1.0) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['batch']} | {r['studio_img_per_s']} | {r['diffusers_img_per_s']} | {r['ratio']} "
+              f"[{r.get('ratio_low', '?')}, {r.get('ratio_high', '?')}] |" for r in result["loop_vs_pipeline"]]
     lines += ["", "## Denoiser forward vs plain matmul (fp32)", "",
               "| model | batch | MFLOP/image | denoiser GFLOP/s | matmul GFLOP/s | share |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['batch']} | {r['mflop_per_image']} | {r['denoiser_gflops']} | {r['matmul_gflops']} | "
@@ -259,13 +273,18 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> dict:
+def main(loop_only: bool = False) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     manager = ModelManager(device="cpu")
     manager.register_zoo()
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-              "loop_vs_pipeline": loop_vs_pipeline(manager), "compute": compute_efficiency(manager),
-              "app": app_figures()}
+    if loop_only:  # the loop-vs-pipeline rows again, the rest of the last run kept
+        result = json.loads((ROOT / "results" / "foundation.json").read_text())
+        result.update(loop_vs_pipeline=loop_vs_pipeline(manager), loop_date=time.strftime("%Y-%m-%d %H:%M"),
+                      loop_machine=machine())
+    else:
+        result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+                  "loop_vs_pipeline": loop_vs_pipeline(manager), "compute": compute_efficiency(manager),
+                  "app": app_figures()}
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / "foundation.json").write_text(json.dumps(result, indent=2) + "\n")
     md = to_markdown(result)
@@ -275,4 +294,8 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--loop", action="store_true", help="only the loop-vs-pipeline ratios (the rest of the last run kept)")
+    main(ap.parse_args().loop)
