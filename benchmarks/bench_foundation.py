@@ -12,8 +12,14 @@ Measured in one run on one machine (named in the output):
    (goal: at most 1.2x), one Generate (goal < 2 s) and one Compose (goal < 3 s) at default settings
    through ``gradio_client`` after a warm-up call that loads the models, and peak memory of a
    process that builds the app and loads every zoo model in turn (goal < 2 GB).
+4. ``torch.compile`` (inductor, default mode) of each Generate model's UNet: the seconds its first
+   call takes (compiling), its steady forward against eager (batch 8: 4 images with classifier-free
+   guidance, medians of alternated pairs), and how many Generates at the model's default steps
+   would pay the compile back. The app compiles nothing: it would only where that pays back within
+   one run of the app (issue 29), and these figures say whether it does here.
 
-Writes ``benchmarks/results/foundation.json`` and ``.md``.
+Writes ``benchmarks/results/foundation.json`` and ``.md``; ``--loop`` / ``--compile`` measure only
+that part again, keeping the rest of the last run.
 """
 
 from __future__ import annotations
@@ -140,6 +146,31 @@ def compute_efficiency(manager: ModelManager) -> list[dict]:
     return rows
 
 
+def compile_payback(manager: ModelManager, repeats: int = 10) -> list[dict]:
+    """Part 4 of the module docstring, for shapes-t2i and digits-cond at their default steps."""
+    rows = []
+    for name in ("shapes-t2i", "digits-cond"):
+        cond = condition(manager, name)
+        with manager.use(name) as dm:
+            steps = int(dm.info.get("default_steps", STEPS))
+            bound = Bound(dm.unet, cond).eval()
+            x, t = torch.randn(8, *dm.sample_shape), torch.full((8,), 500)
+            compiled = torch.compile(bound)
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                compiled(x, t)
+                compile_s = time.perf_counter() - t0
+                a, b = paired(lambda: bound(x, t), lambda: compiled(x, t), repeats)
+        eager_ms, compiled_ms = float(np.median(a)) * 1e3, float(np.median(b)) * 1e3
+        saved_per_generate_s = (eager_ms - compiled_ms) * steps / 1e3
+        rows.append({"model": name, "batch": 8, "default_steps": steps, "compile_s": round(compile_s, 1),
+                     "eager_ms": round(eager_ms, 2), "compiled_ms": round(compiled_ms, 2),
+                     "speedup": round(eager_ms / compiled_ms, 3),
+                     "generates_to_pay_back": round(compile_s / saved_per_generate_s) if saved_per_generate_s > 0 else None})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -259,6 +290,14 @@ def to_markdown(result: dict) -> str:
               "| model | batch | MFLOP/image | denoiser GFLOP/s | matmul GFLOP/s | share |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['batch']} | {r['mflop_per_image']} | {r['denoiser_gflops']} | {r['matmul_gflops']} | "
               f"{r['share_of_matmul']} |" for r in result["compute"]]
+    if "compile" in result:
+        lines += ["", "## torch.compile (inductor) against eager, batch 8 (4 images with CFG)", "",
+                  *([f"Measured {result['compile_date']}.", ""] if "compile_date" in result else []),
+                  "| model | compile s (first call) | eager ms | compiled ms | speedup | Generates at default steps "
+                  "to pay back |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['compile_s']} | {r['eager_ms']} | {r['compiled_ms']} | {r['speedup']} | "
+                  f"{r['generates_to_pay_back'] if r['generates_to_pay_back'] is not None else 'never (not faster)'} |"
+                  for r in result["compile"]]
     app = result["app"]
     every = app["every_model"]
     lines += ["", "## App", "", "| figure | measured | goal |", "|---|---|---|",
@@ -273,18 +312,21 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(loop_only: bool = False) -> dict:
+def main(loop_only: bool = False, compile_only: bool = False) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     manager = ModelManager(device="cpu")
     manager.register_zoo()
-    if loop_only:  # the loop-vs-pipeline rows again, the rest of the last run kept
+    if loop_only or compile_only:  # one part again, the rest of the last run kept
         result = json.loads((ROOT / "results" / "foundation.json").read_text())
-        result.update(loop_vs_pipeline=loop_vs_pipeline(manager), loop_date=time.strftime("%Y-%m-%d %H:%M"),
-                      loop_machine=machine())
+        if loop_only:
+            result.update(loop_vs_pipeline=loop_vs_pipeline(manager), loop_date=time.strftime("%Y-%m-%d %H:%M"),
+                          loop_machine=machine())
+        if compile_only:
+            result.update(compile=compile_payback(manager), compile_date=time.strftime("%Y-%m-%d %H:%M"))
     else:
         result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
                   "loop_vs_pipeline": loop_vs_pipeline(manager), "compute": compute_efficiency(manager),
-                  "app": app_figures()}
+                  "compile": compile_payback(manager), "app": app_figures()}
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / "foundation.json").write_text(json.dumps(result, indent=2) + "\n")
     md = to_markdown(result)
@@ -298,4 +340,6 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--loop", action="store_true", help="only the loop-vs-pipeline ratios (the rest of the last run kept)")
-    main(ap.parse_args().loop)
+    ap.add_argument("--compile", action="store_true", help="only the torch.compile payback (the rest of the last run kept)")
+    args = ap.parse_args()
+    main(args.loop, args.compile)
