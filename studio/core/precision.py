@@ -6,9 +6,10 @@ about 1.5x faster on a CPU with native bf16 and 20-30x *slower* on one that emul
 their largest difference), and :func:`choose` applies the rule
 
 * reduced precision only where it is at least :data:`MIN_SPEEDUP` times faster here, **and**
-* only where the model's zoo entry records its judge accuracy and FD under that precision inside
-  the fp32 intervals (``studio.json``: ``"reduced_precision": {"bf16": true}``, written by the
-  evaluation that measured it).
+* only where the model's zoo entry records its judge accuracy and FD under that precision as no
+  worse than in fp32 (``studio.json``: ``"reduced_precision": {"bf16": true}``, written by
+  ``benchmarks/bench_speed_defaults.py --record``: inside the fp32 intervals and no paired
+  difference, same prompts and noise, that says worse).
 
 A manager made with ``precision="auto"`` (the app's and the CLI's, :func:`studio.core.manager.default_manager`)
 calls :func:`apply` when it loads a model: an entry that records its quality in this device's reduced
@@ -59,13 +60,13 @@ class PrecisionTiming:
 
 def choose(speedup: float, reduced: str, recorded: dict | None) -> tuple[str, str]:
     """(the precision to use, why) from the measured ``speedup`` and the zoo entry's record
-    ``recorded`` (``{"bf16": True}`` where its judge accuracy and FD in bf16 lie inside the fp32 intervals)."""
+    ``recorded`` (``{"bf16": True}`` where its judge accuracy and FD in bf16 were measured no worse than in fp32)."""
     if speedup < MIN_SPEEDUP:
         return "fp32", f"{reduced} is not faster here ({speedup:.2f}x; at least {MIN_SPEEDUP}x needed)"
     if not (recorded or {}).get(reduced):
         return "fp32", (f"{reduced} is {speedup:.2f}x faster here, but this model's zoo entry records no judge "
-                        f"accuracy and FD in {reduced} inside the fp32 intervals")
-    return reduced, f"{reduced} is {speedup:.2f}x faster here and its recorded quality is inside the fp32 intervals"
+                        f"accuracy and FD in {reduced} no worse than in fp32")
+    return reduced, f"{reduced} is {speedup:.2f}x faster here and its recorded quality is no worse than fp32's"
 
 
 def _inputs(dm: DiffusionModel, manager, batch: int, device: torch.device) -> tuple:
