@@ -108,3 +108,20 @@ def test_generate_names_the_precision_it_sampled_in(monkeypatch, tiny_manager):
     p = generate.Params(model="digits-cond", scheduler="ddim", steps=2, n_images=1, preview_every=0)
     assert result_of(p, m).parameters["precision"] == "bf16"
     assert result_of(p, tiny_manager).parameters["precision"] == "fp32"
+
+
+def test_the_apps_manager_follows_the_rule_and_a_plain_manager_keeps_fp32():
+    from studio.core.manager import ModelManager, default_manager
+
+    assert default_manager().precision == "auto"  # what `studio launch` and the Space serve
+    assert ModelManager(device="cpu").precision == "fp32"  # tests, scripts: figures independent of the machine
+
+
+def test_the_zoo_records_reduced_precision_only_with_its_measured_verdict():
+    """studio.json's record and the MANIFEST's quality come from the same bench run (bench_speed_defaults --record)."""
+    from studio.core.loading import ZOO_DIR, entry_info, read_manifest
+
+    for name in ("shapes-t2i", "digits-cond"):
+        recorded = entry_info(ZOO_DIR / name).get("reduced_precision")
+        verdict = read_manifest()[name]["quality"]["speed_defaults"]
+        assert recorded == {"bf16": verdict["bf16"]}, name

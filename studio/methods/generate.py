@@ -38,8 +38,8 @@ class Params:
         max_chars=MAX_PROMPT_CHARS))
     digit: int = field(default=3, metadata=spec("Digit", "For class models: the class to draw.", minimum=0, maximum=9, step=1))
     # the default model's own (shapes-t2i's studio.json: default_scheduler, default_steps; tested)
-    scheduler: SchedulerName = field(default="dpm++", metadata=spec("Scheduler", "Any diffusers scheduler the model supports."))
-    steps: int = field(default=15, metadata=spec("Steps", "Denoising steps.", minimum=1, maximum=200, step=1))
+    scheduler: SchedulerName = field(default="unipc", metadata=spec("Scheduler", "Any diffusers scheduler the model supports."))
+    steps: int = field(default=8, metadata=spec("Steps", "Denoising steps.", minimum=1, maximum=200, step=1))
     guidance: float = field(default=2.0, metadata=spec(
         "Guidance scale", "Classifier-free scale: 0 = unconditional, 1 = conditional, higher = stronger.",
         minimum=0.0, maximum=15.0, step=0.25))
