@@ -13,8 +13,9 @@ PRECISION_HELP = (
     "Times one denoiser forward (batch 4, best of 3) in fp32 and in the device's reduced precision (bf16 on a "
     "CPU, fp16 on a GPU) on this machine. A model samples in reduced precision only where it is faster here *and* "
     "its zoo entry records its judge accuracy and FD in it as no worse than in fp32; such a model is timed when it "
-    "first loads (its row appears below), every other one samples in fp32. Generate and Compose name the precision "
-    "in each image's parameters. Timing loads the model and takes a few seconds.")
+    "first loads (its row appears below), every other one samples in fp32. A loaded model keeps the answer taken "
+    "when it loaded: unload it (above) to apply a new timing. Generate and Compose name the precision in each "
+    "image's parameters. Timing loads the model and takes a few seconds.")
 PRECISION_COLUMNS = ["model", "device", "fp32 ms", "reduced", "reduced ms", "speedup", "max diff / std", "rule picks", "why"]
 
 
