@@ -300,7 +300,8 @@ def markdown(results: dict) -> str:
              "**rule 1** (the issue's words) takes the fewest NFE whose judge readings are at least the default's "
              "lower bounds and whose FD is at most the default's upper bound; **rule 2** adds that no paired "
              "difference to the default says worse (judge differences reaching 0 or above, the FD difference 0 or "
-             "below). The REPORT set, which chose nothing, then measures the default and both choices.", ""]
+             "below); it was set after rule 1's choices had been seen on the report set. The REPORT set, which "
+             "chose no setting, then measures the default and both choices.", ""]
     for model, out in results["models"].items():
         sel, rep = out["selection"], out["report"]
         judges = [k for k in sel["rows"][sel["default"]] if k not in ("setting", "nfe", "fd", "seconds_per_image_sweep",
