@@ -95,6 +95,19 @@ def grid(model: str) -> list[Setting]:
     return rows + [dataclasses.replace(default, teleport=k) for k in TELEPORT]
 
 
+def setting(model: str, name: str) -> Setting:
+    """The :class:`Setting` a row is named by (a grid setting, or one with ", bf16" after its name)."""
+    base = name.removesuffix(", bf16")
+    s = next(g for g in grid(model) if g.name == base)
+    return dataclasses.replace(s, precision="bf16") if name != base else s
+
+
+def describe(model: str, split: str) -> str:
+    """The prompts and seeds of ``split`` in words, for the results."""
+    items = "81 SELECTION prompts x 2" if split == "selection" else "81 REPORT prompts x 2"
+    return f"{items if model == 'shapes-t2i' else '30 per class'}, seeds {SEEDS[model][split]} + i"
+
+
 class Task:
     """One model's draws and judges on one split (selection or report)."""
 
@@ -207,11 +220,9 @@ def report(model: str, sel: dict) -> dict:
     """The default, both rules' choices and bf16 at the default and at rule 2's choice, on the report set:
     paired differences to the default in fp32, and bf16 against fp32 at the same setting."""
     task = Task(model, "report")
-    by_name = {s.name: s for s in grid(model)}
-    fp32 = {name: by_name[name] for name in dict.fromkeys((sel["default"], sel["chosen_inside"], sel["chosen"]))}
-    low = {f"{name}, bf16": dataclasses.replace(by_name[name], precision="bf16")
-           for name in dict.fromkeys((sel["default"], sel["chosen"]))}
-    rows = {name: task.measure(s) for name, s in {**fp32, **low}.items()}
+    low = [f"{name}, bf16" for name in dict.fromkeys((sel["default"], sel["chosen"]))]
+    names = [*dict.fromkeys((sel["default"], sel["chosen_inside"], sel["chosen"])), *low]
+    rows = {name: task.measure(setting(model, name)) for name in names}
     for name, r in rows.items():
         print(model, "report", name, json.dumps({k: v for k, v in _public(r).items() if k != "setting"}), flush=True)
     base = rows[sel["default"]]
@@ -239,9 +250,7 @@ def timing(model: str, names: list[str], repeats: int = 5, n: int = 4) -> dict:
     after a warm-up, the settings taken in turn so drift hits them alike."""
     torch.set_num_threads(2)
     task = Task(model, "report")
-    by_name = {s.name: s for s in grid(model)}
-    settings = {name: by_name[name] if name in by_name
-                else dataclasses.replace(by_name[name.removesuffix(", bf16")], precision="bf16") for name in names}
+    settings = {name: setting(model, name) for name in names}
     cond = {k: v[:n] for k, v in task.cond.items()}
     uncond = {k: v[:n] for k, v in task.uncond.items()}
 
@@ -270,7 +279,7 @@ def record(model: str, out: dict, adopt: bool) -> dict:
     info = json.loads(path.read_text())
     info["reduced_precision"] = {"bf16": v["bf16"]}
     if adopt and v["rule 2 choice not worse"]:
-        chosen = Setting(**out["report"]["rows"][out["selection"]["chosen"]]["setting"])
+        chosen = setting(model, out["selection"]["chosen"])
         if chosen.teleport == 0:
             info.update(default_scheduler=chosen.scheduler, default_steps=chosen.steps)
     path.write_text(json.dumps(info, indent=2) + "\n")
@@ -357,10 +366,7 @@ def main() -> None:
             torch.set_num_threads(1)
             sel = sweep(model)
             out = {"selection": sel, "report": report(model, sel),
-                   "selection_set": "81 SELECTION prompts x 2, seeds 7000 + i" if model == "shapes-t2i"
-                   else "30 per class, seeds 5000 + i",
-                   "report_set": "81 REPORT prompts x 2, seeds 2000 + i" if model == "shapes-t2i"
-                   else "30 per class, seeds 1000 + i",
+                   "selection_set": describe(model, "selection"), "report_set": describe(model, "report"),
                    "model_sha": next(v["sha256"][:12] for k, v in read_manifest()[model]["files"].items()
                                      if k.endswith(".safetensors"))}
             results.setdefault("models", {})[model] = {**results.get("models", {}).get(model, {}), **out}
