@@ -1,5 +1,5 @@
-"""The quality-per-second rule of ``benchmarks/bench_speed_defaults.py`` (issue 29): what counts as
-"inside the default's intervals", and which settings compete."""
+"""The quality-per-second rules of ``benchmarks/bench_speed_defaults.py`` (issue 29): what counts as
+"inside the default's intervals", what the paired test admits, and which settings compete."""
 
 from __future__ import annotations
 
@@ -23,6 +23,41 @@ def test_inside_means_every_judge_reading_at_least_the_lower_bound_and_fd_at_mos
     assert not B.inside(_row(0.99, 0.98, 35.5, 40.0), ref)     # FD above the upper bound
     two = {**_row(1.0, 1.0, 20.0, 35.0), "region": {"value": 0.99, "low": 0.98, "high": 1.0}}
     assert not B.inside(_row(1.0, 1.0, 20.0, 30.0) | {"region": {"value": 0.97, "low": 0.9, "high": 1.0}}, two)
+
+
+def _diff(judge_high: float, fd_low: float) -> dict:
+    return {"class": {"value": judge_high - 0.01, "low": judge_high - 0.02, "high": judge_high},
+            "fd": {"value": fd_low + 2, "low": fd_low, "high": fd_low + 4}}
+
+
+def test_the_paired_test_admits_a_setting_unless_a_difference_says_worse_and_the_adopted_rule_is_it_alone():
+    assert B.paired_not_worse(_diff(0.0, 0.0)) and B.paired_not_worse(_diff(0.01, -3.0))
+    assert not B.paired_not_worse(_diff(-0.001, -3.0))   # the judge reads measurably fewer hits
+    assert not B.paired_not_worse(_diff(0.0, 0.1))       # FD measurably higher
+    # a default that reads 1.000 [1.000, 1.000]: one miss in 300 fails rule 1 and rule 2, not rule 3
+    ref, one_miss = _row(1.0, 1.0, 28.7, 47.3), _row(0.997, 0.99, 20.3, 37.6)
+    diff = _diff(0.0, -16.8)
+    assert [B.RULES[r](one_miss, diff, ref) for r in ("rule 1", "rule 2", "rule 3")] == [False, False, True]
+    assert B.ADOPTED == "rule 3"
+
+
+def test_each_rule_takes_the_fewest_evaluations_it_admits_ties_to_the_lower_fd(tmp_path, monkeypatch):
+    """``sweep`` on cached rows (no drawing): the default is always admitted, so every rule has a choice."""
+    import json
+
+    default = B.Setting(*B.DEFAULTS["digits-cond"])
+    rows = {default.name: {**_row(1.0, 1.0, 28.7, 47.3, nfe=20), "paired_vs_default": _diff(0.0, 0.0)}}
+    for s, judge, fd, d in [(B.Setting("ddim", 4), 1.0, 33.7, _diff(0.0, 2.0)),        # inside, paired worse
+                            (B.Setting("dpm++", 4), 0.997, 23.2, _diff(0.0, -14.1)),   # one miss, paired fine
+                            (B.Setting("unipc", 4), 0.997, 25.5, _diff(0.0, -11.4)),   # the same, higher FD
+                            (B.Setting("ddim", 8), 1.0, 31.0, _diff(0.0, -2.4))]:      # inside, paired fine
+        rows[s.name] = {**_row(judge, judge, fd, fd * 1.6, nfe=s.nfe), "setting": B.dataclasses.asdict(s),
+                        "paired_vs_default": d}
+    rows[default.name]["setting"] = B.dataclasses.asdict(default)
+    monkeypatch.setattr(B, "CACHE", tmp_path)
+    monkeypatch.setattr(B, "grid", lambda model: [B.Setting(**r["setting"]) for r in rows.values()])
+    (tmp_path / "digits-cond-selection-paired.json").write_text(json.dumps(rows))
+    assert B.sweep("digits-cond")["chosen"] == {"rule 1": "ddim 4", "rule 2": "ddim 8", "rule 3": "dpm++ 4"}
 
 
 def test_the_grid_holds_no_setting_slower_than_the_default_and_teleportation_costs_fewer_evaluations():

@@ -125,6 +125,22 @@ def test_shapes_evaluation_reports_the_default_guidance_and_what_the_tabs_sample
     assert info["quality"]["at_default"]["guidance"] == 2.0  # what studio eval recorded
 
 
+def test_digits_evaluation_adds_the_generate_tabs_own_sampler(zoo_manager):
+    """``studio eval digits-cond``, shortened: the sweep's sampler is DDIM (the recorded history), and the
+    Generate tab's own sampler for the model (its studio.json, issue 29's sweep: DPM-Solver++ 4) is measured
+    beside it at the default guidance on the same seeds."""
+    from studio.evaluate import evaluate_digits, summary_table
+
+    q = evaluate_digits(zoo_manager, per_class=2, sweep=(2.0,), steps=2)
+    own = loading.entry_info(loading.ZOO_DIR / "digits-cond")
+    sampler = f"{own['default_scheduler']}, {own['default_steps']} steps"
+    tab = q["at_tab_default"]
+    assert q["sampler"] == "ddim, 2 steps" and tab["sampler"] == sampler and tab["guidance"] == 2.0
+    assert tab["accuracy"]["n"] == 20 and 0.5 <= tab["accuracy"]["value"] <= 1
+    assert f"{sampler}: the tab's default" in summary_table(q, "digits-cond")
+    assert "at_tab_default" not in evaluate_digits(zoo_manager, per_class=1, sweep=(2.0,), steps=2, teleport=1)
+
+
 def test_self_guidance_turns_the_series_model_into_a_forecaster(zoo_manager):
     """On elnino's five held-out horizons (never trained on), TSDiff-Q forecasts score far better
     than the same model sampled without guidance, whose windows sit at the right level but in no
