@@ -38,8 +38,16 @@ Measured, each with a 95% bootstrap interval:
    condition over the batch, and vs the official pipeline's way (one image per run, one pass of
    batch 1 per condition), same images.
 
+5. quality per second (``--fewer-steps``, issue 29): compose AND at k = 2 and w = 2 under diffusers'
+   DPM-Solver++ 2M, UniPC, DDIM and Euler at 4-15 steps against :data:`FEWER_BASE` (DPM-Solver++ 15,
+   the tab's default until then), on the SELECTION items; all-satisfied and FD-shapes (against
+   1,000 fresh renders), each as a paired difference (same items, same noise). The pick, by the rule
+   that sets the Generate defaults (``bench_speed_defaults``' rule 3: the fewest network evaluations
+   that no paired difference says is worse, ties to the lower FD), is then drawn beside the base on
+   the REPORT items at k = 2 and k = 3 and judged by the same paired test there.
+
 Writes ``benchmarks/results/compose.json``, ``compose.md`` and ``compose_weights.html``.
-Run: ``python benchmarks/bench_compose.py [--quick | --variant-only | --speed-only]`` (or ``make bench``).
+Run: ``python benchmarks/bench_compose.py [--quick | --variant-only | --speed-only | --fewer-steps]`` (or ``make bench``).
 ``--variant-only`` trains (or resumes) the fine-tune, runs both selection sweeps and the
 fine-tune's rows, and keeps the stored ``shapes-t2i`` rows when they were measured at the weight
 the selection chooses (else it re-measures them).
@@ -74,6 +82,10 @@ N_SELECT = 36  # selection items (four per held-out pair)
 SCHEDULER, STEPS = compose.Params.scheduler, compose.Params.steps  # the Compose tab's defaults
 # candidates for that default (``--samplers``): each evaluates the network once per step per condition
 SAMPLER_CANDIDATES = (("ddim", 20), ("dpm++", 15), ("dpm++", 20), ("unipc", 20), ("euler-a", 20))
+# quality per second (``--fewer-steps``): every setting against the default the sweep was measured from
+FEWER_BASE = ("dpm++", 15)
+FEWER_SELECT = 72  # selection items for it (the first 36 are the weights' and samplers' selection set)
+FEWER_GRID = tuple((s, n) for s in ("dpm++", "unipc", "ddim", "euler") for n in (4, 6, 8, 10, 12, 15))
 DEFAULT_WEIGHT = 2.0  # the models' default guidance; breaks ties in the selection
 SWEEP = (1.0, 1.5, 2.0, 3.0)
 VARIANT = "shapes-t2i-joined"
@@ -294,6 +306,86 @@ def select_sampler(manager: ModelManager, dm, judge, n: int | None = None) -> di
             "measured": time.strftime("%Y-%m-%d"), "machine": f"{machine_description()}, {torch.get_num_threads()} thread(s)"}
 
 
+def _paired_cell(judge, fdnet, x: torch.Tensor, items: list[list[dict]]) -> dict:
+    """Per image: all concepts satisfied (0/1) and its FD-shapes features."""
+    return {"hits": all_satisfied(judge, x, items), "features": metrics.features(fdnet, x)}
+
+
+def _row(cell: dict, fd_real: np.ndarray) -> dict:
+    return {"all_satisfied": metrics.bootstrap_mean(cell["hits"]).to_dict(),
+            "fd": metrics.frechet_features(cell["features"], fd_real).to_dict()}
+
+
+def _diff(a: dict, b: dict, fd_real: np.ndarray) -> dict:
+    """b - a on the same items and noise."""
+    return {"all_satisfied": metrics.bootstrap_mean(b["hits"] - a["hits"]).to_dict(),
+            "fd": metrics.frechet_paired_difference(fd_real, a["features"], b["features"]).to_dict()}
+
+
+def fewer_steps(manager: ModelManager, dm, judge, fdnet, n_select: int = FEWER_SELECT, n_report: int = 126) -> dict:
+    """Quality per second for the Compose tab's default (issue 29): :data:`FEWER_GRID` against
+    :data:`FEWER_BASE` on the SELECTION items (k = 2, w = 2), the pick by the Generate defaults' rule,
+    then the base and the pick on the REPORT items at k = 2 and 3, and seconds for 4 images at k = 2."""
+    from bench_speed_defaults import paired_not_worse  # the paired test: the rule the Generate defaults use
+
+    fd_real = metrics.features(fdnet, shapes.to_model_range(shapes.make_dataset(1000, seed=424242)[0]))
+    items = selection_set(n_select)
+    seeds = seeds_for(len(items), SELECT_SEED)
+    weights = {AND: DEFAULT_WEIGHT, CAPTION: DEFAULT_WEIGHT}
+    base = f"{FEWER_BASE[0]} {FEWER_BASE[1]}"
+    cells, rows = {}, {}
+    for scheduler, steps in dict.fromkeys((FEWER_BASE, *FEWER_GRID)):
+        t0 = time.perf_counter()
+        x = Sampler(manager, dm, scheduler, steps).images(*methods_for(items, weights)[AND], seeds)
+        name = f"{scheduler} {steps}"
+        cells[name] = _paired_cell(judge, fdnet, x, items)
+        rows[name] = {"scheduler": scheduler, "steps": steps, **_row(cells[name], fd_real),
+                      "seconds_per_image": round((time.perf_counter() - t0) / len(items), 3)}
+        if name != base:
+            rows[name]["paired_vs_base"] = _diff(cells[base], cells[name], fd_real)
+        print(f"compose fewer-steps {name}: {json.dumps({k: v for k, v in rows[name].items() if k != 'paired_vs_base'})}",
+              flush=True)
+    ok = [n for n, r in rows.items() if n == base or paired_not_worse(r["paired_vs_base"])]
+    chosen = min(ok, key=lambda n: (rows[n]["steps"], rows[n]["fd"]["value"]))
+    report = {}
+    for k in (2, 3):
+        items_k = held_out_set(k, n_report, SEED)
+        seeds_k = seeds_for(len(items_k))
+        got = {name: _paired_cell(judge, fdnet, Sampler(manager, dm, rows[name]["scheduler"], rows[name]["steps"])
+                                  .images(*methods_for(items_k, weights)[AND], seeds_k), items_k)
+               for name in dict.fromkeys((base, chosen))}
+        report[k] = {name: _row(c, fd_real) for name, c in got.items()}
+        if chosen != base:
+            report[k][chosen]["paired_vs_base"] = _diff(got[base], got[chosen], fd_real)
+        print(f"compose fewer-steps report k={k}: {json.dumps(report[k])}", flush=True)
+    not_worse = all(chosen == base or paired_not_worse(r[chosen]["paired_vs_base"]) for r in report.values())
+    return {"rows": rows, "base": base, "chosen": chosen, "rule": "the paired test", "report": report,
+            "report_not_worse": not_worse, "seconds_4_images": _time_tab_batch(manager, dm, [base, chosen], rows),
+            "selection_items": len(items), "report_items": n_report, "measured": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": machine_description()}
+
+
+@torch.no_grad()
+def _time_tab_batch(manager: ModelManager, dm, names: list[str], rows: dict, repeats: int = 5) -> dict:
+    """Seconds for the tab's batch (4 images, k = 2, w = 2) per setting: 2 threads, best of ``repeats``,
+    the settings taken in turn after a warm-up."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    items = selection_set(4)
+    args = (*methods_for(items, {AND: DEFAULT_WEIGHT, CAPTION: DEFAULT_WEIGHT})[AND], seeds_for(4, SELECT_SEED))
+    samplers = {n: Sampler(manager, dm, rows[n]["scheduler"], rows[n]["steps"]) for n in dict.fromkeys(names)}
+    for sm in samplers.values():  # warm-up (and the prompts' encodings cached)
+        sm.images(*args)
+    best = dict.fromkeys(samplers, float("inf"))
+    for _ in range(repeats):
+        for n, sm in samplers.items():
+            t0 = time.perf_counter()
+            sm.images(*args)
+            best[n] = min(best[n], time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    return {n: round(v, 3) for n, v in best.items()} | {"threads": 2}
+
+
 def speed(sampler: Sampler, weight: float, n_images: int = 8, repeats: int = 3) -> dict:
     """Seconds per image at k = 3, three ways, timed alternately (median of ``repeats``):
     batched (one forward pass of (k + 1) B per step), one pass per condition over the batch of B
@@ -392,6 +484,38 @@ def comp_table(rows: list[dict]) -> list[str]:
                     for r in rows]
 
 
+def fewer_steps_lines(f: dict) -> list[str]:
+    """The quality-per-second section of compose.md."""
+    from bench_speed_defaults import paired_not_worse
+
+    d = lambda e, nd=3: f"{e['value']:.{nd}f} [{e['low']:.{nd}f}, {e['high']:.{nd}f}]"  # noqa: E731
+    lines = ["", f"## Quality per second: the tab's default (`--fewer-steps`, measured {f['measured']}, {f['machine']})", "",
+             f"Compose AND at k = 2, w = {DEFAULT_WEIGHT:g}, on {f['selection_items']} SELECTION items (seeds "
+             f"{SELECT_SEED} + i); every setting against {f['base']} on the same items and noise. The pick: the fewest "
+             f"steps that no paired difference says is worse ({f['rule']}, the rule that sets the Generate defaults), "
+             f"ties to the lower FD-shapes (against 1,000 renders; not FID). Chosen: **{f['chosen']}**.", "",
+             "| setting | all-satisfied | FD-shapes | d all-satisfied | d FD-shapes | s / image (1 thread) | admitted |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in sorted(f["rows"].items(), key=lambda kv: (kv[1]["steps"], kv[0])):
+        p = r.get("paired_vs_base")
+        mark = "**" if name in (f["base"], f["chosen"]) else ""
+        lines.append(f"| {mark}{name}{mark} | {d(r['all_satisfied'])} | {d(r['fd'], 1)} | "
+                     f"{d(p['all_satisfied']) if p else ''} | {d(p['fd'], 1) if p else ''} | {r['seconds_per_image']} | "
+                     f"{'yes' if not p or paired_not_worse(p) else 'no'} |")
+    lines += ["", f"REPORT items ({f['report_items']} per k, seeds {SEED} + i), the base and the pick:", "",
+              "| k | setting | all-satisfied | FD-shapes | d all-satisfied | d FD-shapes |", "|---|---|---|---|---|---|"]
+    for k, rows in f["report"].items():
+        for name, r in rows.items():
+            p = r.get("paired_vs_base")
+            lines.append(f"| {k} | {name} | {d(r['all_satisfied'])} | {d(r['fd'], 1)} | "
+                         f"{d(p['all_satisfied']) if p else ''} | {d(p['fd'], 1) if p else ''} |")
+    t = f["seconds_4_images"]
+    lines += ["", f"No paired difference says worse on the report items at every k: **{f['report_not_worse']}**. "
+              f"Seconds for the tab's batch (4 images, k = 2, {t['threads']} threads, best of 5): "
+              + ", ".join(f"{n} **{v}**" for n, v in t.items() if n != "threads") + "."]
+    return lines
+
+
 def markdown(r: dict) -> str:
     v = r.get("variant")
     sel = r["selection"]
@@ -457,6 +581,8 @@ def markdown(r: dict) -> str:
                   f"to the Generate tab's default, then to fewer steps. Chosen: **{s['chosen']}**.", "",
                   "| sampler | all-satisfied | s / image |", "|---|---|---|"]
         lines += [f"| {name} | {fmt(row)} | {row['seconds_per_image']} |" for name, row in s["rows"].items()]
+    if "fewer_steps" in r:
+        lines += fewer_steps_lines(r["fewer_steps"])
     sp = r["speed"]
     lines += ["", f"## Speed at k = 3 ({sp['n_images']} images, {sp['steps']} steps, {sp['threads']} threads, "
               f"measured {sp.get('measured', r.get('composition_measured'))}), seconds per image", ""]
@@ -496,7 +622,7 @@ def partial(done: dict, key: str, value) -> None:
 
 
 def main(quick: bool = False, speed_only: bool = False, variant_only: bool = False, train: bool = True,
-         samplers: bool = False) -> dict:
+         samplers: bool = False, fewer: bool = False) -> dict:
     n = 18 if quick else 126
     n_select = min(9, N_SELECT) if quick else N_SELECT
     manager = ModelManager(device="cpu")
@@ -512,6 +638,13 @@ def main(quick: bool = False, speed_only: bool = False, variant_only: bool = Fal
             write({**stored, "samplers": choice}, out)
         print(json.dumps(choice, indent=1))
         return choice
+    if fewer:  # quality per second for the tab's default, kept beside the stored rows
+        with manager.use("shapes-t2i") as dm, manager.use("judge-shapes") as judge, manager.use("fd-shapes") as fdnet:
+            got = fewer_steps(manager, dm, judge, fdnet, 12 if quick else FEWER_SELECT, 18 if quick else 126)
+        if stored is not None and not quick:
+            write({**stored, "fewer_steps": got}, out)
+        print(markdown({**stored, "fewer_steps": got}) if stored else json.dumps(got, indent=1))
+        return got
     if speed_only:  # re-time an existing result (the judged figures stay as they were)
         with manager.use("shapes-t2i") as dm:
             stored["speed"] = speed(Sampler(manager, dm), stored["selection"]["shapes-t2i"]["chosen"][AND])
@@ -559,8 +692,9 @@ def main(quick: bool = False, speed_only: bool = False, variant_only: bool = Fal
     selection = {"shapes-t2i": {"rows": rows, "chosen": chosen}, VARIANT: {"rows": vrows, "chosen": vchosen}}
     result.update({"measured": time.strftime("%Y-%m-%d"), "selection": selection, "variant": variant,
                    "weight_sweep": rows, "goals": GOALS})
-    if stored is not None and "samplers" in stored:  # the sampler choice (--samplers) stays beside the rows
-        result["samplers"] = stored["samplers"]
+    for key in ("samplers", "fewer_steps"):  # the sampler choices (--samplers, --fewer-steps) stay beside the rows
+        if stored is not None and key in stored:
+            result[key] = stored[key]
     if not quick:
         write(result, out)
     print(markdown(result), flush=True)
@@ -576,5 +710,8 @@ if __name__ == "__main__":
     parser.add_argument("--no-train", action="store_true", help="fail instead of training the fine-tune")
     parser.add_argument("--samplers", action="store_true",
                         help="only choose the Compose tab's default sampler on the selection set (kept in compose.json)")
+    parser.add_argument("--fewer-steps", action="store_true",
+                        help="only the quality-per-second sweep for the tab's default (kept in compose.json)")
     args = parser.parse_known_args()[0]
-    main(args.quick, args.speed_only, args.variant_only, train=not args.no_train, samplers=args.samplers)
+    main(args.quick, args.speed_only, args.variant_only, train=not args.no_train, samplers=args.samplers,
+         fewer=args.fewer_steps)
