@@ -88,6 +88,33 @@ def test_attention_follows_the_cell_reachability():
     assert not torch.allclose(a[0, 0], b[0, 0])
 
 
+def test_masked_attention_computes_the_attention_modules_forward_and_true_gradients():
+    """The saved weights compute what ``nn.MultiheadAttention`` computed (so the zoo is unchanged), and the
+    gradient through the cell reader, in float32 as sampling and training run it, is float64's, which
+    ``gradcheck`` holds to finite differences. The attention module's own CPU kernel (torch 2.13)
+    misses this on the output node's fully masked row: its gradients were off by their own size."""
+    from studio.nets.nag import GraphEncoder, masked_attention
+
+    torch.manual_seed(0)
+    enc = GraphEncoder(d_model=8, n_layers=2, n_heads=2, d_ff=16).eval()
+    h = torch.randn(3, 8, 8)
+    block = enc.blocks[0]
+    torch.testing.assert_close(masked_attention(block.attn, h, enc.bias == 0),
+                               block.attn(h, h, h, attn_mask=enc.bias, need_weights=False)[0])
+    x, sigma = torch.randn(3, 8, 7), torch.tensor([0.5, 1.0, 2.0])
+
+    def grad(net, x, sigma):
+        x = x.clone().requires_grad_(True)
+        return torch.autograd.grad((net(x, sigma) * torch.linspace(-1, 1, 7)).sum(), x)[0]
+
+    enc64 = GraphEncoder(d_model=8, n_layers=2, n_heads=2, d_ff=16).eval()
+    enc64.load_state_dict(enc.state_dict())
+    enc64.double()
+    x64, s64 = x.double().requires_grad_(True), sigma.double()
+    assert torch.autograd.gradcheck(lambda z: enc64(z, s64), (x64,), eps=1e-6, atol=1e-5)
+    torch.testing.assert_close(grad(enc, x, sigma), grad(enc64, x.double(), s64).float(), rtol=1e-4, atol=1e-5)
+
+
 def test_predictor_reads_the_task_and_learns_the_table():
     table = {"all ten": {A: {"val_acc": 0.9}, B: {"val_acc": 0.2}}, "even/odd": {A: {"val_acc": 0.95}}}
     net, history = train_nag.train_predictor(("all ten", "even/odd"), steps=60, progress=False, table=table)

@@ -8,7 +8,7 @@ encoder), the NAS-Bench-201 tree's score network:
   the VE-SDE's sigma -> Linear(d, 4d) -> SiLU -> Linear(4d, d)) added to every node;
 * a pre-LayerNorm transformer encoder whose attention is masked by the cell's fixed adjacency made
   transitive (node i attends to the nodes it reaches, ``aug_mask(..., 'floyed')``; a row with no
-  reachable node attends uniformly, as the official ``masked_fill(-1e9)`` does);
+  reachable node attends uniformly, as the official ``masked_fill(-1e9)`` does: :func:`masked_attention`);
 * the layer-normed outputs of every layer concatenated, then a 3-layer ELU MLP.
 
 :class:`ScoreNet` returns the score ``s(X_t, sigma)`` per node and operation, the encoder's output
@@ -58,8 +58,9 @@ from studio.nets.sets import SetPool
 def timestep_embedding(t: torch.Tensor, dim: int, max_positions: int = 10000) -> torch.Tensor:
     """The official ``get_timestep_embedding`` (sinusoidal, as in DDPM's transformer code)."""
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * -(math.log(max_positions) / (half - 1)))
-    emb = t.float()[:, None] * freqs[None]
+    dtype = t.dtype if t.is_floating_point() else torch.float32  # float64 where a gradient check runs in it
+    freqs = torch.exp(torch.arange(half, dtype=dtype, device=t.device) * -(math.log(max_positions) / (half - 1)))
+    emb = t.to(dtype)[:, None] * freqs[None]
     return torch.cat([emb.sin(), emb.cos()], 1)
 
 
@@ -71,16 +72,35 @@ def reach_mask() -> torch.Tensor:
     return r
 
 
+def masked_attention(attn: nn.MultiheadAttention, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Self-attention of ``h`` (B, N, d) with ``attn``'s weights, node i attending to the nodes j with
+    ``keep[i, j]``, the scores masked as the official transformer does (``masked_fill(mask == 0, -1e9)``
+    before the softmax): a row with nothing to attend (the output node) attends uniformly, and no
+    gradient flows through its scores.
+
+    Written out rather than ``attn(h, h, h, attn_mask=bias)``, which computes the same forward: on a
+    fully masked row, torch's CPU scaled-dot-product kernel (torch 2.13, the flash path taken with
+    ``need_weights=False``) returns wrong gradients (``tests/test_nag.py`` measures them against
+    float64), and its math path lets a gradient through that row's scores, which ``masked_fill``
+    does not. The guidance gradient of DiffusionNAG and the training of both networks go through here.
+    """
+    b, n, d = h.shape
+    heads = attn.num_heads
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // heads)
+    weights = scores.masked_fill(~keep, -1e9).softmax(-1)
+    return attn.out_proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+
+
 class _Block(nn.Module):
     def __init__(self, d: int, heads: int, d_ff: int):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)  # its weights; see masked_attention
         self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.ReLU(), nn.Linear(d_ff, d))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, attn_mask=bias, need_weights=False)[0]
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        x = x + masked_attention(self.attn, self.norm1(x), keep)
         return x + self.ff(self.norm2(x))
 
 
@@ -106,16 +126,16 @@ class GraphEncoder(nn.Module):
         self.time1, self.time2 = nn.Linear(d_model, 4 * d_model), nn.Linear(4 * d_model, d_model)
         self.blocks = nn.ModuleList(_Block(d_model, n_heads, d_ff) for _ in range(n_layers))
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
-        # additive attention bias: 0 where attended, -1e9 elsewhere (a fully masked row goes uniform)
+        # 0 where attended, -1e9 elsewhere: kept as the saved weights' buffer; the mask is bias == 0
         self.register_buffer("bias", torch.where(reach_mask(), 0.0, -1e9))
         self.final = _mlp([n_layers * d_model, 2 * n_layers * d_model, 2 * n_layers * d_model, n_vocab])
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         h = self.embed(x) * math.sqrt(self.d) + self.pos
         h = h + self.time2(F.silu(self.time1(timestep_embedding(sigma, self.d))))[:, None]
-        outs = []
+        outs, keep = [], self.bias == 0
         for block, norm in zip(self.blocks, self.norms):
-            h = block(h, self.bias)
+            h = block(h, keep)
             outs.append(norm(h))
         return self.final(torch.cat(outs, -1))
 
