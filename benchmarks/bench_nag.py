@@ -354,8 +354,10 @@ def markdown(r: dict) -> str:
     for task, a in r["seed_agreement"].items():
         rho = f"{pred_rho[task]:.3f}" if task in pred_rho else "-"
         lines.append(f"| {task} | {a['spearman']:.3f} | {a['top1_kept']:.0%} | {rho} |")
-    lines += ["", f"Not re-run here (measured {r['extras_date']}; they do not depend on the per-task scale; "
-              "`--extras` re-runs them): validity / uniqueness / novelty of 1,000 cells (task all ten, the shipped "
+    when = ("Measured in this run (`--extras`" if r["extras_date"] == r["date"]
+            else f"Not re-run here (measured {r['extras_date']}; `--extras` re-runs them")
+    lines += ["", f"{when}; they do not depend on the per-task scale): validity / uniqueness / novelty of 1,000 cells "
+              "(task all ten, the shipped "
               f"predictor, scale {r['default_scale']:g}, 200 steps; novelty against the score network's training half):",
               "", "| sampling | validity | uniqueness | novelty |", "|---|---|---|---|"]
     for name, v in r["vun"].items():
