@@ -332,11 +332,12 @@ def fewer_steps(manager: ModelManager, dm, judge, fdnet, n_select: int = FEWER_S
     items = selection_set(n_select)
     seeds = seeds_for(len(items), SELECT_SEED)
     weights = {AND: DEFAULT_WEIGHT, CAPTION: DEFAULT_WEIGHT}
+    compose_args = methods_for(items, weights)[AND]  # (bases, slots, weights) of compose AND
     base = f"{FEWER_BASE[0]} {FEWER_BASE[1]}"
     cells, rows = {}, {}
     for scheduler, steps in dict.fromkeys((FEWER_BASE, *FEWER_GRID)):
         t0 = time.perf_counter()
-        x = Sampler(manager, dm, scheduler, steps).images(*methods_for(items, weights)[AND], seeds)
+        x = Sampler(manager, dm, scheduler, steps).images(*compose_args, seeds)
         name = f"{scheduler} {steps}"
         cells[name] = _paired_cell(judge, fdnet, x, items)
         rows[name] = {"scheduler": scheduler, "steps": steps, **_row(cells[name], fd_real),
@@ -350,9 +351,9 @@ def fewer_steps(manager: ModelManager, dm, judge, fdnet, n_select: int = FEWER_S
     report = {}
     for k in (2, 3):
         items_k = held_out_set(k, n_report, SEED)
-        seeds_k = seeds_for(len(items_k))
+        args_k = (*methods_for(items_k, weights)[AND], seeds_for(len(items_k)))
         got = {name: _paired_cell(judge, fdnet, Sampler(manager, dm, rows[name]["scheduler"], rows[name]["steps"])
-                                  .images(*methods_for(items_k, weights)[AND], seeds_k), items_k)
+                                  .images(*args_k), items_k)
                for name in dict.fromkeys((base, chosen))}
         report[k] = {name: _row(c, fd_real) for name, c in got.items()}
         if chosen != base:
@@ -460,8 +461,8 @@ def plot(selection: dict, path: Path) -> None:
     fig.write_html(path, include_plotlyjs="cdn")
 
 
-def fmt(e: dict) -> str:
-    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+def fmt(e: dict, nd: int = 3) -> str:
+    return f"{e['value']:.{nd}f} [{e['low']:.{nd}f}, {e['high']:.{nd}f}]"
 
 
 def verdict(e: dict) -> str:
@@ -488,7 +489,6 @@ def fewer_steps_lines(f: dict) -> list[str]:
     """The quality-per-second section of compose.md."""
     from bench_speed_defaults import paired_not_worse
 
-    d = lambda e, nd=3: f"{e['value']:.{nd}f} [{e['low']:.{nd}f}, {e['high']:.{nd}f}]"  # noqa: E731
     lines = ["", f"## Quality per second: the tab's default (`--fewer-steps`, measured {f['measured']}, {f['machine']})", "",
              f"Compose AND at k = 2, w = {DEFAULT_WEIGHT:g}, on {f['selection_items']} SELECTION items (seeds "
              f"{SELECT_SEED} + i); every setting against {f['base']} on the same items and noise. The pick: the fewest "
@@ -499,16 +499,16 @@ def fewer_steps_lines(f: dict) -> list[str]:
     for name, r in sorted(f["rows"].items(), key=lambda kv: (kv[1]["steps"], kv[0])):
         p = r.get("paired_vs_base")
         mark = "**" if name in (f["base"], f["chosen"]) else ""
-        lines.append(f"| {mark}{name}{mark} | {d(r['all_satisfied'])} | {d(r['fd'], 1)} | "
-                     f"{d(p['all_satisfied']) if p else ''} | {d(p['fd'], 1) if p else ''} | {r['seconds_per_image']} | "
+        lines.append(f"| {mark}{name}{mark} | {fmt(r['all_satisfied'])} | {fmt(r['fd'], 1)} | "
+                     f"{fmt(p['all_satisfied']) if p else ''} | {fmt(p['fd'], 1) if p else ''} | {r['seconds_per_image']} | "
                      f"{'yes' if not p or paired_not_worse(p) else 'no'} |")
     lines += ["", f"REPORT items ({f['report_items']} per k, seeds {SEED} + i), the base and the pick:", "",
               "| k | setting | all-satisfied | FD-shapes | d all-satisfied | d FD-shapes |", "|---|---|---|---|---|---|"]
     for k, rows in f["report"].items():
         for name, r in rows.items():
             p = r.get("paired_vs_base")
-            lines.append(f"| {k} | {name} | {d(r['all_satisfied'])} | {d(r['fd'], 1)} | "
-                         f"{d(p['all_satisfied']) if p else ''} | {d(p['fd'], 1) if p else ''} |")
+            lines.append(f"| {k} | {name} | {fmt(r['all_satisfied'])} | {fmt(r['fd'], 1)} | "
+                         f"{fmt(p['all_satisfied']) if p else ''} | {fmt(p['fd'], 1) if p else ''} |")
     t = f["seconds_4_images"]
     lines += ["", f"No paired difference says worse on the report items at every k: **{f['report_not_worse']}**. "
               f"Seconds for the tab's batch (4 images, k = 2, {t['threads']} threads, best of 5): "
