@@ -46,6 +46,9 @@ def build_app(manager: ModelManager | None = None) -> gr.Blocks:
         manager = default_manager()
         register_saved(manager)  # tuned models saved in earlier sessions
     with gr.Blocks(title="Diffusion Studio", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as demo:
+        # The queue first: queue() rebuilds the server app (routes and the page's config) for what the Blocks
+        # holds when it is called, which here is nothing yet; after the tabs it would be a third full build.
+        demo.queue(max_size=64)
         gr.Markdown(HEADER)
         build_job_banner(manager)
         with gr.Tabs():
@@ -55,7 +58,6 @@ def build_app(manager: ModelManager | None = None) -> gr.Blocks:
                 refresh_models_on_select(tab, method, parts or {}, manager)
             with gr.Tab("Models", id="models") as models_tab:
                 build_models_tab(manager, models_tab)
-    demo.queue(max_size=64)
     return demo
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
-import torch
 
+from studio import lazy
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, coerce
 from studio.core.results import png_bytes, to_grid
@@ -22,6 +22,8 @@ from studio.methods import method, subject
 from studio.plots import loss_chart
 from components import jobs
 from components.widgets import PngFolder, param_inputs, shows_errors, stream
+
+torch = lazy.load("torch")
 
 TILE = 64
 ABOUT = (

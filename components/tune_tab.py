@@ -24,8 +24,8 @@ import io
 
 import gradio as gr
 import numpy as np
-import torch
 
+from studio import lazy
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, coerce
 from studio.core.results import png_bytes, to_grid
@@ -35,6 +35,8 @@ from studio.methods import tune
 from studio.plots import loss_chart
 from components import jobs
 from components.widgets import PngFolder, param_inputs, shows_errors
+
+torch = lazy.load("torch")
 
 TILE = 48  # pixels per digit in the grids
 STYLE_LABELS = {"thick": "thick strokes (16 real digits)", "thin": "thin strokes (16 real digits)",

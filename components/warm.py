@@ -1,12 +1,12 @@
-"""The app's warm-up: the engine's heavy imports (diffusers, the studio's networks, the methods),
-done once, under the one lock of :mod:`studio.core.lazy`.
+"""The app's warm-up: the engine's heavy imports (torch, diffusers, the studio's networks),
+done once, under the one lock of :mod:`studio.lazy`.
 
-Importing diffusers takes seconds on a small CPU, so the app imports it after its page is up.
+Importing torch and diffusers takes seconds on a small CPU, so the app imports them after its page is up.
 diffusers resolves its classes lazily, and two threads importing its modules at once can meet
 half-initialised ones (``cannot import name 'ConfigMixin' from partially initialized module``).
 So the warm-up thread and every request go through :func:`ensure_warm`: the first caller does
 all the imports under the lock, later ones wait for it, and after that it costs one flag read.
-:func:`~components.widgets.shows_errors` calls it before any handler's work.
+:func:`~components.widgets.shows_errors` calls it before any handler's work (with a notice while it waits).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import pkgutil
 
 import studio
-from studio.core import lazy
+from studio import lazy
 
 log = logging.getLogger(__name__)
 DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "ModelMixin", "DiffusionPipeline")
@@ -34,6 +34,11 @@ def heavy_modules() -> list[str]:
     return sorted(names)
 
 
+def is_warm() -> bool:
+    """Whether the warm-up imports are done."""
+    return _done
+
+
 def ensure_warm() -> None:
     """Do the warm-up imports once (the first caller), or wait until they are done (the others)."""
     global _done
@@ -43,6 +48,7 @@ def ensure_warm() -> None:
         if _done:
             return
         try:
+            lazy.module("torch")  # the page was built without it (:mod:`studio.lazy`)
             from studio.core.loading import NET_MODULES
             from studio.core.sampling import SCHEDULERS, scheduler_class
 

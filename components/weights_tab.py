@@ -16,9 +16,8 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-import torch
 
-from studio import plots
+from studio import lazy, plots
 from studio.core.manager import ModelManager
 from studio.core.params import ParamError, coerce
 from studio.core.results import to_pil
@@ -27,6 +26,8 @@ from studio.data import digit_tasks
 from studio.data.drawings import MAX_BYTES, DrawingError, open_image, to_digit
 from studio.methods import method, weights
 from components.widgets import CANVAS, PngFolder, has_ink, param_inputs, run_buttons, shows_errors
+
+torch = lazy.load("torch")
 
 ABOUT = (
     "**D2NWG** (Soro et al., ICLR 2025) learns the distribution of the weights of a zoo of classifiers trained on "

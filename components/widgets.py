@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import gradio as gr
-import torch
 from PIL import Image
 
+from studio import lazy
 from studio.core.params import ParamError, choices_of, coerce, field_types
 from studio.core.results import ImageResult, to_pil
 from studio.core.sampling import Progress
 from studio.errors import UserError
-from components.warm import ensure_warm
+from components.warm import ensure_warm, is_warm
+
+torch = lazy.load("torch")
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +243,23 @@ def user_message(exc: BaseException) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
+WARMING_UP = ("The studio is still loading torch and diffusers (once, in the first seconds after it starts); "
+              "your request runs as soon as they are in.")
+
+
+def wait_for_warm_up() -> None:
+    """Wait for the app's warm-up imports (:func:`~components.warm.ensure_warm`); a request that comes
+    before they are done says so in a notice instead of sitting silent."""
+    if not is_warm():
+        gr.Info(WARMING_UP, duration=8)
+    ensure_warm()
+
+
 def shows_errors(fn: Callable) -> Callable:
     """Wrap an event handler (function or generator) so every failure reaches the user as a
     ``gr.Error`` with a short message; unexpected ones are also logged with their traceback.
-    The handler first waits for the app's warm-up imports (:func:`~components.warm.ensure_warm`),
-    so no request imports diffusers while another thread is half-way through it."""
+    The handler first waits for the app's warm-up imports (:func:`wait_for_warm_up`), so no request
+    imports diffusers while another thread is half-way through it."""
 
     def convert(exc: Exception) -> gr.Error:
         if not isinstance(exc, UserError):
@@ -256,7 +270,7 @@ def shows_errors(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:
-                ensure_warm()
+                wait_for_warm_up()
                 yield from fn(*args, **kwargs)
             except gr.Error:
                 raise
@@ -267,7 +281,7 @@ def shows_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            ensure_warm()
+            wait_for_warm_up()
             return fn(*args, **kwargs)
         except gr.Error:
             raise

@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "launch":
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         from components import launch
+        from studio.core.adapters import register_saved
         from studio.core.manager import default_manager
 
         manager = default_manager()
+        register_saved(manager)  # tuned models saved in earlier sessions (as build_app does without a manager)
         for source in args.model:
             manager.add_source(source)
         options = {"server_name": args.host, "server_port": args.port}

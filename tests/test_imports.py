@@ -30,14 +30,19 @@ def test_engine_imports_without_gradio_and_without_loading_anything():
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
-def test_the_app_layer_defers_diffusers_so_the_page_answers_first():
-    """Importing diffusers costs seconds on a small CPU; the app imports it after launch (warm-up)."""
-    code = ("import sys\nimport components, studio.methods.generate\n"
-            "assert 'diffusers' not in sys.modules, 'diffusers imported before launch'\n"
-            "from studio.core.manager import ModelManager\n"
-            "m = ModelManager(device='cpu'); m.register_zoo(); components.build_app(m)\n"
-            "late = [n for n in ('diffusers.models', 'transformers', 'peft', 'accelerate') if n in sys.modules]\n"
-            "assert not late, f'building the app imported {late}'\nprint('ok')\n")
+def test_the_app_builds_its_page_without_torch_or_diffusers():
+    """Importing torch and diffusers costs seconds on a small CPU; the page is built from the methods'
+    ``Params`` without them (issue 29: serve first), and the warm-up imports them after launch. The
+    manager is the one ``studio launch`` makes (device not given: choosing one needs torch)."""
+    code = ("import sys\nimport components, studio.methods\n"
+            "from studio.core.manager import default_manager\n"
+            "from studio.core.adapters import register_saved\n"
+            "m = default_manager(); register_saved(m); components.build_app(m)\n"
+            "early = [n for n in ('torch', 'diffusers', 'transformers', 'peft', 'accelerate', 'scipy') if n in sys.modules]\n"
+            "assert not early, f'building the app imported {early}'\n"
+            "from components.warm import ensure_warm\nensure_warm()\n"
+            "assert {'torch', 'diffusers.models'} <= set(sys.modules), 'the warm-up imports them'\n"
+            "assert str(m.device) in ('cpu', 'cuda', 'mps')\nprint('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

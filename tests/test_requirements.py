@@ -39,10 +39,11 @@ def normalize(name: str) -> str:
 
 
 def _dynamic_import(node: ast.Call) -> str | None:
-    """The module named by ``importlib.import_module("x")``, ``__import__("x")`` or ``lazy.module("x")``."""
+    """The module named by ``importlib.import_module("x")``, ``__import__("x")``, ``lazy.module("x")`` or
+    ``lazy.load("x")``."""
     f = node.func
     name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
-    lazy = (isinstance(f, ast.Attribute) and f.attr == "module"
+    lazy = (isinstance(f, ast.Attribute) and f.attr in ("module", "load")
             and isinstance(f.value, ast.Name) and f.value.id == "lazy")
     if (name in ("import_module", "__import__") or lazy) and node.args:
         arg = node.args[0]
@@ -142,9 +143,10 @@ def test_the_scan_sees_plain_from_and_dynamic_imports_but_not_relative_ones(tmp_
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "a.py").write_text(
         "import os, json\nimport numpy.linalg as la\nfrom yaml import safe_load\nfrom . import sibling\n"
-        "from studio.core import lazy\n\ndef f():\n    import importlib\n    importlib.import_module('toml')\n"
-        "    lazy.module('diffusers.utils')\n")
-    assert third_party_imports(tmp_path, ["pkg"]) == {m: {"pkg/a.py"} for m in ("numpy", "yaml", "toml", "diffusers")}
+        "from studio import lazy\n\ndef f():\n    import importlib\n    importlib.import_module('toml')\n"
+        "    lazy.module('diffusers.utils')\n\nsp = lazy.load('scipy.linalg')\n")
+    assert third_party_imports(tmp_path, ["pkg"]) == {m: {"pkg/a.py"}
+                                                      for m in ("numpy", "yaml", "toml", "diffusers", "scipy")}
 
 
 # ---- the project ----

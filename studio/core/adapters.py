@@ -20,10 +20,11 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
+from studio import lazy
 from studio.core.models import DiffusionModel
 from studio.core.params import ParamError
+
+torch = lazy.load("torch")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 

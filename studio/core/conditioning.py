@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-
+from studio import lazy
 from studio.core.models import DiffusionModel
 from studio.data import text
+
+torch = lazy.load("torch")
 
 
 def text_conditions(dm: DiffusionModel, manager, prompts: Sequence[str],

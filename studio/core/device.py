@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import random
 
-import torch
+from studio import lazy
+
+torch = lazy.load("torch")
 
 MAX_SEED = 2**32 - 1
 

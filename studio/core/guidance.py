@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from typing import Callable, Literal, Sequence
 
-import torch
-
+from studio import lazy
 from studio.core.sampling import Denoiser
 
-Cond = dict[str, torch.Tensor]
-ModelFn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
-LogProb = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B, ...), t) -> (B,)
+torch = lazy.load("torch")
+
+Cond = dict[str, "torch.Tensor"]
+ModelFn = Callable[["torch.Tensor", "torch.Tensor", Cond], "torch.Tensor"]
+LogProb = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # (x (B, ...), t) -> (B,)
 
 
 def cat_conds(conds: Sequence[Cond]) -> Cond:

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-import torch
-
-from studio.core import lazy
+from studio import lazy
 from studio.core.models import (DiffusionModel, INRDiffusionModel, InvDiffModule, NAGModel, SeriesDiffusion, VARModel,
                                 WeightGenerator)
 from studio.threads import building
+
+torch = lazy.load("torch")
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")

@@ -21,11 +21,12 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-import torch
-
+from studio import lazy
 from studio.core import loading
 from studio.core.device import pick_device
 from studio.core.models import model_kind
+
+torch = lazy.load("torch")
 
 DEFAULT_RAM_BUDGET = 2 * 1024**3
 
@@ -75,11 +76,20 @@ class ModelManager:
         if precision not in ("fp32", "auto"):
             raise ValueError(f"precision must be 'fp32' or 'auto', not {precision!r}")
         self.precision = precision
-        self.device = torch.device(device) if device is not None else pick_device()
+        self._device_asked, self._device = device, None
         self.ram_budget = ram_budget
         self.max_on_accelerator = max_on_accelerator
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.RLock()
+
+    @property
+    def device(self) -> torch.device:
+        """The device models are lent on: the one asked for, else cuda > mps > cpu. Decided on first use,
+        since asking torch imports it, and the app builds its page before torch is imported."""
+        if self._device is None:
+            asked = self._device_asked
+            self._device = torch.device(asked) if asked is not None else pick_device()
+        return self._device
 
     # registry ------------------------------------------------------------------------------
     def register(self, key: str, loader: Callable[[], Any], replace: bool = False, info: dict | None = None) -> None:

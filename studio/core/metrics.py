@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
-from scipy import linalg
+
+from studio import lazy
+
+torch = lazy.load("torch")
+linalg = lazy.load("scipy.linalg")
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ def frechet_paired_difference(real: np.ndarray, features_a: np.ndarray, features
     return Estimate(value, float(np.quantile(boots, q)), float(np.quantile(boots, 1 - q)), len(features_a))
 
 
-@torch.no_grad()
+@lazy.no_grad
 def features(net: torch.nn.Module, images: torch.Tensor, batch: int = 512) -> np.ndarray:
     """Feature-net features of (N, C, H, W) images in [-1, 1]."""
     net.eval()
@@ -176,7 +179,7 @@ def frechet(net: torch.nn.Module, images_a: torch.Tensor, images_b: torch.Tensor
     return frechet_features(features(net, images_a), features(net, images_b), n_boot=n_boot)
 
 
-@torch.no_grad()
+@lazy.no_grad
 def judge_reading(judge: torch.nn.Module, images: torch.Tensor, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """(class, probability) a classifier reads on each image in [-1, 1] (``kwargs``: e.g. ``t`` for a
     noise-aware one)."""
@@ -186,7 +189,7 @@ def judge_reading(judge: torch.nn.Module, images: torch.Tensor, **kwargs) -> tup
     return c.cpu().numpy(), p.cpu().numpy()
 
 
-@torch.no_grad()
+@lazy.no_grad
 def digits_accuracy(judge: torch.nn.Module, images: torch.Tensor, labels) -> Estimate:
     """Share of images the digits judge reads as the asked class."""
     judge.eval()
@@ -194,7 +197,7 @@ def digits_accuracy(judge: torch.nn.Module, images: torch.Tensor, labels) -> Est
     return bootstrap_mean(pred == np.asarray(labels))
 
 
-@torch.no_grad()
+@lazy.no_grad
 def shapes_concept_hits(judge: torch.nn.Module, images: torch.Tensor, concepts: list[dict]) -> dict[str, np.ndarray]:
     """Per image: does the judge find the asked concept? ``concepts[i]`` = {shape, colour, region}.
 
@@ -213,7 +216,7 @@ def shapes_concept_hits(judge: torch.nn.Module, images: torch.Tensor, concepts: 
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
-@torch.no_grad()
+@lazy.no_grad
 def shapes_colours_of(judge: torch.nn.Module, images: torch.Tensor, shape: str | None) -> list[str | None]:
     """Per image, the colour the shapes judge reads on the first cell (reading order) that holds
     ``shape`` (any object when None); None when it finds no such object (the asked shape is missing)."""
@@ -226,7 +229,7 @@ def shapes_colours_of(judge: torch.nn.Module, images: torch.Tensor, shape: str |
     return [COLOURS[int(c_cells[i, first[i]])] if hit[i].any() else None for i in range(len(images))]
 
 
-@torch.no_grad()
+@lazy.no_grad
 def shapes_objects(judge: torch.nn.Module, images: torch.Tensor) -> list[list[str]]:
     """Per image, the captions of the objects the shapes judge reads, cell by cell in reading order
     ("a red circle at the top left")."""
@@ -253,7 +256,7 @@ BACKGROUND_FRAME = 1          # the outermost ring of pixels is what background 
 BACKGROUND_THRESHOLD = -0.3   # a frame pixel is background when its brightest channel is below this
 
 
-@torch.no_grad()
+@lazy.no_grad
 def background_stats(images: torch.Tensor, frame: int = BACKGROUND_FRAME,
                      threshold: float = BACKGROUND_THRESHOLD) -> dict[str, np.ndarray]:
     """Per image (N, C, H, W in [-1, 1], a black-background world such as shapes): the ``mean`` and

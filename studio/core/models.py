@@ -20,11 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
+from studio import lazy
+
+torch = lazy.load("torch")
 
 ModelKind = Literal["image", "series", "idempotent", "nag", "judge", "classifier", "experts", "text-encoder",
                     "probe", "weightgen", "invdiff", "var", "inr", "other"]
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # precision -> torch dtype name
 
 
 def model_kind(info: dict) -> ModelKind:
@@ -64,7 +66,7 @@ class DiffusionModel:
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.precision == "fp32":
             return self.unet(x, t, **cond).sample
-        with torch.autocast(x.device.type, dtype=AUTOCAST_DTYPES[self.precision]):
+        with torch.autocast(x.device.type, dtype=getattr(torch, AUTOCAST_DTYPES[self.precision])):
             out = self.unet(x, t, **cond).sample
         return out.float()
 
@@ -109,7 +111,7 @@ class LatentDiffusionModel(DiffusionModel):
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.unet(x, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
 
-    @torch.no_grad()
+    @lazy.no_grad
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """CLIP token embeddings (B, model_max_length, D); long prompts are cut as diffusers cuts them."""
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
@@ -117,13 +119,13 @@ class LatentDiffusionModel(DiffusionModel):
         device = next(self.text_encoder.parameters()).device
         return {"encoder_hidden_states": self.text_encoder(ids.to(device))[0]}
 
-    @torch.no_grad()
+    @lazy.no_grad
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [-1, 1] -> latents: the VAE posterior's mean, scaled (as the
         diffusers training scripts and the Diffusion Classifier's code encode)."""
         return self.vae.encode(images).latent_dist.mean * self.vae.config.scaling_factor
 
-    @torch.no_grad()
+    @lazy.no_grad
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) latents -> (B, 3, 8h, 8w) images in [-1, 1]."""
         image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
@@ -148,16 +150,16 @@ class INRDiffusionModel(DiffusionModel):
 
     vae: Any = None
 
-    @torch.no_grad()
+    @lazy.no_grad
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) in [-1, 1] -> the posterior mean latents (B, C, 8, 8)."""
         return self.vae.encode(images.to(self.vae.device, self.vae.dtype)).mean
 
-    @torch.no_grad()
+    @lazy.no_grad
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.render(latents)
 
-    @torch.no_grad()
+    @lazy.no_grad
     def render(self, latents: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """The latents' functions rendered at ``size`` x ``size`` (default the training size), in [-1, 1]."""
         return self.vae.render(latents.to(self.vae.device, self.vae.dtype), size).clamp(-1, 1)

@@ -29,14 +29,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-import torch
-
+from studio import lazy
 from studio.core.conditioning import repeat, text_conditions
-from studio.core.models import DiffusionModel
+from studio.core.models import AUTOCAST_DTYPES, DiffusionModel
+
+torch = lazy.load("torch")
 
 MIN_SPEEDUP = 1.1
-REDUCED = {"cpu": torch.bfloat16, "cuda": torch.float16, "mps": torch.float16}
-DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+REDUCED = {"cpu": "bf16", "cuda": "fp16", "mps": "fp16"}  # the reduced precision tried per device type
 _CACHE: dict[tuple[str, str], "PrecisionTiming"] = {}
 _LOCK = threading.Lock()
 
@@ -94,7 +94,7 @@ def _best_ms(fn, repeats: int, sync) -> float:
     return best * 1e3
 
 
-@torch.no_grad()
+@lazy.no_grad
 def measure(manager, key: str, batch: int = 4, repeats: int = 3, again: bool = False) -> PrecisionTiming:
     """Time ``key``'s denoiser forward in fp32 and under autocast to the device's reduced precision
     (batch ``batch``, best of ``repeats`` after a warm-up) on the manager's device; kept per process."""
@@ -102,7 +102,8 @@ def measure(manager, key: str, batch: int = 4, repeats: int = 3, again: bool = F
     with _LOCK:
         if not again and (key, device.type) in _CACHE:
             return _CACHE[(key, device.type)]
-    reduced = REDUCED.get(device.type, torch.bfloat16)
+    name = REDUCED.get(device.type, "bf16")
+    reduced = getattr(torch, AUTOCAST_DTYPES[name])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with manager.use(key) as lent:
         dm = dataclasses.replace(lent, precision="fp32") if isinstance(lent, DiffusionModel) else lent
@@ -116,7 +117,6 @@ def measure(manager, key: str, batch: int = 4, repeats: int = 3, again: bool = F
         ref, out = full().float(), low().float()
         fp32_ms, reduced_ms = _best_ms(full, repeats, sync), _best_ms(low, repeats, sync)
         recorded = lent.info.get("reduced_precision")
-    name = DTYPE_NAMES[reduced]
     choice, why = choose(fp32_ms / reduced_ms, name, recorded)
     timing = PrecisionTiming(key, device.type, batch, round(fp32_ms, 2), name, round(reduced_ms, 2),
                              round(float((ref - out).abs().max() / ref.std().clamp_min(1e-12)), 4), choice, why)
@@ -141,7 +141,7 @@ def apply(manager, key: str, obj) -> str:
     """Set the just-loaded ``obj``'s precision by the rule; returns it. Timed only where the entry records
     its quality in this device's reduced precision (else fp32 at no cost)."""
     device = torch.device(manager.device)
-    name = DTYPE_NAMES[REDUCED.get(device.type, torch.bfloat16)]
+    name = REDUCED.get(device.type, "bf16")
     if not honours(obj) or not (obj.info.get("reduced_precision") or {}).get(name):
         return "fp32"
     obj.precision = measure(manager, key).choice

@@ -8,10 +8,11 @@
 
 from __future__ import annotations
 
-import torch
-
+from studio import lazy
 from studio.core.models import DiffusionModel
 from studio.data import shapes
+
+torch = lazy.load("torch")
 
 
 # the readers beside the verdict: the measuring instrument, and a classifier trained for the job

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, PngImagePlugin
+
+from studio import lazy
+
+torch = lazy.load("torch")
 
 PNG_KEY = "parameters"
 DISPLAY_SIZE = 128  # pixels; small models are upscaled (nearest) to about this for display

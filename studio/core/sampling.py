@@ -17,13 +17,13 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, get_args
 
-import torch
-
+from studio import lazy
 from studio.errors import UserError
-from studio.core import lazy
 from studio.core.device import make_generator
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+torch = lazy.load("torch")
+
+Denoiser = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
 SchedulerName = Literal["ddpm", "ddim", "dpm++", "euler", "euler-a", "unipc", "flow-euler", "lcm"]
 SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)
@@ -139,7 +139,7 @@ def sample(
     num_inference_steps: int,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     prediction_type: str = "epsilon",
     preview_every: int = 0,
     latents: torch.Tensor | None = None,
@@ -168,6 +168,7 @@ def sample(
         raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
     randn_tensor = lazy.module("diffusers.utils.torch_utils").randn_tensor
     device = torch.device(device)
+    dtype = torch.float32 if dtype is None else dtype
     if timesteps is not None:
         scheduler.set_timesteps(timesteps=list(timesteps), device=device)
     else:

@@ -34,11 +34,13 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-import torch
 
+from studio import lazy
 from studio.core.device import make_generator
 from studio.core.sampling import Progress, make_scheduler, predicted_x0, sample
 from studio.data.series import Window
+
+torch = lazy.load("torch")
 
 # the paper's per-dataset scales run 1 .. 8; MS guidance diverges above ~1 on these small models
 # (benchmarks/results/forecast.md: the validation sweeps)

@@ -6,8 +6,11 @@ the official learner of the weights."""
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from studio import lazy
+
+torch = lazy.load("torch")
+F = lazy.load("torch.nn.functional")
 
 
 def learn_timestep_weights(errors: np.ndarray, truth: np.ndarray, train: np.ndarray, val: np.ndarray, *,

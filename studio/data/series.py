@@ -41,9 +41,11 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-import torch
 
+from studio import lazy
 from studio.errors import UserError
+
+torch = lazy.load("torch")
 
 MAX_CSV_BYTES = 2 * 1024 * 1024
 MAX_POINTS = 20_000

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 
-import torch
-
+from studio import lazy
 from studio.errors import UserError
 from studio.threads import building
+
+torch = lazy.load("torch")
 
 MAX_TOKENS = 24  # word pieces incl. [CLS] and [SEP]; shapes captions use at most 10
 MAX_PROMPT_CHARS = 200
@@ -36,7 +37,7 @@ def load_text_encoder(device: str = "cpu"):
     return model
 
 
-@torch.no_grad()
+@lazy.no_grad
 def encode(encoder, prompts: list[str], max_tokens: int = MAX_TOKENS) -> dict[str, torch.Tensor]:
     """Token embeddings padded to ``max_tokens``, their mask, and the pooled sentence embedding.
 

@@ -37,10 +37,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from studio import __version__
+from studio import __version__, lazy
 from studio.core.conditioning import text_conditions
 from studio.core.device import MAX_SEED, make_generator
 from studio.core.guidance import cat_conds
@@ -52,6 +50,9 @@ from studio.core.readers import CONTRASTIVE, DIGIT_READERS, contrastive_reading,
 from studio.core.timestep_weights import learn_timestep_weights, weighted_choice  # noqa: F401 (the method's API)
 from studio.data.drawings import to_digit, to_picture
 from studio.data.shapes import BINDING, binding_candidates, binding_scene, question_candidates  # noqa: F401
+
+torch = lazy.load("torch")
+F = lazy.load("torch.nn.functional")
 
 Source = Literal["test digit", "drawing", "shapes scene", "image"]
 Question = Literal["shape", "colour", "region", "caption", "bind colour", "bind shape", "bind object", "bind place",

@@ -33,9 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal
 
-import torch
-
-from studio import __version__
+from studio import __version__, lazy
 from studio.core import guidance as G
 from studio.core.conditioning import repeat, text_conditions
 from studio.core.device import MAX_SEED, random_seed
@@ -47,6 +45,8 @@ from studio.core.sampling import TELEPORT_HELP, Progress, SchedulerName, make_sc
 from studio.data import shapes
 from studio.data.text import MAX_PROMPT_CHARS
 from studio.methods import method
+
+torch = lazy.load("torch")
 
 MAX_CONCEPTS = 8
 WEIGHT_LIMIT = 20.0

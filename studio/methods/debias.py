@@ -32,15 +32,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal
 
 import numpy as np
-import torch
 
-from studio import __version__
+from studio import __version__, lazy
 from studio.core.device import MAX_SEED
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import DISPLAY_SIZE, to_pil
 from studio.core.sampling import Progress
 from studio.data.text import MAX_PROMPT_CHARS
 from studio.methods import method
+
+torch = lazy.load("torch")
 
 MODEL = "invdiff-shapes"
 JUDGE = "judge-shapes"

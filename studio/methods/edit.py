@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
 import numpy as np
-import torch
 
-from studio import __version__
+from studio import __version__, lazy
 from studio.core.device import MAX_SEED, make_generator, random_seed
 from studio.core.manager import ModelManager
 from studio.core.metrics import judge_reading, psnr
@@ -33,6 +32,8 @@ from studio.core.sampling import Progress, make_scheduler, run_to_end, sample, s
 from studio.data import digits
 from studio.data.drawings import DrawingError, to_digit, to_mask
 from studio.methods import method
+
+torch = lazy.load("torch")
 
 TEACHER = "digits-cond"
 JUDGE = "judge-digits"
@@ -120,7 +121,7 @@ def random_boxes(n: int, size, share: float, generator: torch.Generator) -> torc
     return out
 
 
-@torch.no_grad()
+@lazy.no_grad
 def sdedit(dm, x_c: torch.Tensor, evals: int, strength: float, generator: torch.Generator) -> torch.Tensor:
     """SDEdit with the teacher (null class), DDIM: of ``ceil(evals / strength)`` steps, run the last
     ``evals`` from ``x_c`` noised to that step's level (diffusers' img2img arithmetic)."""
@@ -132,7 +133,7 @@ def sdedit(dm, x_c: torch.Tensor, evals: int, strength: float, generator: torch.
     return teacher_samples(dm, x_t, total, start_index=start, scheduler=sched)
 
 
-@torch.no_grad()
+@lazy.no_grad
 def teacher_samples(dm, z: torch.Tensor, steps: int, start_index: int = 0, scheduler=None) -> torch.Tensor:
     """The teacher's deterministic DDIM sample (null class) from ``z`` (noises, or with ``start_index``
     images already noised to that step's level), clamped to [-1, 1], on the CPU."""

@@ -32,10 +32,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Generator, Iterator, Literal
 
 import numpy as np
-import torch
 
 from studio import __version__
-from studio.core import lazy
+from studio import lazy
 from studio.core import metrics as M
 from studio.core.baselines import BASELINES, BaseName, baseline_forecasts, gaussian_samples
 from studio.core.device import MAX_SEED, random_seed
@@ -47,6 +46,8 @@ from studio.core.series_sampling import DEFAULT_SCALE, observation_guidance, ref
 from studio.data import series as S
 from studio.data.series import Window, make_window
 from studio.methods import method
+
+torch = lazy.load("torch")
 
 Guidance = Literal["quantile", "mse"]
 Mode = Literal["forecast", "refine", "synthesize"]

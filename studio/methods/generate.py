@@ -12,9 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-import torch
-
-from studio import __version__
+from studio import __version__, lazy
 from studio.core import guidance as G
 from studio.core.conditioning import repeat, text_conditions
 from studio.core.device import MAX_SEED, random_seed
@@ -26,6 +24,8 @@ from studio.core.sampling import (TELEPORT_HELP, Progress, SchedulerError, Sched
                                   sample_images, teleport_plan)
 from studio.data.text import MAX_PROMPT_CHARS
 from studio.methods import method
+
+torch = lazy.load("torch")
 
 MODEL_KEYS = ("digits-cond", "shapes-t2i", "text-encoder")
 

@@ -41,9 +41,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal
 
-import torch
-
-from studio import __version__
+from studio import __version__, lazy
 from studio.core import guidance as G
 from studio.core.device import MAX_SEED, random_seed
 from studio.core.models import DiffusionModel
@@ -52,6 +50,8 @@ from studio.core.params import ParamError, spec, validate
 from studio.core.results import DISPLAY_SIZE, ImageResult, to_pil
 from studio.core.sampling import (TELEPORT_HELP, Denoiser, Progress, make_scheduler, predicted_x0, sample_images,
                                   teleport_plan)
+
+torch = lazy.load("torch")
 
 Method = Literal["elucd", "noise-aware", "naive", "ppap", "experts", "cfg"]
 Sampler = Literal["ddpm", "ddim"]
@@ -264,7 +264,7 @@ def generate(dm: DiffusionModel, method: str, labels: torch.Tensor, seeds: list[
 NOISE_LEVELS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 
 
-@torch.no_grad()
+@lazy.no_grad
 def accuracy_by_noise(dm: DiffusionModel, clean: torch.nn.Module, noisy: torch.nn.Module | None = None,
                       levels=NOISE_LEVELS, seed: int = 3) -> list[dict]:
     """EluCD's calibration argument, measured: the 360 test digits noised to each t; the clean

@@ -42,8 +42,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal
 
 import numpy as np
-import torch
 
+from studio import lazy
 from studio.core.device import MAX_SEED
 from studio.core.nas_metrics import vun
 from studio.core.params import ParamError, spec, validate
@@ -52,6 +52,8 @@ from studio.core.sampling import relay as _relay
 from studio.data import nasbench
 from studio.methods import method
 from studio.nets.ve_sde import EPS, N_STEPS, SIGMA_MAX, SIGMA_MIN, g2, sigma
+
+torch = lazy.load("torch")
 
 SNR = 0.16  # the Langevin corrector's signal-to-noise ratio (official)
 MAX_SCALE = 1000.0

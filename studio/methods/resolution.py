@@ -28,10 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from studio import __version__
+from studio import __version__, lazy
 from studio.core import guidance as G
 from studio.core.conditioning import repeat, text_conditions
 from studio.core.device import MAX_SEED, make_generator
@@ -42,6 +40,9 @@ from studio.core.sampling import Progress, make_scheduler, sample
 from studio.data import shapes
 from studio.data.text import MAX_PROMPT_CHARS
 from studio.methods import method
+
+torch = lazy.load("torch")
+F = lazy.load("torch.nn.functional")
 
 MODEL = "ddmi-shapes"
 JUDGE = "judge-shapes"

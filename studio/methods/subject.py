@@ -30,14 +30,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal
 
 import numpy as np
-import torch
 
-from studio import __version__
+from studio import __version__, lazy
 from studio.core.device import MAX_SEED
 from studio.core.params import ParamError, spec, validate
 from studio.core.sampling import Progress
 from studio.data.text import MAX_PROMPT_CHARS
 from studio.methods import method
+
+torch = lazy.load("torch")
 
 MODEL = "var-shapes"
 JUDGE, FEATURES = "judge-shapes", "fd-shapes"

@@ -39,9 +39,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal
 
 import numpy as np
-import torch
 
-from studio import __version__
+from studio import __version__, lazy
 from studio.core import guidance as G
 from studio.core.conditioning import zoo_text_kwargs
 from studio.core.device import MAX_SEED, make_generator
@@ -51,6 +50,8 @@ from studio.core.results import to_pil
 from studio.core.sampling import Progress, make_scheduler, sample, start_timestep
 from studio.data import shapes
 from studio.methods import method
+
+torch = lazy.load("torch")
 
 MODEL, CLASSIFIER, JUDGE = "shapes-t2i", "clip-shapes", "judge-shapes"
 VARIANTS: dict[str, str] = {

@@ -25,15 +25,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal
 
 import numpy as np
-import torch
 
-from studio import __version__
-from studio.core import toy2d
+from studio import __version__, lazy
 from studio.core.device import MAX_SEED
 from studio.core.params import ParamError, spec, validate
 from studio.core.results import ImageResult
 from studio.core.sampling import Progress
 from studio.methods import generate
+
+torch = lazy.load("torch")
 
 Process = Literal["vp-ode", "vp-sde", "rf-ode"]
 PROCESSES = {"vp-ode": ("vp", "ode"), "vp-sde": ("vp", "sde"), "rf-ode": ("rf", "ode")}
@@ -98,6 +98,7 @@ class PlaygroundResult:
 
 
 def _grid(n: int) -> torch.Tensor:
+    from studio.core import toy2d  # imports torch: not while the page is built
     axis = torch.linspace(-GRID_HALF_WIDTH, GRID_HALF_WIDTH, n, dtype=toy2d.DTYPE)
     return torch.cartesian_prod(axis, axis)[:, [1, 0]]  # x varies fastest
 
@@ -105,6 +106,7 @@ def _grid(n: int) -> torch.Tensor:
 def run(p: Params, manager=None) -> Iterator[Progress | PlaygroundResult]:
     """Move ``p.particles`` from noise to data with the chosen process and parametrisation; yield
     progress, then a :class:`PlaygroundResult`. Needs no model (``manager`` is unused)."""
+    from studio.core import toy2d  # imports torch: not while the page is built
     validate(p)
     t0 = time.perf_counter()
     gmm = toy2d.toy(p.distribution)
@@ -145,6 +147,7 @@ def run(p: Params, manager=None) -> Iterator[Progress | PlaygroundResult]:
 
 def _snapshot(gmm: toy2d.GMM, path: toy2d.Path, p: Params, times: torch.Tensor, t: float) -> dict:
     """The :class:`PlaygroundResult` fields that depend on the shown time ``t``."""
+    from studio.core import toy2d  # imports torch: not while the page is built
     shown = int((times - t).abs().argmin())
     t_shown = float(times[shown])
     pts = _grid(p.arrows)
@@ -161,6 +164,7 @@ def _snapshot(gmm: toy2d.GMM, path: toy2d.Path, p: Params, times: torch.Tensor, 
 def at_time(result: PlaygroundResult, t: float) -> PlaygroundResult:
     """The same run shown at another time (the time slider): the particles are already computed, only
     the field and the density are evaluated again."""
+    from studio.core import toy2d  # imports torch: not while the page is built
     if not 0.0 <= t <= 1.0:
         raise ParamError(f"Time t must be between 0 and 1, got {t}")
     names = {f.name for f in dataclasses.fields(Params)}

@@ -34,12 +34,14 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import numpy as np
-import torch
 
+from studio import lazy
 from studio.core.device import MAX_SEED
 from studio.core.params import ParamError, spec, validate
 from studio.core.sampling import Progress
 from studio.errors import UserError
+
+torch = lazy.load("torch")
 
 Objective = Literal["eps", "v", "rf-uniform", "rf-lognorm", "rf-mode", "rf-cosmap"]
 OBJECTIVE_LABELS = {"eps": "DDPM, epsilon", "v": "DDPM, v", "rf-uniform": "Rectified flow, uniform t",

@@ -43,9 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-import torch
-
-from studio import __version__
+from studio import __version__, lazy
 from studio.core import adapters
 from studio.core.device import MAX_SEED
 from studio.core.models import DiffusionModel
@@ -58,6 +56,8 @@ from studio.train.common import optimizer_step
 from studio.train.dro import DRO
 from studio.train.pso import distilled_plain_terms, pair_errors, plain_loss, pso_loss  # noqa: F401 (the API)
 from studio.train.r0 import r0_terms
+
+torch = lazy.load("torch")
 
 BASE = "digits-fewstep"
 REWARD_CLASSIFIER = "guide-clean"  # R0's reward model: Guide's clean classifier, never the judge

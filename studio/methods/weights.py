@@ -32,13 +32,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal
 
 import numpy as np
-import torch
 
+from studio import lazy
 from studio.core.device import MAX_SEED
 from studio.core.params import ParamError, spec, validate
 from studio.core.sampling import Progress, relay
 from studio.data import digit_tasks
 from studio.methods import method
+
+torch = lazy.load("torch")
 
 MODEL = "d2nwg-digits"
 ENCODER = "simclr-digits"

@@ -21,9 +21,10 @@ from __future__ import annotations
 import contextlib
 import copy
 
-import torch
-
+from studio import lazy
 from studio.threads import building
+
+torch = lazy.load("torch")
 
 ADAPTER = "default"
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 
-import torch
+from studio import lazy
+
+torch = lazy.load("torch")
 
 SIGMA_MIN, SIGMA_MAX = 0.1, 5.0  # the noise scale at t = 0 and at t = 1
 N_STEPS = 1000                    # the official number of reverse-SDE steps

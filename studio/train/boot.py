@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import copy
 
-import torch
-
+from studio import lazy
 from studio.core.device import make_generator
 from studio.core.models import DiffusionModel
 from studio.core.params import ParamError
 from studio.core.sampling import make_scheduler, predicted_x0, run_to_end, sample
+
+torch = lazy.load("torch")
 
 K = 32  # bootstrap grid: t = round(999 k / K); s is the previous grid time
 CFG = 1.5  # the teacher's guidance scale inside BOOT's targets
@@ -248,7 +249,7 @@ class FewStep:
         return make_scheduler("ddim", self.dm.scheduler_config, self.dm.prediction_type, timestep_spacing="trailing",
                               steps_offset=0)
 
-    @torch.no_grad()
+    @lazy.no_grad
     def sample(self, labels: list, seeds: list[int], steps: int, decode: bool = True) -> torch.Tensor:
         """Few-step samples (one per label, image i from ``seeds[i]``), on the CPU."""
         if steps not in self.step_counts:
@@ -267,7 +268,7 @@ def export_student(name: str, d: torch.nn.Module, result: dict, zoo=None, g: tor
     BOOT's one-step g rides along in ``boot/`` (the benchmark and the notebook sample it)."""
     import json
 
-    from studio.core import lazy
+    from studio import lazy
     from studio.core.loading import ZOO_DIR
     from studio.train.common import machine_description, write_manifest_entry
 

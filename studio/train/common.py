@@ -28,10 +28,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
+from studio import lazy
 from studio.core.loading import ZOO_DIR, read_manifest, sha256
+
+torch = lazy.load("torch")
+safetensors_torch = lazy.load("safetensors.torch")  # imports torch
 
 RUNS_DIR = Path(os.environ.get("STUDIO_RUNS", Path.cwd() / "runs"))
 LOSS_FILE = "loss.jsonl"  # in runs/<run>: {"step", "loss" (mean over processes), ...} per optimizer step
@@ -132,7 +134,7 @@ class Checkpoint:
         tmp.mkdir(parents=True)
         for key, module in modules.items():
             state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-            save_file(state, tmp / f"{key}.safetensors")
+            safetensors_torch.save_file(state, tmp / f"{key}.safetensors")
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "seconds": seconds, **(extra or {})}))
@@ -150,7 +152,7 @@ class Checkpoint:
     def load(self, modules: dict[str, torch.nn.Module],
              optimizer: torch.optim.Optimizer | None = None) -> dict:
         for key, module in modules.items():
-            module.load_state_dict(load_file(self.dir / f"{key}.safetensors"))
+            module.load_state_dict(safetensors_torch.load_file(self.dir / f"{key}.safetensors"))
         if optimizer is not None and (self.dir / "optimizer.pt").exists():
             import numpy as np
 

@@ -25,10 +25,11 @@ For a model predicting x0 the noise prediction is ``(x_t - alpha_t x0_hat) / sig
 
 from __future__ import annotations
 
-import torch
-
+from studio import lazy
 from studio.train.boot import FewStep
 from studio.train.tuning import snapshot
+
+torch = lazy.load("torch")
 
 
 def eps_prediction(fs: FewStep, net: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
@@ -56,7 +57,7 @@ def timestep_grid(fs: FewStep, n: int, steps: int, gen: torch.Generator, perturb
     return (grid + shift).clamp(max=total - 1)
 
 
-@torch.no_grad()
+@lazy.no_grad
 def trajectories(fs: FewStep, net: torch.nn.Module, labels: list, gen: torch.Generator, steps: int,
                  perturb: bool) -> dict[str, torch.Tensor]:
     """Deterministic DDIM trajectories of ``net`` from fresh noise: every step's (t, x_t, eps_hat)."""

@@ -42,13 +42,15 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from studio import lazy
 from studio.core.models import DiffusionModel
 from studio.nets.lora import adapter_off, trainable, with_lora
 from studio.train.boot import FewStep
 from studio.train.common import optimizer_step
+
+torch = lazy.load("torch")
+F = lazy.load("torch.nn.functional")
 
 RATIO_CLIP = 0.1  # online PSO's epsilon
 
@@ -155,7 +157,6 @@ def online_pso_loss(log_r1: torch.Tensor, log_r2: torch.Tensor, pref: torch.Tens
     r1 = log_r1.exp().clamp(1 - clip, 1 + clip).log()
     r2 = log_r2.exp().clamp(1 - clip, 1 + clip).log()
     return -F.logsigmoid(beta * (pref * r1 - pref * r2)).mean()
-
 
 
 def online_step(fs: FewStep, labels: list, reward: Callable[[torch.Tensor], np.ndarray], gen: torch.Generator,

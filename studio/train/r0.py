@@ -27,10 +27,11 @@ is what the benchmark's reward-hacking rows do.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
+from studio import lazy
 from studio.train.boot import FewStep
+
+torch = lazy.load("torch")
+F = lazy.load("torch.nn.functional")
 
 SHARPNESS = 8.0  # the sigmoid's slope for "ink" in soft_thickness (pixels in [-1, 1])
 

@@ -41,11 +41,12 @@ import random
 from typing import Literal
 
 import numpy as np
-import torch
-from torch.nn.utils import parametrize
 
+from studio import lazy
 from studio.nets.lora import adapter_off, lora_state, trainable, with_lora
-from studio.nets.sparse import SparseEntries, apply_sparse
+
+torch = lazy.load("torch")
+parametrize = lazy.load("torch.nn.utils.parametrize")
 
 WeightsKind = Literal["lora", "sara", "full"]
 MIN_RANK_DIM = 32
@@ -151,6 +152,8 @@ class SaraWeights:
     def _select(self, keep_sign: bool, masks: dict | None = None) -> None:
         """Parametrise every weight with ``masks`` (the first selection), else with its entries now below
         its threshold (the re-selection, on the current values)."""
+        from studio.nets.sparse import SparseEntries  # a torch module class: imported on use, not with the page
+
         self.entries: dict[str, SparseEntries] = {}
         for name, module, attr in self._sites():
             if parametrize.is_parametrized(module, attr):  # bake the learned values, then select again
@@ -247,6 +250,8 @@ def snapshot(weights) -> torch.nn.Module:
     """A frozen copy of the network as it stands (Diffusion-DRO's lagged policy): never a deep copy of a
     parametrised module (see :func:`plain_network`)."""
     if weights.kind == "sara":
+        from studio.nets.sparse import apply_sparse
+
         return apply_sparse(weights.base, weights.state())
     return copy.deepcopy(weights.net).requires_grad_(False).eval()
 
@@ -258,6 +263,8 @@ def plain_network(weights) -> torch.nn.Module:
     LoRA and full as they are."""
     if weights.kind != "sara":
         return weights.net.eval()
+    from studio.nets.sparse import apply_sparse
+
     return apply_sparse(weights.base, weights.state())
 
 
@@ -265,7 +272,7 @@ EVAL_SEED = 50_000  # the comparison's sample seeds: seed * 100_003 + EVAL_SEED 
 MIN_FD_SAMPLES = 100  # per FD set, above the FD net's 64 features (fewer give singular covariances)
 
 
-@torch.no_grad()
+@lazy.no_grad
 def measure(base, tuned, judge: torch.nn.Module, fd_net: torch.nn.Module, *, targets: list, style: str | None,
             per_class: int = 10, seed: int = 0, steps: int | None = None, n_boot: int = 200) -> dict:
     """One run's row of the comparison: ``per_class`` samples of every digit (more where a set would have
