@@ -62,10 +62,12 @@ def verdict_text(result: classify.ClassifyResult) -> str:
 PROBE = "probe-digits"
 
 
-def probe_panel(manager: ModelManager, model: str | None, readings: list[dict] | None = None):
+def probe_panel(manager: ModelManager, model: str | None, readings: list[dict] | None = None, figure: bool = True):
     """The feature-probe panel for ``model``: (heat map of the probe's validation accuracy by decoder block
     and t, read from its studio.json without loading anything; a note with the probe's reading of the
-    last classified image). Only digits models show it: the probe reads ``digits-cond``'s features."""
+    last classified image). Only digits models show it: the probe reads ``digits-cond``'s features.
+    ``figure=False``: the note alone (the page is built without plotly's figure classes; the heat map
+    is drawn when the panel is first opened)."""
     if PROBE not in manager:
         return None, "No feature probe is registered (`studio train probe-digits` makes it)."
     info = manager.info(PROBE)
@@ -75,7 +77,7 @@ def probe_panel(manager: ModelManager, model: str | None, readings: list[dict] |
                       "digits models, not this one.")
     g = info.get("grid", {})
     fig = (plots.probe_grid(g["blocks"], g["timesteps"], g["validation_accuracy"], "validation",
-                            best=(info["block"], info["t"])) if g.get("validation_accuracy") else None)
+                            best=(info["block"], info["t"])) if figure and g.get("validation_accuracy") else None)
     lines = [f"**Diffusion features (DDAE's linear probe).** Forward hooks on every decoder block of "
              f"`{info.get('base', 'digits-cond')}`, its input noised to t, the null class as condition, each "
              "block's output averaged over the image, one linear head per (block, t). The heat map is "
@@ -115,9 +117,9 @@ def build_classify_tab(manager: ModelManager) -> dict[str, gr.components.Compone
             csv = gr.File(label="Every evaluation (CSV, the parameters in its header)", interactive=False,
                           elem_id="classify-csv")
             parameters = gr.JSON(label="Parameters", open=False, elem_id="classify-parameters")
-            first_fig, first_note = probe_panel(manager, models[0] if models else None)
-            with gr.Accordion("Diffusion features (linear probe)", open=False, elem_id="classify-probe"):
-                probe_chart = gr.Plot(value=first_fig, label="Linear-probe accuracy by decoder block and t",
+            _, first_note = probe_panel(manager, models[0] if models else None, figure=False)
+            with gr.Accordion("Diffusion features (linear probe)", open=False, elem_id="classify-probe") as probe_box:
+                probe_chart = gr.Plot(label="Linear-probe accuracy by decoder block and t",
                                       elem_id="classify-probe-chart")
                 probe_info = gr.Markdown(first_note, elem_id="classify-probe-info")
     drawing = gr.State(None)
@@ -158,8 +160,9 @@ def build_classify_tab(manager: ModelManager) -> dict[str, gr.components.Compone
                          api_name="classify", concurrency_id="models", concurrency_limit=1, show_progress_on=[chart])
     event.then(lambda model, rows: probe_panel(manager, model, rows), inputs=[inputs["model"], probe_readings],
                outputs=[probe_chart, probe_info], queue=False, api_visibility="private")
-    inputs["model"].change(lambda model: probe_panel(manager, model), inputs=[inputs["model"]],
-                           outputs=[probe_chart, probe_info], queue=False, api_visibility="private")
+    for trigger in (inputs["model"].change, probe_box.expand):
+        trigger(lambda model: probe_panel(manager, model), inputs=[inputs["model"]],
+                outputs=[probe_chart, probe_info], queue=False, api_visibility="private")
     stop_btn.click(None, cancels=[event], api_name="classify_stop", queue=False)
     return {**inputs, "classify": run_btn, "stop": stop_btn, "sketch": sketch, "upload": upload, "picture": picture, "info": info,
-            "chart": chart, "csv": csv, "parameters": parameters, "probe_chart": probe_chart, "probe_info": probe_info}
+            "chart": chart, "csv": csv, "parameters": parameters, "probe_chart": probe_chart, "probe_info": probe_info, "probe_box": probe_box}

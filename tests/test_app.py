@@ -179,6 +179,25 @@ def test_prompt_or_digit_follow_the_models_conditioning(tiny_manager):
     assert all(r["where"] == "not loaded" for r in tiny_manager.status())
 
 
+def test_a_request_before_the_warm_up_is_done_is_told_so_and_waits_for_it(monkeypatch):
+    from components import warm, widgets
+
+    told, order = [], []
+    monkeypatch.setattr(warm, "_done", False)
+    monkeypatch.setattr(widgets, "ensure_warm", lambda: order.append("warm-up"))
+    monkeypatch.setattr(widgets.gr, "Info", lambda message, **_: told.append(message))
+
+    @widgets.shows_errors
+    def handler(x):
+        order.append("handler")
+        return x + 1
+
+    assert handler(1) == 2 and told == [widgets.WARMING_UP] and order == ["warm-up", "handler"]
+    monkeypatch.setattr(warm, "_done", True)
+    told.clear()
+    assert handler(2) == 3 and told == []  # warm: no notice
+
+
 def test_studio_launch_serves_the_zoo_from_a_fresh_process(tmp_path):
     """`studio launch` as `make studio` runs it: a fresh process on the real zoo, asked to generate
     the moment its page answers (racing the warm-up import of diffusers)."""

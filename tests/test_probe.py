@@ -97,9 +97,14 @@ def test_the_classify_tab_shows_the_probe_grid_for_digits_only(tiny_manager, zoo
     assert "validation" in fig.layout.title.text and f"block {PROBE_INFO['block']}, t = {PROBE_INFO['t']}" in note
     fig, note = probe_panel(tiny_manager, "shapes-t2i")
     assert fig is None and "for digits models" in note
-    with gr.Blocks():
+    with gr.Blocks() as demo:
         tab = build_classify_tab(tiny_manager)
-    assert tab["probe_chart"].value and "validation" in tab["probe_info"].value
+    assert "validation" in tab["probe_info"].value
+    assert tab["probe_chart"].value is None  # drawn when the panel opens: the page is built without plotly figures
+    opens = [d for d in demo.fns.values() if any(t[0] == tab["probe_box"]._id and t[1] == "expand" for t in d.targets)]
+    assert len(opens) == 1 and tab["probe_chart"]._id in [o._id for o in opens[0].outputs]
+    fig, _ = opens[0].fn("digits-cond")
+    assert fig.data[0].type == "heatmap"
     assert all(row["where"] == "not loaded" for row in tiny_manager.status())  # the panel loads nothing
 
     # the probe is one more reader of the classified digit (real zoo models)
