@@ -498,6 +498,125 @@ def public(x):
     return x
 
 
+# --- quality per second: the tab's sampler and steps (issue 29, part 2) ------------------------------
+
+STEP_GRID = {"ddpm": (10, 15, 20, 25, 30, 40, 50), "ddim": (10, 15, 20, 25, 30, 40, 50)}
+STEPS_PER_CLASS = 10  # selection seeds 7000 + 100 c + i and report seeds 9000 + 100 c + i, i < 10
+# The equivalence margins, fixed before the first sweep was drawn: a setting is admitted where the paired
+# difference to the default (same seeds) has its judge-accuracy interval's lower end at or above -ACC_MARGIN
+# and its FD-digits-per-class interval's upper end at or below FD_MARGIN x the default's FD-digits per class.
+# Unlike "the paired test cannot reject it", a setting whose interval is wide (too few images to tell) is
+# not admitted: the margin has to be shown, not merely not refuted.
+ACC_MARGIN, FD_MARGIN = 0.05, 0.10
+
+
+def tab_default() -> tuple[str, int, float]:
+    """The Guide tab's default (sampler, steps, EluCD scale), read from its Params."""
+    p = guide.Params()
+    return p.sampler, p.steps, p.scale
+
+
+def admitted(diff: dict, default_fd: float) -> bool:
+    return diff["accuracy"]["low"] >= -ACC_MARGIN and diff["fd_per_class"]["high"] <= FD_MARGIN * default_fd
+
+
+def seconds_for_tab(bench: "Bench", sampler: str, steps: int, scale: float, repeats: int = 3) -> float:
+    """Seconds for the tab's batch (8 images of digit 3, seeds 0-7) at 2 threads, best of ``repeats``
+    after a warm-up: what a visitor waits."""
+    torch.set_num_threads(2)
+    p = guide.Params()
+    name = guide.CLASSIFIER_OF.get("elucd")
+    if name not in bench.classifiers:
+        bench.classifiers[name] = load_zoo(name)
+    labels = torch.full((p.n_images,), p.target)
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        guide.generate(bench.dm, "elucd", labels, list(range(p.n_images)), scale, sampler=sampler, steps=steps,
+                       tricks=guide.Tricks(), classifier=bench.classifiers[name])
+        return time.perf_counter() - t0
+
+    once()
+    best_s = min(once() for _ in range(repeats))
+    torch.set_num_threads(THREADS)
+    return round(best_s, 3)
+
+
+def fewer_steps() -> dict:
+    """The Guide tab's default sampler and steps against every (sampler, steps) of :data:`STEP_GRID` at the
+    tab's EluCD scale: chosen on the selection seeds by the equivalence margins (fewest network evaluations,
+    ties to the lower FD), then checked on the report seeds by the same margins; adopted only if it holds there.
+    Writes ``results/guide_steps.json`` and ``.md``."""
+    torch.set_num_threads(THREADS)
+    bench = Bench(STEPS_PER_CLASS, STEPS_PER_CLASS)
+    sampler0, steps0, scale = tab_default()
+    setting = lambda sampler, steps: Setting(f"elucd-{sampler}-{steps}", "elucd", "EluCD", (scale,),
+                                             tricks=guide.Tricks(), sampler=sampler, steps=steps)
+    sel_labels = bench.sets["selection"][0].numpy()
+    rep_labels = bench.sets["report"][0].numpy()
+    default = bench.point(setting(sampler0, steps0), scale, "selection")
+    rows = []
+    for sampler, grid in STEP_GRID.items():
+        for steps in grid:
+            row = default if (sampler, steps) == (sampler0, steps0) else bench.point(setting(sampler, steps), scale,
+                                                                                    "selection")
+            diff = paired(bench.ref, row, default, sel_labels)
+            rows.append({"sampler": sampler, "steps": steps, "evaluations": steps, **public(row), "vs_default": diff,
+                         "admitted": admitted(diff, default["fd_per_class"]["value"]),
+                         "seconds_8_images": seconds_for_tab(bench, sampler, steps, scale)})
+    ok = [r for r in rows if r["admitted"] and (r["sampler"], r["steps"]) != (sampler0, steps0)]
+    chosen = min(ok, key=lambda r: (r["evaluations"], r["fd_per_class"]["value"])) if ok else None
+    out = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M"), "scale": scale,
+           "default": {"sampler": sampler0, "steps": steps0}, "per_class": STEPS_PER_CLASS,
+           "selection_seeds": seed_description(SELECT_SEED, STEPS_PER_CLASS),
+           "report_seeds": seed_description(REPORT_SEED, STEPS_PER_CLASS),
+           "margins": {"accuracy": ACC_MARGIN, "fd_fraction": FD_MARGIN}, "threads": THREADS, "selection": rows,
+           "chosen": None if chosen is None else {"sampler": chosen["sampler"], "steps": chosen["steps"]}}
+    if chosen is not None:
+        d_rep = bench.point(setting(sampler0, steps0), scale, "report")
+        c_rep = bench.point(setting(chosen["sampler"], chosen["steps"]), scale, "report")
+        diff = paired(bench.ref, c_rep, d_rep, rep_labels)
+        out["report"] = {"default": public(d_rep), "chosen": public(c_rep), "vs_default": diff,
+                         "holds": admitted(diff, d_rep["fd_per_class"]["value"])}
+    (ROOT / "results" / "guide_steps.json").write_text(json.dumps(out, indent=2) + "\n")
+    (ROOT / "results" / "guide_steps.md").write_text(steps_markdown(out))
+    print(steps_markdown(out))
+    return out
+
+
+def steps_markdown(r: dict) -> str:
+    d = r["default"]
+    lines = [f"# Guide: quality per second of the tab's sampler ({r['date']})", "",
+             f"Machine: {r['machine']}. EluCD at the tab's scale {r['scale']:g} on `digits-cond` (null class), "
+             f"{r['per_class']} images per class. Default: {d['sampler'].upper()} {d['steps']}. Selection seeds: "
+             f"{r['selection_seeds']}; report seeds: {r['report_seeds']} (they chose nothing).", "",
+             f"Rule (fixed before the sweep): admitted where the paired difference to the default has judge accuracy "
+             f">= -{r['margins']['accuracy']:g} at its lower 95% end and FD-digits per class <= "
+             f"{r['margins']['fd_fraction']:g} x the default's at its upper end; the admitted setting with the "
+             "fewest network evaluations (one UNet call and one classifier gradient per step) is checked on the "
+             "report seeds by the same margins. Seconds: 8 images of one digit (the tab's batch), 2 threads, best "
+             "of 3 after a warm-up.", "",
+             "| sampler | steps | judge accuracy [95%] | FD-digits / class [95%] | accuracy - default [95%] | "
+             "FD / class - default [95%] | admitted | s for 8 images |", "|---|---|---|---|---|---|---|---|"]
+    for row in r["selection"]:
+        v = row["vs_default"]
+        lines.append(f"| {row['sampler'].upper()} | {row['steps']} | {fmt(row['accuracy'])} | "
+                     f"{fmt(row['fd_per_class'], 1)} | {fmt(v['accuracy'])} | {fmt(v['fd_per_class'], 1)} | "
+                     f"{'yes' if row['admitted'] else 'no'} | {row['seconds_8_images']} |")
+    if r["chosen"] is None:
+        lines += ["", "No setting is admitted on the selection seeds: the default stays."]
+    else:
+        c, rep = r["chosen"], r["report"]
+        v = rep["vs_default"]
+        lines += ["", f"Chosen on the selection seeds: **{c['sampler'].upper()} {c['steps']}**. On the report seeds: "
+                  f"default accuracy {fmt(rep['default']['accuracy'])}, FD/class {fmt(rep['default']['fd_per_class'], 1)}; "
+                  f"chosen {fmt(rep['chosen']['accuracy'])}, {fmt(rep['chosen']['fd_per_class'], 1)}; paired "
+                  f"accuracy {fmt(v['accuracy'])}, FD/class {fmt(v['fd_per_class'], 1)}: the margins "
+                  f"**{'hold' if rep['holds'] else 'do not hold'}** -> "
+                  f"{'adopt' if rep['holds'] else 'the default stays'}."]
+    return "\n".join(lines) + "\n"
+
+
 def main(quick: bool = False, only: str | None = None) -> dict:
     torch.set_num_threads(THREADS)
     sel, rep = (2, 2) if quick else (SELECT_PER_CLASS, REPORT_PER_CLASS)
@@ -549,4 +668,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 selection and 2 report images per class, one scale")
     parser.add_argument("--only", help="comma-separated setting keys (default: all)")
-    main(**vars(parser.parse_args()))
+    parser.add_argument("--fewer-steps", action="store_true",
+                        help="only the tab's sampler and steps by quality per second (results/guide_steps.md)")
+    args = parser.parse_args()
+    if args.fewer_steps:
+        fewer_steps()
+    else:
+        main(args.quick, args.only)

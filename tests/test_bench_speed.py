@@ -77,3 +77,18 @@ def test_settings_are_chosen_on_other_prompts_and_seeds_than_those_reported():
     for model, seeds in B.SEEDS.items():
         n = 300  # the larger set (digits: 30 per class); image i uses seed + i
         assert abs(seeds["selection"] - seeds["report"]) >= n, model
+
+
+def test_the_guide_steps_margins_have_to_be_shown_and_the_tab_follows_the_verdict():
+    import json
+
+    import bench_guide as G
+
+    assert G.admitted({"accuracy": {"low": -0.05}, "fd_per_class": {"high": 15.0}}, 150.0)
+    assert not G.admitted({"accuracy": {"low": -0.051}, "fd_per_class": {"high": -5.0}}, 150.0)
+    # an FD interval that covers 0 but reaches past the margin: too few images to tell, not admitted
+    assert not G.admitted({"accuracy": {"low": 0.0}, "fd_per_class": {"high": 15.1}}, 150.0)
+    r = json.loads((G.ROOT / "results" / "guide_steps.json").read_text())
+    adopted = r.get("report", {}).get("holds") and r["chosen"]
+    expected = (adopted or r["default"])["sampler"], (adopted or r["default"])["steps"]
+    assert G.tab_default()[:2] == expected and G.tab_default()[2] == r["scale"]
