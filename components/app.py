@@ -98,8 +98,8 @@ def launch(manager: ModelManager | None = None, **kw) -> gr.Blocks:
 
 
 def warm_up() -> None:
-    """Import the engine's heavy half (diffusers: seconds on a small CPU) once the page is up, so
-    the first request is answered at once; requests meanwhile wait for it (:func:`ensure_warm`)."""
+    """Import the engine's heavy half (torch and diffusers: seconds on a small CPU) once the page is up;
+    requests that come meanwhile wait for it with a notice (:func:`ensure_warm`)."""
     ensure_warm()
 
 
