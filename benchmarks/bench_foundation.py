@@ -244,7 +244,7 @@ def poll(url):
         time.sleep(0.01)
 import gradio
 marks["import_gradio"] = time.perf_counter() - t0
-from components.app import build_app, launch
+from components.app import build_app
 from studio.core.manager import default_manager
 marks["import_studio"] = time.perf_counter() - t0
 demo = build_app(default_manager())

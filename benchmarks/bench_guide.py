@@ -238,6 +238,13 @@ class Bench:
             self.floor[name] = {"fd_per_class": m["fd_per_class"], "diversity": m["diversity"],
                                 "fd_pooled": m["fd_pooled"], "per_class": per_class}
 
+    def classifier(self, method: str):
+        """The zoo classifier ``method`` guides with (loaded once), or None (CFG)."""
+        name = guide.CLASSIFIER_OF.get(method)
+        if name and name not in self.classifiers:
+            self.classifiers[name] = load_zoo(name)
+        return self.classifiers.get(name)
+
     def point(self, s: Setting, scale: float, which: str) -> dict:
         """One point on a seed set; samples' features and hits cached in runs/bench-cache (keyed by every
         input and the zoo files it reads) so a stopped run resumes where it was."""
@@ -249,12 +256,9 @@ class Bench:
             z = np.load(cache)
             feats, correct, seconds = z["feats"], z["correct"], float(z["seconds"])
         else:
-            name = guide.CLASSIFIER_OF.get(s.method)
-            if name and name not in self.classifiers:
-                self.classifiers[name] = load_zoo(name)
             t0 = time.perf_counter()
             x = guide.generate(self.dm, s.method, labels, seeds, scale, sampler=s.sampler, steps=s.steps,
-                               tricks=s.tricks, classifier=self.classifiers.get(name), conditional=s.conditional)
+                               tricks=s.tricks, classifier=self.classifier(s.method), conditional=s.conditional)
             seconds = (time.perf_counter() - t0) / len(x)
             with torch.no_grad():
                 correct = (self.judge(x).argmax(-1) == labels).numpy().astype(np.float64)
@@ -525,15 +529,13 @@ def seconds_for_tab(bench: "Bench", sampler: str, steps: int, scale: float, repe
     after a warm-up: what a visitor waits."""
     torch.set_num_threads(2)
     p = guide.Params()
-    name = guide.CLASSIFIER_OF.get("elucd")
-    if name not in bench.classifiers:
-        bench.classifiers[name] = load_zoo(name)
+    classifier = bench.classifier("elucd")
     labels = torch.full((p.n_images,), p.target)
 
     def once() -> float:
         t0 = time.perf_counter()
         guide.generate(bench.dm, "elucd", labels, list(range(p.n_images)), scale, sampler=sampler, steps=steps,
-                       tricks=guide.Tricks(), classifier=bench.classifiers[name])
+                       tricks=guide.Tricks(), classifier=classifier)
         return time.perf_counter() - t0
 
     once()
