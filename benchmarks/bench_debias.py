@@ -100,15 +100,17 @@ def conditions(prompts: list[str], n: int) -> tuple[dict, dict]:
 
 
 @torch.no_grad()
-def draw(dm, delta, r: float, prompts: list[str], n: int, seed: int = REPORT_SEED) -> torch.Tensor:
-    """(len(prompts) * n, 3, 32, 32): prompt j's image i from noise seed ``seed + i`` (the model's default sampler)."""
+def draw(dm, delta, r: float, prompts: list[str], n: int, seed: int = REPORT_SEED, sampler: tuple | None = None
+         ) -> torch.Tensor:
+    """(len(prompts) * n, 3, 32, 32): prompt j's image i from noise seed ``seed + i``, with ``sampler``
+    (scheduler, steps), by default the model's own (its studio.json, the Debias tab's default)."""
     from studio.core.sampling import run_to_end
 
     c, u = conditions(prompts, n)
     seeds = [seed + i for _ in prompts for i in range(n)]
+    scheduler, steps = sampler or (dm.info.get("default_scheduler", "dpm++"), int(dm.info.get("default_steps", 15)))
     return run_to_end(I.sample(dm, delta, r, c, u, seeds, guidance=float(dm.info.get("default_guidance", 2.0)),
-                               scheduler=dm.info.get("default_scheduler", "dpm++"),
-                               steps=int(dm.info.get("default_steps", 15))))
+                               scheduler=scheduler, steps=steps))
 
 
 def bias_of(cols: list[str | None]) -> float | None:
@@ -156,13 +158,14 @@ def real_coloured(n: int = N_REAL, seed: int = 7) -> torch.Tensor:
     return shapes.to_model_range(np.stack(out).transpose(0, 3, 1, 2).copy())
 
 
-def measure(dm, delta, r: float, judge, fdnet, n_bias: int, n_col: int, prompts: dict[str, str] | None = None) -> dict:
+def measure(dm, delta, r: float, judge, fdnet, n_bias: int, n_col: int, prompts: dict[str, str] | None = None,
+            seed: int = REPORT_SEED, sampler: tuple | None = None) -> dict:
     """One row: colours per bias prompt (``prompts`` maps "a circle" to what is asked instead), judge hits
     on the coloured prompts, their fd-shapes features."""
     asked = prompts or {p: p for p in B.PROMPTS}
-    x = draw(dm, delta, r, list(asked.values()), n_bias)
+    x = draw(dm, delta, r, list(asked.values()), n_bias, seed, sampler)
     cols = {p: shapes_colours_of(judge, x[k * n_bias:(k + 1) * n_bias], p.split()[-1]) for k, p in enumerate(asked)}
-    y = draw(dm, delta, r, list(COLOURED), n_col)
+    y = draw(dm, delta, r, list(COLOURED), n_col, seed, sampler)
     from studio.core.metrics import shapes_concept_hits
 
     concepts = [shapes.parse_concept(p) for p in COLOURED for _ in range(n_col)]
@@ -176,7 +179,12 @@ def main(argv=None) -> None:
                     help="only measure these rows (training a module that is missing; each row cached on its own), "
                          "then stop: two invocations on one thread each share the work")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 4 training steps, 8 images, no results")
+    ap.add_argument("--fewer-steps", action="store_true",
+                    help="only the tab's scheduler and steps by quality per second (results/debias_steps.md)")
     args = ap.parse_args(argv)
+    if args.fewer_steps:
+        fewer_steps()
+        return
     t0 = time.time()
     steps, n_bias, n_col = (4, 8, 4) if args.quick else (T.DELTA_STEPS, N_BIAS, N_COLOURED)
     cache = RUNS_DIR / ("bench-debias-quick" if args.quick else "bench-debias")
@@ -297,6 +305,201 @@ def markdown(s: dict) -> str:
         lines.append(f"| {t} | {g['purity']:.3f} | {g['nmi']:.3f} | {best.get('2', 0.0):.0%} of a group of "
                      f"{best['size']} |")
     return "\n".join(lines)
+
+
+# --- quality per second: the Debias tab's scheduler and steps (issue 29, part 2) ------------------------------
+
+STEP_GRID = {name: (4, 6, 8, 10, 12, 15) for name in ("dpm++", "unipc", "ddim", "euler")}
+SELECT_SEED = 70_000  # the sweep's seeds (image i of a prompt from 70,000 + i); the report seeds chose nothing
+# The rule, fixed in this file before the first sweep was drawn. The Guide sweep's equivalence margins (a margin
+# has to be shown by the paired interval, not merely not refuted), plus the tab's own readout, the bias score, and
+# for BOTH rows the tab draws (the biased model and InvDiff's mix at the tab's r): a setting passes where, paired on
+# the seeds with the default, judge accuracy on the coloured prompts has its lower 95% end >= -ACC_MARGIN, FD-shapes
+# its upper end <= FD_MARGIN x the default's FD-shapes, and the bias score's interval lies inside +-BIAS_MARGIN.
+# It is ADMITTED only where every larger step count of the same scheduler in the grid passes as well (last stop's
+# lesson: "fewest that passes" picked an edge setting between two that failed). The admitted setting with the
+# fewest network evaluations (ties to the lower mean FD) is then checked on the report seeds by the same margins.
+ACC_MARGIN, FD_MARGIN, BIAS_MARGIN = 0.05, 0.10, 0.10
+
+
+def tab_rows() -> dict[str, float]:
+    """The rows the Debias tab draws, with their mix ratio: the biased model (r = 0) and InvDiff at the tab's r."""
+    from studio.methods import debias
+
+    return {"biased": 0.0, "debiased": debias.Params().r}
+
+
+def tab_default() -> tuple[str, int]:
+    from studio.methods import debias
+
+    p = debias.Params()
+    return p.scheduler, p.steps
+
+
+def passes(diff: dict, default_fd: float) -> bool:
+    return (diff["accuracy"]["low"] >= -ACC_MARGIN and diff["fd"]["high"] <= FD_MARGIN * default_fd
+            and -BIAS_MARGIN <= diff["bias"]["low"] and diff["bias"]["high"] <= BIAS_MARGIN)
+
+
+def admitted(rows: list[dict]) -> list[dict]:
+    """The rows that pass with every larger step count of their scheduler (in ``rows``) passing too."""
+    out = []
+    for row in rows:
+        larger = [r for r in rows if r["scheduler"] == row["scheduler"] and r["steps"] >= row["steps"]]
+        if all(r["passes"] for r in larger):
+            out.append(row)
+    return out
+
+
+def paired_to(default: dict, point: dict, real: np.ndarray) -> dict:
+    """``point`` minus ``default`` (same seeds): bias score, judge accuracy on the coloured prompts, FD-shapes."""
+    hits = np.asarray(point["hits"]) - np.asarray(default["hits"])
+    return {"bias": bias_difference(default["colours"], point["colours"]),
+            "accuracy": vars_of(bootstrap_mean(hits)),
+            "fd": vars_of(frechet_paired_difference(real, np.asarray(default["features"]),
+                                                    np.asarray(point["features"])))}
+
+
+def levels(point: dict, real: np.ndarray) -> dict:
+    fd = frechet_features(np.asarray(point["features"]), real)
+    return {"bias": bias_estimate(point["colours"]), "accuracy": vars_of(bootstrap_mean(np.asarray(point["hits"]))),
+            "fd": {"value": fd.value, "low": fd.low, "high": fd.high}, "seconds": point["seconds"]}
+
+
+class StepsSweep:
+    """Measured points of the tab's rows at (scheduler, steps), cached one file each under
+    ``runs/bench-debias/steps`` (a stopped sweep resumes)."""
+
+    def __init__(self):
+        from studio.methods import debias
+
+        self.biased, self.module = load_zoo("shapes-biased"), load_zoo(debias.MODEL)
+        self.judge, self.fdnet = load_zoo("judge-shapes"), load_zoo("fd-shapes")
+        self.cache = RUNS_DIR / "bench-debias" / "steps"
+        self.real = features(self.fdnet, real_coloured())
+
+    def point(self, row: str, r: float, sampler: tuple, seed: int) -> dict:
+        path = self.cache / f"{row}-{sampler[0]}-{sampler[1]}-{seed}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        print(f"measuring {row} {sampler} seeds {seed} + i", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        out = measure(self.biased, self.module.delta if r else None, r, self.judge, self.fdnet, N_BIAS, N_COLOURED,
+                      seed=seed, sampler=sampler)
+        out["seconds"] = round(time.perf_counter() - t0, 2)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out))
+        return out
+
+    def compare(self, sampler: tuple, default: tuple, seed: int) -> dict:
+        """Every tab row at ``sampler`` with its levels and its paired difference to ``default``."""
+        out = {}
+        for row, r in tab_rows().items():
+            d, p = self.point(row, r, default, seed), self.point(row, r, sampler, seed)
+            out[row] = {**levels(p, self.real), "vs_default": paired_to(d, p, self.real),
+                        "default_fd": frechet_features(np.asarray(d["features"]), self.real).value}
+        return out
+
+
+def tab_seconds(sampler: tuple, repeats: int = 3) -> float:
+    """Seconds of the Debias tab's run at its defaults but ``sampler`` (16 images from each model, the judge's
+    readout included), 2 threads, best of ``repeats`` after a warm-up: what a visitor waits."""
+    from studio.core.manager import ModelManager
+    from studio.methods import debias
+
+    torch.set_num_threads(2)
+    manager = ModelManager()
+    manager.register_zoo()
+    p = debias.Params(scheduler=sampler[0], steps=sampler[1])
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        list(debias.run(p, manager))
+        return time.perf_counter() - t0
+
+    once()
+    return round(min(once() for _ in range(repeats)), 3)
+
+
+def fewer_steps() -> dict:
+    """The Debias tab's default scheduler and steps against every setting of :data:`STEP_GRID` (the rule above);
+    writes ``results/debias_steps.json`` and ``.md``."""
+    torch.set_num_threads(2)
+    sweep, default = StepsSweep(), tab_default()
+    rows = []
+    for name, grid in STEP_GRID.items():
+        for steps in grid:
+            m = sweep.compare((name, steps), default, SELECT_SEED)
+            rows.append({"scheduler": name, "steps": steps, "evaluations": steps, "rows": m,
+                         "passes": all(passes(v["vs_default"], v["default_fd"]) for v in m.values())})
+    ok = [r for r in admitted(rows) if (r["scheduler"], r["steps"]) != default]
+    mean_fd = lambda r: float(np.mean([v["fd"]["value"] for v in r["rows"].values()]))  # noqa: E731
+    chosen = min(ok, key=lambda r: (r["evaluations"], mean_fd(r))) if ok else None
+    for r in rows:
+        r["admitted"] = r in admitted(rows)
+    out = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M"),
+           "default": {"scheduler": default[0], "steps": default[1]}, "rows_drawn": tab_rows(),
+           "n_bias": N_BIAS, "n_coloured": N_COLOURED, "selection_seeds": f"{SELECT_SEED} + i",
+           "report_seeds": f"{REPORT_SEED} + i",
+           "margins": {"accuracy": ACC_MARGIN, "fd_fraction": FD_MARGIN, "bias": BIAS_MARGIN}, "selection": rows,
+           "chosen": None if chosen is None else {"scheduler": chosen["scheduler"], "steps": chosen["steps"]}}
+    if chosen is not None:
+        rep = sweep.compare((chosen["scheduler"], chosen["steps"]), default, REPORT_SEED)
+        base = {row: levels(sweep.point(row, r, default, REPORT_SEED), sweep.real) for row, r in tab_rows().items()}
+        out["report"] = {"default": base, "chosen": rep,
+                         "holds": all(passes(v["vs_default"], v["default_fd"]) for v in rep.values())}
+        out["tab_seconds"] = {"default": tab_seconds(default), "chosen": tab_seconds((chosen["scheduler"],
+                                                                                    chosen["steps"]))}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "debias_steps.json").write_text(json.dumps(out, indent=1) + "\n")
+    (RESULTS / "debias_steps.md").write_text(steps_markdown(out))
+    print(steps_markdown(out))
+    return out
+
+
+def steps_markdown(r: dict) -> str:
+    d, m = r["default"], r["margins"]
+    lines = [f"# Debias: quality per second of the tab's sampler ({r['date']})", "",
+             f"Machine: {r['machine']}. The rows the tab draws ({', '.join(f'{k} r = {v:g}' for k, v in r['rows_drawn'].items())}) "
+             f"on `shapes-biased` with the zoo's `invdiff-shapes`, guidance 2, at each scheduler and step count; "
+             f"{r['n_bias']} images per bias prompt and {r['n_coloured']} per coloured prompt. Default: "
+             f"{d['scheduler']} {d['steps']}. Selection seeds: {r['selection_seeds']}; report seeds: "
+             f"{r['report_seeds']} (the bench's own; they chose nothing).", "",
+             f"Rule (fixed before the sweep): a setting passes where, for both rows, the paired difference to the "
+             f"default has judge accuracy (coloured prompts) >= -{m['accuracy']:g} at its lower 95% end, FD-shapes "
+             f"<= {m['fd_fraction']:g} x the default's at its upper end, and the bias score inside +-{m['bias']:g}; it "
+             "is admitted where every larger step count of its scheduler passes too; the admitted setting with the "
+             "fewest network evaluations is checked on the report seeds by the same margins. FD-shapes is a "
+             "toy-scale Frechet distance, not FID. Seconds: the sweep's own (256 images of a row, shared machine; "
+             "context only).", "",
+             "| scheduler | steps | row | bias score | accuracy | FD-shapes | d bias | d accuracy | d FD | passes | "
+             "admitted | s (sweep) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["selection"]:
+        for k, (name, v) in enumerate(row["rows"].items()):
+            dv = v["vs_default"]
+            flags = (f"{'yes' if row['passes'] else 'no'} | {'yes' if row['admitted'] else 'no'}" if k == 0
+                     else " | ")
+            lines.append(f"| {row['scheduler']} | {row['steps']} | {name} | {fmt(v['bias'])} | {fmt(v['accuracy'])} | "
+                         f"{fmt(v['fd'])} | {fmt(dv['bias'], True)} | {fmt(dv['accuracy'], True)} | "
+                         f"{fmt(dv['fd'], True)} | {flags} | {v['seconds']} |")
+    if r["chosen"] is None:
+        lines += ["", "No setting is admitted on the selection seeds: the default stays."]
+    else:
+        c, rep = r["chosen"], r["report"]
+        lines += ["", f"Chosen on the selection seeds: **{c['scheduler']} {c['steps']}**. Report seeds:", "",
+                  "| row | default: bias / accuracy / FD | chosen: bias / accuracy / FD | d bias | d accuracy | d FD |",
+                  "|---|---|---|---|---|---|"]
+        for name, v in rep["chosen"].items():
+            b, dv = rep["default"][name], v["vs_default"]
+            lines.append(f"| {name} | {fmt(b['bias'])} / {fmt(b['accuracy'])} / {fmt(b['fd'])} | {fmt(v['bias'])} / "
+                         f"{fmt(v['accuracy'])} / {fmt(v['fd'])} | {fmt(dv['bias'], True)} | "
+                         f"{fmt(dv['accuracy'], True)} | {fmt(dv['fd'], True)} |")
+        t = r["tab_seconds"]
+        lines += ["", f"The margins **{'hold' if rep['holds'] else 'do not hold'}** on the report seeds -> "
+                  f"{'adopt' if rep['holds'] else 'the default stays'}. The tab's run (16 images from each model, "
+                  f"2 threads, best of 3): default {t['default']} s, chosen {t['chosen']} s "
+                  f"({t['default'] / t['chosen']:.2f}x)."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
