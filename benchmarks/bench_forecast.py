@@ -494,6 +494,143 @@ def evaluate_goals(results: list[dict], tab: dict, tab_note: str | None = None) 
             "refinement_helps": refined}
 
 
+# --- quality per second: the tab's sampler and steps (issue 29, part 2) ------------------------------------
+
+STEP_GRID = {"ddim": (5, 8, 10, 15, 20, 25), "ddpm": (100,)}  # DDPM: the official sampler, all 100 steps (context)
+STEPS_SEEDS = (0, 1)
+# The rule, fixed here before the sweep was drawn. Items: the forecast origins of all four series, the validation
+# blocks (2 origins each) for selection and the test blocks (3 each) for the report (they chose nothing). At each
+# origin, CRPS (mean wQL, the tab's 100 samples, averaged over STEPS_SEEDS) relative to the tab's default at the
+# same origin and seeds: CRPS / CRPS_default - 1. A setting passes where the mean over origins of that relative
+# difference has its upper 95% end (bootstrap over origins) at or below +CRPS_MARGIN (5% worse at most, shown) and no
+# trajectory diverged; it is admitted only where every larger step count of its sampler passes too; the admitted
+# setting with the fewest network evaluations is checked on the test origins by the same margin.
+CRPS_MARGIN = 0.05
+
+
+def relative_interval(rel: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    boots = [float(np.mean(rel[rng.integers(0, len(rel), len(rel))])) for _ in range(n_boot)]
+    return {"value": float(np.mean(rel)), "low": float(np.quantile(boots, 0.025)),
+            "high": float(np.quantile(boots, 0.975))}
+
+
+def steps_point(name: str, block: str, sampler: str, steps: int) -> dict:
+    """CRPS per origin of ``block`` ("validation" / "test") of series ``name`` with the tab's defaults at
+    ``sampler`` / ``steps`` (cached, keyed by the model's weights), with seconds per forecast."""
+    series = S.bundled(name)
+    key = F.model_key(name)
+    sha = read_manifest()[key]["files"]["model/diffusion_pytorch_model.safetensors"]["sha256"][:12]
+    p = F.Params(series=name)
+
+    def fn():
+        model = load_zoo(key)
+        H, L, lags = series.horizon, int(model.info["window"]), tuple(model.info["lags"])
+        val, test, _ = split(series, H)
+        pos = val if block == "validation" else test
+        windows = [S.make_window(series.values, o, L, H, lags) for o in pos]
+        truths, hist = [series.values[o:o + H] for o in pos], [series.values[:o] for o in pos]
+        crps, seconds, diverged = [], 0.0, 0
+        for seed in STEPS_SEEDS:
+            t0 = time.perf_counter()
+            *_, x = SS.observation_guidance(model, windows, num_samples=p.samples, guidance=p.guidance, scale=p.scale,
+                                           sampler=sampler, steps=steps, seed=seed)
+            seconds += (time.perf_counter() - t0) / len(windows)
+            bad = (~torch.isfinite(x)).flatten(2).any(-1)
+            diverged += int(bad.sum())
+            fc = S.forecast_samples(torch.nan_to_num(x), windows, H)
+            q = np.stack([M.sample_quantiles(f) for f in fc])
+            crps.append(scores(truths, q, hist, series.season)["crps_per_origin"])
+        return {"crps_per_origin": np.mean(crps, 0).tolist(), "diverged": diverged,
+                "seconds_per_forecast": round(seconds / len(STEPS_SEEDS), 3)}
+
+    return Cache(f"steps-{key}-{sha}").get(f"{block}-{sampler}-{steps}-n{p.samples}-s{p.scale:g}", fn)
+
+
+def steps_rows(block: str, default: tuple) -> list[dict]:
+    rows = []
+    base = {n: steps_point(n, block, *default) for n in S.BUNDLED}
+    for sampler, grid in STEP_GRID.items():
+        for steps in grid:
+            pts = {n: steps_point(n, block, sampler, steps) for n in S.BUNDLED}
+            rel = np.concatenate([np.array(pts[n]["crps_per_origin"]) / np.array(base[n]["crps_per_origin"]) - 1
+                                  for n in S.BUNDLED])
+            d = relative_interval(rel)
+            diverged = sum(p["diverged"] for p in pts.values())
+            rows.append({"sampler": sampler, "steps": steps, "relative_crps": d, "diverged": diverged,
+                         "crps": {n: float(np.mean(p["crps_per_origin"])) for n, p in pts.items()},
+                         "seconds_per_forecast": float(np.mean([p["seconds_per_forecast"] for p in pts.values()])),
+                         "passes": bool(d["high"] <= CRPS_MARGIN and not diverged)})
+    return rows
+
+
+def fewer_steps() -> dict:
+    """The Forecast tab's default sampler and steps against :data:`STEP_GRID` (the rule above); writes
+    ``results/forecast_steps.json`` and ``.md``."""
+    torch.set_num_threads(THREADS)
+    p = F.Params()
+    default = (p.sampler, p.ddim_steps if p.sampler == "ddim" else 100)
+    rows = steps_rows("validation", default)
+    for r in rows:
+        larger = [q for q in rows if q["sampler"] == r["sampler"] and q["steps"] >= r["steps"]]
+        r["admitted"] = all(q["passes"] for q in larger)
+    ok = [r for r in rows if r["admitted"] and (r["sampler"], r["steps"]) != default]
+    chosen = min(ok, key=lambda r: (r["steps"], r["relative_crps"]["value"])) if ok else None
+    out = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M"),
+           "default": {"sampler": default[0], "steps": default[1]}, "scale": p.scale, "guidance": p.guidance,
+           "samples": p.samples, "seeds": list(STEPS_SEEDS), "margin": CRPS_MARGIN, "threads": THREADS,
+           "selection": rows, "chosen": None if chosen is None else {"sampler": chosen["sampler"],
+                                                                     "steps": chosen["steps"]}}
+    if chosen is not None:
+        test = {(r["sampler"], r["steps"]): r for r in steps_rows("test", default)}
+        c = test[(chosen["sampler"], chosen["steps"])]
+        out["report"] = {"chosen": c, "default": test[default], "holds": c["passes"], "all": list(test.values())}
+    (ROOT / "results" / "forecast_steps.json").write_text(json.dumps(out, indent=1) + "\n")
+    (ROOT / "results" / "forecast_steps.md").write_text(steps_markdown(out))
+    print(steps_markdown(out))
+    return out
+
+
+def steps_markdown(r: dict) -> str:
+    d = r["default"]
+    names = list(S.BUNDLED)
+    head = ("| sampler | steps | " + " | ".join(f"CRPS {n}" for n in names)
+            + " | CRPS / default - 1 (mean over origins) [95%] | diverged | s per forecast | passes | admitted |")
+    lines = [f"# Forecast: quality per second of the tab's sampler ({r['date']})", "",
+             f"Machine: {r['machine']}. TSDiff-Q at the tab's defaults ({r['guidance']} guidance, scale {r['scale']:g}, "
+             f"{r['samples']} samples) on the four bundled series' zoo models, seeds {r['seeds']} averaged per origin. "
+             f"Default: {d['sampler'].upper()} {d['steps']}. Selection items: each series' validation origins (2 "
+             "each, 8 in all); report items: the test origins (3 each, 12; they chose nothing), as in "
+             "benchmarks/results/forecast.md.", "",
+             f"Rule (fixed before the sweep): per origin, CRPS over the default's at the same origin minus 1; a "
+             f"setting passes where the mean's upper 95% end (bootstrap over origins) is at most +{r['margin']:g} "
+             "and no trajectory diverged; admitted where every larger step count of its sampler passes too; the "
+             "admitted setting with the fewest steps is checked on the test origins by the same margin. Seconds: "
+             f"the TSDiff sampler per forecast ({r['threads']} threads, origins batched).", "",
+             "Selection (validation origins):", "", head, "|" + "---|" * (len(names) + 7)]
+
+    def line(row, flags=True):
+        cells = " | ".join(f"{row['crps'][n]:.4f}" for n in names)
+        e = row["relative_crps"]
+        tail = f" | {'yes' if row['passes'] else 'no'} | {'yes' if row.get('admitted') else 'no'} |" if flags else \
+            f" | {'yes' if row['passes'] else 'no'} | |"
+        return (f"| {row['sampler'].upper()} | {row['steps']} | {cells} | {e['value']:+.3f} [{e['low']:+.3f}, "
+                f"{e['high']:+.3f}] | {row['diverged']} | {row['seconds_per_forecast']:.2f}{tail}")
+
+    lines += [line(row) for row in r["selection"]]
+    if r["chosen"] is None:
+        lines += ["", "No setting is admitted on the validation origins: the default stays."]
+    else:
+        c, rep = r["chosen"], r["report"]
+        lines += ["", f"Chosen on the validation origins: **{c['sampler'].upper()} {c['steps']}**. Test origins "
+                  "(every setting, for the curve; only the chosen one is judged):", "", head,
+                  "|" + "---|" * (len(names) + 7)]
+        lines += [line(row, flags=False) for row in rep["all"]]
+        lines += ["", f"The margin **{'holds' if rep['holds'] else 'does not hold'}** on the test origins -> "
+                  f"{'adopt' if rep['holds'] else 'the default stays'}."]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one seed, 100 synthetic windows (a smoke run)")
@@ -507,7 +644,12 @@ def main() -> None:
     ap.add_argument("--no-report", action="store_true", help="only fill the cache (no results files)")
     ap.add_argument("--not-measured", nargs="*", default=[],
                     help="series left out of this run: the report shows the previous file's figures, labelled old")
+    ap.add_argument("--fewer-steps", action="store_true",
+                    help="only the tab's sampler and steps by quality per second (results/forecast_steps.md)")
     args = ap.parse_args()
+    if args.fewer_steps:
+        fewer_steps()
+        return
     torch.set_num_threads(args.threads)
     out = ROOT / "results"
     suffix = "_quick" if args.quick else ""
