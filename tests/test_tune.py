@@ -285,6 +285,24 @@ def test_saved_models_are_registered_as_image_models_by_name(fewstep_manager, tm
         assert later.info("thick-2")["tuned_from"] == "digits-fewstep"
 
 
+def test_studio_launch_offers_models_saved_in_earlier_sessions(monkeypatch, tmp_path):
+    """``studio launch`` (what ``make studio`` runs) passes its own manager to the app: it registers the saved
+    tuned models itself (it did not, once). The launch is caught before a server starts."""
+    import components
+    from studio import cli
+    from studio.core import manager as manager_module
+
+    monkeypatch.setattr(manager_module, "_DEFAULT", None)  # a fresh process-wide manager, restored afterwards
+    folder = tmp_path / "tuned" / "thick-saved"
+    folder.mkdir(parents=True)
+    (folder / "tuned.json").write_text(json.dumps({"base": "digits-fewstep"}))  # loaded only when used
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path))
+    launched = {}
+    monkeypatch.setattr(components, "launch", lambda manager, **kw: launched.update(manager=manager, **kw))
+    assert cli.main(["launch", "--port", "7999"]) == 0
+    assert "thick-saved" in launched["manager"].keys(kinds=("image",)) and launched["server_port"] == 7999
+
+
 def test_merged_lora_experts_equal_the_adapter_and_old_peft_keys_still_load():
     """PPAP's experts go through the one LoRA implementation; the shipped ``guide-ppap`` files name
     their tensors as peft's ``PeftModel`` wrapper did (``base_model.model.``...)."""
