@@ -13,7 +13,7 @@ For every bundled series (:mod:`studio.data.series`) and its zoo model ``tsdiff-
   up to the origin (baselines refit at each origin).
 * **Methods**: statsforecast SeasonalNaive, AutoETS, AutoARIMA (quantiles from their 20/40/60/80%
   Gaussian intervals); TSDiff-Q and TSDiff-MS (DDPM, 100 steps, the official sampler) and
-  TSDiff-Q with DDIM at 25 steps (what the tab can afford); SeasonalNaive refined by TSDiff with
+  TSDiff-Q with DDIM at 25 steps (the tab's default until 2026-12-03, now 20: ``--fewer-steps``); SeasonalNaive refined by TSDiff with
   the ML (SGD, lr 0.1) and LMC (eta 0.1, noise 0.1) refiners, 20 iterations. ``--samples``
   samples per forecast, ``--seeds`` seeds for every sampled method.
 * **Guidance scale**: chosen per series, guidance and sampler on the validation block (CRPS,
@@ -37,6 +37,8 @@ For every bundled series (:mod:`studio.data.series`) and its zoo model ``tsdiff-
   synthetic windows (DDPM), scored by CRPS on the real windows that end in the backtest part,
   beside the same ridge model fit on the real training windows (``--carry-lps`` keeps the
   figures of the previous results file instead, labelled so).
+* **Quality per second** (``--fewer-steps``): the tab's DDIM steps against fewer (and DDPM 100), chosen on the
+  validation origins by a CRPS margin, checked on the test origins (``results/forecast_steps.md``).
 * **Tab speed**: seconds from pressing Forecast to the fan chart (``run`` to its first result)
   with the tab's defaults, in-process after one warm-up run (``--carry-tab``: as for LPS).
 
@@ -564,10 +566,10 @@ def steps_rows(block: str, default: tuple) -> list[dict]:
     return rows
 
 
-def fewer_steps() -> dict:
+def fewer_steps(threads: int = THREADS) -> dict:
     """The Forecast tab's default sampler and steps against :data:`STEP_GRID` (the rule above); writes
     ``results/forecast_steps.json`` and ``.md``."""
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     p = F.Params()
     default = (p.sampler, p.ddim_steps if p.sampler == "ddim" else 100)
     rows = steps_rows("validation", default)
@@ -578,7 +580,7 @@ def fewer_steps() -> dict:
     chosen = min(ok, key=lambda r: (r["steps"], r["relative_crps"]["value"])) if ok else None
     out = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M"),
            "default": {"sampler": default[0], "steps": default[1]}, "scale": p.scale, "guidance": p.guidance,
-           "samples": p.samples, "seeds": list(STEPS_SEEDS), "margin": CRPS_MARGIN, "threads": THREADS,
+           "samples": p.samples, "seeds": list(STEPS_SEEDS), "margin": CRPS_MARGIN, "threads": threads,
            "selection": rows, "chosen": None if chosen is None else {"sampler": chosen["sampler"],
                                                                      "steps": chosen["steps"]}}
     if chosen is not None:
@@ -648,7 +650,7 @@ def main() -> None:
                     help="only the tab's sampler and steps by quality per second (results/forecast_steps.md)")
     args = ap.parse_args()
     if args.fewer_steps:
-        fewer_steps()
+        fewer_steps(args.threads)
         return
     torch.set_num_threads(args.threads)
     out = ROOT / "results"

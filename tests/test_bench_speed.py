@@ -92,3 +92,42 @@ def test_the_guide_steps_margins_have_to_be_shown_and_the_tab_follows_the_verdic
     adopted = r.get("report", {}).get("holds") and r["chosen"]
     expected = (adopted or r["default"])["sampler"], (adopted or r["default"])["steps"]
     assert G.tab_default()[:2] == expected and G.tab_default()[2] == r["scale"]
+
+
+def test_the_debias_steps_rule_needs_every_margin_shown_and_every_larger_step_count_passing():
+    import json
+
+    import bench_debias as D
+
+    ok = {"accuracy": {"low": -0.05}, "fd": {"high": 10.0}, "bias": {"low": -0.1, "high": 0.1}}
+    assert D.passes(ok, 100.0)
+    assert not D.passes({**ok, "bias": {"low": -0.11, "high": 0.0}}, 100.0)   # the bias readout moved too far
+    assert not D.passes({**ok, "fd": {"high": 10.1}}, 100.0)                 # FD margin not shown
+    assert not D.passes({**ok, "accuracy": {"low": -0.06}}, 100.0)
+    rows = [{"scheduler": "ddim", "steps": n, "passes": ok_} for n, ok_ in ((6, True), (8, False), (10, True))]
+    rows.append({"scheduler": "unipc", "steps": 6, "passes": True})
+    # DDIM 6 passes but DDIM 8 does not: an edge between failures is not admitted
+    assert [(r["scheduler"], r["steps"]) for r in D.admitted(rows)] == [("ddim", 10), ("unipc", 6)]
+    r = json.loads((D.RESULTS / "debias_steps.json").read_text())
+    adopted = r.get("report", {}).get("holds") and r["chosen"]
+    expected = (adopted or r["default"])["scheduler"], (adopted or r["default"])["steps"]
+    assert D.tab_default() == expected
+
+
+def test_the_forecast_steps_margin_and_the_tab_follows_the_verdict():
+    import json
+
+    import bench_forecast as BF
+    import numpy as np
+
+    e = BF.relative_interval(np.array([0.01, 0.02, 0.03]))
+    assert e["low"] <= e["value"] <= e["high"] and abs(e["value"] - 0.02) < 1e-12
+    r = json.loads((BF.ROOT / "results" / "forecast_steps.json").read_text())
+    assert all(row["passes"] == (row["relative_crps"]["high"] <= BF.CRPS_MARGIN and not row["diverged"])
+               for row in r["selection"])
+    adopted = r.get("report", {}).get("holds") and r["chosen"]
+    expected = (adopted or r["default"])["sampler"], (adopted or r["default"])["steps"]
+    from studio.methods import forecast
+
+    p = forecast.Params()
+    assert (p.sampler, p.ddim_steps) == expected
