@@ -68,8 +68,11 @@ class Params:
         minimum=0.0, maximum=10.0, step=0.5, advanced=True))
     steps: int = field(default=15, metadata=spec("Steps", "Sampler steps.", minimum=2, maximum=100, step=1,
                                                  advanced=True))
-    scheduler: Literal["dpm++", "ddim", "euler", "ddpm"] = field(default="dpm++", metadata=spec(
-        "Scheduler", "The sampler, the same for both models.", advanced=True))
+    # UniPC 15: the quality-per-second sweep's pick (benchmarks/results/debias_steps.md; DPM-Solver++ 15 until
+    # 2026-12-03): no setting with fewer steps was admitted; UniPC at the same 15 steps was, and held on the report seeds
+    scheduler: Literal["dpm++", "unipc", "ddim", "euler", "ddpm"] = field(default="unipc", metadata=spec(
+        "Scheduler", "The sampler, the same for both models (UniPC 15: benchmarks/results/debias_steps.md).",
+        advanced=True))
 
 
 @dataclass
