@@ -120,8 +120,8 @@ class Params:
         "steps, ~5x slower); compared in benchmarks/results/forecast.md", advanced=True))
     # 20: the fewest DDIM steps admitted by quality per second (benchmarks/results/forecast_steps.md; 25 until 2026-12-03)
     ddim_steps: int = field(default=20, metadata=spec(
-        "DDIM steps", "20: the fewest whose CRPS stayed within 5% of the old default's 25 on held-out origins "
-        "(benchmarks/results/forecast_steps.md)", minimum=2, maximum=100, step=1, advanced=True))
+        "DDIM steps", "20: chosen by quality per second, its CRPS within 5% of the old default's 25 on held-out "
+        "origins (benchmarks/results/forecast_steps.md)", minimum=2, maximum=100, step=1, advanced=True))
     base: BaseName = field(default="SeasonalNaive", metadata=spec("Base forecaster", "refine mode: whose samples"))
     refiner: Literal["lmc", "ml"] = field(default="lmc", metadata=spec(
         "Refiner", "Langevin (LMC) or maximum likelihood (SGD)"))
