@@ -57,6 +57,7 @@ from studio.core.metrics import (bias_score, bootstrap_mean, features, frechet_f
                                  frechet_paired_difference, shapes_colours_of)
 from studio.data import biased_shapes as B
 from studio.data import shapes
+from studio.evaluate import admitted_steps
 from studio.train import invdiff as T
 from studio.train.common import RUNS_DIR, machine_description
 
@@ -349,12 +350,7 @@ def passes(diff: dict, default_fd: float) -> bool:
 
 def admitted(rows: list[dict]) -> list[dict]:
     """The rows that pass with every larger step count of their scheduler (in ``rows``) passing too."""
-    out = []
-    for row in rows:
-        larger = [r for r in rows if r["scheduler"] == row["scheduler"] and r["steps"] >= row["steps"]]
-        if all(r["passes"] for r in larger):
-            out.append(row)
-    return out
+    return admitted_steps(rows, "scheduler")
 
 
 def paired_to(default: dict, point: dict, real: np.ndarray) -> dict:
@@ -438,11 +434,12 @@ def fewer_steps() -> dict:
             m = sweep.compare((name, steps), default, SELECT_SEED)
             rows.append({"scheduler": name, "steps": steps, "evaluations": steps, "rows": m,
                          "passes": all(passes(v["vs_default"], v["default_fd"]) for v in m.values())})
-    ok = [r for r in admitted(rows) if (r["scheduler"], r["steps"]) != default]
+    allowed = admitted(rows)
+    for r in rows:
+        r["admitted"] = r in allowed
+    ok = [r for r in allowed if (r["scheduler"], r["steps"]) != default]
     mean_fd = lambda r: float(np.mean([v["fd"]["value"] for v in r["rows"].values()]))  # noqa: E731
     chosen = min(ok, key=lambda r: (r["evaluations"], mean_fd(r))) if ok else None
-    for r in rows:
-        r["admitted"] = r in admitted(rows)
     out = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M"),
            "default": {"scheduler": default[0], "steps": default[1]}, "rows_drawn": tab_rows(),
            "n_bias": N_BIAS, "n_coloured": N_COLOURED, "selection_seeds": f"{SELECT_SEED} + i",

@@ -64,6 +64,7 @@ from studio.core import series_sampling as SS
 from studio.core.loading import load_zoo, read_manifest
 from studio.core.manager import ModelManager
 from studio.data import series as S
+from studio.evaluate import admitted_steps
 from studio.methods import forecast as F
 from studio.train.common import RUNS_DIR, machine_description
 
@@ -573,9 +574,9 @@ def fewer_steps(threads: int = THREADS) -> dict:
     p = F.Params()
     default = (p.sampler, p.ddim_steps if p.sampler == "ddim" else 100)
     rows = steps_rows("validation", default)
+    allowed = admitted_steps(rows)
     for r in rows:
-        larger = [q for q in rows if q["sampler"] == r["sampler"] and q["steps"] >= r["steps"]]
-        r["admitted"] = all(q["passes"] for q in larger)
+        r["admitted"] = r in allowed
     ok = [r for r in rows if r["admitted"] and (r["sampler"], r["steps"]) != default]
     chosen = min(ok, key=lambda r: (r["steps"], r["relative_crps"]["value"])) if ok else None
     out = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M"),

@@ -36,6 +36,14 @@ DIGITS_SWEEP = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 SHAPES_SWEEP = (1.0, 2.0, 3.0, 4.0, 5.0)
 
 
+def admitted_steps(rows: list[dict], sampler_key: str = "sampler") -> list[dict]:
+    """The quality-per-second rule's admission (issue 29): the rows that pass (``row["passes"]``) with every
+    larger step count of their sampler (``row[sampler_key]``, ``row["steps"]``) among ``rows`` passing too, so
+    that no setting is picked between two that failed."""
+    return [row for row in rows if all(r["passes"] for r in rows
+                                       if r[sampler_key] == row[sampler_key] and r["steps"] >= row["steps"])]
+
+
 @torch.no_grad()
 def sample_batch(dm, cond: dict, uncond: dict, scale: float, n: int, seed: int, steps: int = 20,
                  scheduler: str = "ddim", teleport: int = 0, regrid: bool = False) -> torch.Tensor:
